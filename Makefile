@@ -1,0 +1,55 @@
+# Every target installs what it needs on a fresh Debian 12 machine (run as root).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := openssh-server openssh-client netcat-openbsd iproute2 kmod e2fsprogs \
+	libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils \
+	libxml2-utils drbd-utils xen-tools debootstrap
+
+.PHONY: deps apt venv test lab-up lab-down demo e2e bench clean
+
+deps: apt venv
+
+apt:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+		if [ -n "$$missing" ]; then \
+			echo "* apt: installing $$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		fi; \
+	else echo "* apt: not root or no apt-get; skipping system packages"; fi
+
+venv: $(BIN)/fab
+
+$(BIN)/fab: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+test: deps
+	$(BIN)/pytest -q
+
+lab-up: deps
+	$(BIN)/python -m tests.lab up
+
+lab-down: venv
+	$(BIN)/python -m tests.lab down
+
+demo: deps
+	$(BIN)/python -m tests.lab up
+	FABRIC_INVENTORY=tests/lab/hosts.yml $(BIN)/fab migrate --vm logger
+	FABRIC_INVENTORY=tests/lab/hosts.yml $(BIN)/fab status
+	FABRIC_INVENTORY=tests/lab/hosts.yml $(BIN)/fab migrate --vm logger
+	FABRIC_INVENTORY=tests/lab/hosts.yml $(BIN)/fab status
+	$(BIN)/python -m tests.lab down
+
+e2e: deps
+	$(BIN)/pytest -q -m e2e tests/e2e
+
+bench: deps
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

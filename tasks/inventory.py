@@ -1,0 +1,426 @@
+"""hosts.yml -> a typed, validated model: the only place names and paths resolve.
+
+Everything is checked on load, before any host is contacted; every problem
+is reported as one line `FILE: key.path: what is wrong`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from invoke import Collection, task
+
+from .errors import InputError
+
+DEFAULT_CFG_DIR = "/etc/xen/auto"
+ROLES = ("xen", "kvm")
+TOOLSTACKS = ("auto", "xm", "xl")
+BUSES = ("ide", "sata", "scsi", "virtio")
+DOMAIN_TYPES = ("kvm", "qemu")
+BOOT_MODES = ("grub", "direct-kernel")
+SNAPSHOT_METHODS = ("lvm", "qcow2")
+
+_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_RESOURCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+_MAC = re.compile(r"^[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}$")
+_ABS_PATH = re.compile(r"^/[^\s\x00]*$")
+
+
+def is_domain_name(text: str) -> bool:
+    """A DNS name: dot-separated labels of letters, digits and inner hyphens."""
+    return 0 < len(text) <= 253 and all(_LABEL.match(label) for label in text.split("."))
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: str
+    role: str
+    user: str = "root"
+    port: int = 22
+    toolstack: str = "auto"
+    libvirt_uri: str = "qemu:///system"
+    known_hosts: str | None = None
+    accept_new_host_key: bool = False
+    proxy_command: str | None = None
+    hostname: str = ""
+    drbd_address: str = ""
+    max_parallel: int = 4
+
+    @property
+    def needs_sudo(self) -> bool:
+        return self.user != "root"
+
+
+@dataclass(frozen=True)
+class ReplicatedDisk:
+    """A guest disk that is a DRBD resource; device and backing may differ per host."""
+
+    resource: str
+    device: dict[str, str]
+    backing: dict[str, str] = field(default_factory=dict)
+    meta_disk: dict[str, str] = field(default_factory=dict)
+    internal_meta: bool = False
+    port: int = 7789
+    vdev: str | None = None
+
+    def device_on(self, host: str) -> str:
+        return self.device[host]
+
+
+@dataclass(frozen=True)
+class LocalDisk:
+    """A disk that is not replicated (the seed's swap LV): its own volume on each host."""
+
+    path: dict[str, str]
+    vdev: str | None = None
+
+
+@dataclass(frozen=True)
+class VM:
+    name: str
+    xen_host: str
+    kvm_host: str
+    cfg: str
+    disks: tuple[ReplicatedDisk | LocalDisk, ...]
+    guest_address: str | None = None
+    guest_user: str = "root"
+    guest_port: int = 22
+    mac: str | None = None
+    memory: int | None = None
+    vcpus: int | None = None
+    bridge: str = "br0"
+    bus: str = "ide"
+    domain_type: str = "kvm"
+    machine: str = "pc"
+    boot: str = "grub"
+    snapshot: str = "lvm"
+
+    @property
+    def resources(self) -> list[ReplicatedDisk]:
+        return [d for d in self.disks if isinstance(d, ReplicatedDisk)]
+
+    def host_for(self, side: str) -> str:
+        return self.xen_host if side == "xen" else self.kvm_host
+
+
+@dataclass(frozen=True)
+class Inventory:
+    path: str
+    hosts: dict[str, Host]
+    vms: dict[str, VM]
+
+    def vm(self, name: str) -> VM:
+        if name not in self.vms:
+            known = ", ".join(sorted(self.vms)) or "none"
+            raise InputError(f"{self.path}: no VM named {name!r} (known: {known})")
+        return self.vms[name]
+
+    def host(self, name: str) -> Host:
+        return self.hosts[name]
+
+    def select(self, names: str | None = None) -> list[VM]:
+        """VMs named in a comma-separated list, in that order; all of them when empty."""
+        if not names:
+            return list(self.vms.values())
+        return [self.vm(n.strip()) for n in names.split(",") if n.strip()]
+
+
+class _Checker:
+    """Reads one mapping with typed getters, collecting one-line errors."""
+
+    def __init__(self, path: str, errors: list[str]):
+        self.path = path
+        self.errors = errors
+
+    def error(self, where: str, what: str) -> None:
+        self.errors.append(f"{self.path}: {where}: {what}")
+
+    def mapping(self, value: Any, where: str, allowed: set[str] | None = None) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.error(where, f"expected a mapping, got {type(value).__name__}")
+            return {}
+        for key in value:
+            if not isinstance(key, str):
+                self.error(where, f"key {key!r} is not a string")
+            elif allowed is not None and key not in allowed:
+                self.error(f"{where}.{key}" if where else key, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        return value
+
+    def get(self, data: dict, key: str, where: str, kind: type, default: Any = None,
+            required: bool = False, choices: tuple | None = None) -> Any:
+        at = f"{where}.{key}"
+        if key not in data or data[key] is None:
+            if required:
+                self.error(at, "is required")
+            return default
+        value = data[key]
+        if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+            self.error(at, f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+            return default
+        if choices and value not in choices:
+            self.error(at, f"must be one of {', '.join(choices)}, got {value!r}")
+            return default
+        if kind is int and value <= 0:
+            self.error(at, f"must be positive, got {value}")
+            return default
+        return value
+
+    def path_value(self, data: dict, key: str, where: str, required: bool = False) -> str | None:
+        value = self.get(data, key, where, str, required=required)
+        if value is not None and not _ABS_PATH.match(value):
+            self.error(f"{where}.{key}", f"expected an absolute path without spaces, got {value!r}")
+            return None
+        return value
+
+    def per_host(self, data: dict, key: str, where: str, hosts: tuple[str, str],
+                 required: bool = False) -> dict[str, str]:
+        """A path that is the same on both hosts, or a mapping host -> path."""
+        at = f"{where}.{key}"
+        value = data.get(key)
+        if value is None:
+            if required:
+                self.error(at, "is required")
+            return {}
+        if isinstance(value, str):
+            value = {h: value for h in hosts}
+        elif isinstance(value, dict):
+            extra = set(value) - set(hosts)
+            missing = set(hosts) - set(value)
+            if extra:
+                self.error(at, f"names {', '.join(sorted(map(str, extra)))}, not a host of this VM")
+            if missing:
+                self.error(at, f"has no entry for {', '.join(sorted(missing))}")
+            if extra or missing:
+                return {}
+        else:
+            self.error(at, f"expected a path or a mapping host -> path, got {type(value).__name__}")
+            return {}
+        result = {}
+        for host, path in value.items():
+            if not isinstance(path, str) or not _ABS_PATH.match(path):
+                self.error(f"{at}.{host}", f"expected an absolute path without spaces, got {path!r}")
+            else:
+                result[host] = path
+        return result
+
+
+_HOST_KEYS = {"address", "role", "user", "port", "toolstack", "libvirt_uri", "known_hosts",
+              "accept_new_host_key", "proxy_command", "hostname", "drbd_address", "max_parallel"}
+_VM_KEYS = {"xen_host", "kvm_host", "cfg", "guest_address", "guest_user", "guest_port", "mac",
+            "memory", "vcpus", "bridge", "bus", "domain_type", "machine", "boot", "snapshot",
+            "disks"}
+_REPLICATED_KEYS = {"resource", "device", "backing", "meta_disk", "port", "vdev"}
+_LOCAL_KEYS = {"local", "vdev"}
+
+
+def _parse_host(check: _Checker, name: str, raw: Any) -> Host | None:
+    where = f"hosts.{name}"
+    if not is_domain_name(name):
+        check.error(where, "host name is not a valid domain name")
+    data = check.mapping(raw, where, _HOST_KEYS)
+    role = check.get(data, "role", where, str, required=True, choices=ROLES)
+    address = check.get(data, "address", where, str, required=True)
+    if role == "kvm" and "toolstack" in data:
+        check.error(f"{where}.toolstack", "only Xen hosts have a toolstack")
+    if role == "xen" and "libvirt_uri" in data:
+        check.error(f"{where}.libvirt_uri", "only KVM hosts have a libvirt URI")
+    hostname = check.get(data, "hostname", where, str, default=name)
+    if hostname and not is_domain_name(hostname):
+        check.error(f"{where}.hostname", f"not a valid host name: {hostname!r}")
+    host = Host(
+        name=name,
+        address=address or "",
+        role=role or "",
+        user=check.get(data, "user", where, str, default="root"),
+        port=check.get(data, "port", where, int, default=22),
+        toolstack=check.get(data, "toolstack", where, str, default="auto", choices=TOOLSTACKS),
+        libvirt_uri=check.get(data, "libvirt_uri", where, str, default="qemu:///system"),
+        known_hosts=check.get(data, "known_hosts", where, str),
+        accept_new_host_key=check.get(data, "accept_new_host_key", where, bool, default=False),
+        proxy_command=check.get(data, "proxy_command", where, str),
+        hostname=hostname,
+        drbd_address=check.get(data, "drbd_address", where, str, default=address or ""),
+        max_parallel=check.get(data, "max_parallel", where, int, default=4),
+    )
+    return host if role and address else None
+
+
+def _parse_disk(check: _Checker, raw: Any, where: str, hosts: tuple[str, str]):
+    if not isinstance(raw, dict):
+        check.error(where, f"expected a mapping, got {type(raw).__name__}")
+        return None
+    vdev = raw.get("vdev")
+    if vdev is not None and not (isinstance(vdev, str) and re.match(r"^[a-z]+[a-z0-9]*$", vdev)):
+        check.error(f"{where}.vdev", f"expected a Xen device name such as xvda2, got {vdev!r}")
+        vdev = None
+    if "local" in raw:
+        check.mapping(raw, where, _LOCAL_KEYS)
+        paths = check.per_host(raw, "local", where, hosts, required=True)
+        return LocalDisk(path=paths, vdev=vdev) if paths else None
+    data = check.mapping(raw, where, _REPLICATED_KEYS)
+    resource = check.get(data, "resource", where, str, required=True)
+    if resource and not _RESOURCE.match(resource):
+        check.error(f"{where}.resource", f"not a valid DRBD resource name: {resource!r}")
+        resource = None
+    device = check.per_host(data, "device", where, hosts, required=True)
+    for host, path in device.items():
+        if not re.match(r"^/dev/drbd\d+$", path):
+            check.error(f"{where}.device", f"expected /dev/drbdN on {host}, got {path!r}")
+    meta = data.get("meta_disk")
+    internal = meta == "internal"
+    meta_disk = {} if internal else check.per_host(data, "meta_disk", where, hosts)
+    if not resource or not device:
+        return None
+    return ReplicatedDisk(
+        resource=resource,
+        device=device,
+        backing=check.per_host(data, "backing", where, hosts),
+        meta_disk=meta_disk,
+        internal_meta=internal,
+        port=check.get(data, "port", where, int, default=7789),
+        vdev=vdev,
+    )
+
+
+def _parse_vm(check: _Checker, name: str, raw: Any, hosts: dict[str, Host]) -> VM | None:
+    where = f"vms.{name}"
+    if not is_domain_name(name):
+        check.error(where, "VM name is not a valid domain name")
+    data = check.mapping(raw, where, _VM_KEYS)
+    sides = {}
+    for key, role in (("xen_host", "xen"), ("kvm_host", "kvm")):
+        host = check.get(data, key, where, str, required=True)
+        if host is None:
+            continue
+        if host not in hosts:
+            check.error(f"{where}.{key}", f"names undefined host {host!r}")
+        elif hosts[host].role != role:
+            check.error(f"{where}.{key}", f"host {host!r} has role {hosts[host].role}, expected {role}")
+        else:
+            sides[role] = host
+    mac = check.get(data, "mac", where, str)
+    if mac is not None and not _MAC.match(mac):
+        check.error(f"{where}.mac", f"not a MAC address: {mac!r}")
+        mac = None
+    bridge = check.get(data, "bridge", where, str, default="br0")
+    if not re.match(r"^[A-Za-z0-9_.-]{1,15}$", bridge or ""):
+        check.error(f"{where}.bridge", f"not a valid bridge name: {bridge!r}")
+    cfg = check.path_value(data, "cfg", where) or f"{DEFAULT_CFG_DIR}/{name}.cfg"
+    raw_disks = data.get("disks")
+    if not isinstance(raw_disks, list) or not raw_disks:
+        check.error(f"{where}.disks", "expected a non-empty list of disks")
+        raw_disks = []
+    if len(sides) < 2:
+        return None
+    pair = (sides["xen"], sides["kvm"])
+    disks = [_parse_disk(check, d, f"{where}.disks[{i}]", pair) for i, d in enumerate(raw_disks)]
+    if any(d is None for d in disks) or not disks:
+        return None
+    return VM(
+        name=name,
+        xen_host=pair[0],
+        kvm_host=pair[1],
+        cfg=cfg,
+        disks=tuple(disks),
+        guest_address=check.get(data, "guest_address", where, str),
+        guest_user=check.get(data, "guest_user", where, str, default="root"),
+        guest_port=check.get(data, "guest_port", where, int, default=22),
+        mac=mac.lower() if mac else None,
+        memory=check.get(data, "memory", where, int),
+        vcpus=check.get(data, "vcpus", where, int),
+        bridge=bridge,
+        bus=check.get(data, "bus", where, str, default="ide", choices=BUSES),
+        domain_type=check.get(data, "domain_type", where, str, default="kvm", choices=DOMAIN_TYPES),
+        machine=check.get(data, "machine", where, str, default="pc"),
+        boot=check.get(data, "boot", where, str, default="grub", choices=BOOT_MODES),
+        snapshot=check.get(data, "snapshot", where, str, default="lvm", choices=SNAPSHOT_METHODS),
+    )
+
+
+def _check_unique(check: _Checker, vms: dict[str, VM]) -> None:
+    """Two VMs must never share a DRBD resource, a device on a host, or a MAC."""
+    seen: dict[tuple, str] = {}
+
+    def claim(key: tuple, owner: str, what: str) -> None:
+        if key in seen and seen[key] != owner:
+            check.error(f"vms.{owner}", f"{what} is also used by VM {seen[key]!r}")
+        seen.setdefault(key, owner)
+
+    for vm in vms.values():
+        if vm.mac:
+            claim(("mac", vm.mac), vm.name, f"MAC {vm.mac}")
+        for disk in vm.disks:
+            if isinstance(disk, ReplicatedDisk):
+                claim(("resource", disk.resource), vm.name, f"DRBD resource {disk.resource}")
+                for host, dev in disk.device.items():
+                    claim(("device", host, dev), vm.name, f"device {dev} on {host}")
+            for host, path in (disk.path if isinstance(disk, LocalDisk) else disk.backing).items():
+                claim(("volume", host, path), vm.name, f"volume {path} on {host}")
+
+
+def parse_inventory(text: str, path: str = "hosts.yml") -> Inventory:
+    """Validate an inventory's text; raise InputError listing every problem, one per line."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InputError(f"{path}{line}: YAML syntax error: {problem}") from None
+    errors: list[str] = []
+    check = _Checker(path, errors)
+    top = check.mapping(raw, "", {"hosts", "vms"})
+    raw_hosts = check.mapping(top.get("hosts"), "hosts")
+    raw_vms = check.mapping(top.get("vms"), "vms")
+    if not raw_hosts and not errors:
+        check.error("hosts", "no hosts defined")
+    hosts = {name: h for name, spec in raw_hosts.items()
+             if isinstance(name, str) and (h := _parse_host(check, name, spec))}
+    vms = {name: vm for name, spec in raw_vms.items()
+           if isinstance(name, str) and (vm := _parse_vm(check, name, spec, hosts))}
+    _check_unique(check, vms)
+    if errors:
+        raise InputError("\n".join(errors))
+    return Inventory(path=path, hosts=hosts, vms=vms)
+
+
+def load_inventory(path: str | Path) -> Inventory:
+    """Read and validate the inventory file; one-line error when it cannot be read."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read inventory: {exc.strerror}") from None
+    return parse_inventory(text, str(path))
+
+
+def inventory_path(c) -> Path:
+    """The inventory file from Fabric config key `inventory`, relative to the fabfile's folder."""
+    configured = Path(c.config.get("inventory") or "hosts.yml").expanduser()
+    if configured.is_absolute() or configured.exists():
+        return configured
+    return Path(__file__).resolve().parent.parent / configured
+
+
+def from_context(c) -> Inventory:
+    return load_inventory(inventory_path(c))
+
+
+@task
+def check(c):
+    """Validate the inventory and list its hosts and VMs (contacts nothing)."""
+    inv = from_context(c)
+    print(f"{inv.path}: ok, {len(inv.hosts)} hosts, {len(inv.vms)} VMs")
+    for vm in inv.vms.values():
+        disks = ", ".join(d.resource if isinstance(d, ReplicatedDisk) else "local" for d in vm.disks)
+        print(f"  {vm.name}: {vm.xen_host} <-> {vm.kvm_host} ({disks})")
+
+
+ns = Collection("inventory", check)
