@@ -90,6 +90,7 @@ class VM:
     guest_address: str | None = None
     guest_user: str = "root"
     guest_port: int = 22
+    guest_proxy_command: str | None = None
     mac: str | None = None
     memory: int | None = None
     vcpus: int | None = None
@@ -213,7 +214,8 @@ class _Checker:
 
 _HOST_KEYS = {"address", "role", "user", "port", "toolstack", "libvirt_uri", "known_hosts",
               "accept_new_host_key", "proxy_command", "hostname", "drbd_address", "max_parallel"}
-_VM_KEYS = {"xen_host", "kvm_host", "cfg", "guest_address", "guest_user", "guest_port", "mac",
+_VM_KEYS = {"xen_host", "kvm_host", "cfg", "guest_address", "guest_user", "guest_port",
+            "guest_proxy_command", "mac",
             "memory", "vcpus", "bridge", "bus", "domain_type", "machine", "boot", "snapshot",
             "disks"}
 _REPLICATED_KEYS = {"resource", "device", "backing", "meta_disk", "port", "vdev"}
@@ -332,6 +334,7 @@ def _parse_vm(check: _Checker, name: str, raw: Any, hosts: dict[str, Host]) -> V
         guest_address=check.get(data, "guest_address", where, str),
         guest_user=check.get(data, "guest_user", where, str, default="root"),
         guest_port=check.get(data, "guest_port", where, int, default=22),
+        guest_proxy_command=check.get(data, "guest_proxy_command", where, str),
         mac=mac.lower() if mac else None,
         memory=check.get(data, "memory", where, int),
         vcpus=check.get(data, "vcpus", where, int),
