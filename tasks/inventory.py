@@ -47,6 +47,7 @@ class Host:
     known_hosts: str | None = None
     accept_new_host_key: bool = False
     proxy_command: str | None = None
+    identity_file: str | None = None
     hostname: str = ""
     drbd_address: str = ""
     max_parallel: int = 4
@@ -91,6 +92,8 @@ class VM:
     guest_user: str = "root"
     guest_port: int = 22
     guest_proxy_command: str | None = None
+    guest_identity_file: str | None = None
+    guest_known_hosts: str | None = None
     mac: str | None = None
     memory: int | None = None
     vcpus: int | None = None
@@ -213,9 +216,9 @@ class _Checker:
 
 
 _HOST_KEYS = {"address", "role", "user", "port", "toolstack", "libvirt_uri", "known_hosts",
-              "accept_new_host_key", "proxy_command", "hostname", "drbd_address", "max_parallel"}
+              "accept_new_host_key", "proxy_command", "identity_file", "hostname", "drbd_address", "max_parallel"}
 _VM_KEYS = {"xen_host", "kvm_host", "cfg", "guest_address", "guest_user", "guest_port",
-            "guest_proxy_command", "mac",
+            "guest_proxy_command", "guest_identity_file", "guest_known_hosts", "mac",
             "memory", "vcpus", "bridge", "bus", "domain_type", "machine", "boot", "snapshot",
             "disks"}
 _REPLICATED_KEYS = {"resource", "device", "backing", "meta_disk", "port", "vdev"}
@@ -247,6 +250,7 @@ def _parse_host(check: _Checker, name: str, raw: Any) -> Host | None:
         known_hosts=check.get(data, "known_hosts", where, str),
         accept_new_host_key=check.get(data, "accept_new_host_key", where, bool, default=False),
         proxy_command=check.get(data, "proxy_command", where, str),
+        identity_file=check.get(data, "identity_file", where, str),
         hostname=hostname,
         drbd_address=check.get(data, "drbd_address", where, str, default=address or ""),
         max_parallel=check.get(data, "max_parallel", where, int, default=4),
@@ -335,6 +339,8 @@ def _parse_vm(check: _Checker, name: str, raw: Any, hosts: dict[str, Host]) -> V
         guest_user=check.get(data, "guest_user", where, str, default="root"),
         guest_port=check.get(data, "guest_port", where, int, default=22),
         guest_proxy_command=check.get(data, "guest_proxy_command", where, str),
+        guest_identity_file=check.get(data, "guest_identity_file", where, str),
+        guest_known_hosts=check.get(data, "guest_known_hosts", where, str),
         mac=mac.lower() if mac else None,
         memory=check.get(data, "memory", where, int),
         vcpus=check.get(data, "vcpus", where, int),
