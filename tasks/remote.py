@@ -1,0 +1,303 @@
+"""Connections from the inventory: probes vs changes, quoting, host keys, audit log.
+
+Every command is a list of arguments joined with shlex quoting, so no value
+from the inventory or a remote file reaches a shell unquoted.  Probes read and
+always run (a dry run needs their facts); changes honour the dry run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import json
+import os
+import shlex
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import ToolError
+from .inventory import VM, Host, Inventory
+
+BACKUP_SUFFIX = ".xenkvm-"
+_print_lock = threading.Lock()
+
+
+def say(line: str) -> None:
+    """One line of progress; whole lines even when several VMs move at once."""
+    with _print_lock:
+        print(line, flush=True)
+
+
+def join(argv: Sequence[str]) -> str:
+    """The shell command for an argument list, every argument quoted."""
+    return shlex.join(str(a) for a in argv)
+
+
+class RemoteError(ToolError):
+    """A command on a host failed; the message names the host, the command and its output."""
+
+    def __init__(self, host: str, command: str, exit_code: int | None, output: str):
+        detail = output.strip().splitlines()[-1] if output.strip() else "no output"
+        super().__init__(f"{host}: `{command}` failed (exit {exit_code}): {detail}")
+        self.host = host
+        self.command = command
+        self.exit_code = exit_code
+        self.output = output
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a command returned: the parts a caller reads."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+class AuditLog:
+    """JSON lines on the control machine: time, host, command, exit code, duration."""
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path).expanduser() if path else None
+        self._lock = threading.Lock()
+
+    def record(self, host: str, command: str, exit_code: int | None, duration: float, kind: str) -> None:
+        if self.path is None:
+            return
+        entry = {
+            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "host": host,
+            "kind": kind,
+            "command": command,
+            "exit": exit_code,
+            "duration": round(duration, 3),
+        }
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(entry) + "\n")
+
+
+class Remote:
+    """One host as seen by the stages: run probes and changes, read and edit files.
+
+    `conn` is anything with Fabric's `run(command, hide=, warn=, in_stream=, timeout=)`:
+    a fabric Connection in production, invoke's MockContext in tests.
+    """
+
+    def __init__(self, name: str, conn, *, sudo: bool = False, dry_run: bool = False,
+                 audit: AuditLog | None = None):
+        self.name = name
+        self.conn = conn
+        self.sudo = sudo
+        self.dry_run = dry_run
+        self.audit = audit or AuditLog(None)
+
+    def command(self, argv: Sequence[str], env: dict[str, str] | None = None) -> str:
+        prefix = ["env", *(f"{k}={v}" for k, v in (env or {}).items())] if env else []
+        if self.sudo:
+            prefix = ["sudo", "-n", "--", *prefix]
+        return join([*prefix, *argv])
+
+    def _run(self, argv, *, kind: str, env=None, stdin: str | None = None,
+             timeout: float | None = None) -> Outcome:
+        command = self.command(argv, env)
+        started = time.monotonic()
+        try:
+            result = self.conn.run(command, hide=True, warn=True, timeout=timeout,
+                                   in_stream=io.StringIO(stdin) if stdin is not None else False)
+        except Exception as exc:  # connection loss, timeout: report it as this host's failure
+            self.audit.record(self.name, command, None, time.monotonic() - started, kind)
+            raise ToolError(f"{self.name}: `{command}` did not complete: {describe_ssh_error(exc)}") from None
+        outcome = Outcome(result.exited, result.stdout, result.stderr)
+        self.audit.record(self.name, command, outcome.exit_code, time.monotonic() - started, kind)
+        return outcome
+
+    def probe(self, argv: Sequence[str], *, env: dict[str, str] | None = None,
+              timeout: float | None = None) -> Outcome:
+        """Read-only: always runs, even in a dry run; the caller judges the exit code."""
+        return self._run(argv, kind="probe", env=env, timeout=timeout)
+
+    def change(self, argv: Sequence[str], *, env: dict[str, str] | None = None, stdin: str | None = None,
+               ok_codes: tuple[int, ...] = (0,), timeout: float | None = None,
+               quiet: bool = False) -> Outcome | None:
+        """Mutates the host: printed, skipped in a dry run, raises RemoteError on failure."""
+        command = self.command(argv, env)
+        if self.dry_run:
+            say(f"  would run on {self.name}: {command}")
+            return None
+        started = time.monotonic()
+        outcome = self._run(argv, kind="change", env=env, stdin=stdin, timeout=timeout)
+        took = time.monotonic() - started
+        if outcome.exit_code not in ok_codes:
+            if not quiet:
+                say(f"* {self.name}: {command} ... FAILED {took:.1f}s")
+            raise RemoteError(self.name, command, outcome.exit_code, outcome.stderr or outcome.stdout)
+        if not quiet:
+            say(f"* {self.name}: {command} ... ok {took:.1f}s")
+        return outcome
+
+    def read_file(self, path: str) -> str | None:
+        """The file's text, or None when it does not exist."""
+        outcome = self.probe(["sh", "-c", 'if [ -e "$1" ]; then cat -- "$1"; else exit 66; fi', "sh", path])
+        if outcome.exit_code == 66:
+            return None
+        if not outcome.ok:
+            raise RemoteError(self.name, f"cat {path}", outcome.exit_code, outcome.stderr)
+        return outcome.stdout
+
+    def write_file(self, path: str, text: str) -> None:
+        """Atomic replace: timestamped backup of the old file, temp file beside it, rename."""
+        stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
+        script = (
+            'set -e; tmp=$(mktemp "$1.tmp.XXXXXX"); cat > "$tmp"; '
+            'if [ -e "$1" ]; then cp -p -- "$1" "$1$2"; chmod --reference="$1" "$tmp"; fi; '
+            'mv -f -- "$tmp" "$1"'
+        )
+        self.change(["sh", "-c", script, "sh", path, f"{BACKUP_SUFFIX}{stamp}"], stdin=text)
+
+    def edit_file(self, path: str, transform: Callable[[str], str], *, create: bool = False) -> bool:
+        """Read, transform with a pure function, show the diff, write if it differs.
+
+        Returns whether the file changed (or would change, in a dry run).
+        """
+        old = self.read_file(path)
+        if old is None and not create:
+            raise ToolError(f"{self.name}: {path} does not exist")
+        new = transform(old or "")
+        if new == old:
+            say(f"* {self.name}: {path} ... unchanged")
+            return False
+        say(unified_diff(old or "", new, f"{self.name}:{path}"))
+        self.write_file(path, new)
+        return True
+
+
+def unified_diff(old: str, new: str, label: str) -> str:
+    return "".join(difflib.unified_diff(
+        old.splitlines(keepends=True), new.splitlines(keepends=True),
+        fromfile=f"{label} (now)", tofile=f"{label} (new)")).rstrip("\n")
+
+
+def describe_ssh_error(exc: BaseException) -> str:
+    """One line for the usual SSH failures, without a traceback."""
+    import paramiko
+
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return (f"HOST KEY CHANGED for {exc.hostname} (got {exc.key.get_name()} "
+                f"{exc.key.get_base64()[:16]}...): refusing; verify the host and fix known_hosts")
+    if isinstance(exc, UnknownHostKey):
+        return str(exc)
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text
+
+
+class UnknownHostKey(Exception):
+    pass
+
+
+def _host_key_policy(known_hosts: Path, accept_new: bool, label: str):
+    """Refuse unknown keys (Fabric's default silently accepts them); opt-in: record new ones."""
+    import paramiko
+
+    class Policy(paramiko.MissingHostKeyPolicy):
+        def missing_host_key(self, client, hostname, key):
+            if not accept_new:
+                raise UnknownHostKey(
+                    f"{label}: host key for {hostname} is not in {known_hosts}: refusing to connect; "
+                    f"verify it (ssh-keyscan) and add it, or set accept_new_host_key: true in the inventory")
+            client.get_host_keys().add(hostname, key.get_name(), key)
+            known_hosts.parent.mkdir(parents=True, exist_ok=True)
+            with known_hosts.open("a") as fh:
+                fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+            say(f"* {label}: recorded new host key {key.get_name()} for {hostname} in {known_hosts}")
+
+    return Policy()
+
+
+def open_connection(label: str, address: str, user: str, port: int, *, proxy_command: str | None,
+                    identity_file: str | None, known_hosts: str | None, accept_new: bool,
+                    timeout: float = 15):
+    """A connected fabric Connection with strict host key checking."""
+    from fabric import Connection
+
+    kwargs = {}
+    if identity_file:
+        kwargs["key_filename"] = [str(Path(identity_file).expanduser())]
+    conn = Connection(address, user=user, port=port, gateway=proxy_command or None,
+                      connect_timeout=timeout, connect_kwargs=kwargs)
+    known = Path(known_hosts or "~/.ssh/known_hosts").expanduser()
+    if known.exists():
+        conn.client.load_host_keys(str(known))
+    conn.client.set_missing_host_key_policy(_host_key_policy(known, accept_new, label))
+    try:
+        conn.open()
+    except Exception as exc:
+        raise ToolError(f"{label}: cannot connect to {user}@{address}:{port}: {describe_ssh_error(exc)}") from None
+    return conn
+
+
+class Site:
+    """The run's connections: one per host (and per guest), opened on first use, then reused."""
+
+    def __init__(self, inventory: Inventory, *, dry_run: bool = False, audit: AuditLog | None = None,
+                 connect: Callable[..., object] = open_connection):
+        self.inventory = inventory
+        self.dry_run = dry_run
+        self.audit = audit or AuditLog(None)
+        self._connect = connect
+        self._remotes: dict[str, Remote] = {}
+        self._lock = threading.Lock()
+        self._host_locks: dict[str, threading.Lock] = {}
+
+    def _remote(self, key: str, opener: Callable[[], object], sudo: bool) -> Remote:
+        with self._lock:
+            lock = self._host_locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._remotes:
+                self._remotes[key] = Remote(key, opener(), sudo=sudo, dry_run=self.dry_run, audit=self.audit)
+            return self._remotes[key]
+
+    def host(self, name: str) -> Remote:
+        h: Host = self.inventory.host(name)
+        return self._remote(name, lambda: self._connect(
+            h.name, h.address, h.user, h.port, proxy_command=h.proxy_command,
+            identity_file=h.identity_file, known_hosts=h.known_hosts, accept_new=h.accept_new_host_key),
+            h.needs_sudo)
+
+    def guest(self, vm: VM) -> Remote:
+        if not vm.guest_address:
+            raise ToolError(f"vms.{vm.name}.guest_address is not set: the guest stage needs SSH to the guest")
+        return self._remote(f"guest:{vm.name}", lambda: self._connect(
+            f"{vm.name} (guest)", vm.guest_address, vm.guest_user, vm.guest_port,
+            proxy_command=vm.guest_proxy_command, identity_file=vm.guest_identity_file,
+            known_hosts=vm.guest_known_hosts, accept_new=False), vm.guest_user != "root")
+
+    def close(self) -> None:
+        for remote in self._remotes.values():
+            close = getattr(remote.conn, "close", None)
+            if close:
+                close()
+        self._remotes.clear()
+
+
+def audit_path(c) -> Path:
+    return Path(c.config.get("audit_log") or state_dir(c) / "audit.jsonl").expanduser()
+
+
+def state_dir(c) -> Path:
+    """Where journals, locks and the audit log live on the control machine."""
+    default = Path(os.environ.get("XDG_STATE_HOME", "~/.local/state")) / "xenkvm"
+    return Path(c.config.get("state_dir") or default).expanduser()
+
+
+def site_from_context(c, inventory: Inventory, dry_run: bool = False) -> Site:
+    return Site(inventory, dry_run=dry_run, audit=AuditLog(audit_path(c)))
