@@ -100,6 +100,7 @@ class Remote:
         self.sudo = sudo
         self.dry_run = dry_run
         self.audit = audit or AuditLog(None)
+        self.facts: dict = {}   # probe results that hold for the whole run (toolstack, ...)
 
     def command(self, argv: Sequence[str], env: dict[str, str] | None = None) -> str:
         prefix = ["env", *(f"{k}={v}" for k, v in (env or {}).items())] if env else []

@@ -1,0 +1,496 @@
+"""Flows: migrate a VM between its Xen and KVM hosts, roll back, report status.
+
+Check before change (Ganeti's CheckPrereq / Exec): every read-only check on
+both hosts runs first; only then does anything change.  Each change records
+its undo in a journal on the control machine before it starts; a failure
+undoes the completed steps in reverse order.  Undo operations look at live
+state first, so `rollback` works after a crash as well as after a failure.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from invoke import Collection, task
+
+from . import drbd, inventory, kvmhost, xenhost
+from .errors import GuardError, InputError, ToolError
+from .inventory import VM, Inventory
+from .remote import Site, say, site_from_context, state_dir
+
+SIDES = ("xen", "kvm")
+ROLLBACK_TIMEOUT = 120.0
+
+
+def other(side: str) -> str:
+    return "kvm" if side == "xen" else "xen"
+
+
+def _stage(side: str):
+    return xenhost if side == "xen" else kvmhost
+
+
+def running_on(site: Site, inv: Inventory, vm: VM, side: str) -> bool:
+    host = inv.host(vm.host_for(side))
+    return _stage(side).domain_running(site.host(host.name), host, vm.name)
+
+
+def where_running(site: Site, inv: Inventory, vm: VM) -> list[str]:
+    """The hosts where the VM's domain runs now (probes both)."""
+    return [vm.host_for(side) for side in SIDES if running_on(site, inv, vm, side)]
+
+
+# -- journal and lock ---------------------------------------------------------------------------
+
+class Journal:
+    """One run's steps and their undos, rewritten atomically after every change of state."""
+
+    def __init__(self, path: Path, data: dict):
+        self.path = path
+        self.data = data
+
+    @classmethod
+    def start(cls, directory: Path, vm: VM, target_side: str) -> "Journal":
+        data = {
+            "vm": vm.name, "run": uuid.uuid4().hex[:12], "pid": os.getpid(),
+            "who": f"{getpass.getuser()}@{socket.gethostname()}",
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "source": vm.host_for(other(target_side)), "target": vm.host_for(target_side),
+            "to": target_side, "status": "running", "steps": [],
+        }
+        journal = cls(directory / f"{vm.name}.json", data)
+        journal.save()
+        return journal
+
+    @classmethod
+    def load(cls, directory: Path, vm_name: str) -> "Journal | None":
+        path = directory / f"{vm_name}.json"
+        try:
+            return cls(path, json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise ToolError(f"{path}: unreadable journal ({exc}); inspect it, then move it away") from None
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        os.replace(tmp, self.path)
+
+    def begin(self, step: "Step") -> dict:
+        entry = {"name": step.name, "host": step.host, "status": "started", "undo": step.undo}
+        self.data["steps"].append(entry)
+        self.save()
+        return entry
+
+    def mark(self, entry: dict, status: str) -> None:
+        entry["status"] = status
+        self.save()
+
+    def finish(self, status: str) -> None:
+        """Close the run and move the journal to the history folder."""
+        self.data["status"] = status
+        self.data["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.save()
+        done = self.path.parent / "done"
+        done.mkdir(exist_ok=True)
+        os.replace(self.path, done / f"{self.data['vm']}-{self.data['run']}.json")
+
+    def summary(self) -> str:
+        last = next((s for s in reversed(self.data["steps"])), None)
+        at = f", last step '{last['name']}' ({last['status']})" if last else ""
+        return (f"run {self.data['run']} by {self.data['who']} started {self.data['started']}, "
+                f"{self.data['source']} -> {self.data['target']}{at}")
+
+
+class VmLock:
+    """One run per VM at a time: an flock the kernel releases if the process dies."""
+
+    def __init__(self, directory: Path, vm_name: str):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / f"{vm_name}.lock"
+        self.vm_name = vm_name
+        self.fh = None
+
+    def __enter__(self) -> "VmLock":
+        fh = self.path.open("a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise GuardError(f"{self.vm_name} is already being handled by {holder}; wait for it to finish") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} ({getpass.getuser()}@{socket.gethostname()}) since "
+                 f"{datetime.now().isoformat(timespec='seconds')}\n")
+        fh.flush()
+        self.fh = fh
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.fh.truncate(0)
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
+
+
+def journal_dir(c) -> Path:
+    return state_dir(c) / "journal"
+
+
+def lock_dir(c) -> Path:
+    return state_dir(c) / "locks"
+
+
+# -- undo operations: each looks at live state first, so running one twice is harmless -------------
+
+@dataclass
+class Ctx:
+    site: Site
+    inv: Inventory
+    vm: VM
+    timeout: float = xenhost.DEFAULT_SHUTDOWN_TIMEOUT
+    force: bool = False
+
+
+def _start(ctx: Ctx, side: str) -> None:
+    host = ctx.inv.host(ctx.vm.host_for(side))
+    remote = ctx.site.host(host.name)
+    if running_on(ctx.site, ctx.inv, ctx.vm, side):
+        say(f"* {host.name}: {ctx.vm.name} already running ... ok")
+    elif side == "xen":
+        xenhost.start_domain(remote, host, ctx.vm)
+    else:
+        kvmhost.start_domain(remote, host, ctx.vm.name)
+
+
+def _stop(ctx: Ctx, side: str, timeout: float, force: bool) -> None:
+    host = ctx.inv.host(ctx.vm.host_for(side))
+    _stage(side).shutdown_domain(ctx.site.host(host.name), host, ctx.vm.name, timeout=timeout, force=force)
+
+
+def _promote(ctx: Ctx, side: str) -> None:
+    host = ctx.vm.host_for(side)
+    drbd.promote(ctx.site.host(host), ctx.vm, host)
+
+
+def _demote(ctx: Ctx, side: str) -> None:
+    host = ctx.vm.host_for(side)
+    drbd.demote(ctx.site.host(host), ctx.vm, host, domain_running=running_on(ctx.site, ctx.inv, ctx.vm, side))
+
+
+def _undefine(ctx: Ctx, side: str) -> None:
+    host = ctx.inv.host(ctx.vm.kvm_host)
+    remote = ctx.site.host(host.name)
+    if not kvmhost.domain_running(remote, host, ctx.vm.name):
+        kvmhost.undefine_domain(remote, host, ctx.vm.name)
+
+
+UNDO_OPS: dict[str, Callable[[Ctx, str], None]] = {
+    "start": _start,
+    "stop": lambda ctx, side: _stop(ctx, side, ROLLBACK_TIMEOUT, True),
+    "primary": _promote,
+    "secondary": _demote,
+    "undefine": _undefine,
+}
+
+
+def run_undo(ctx: Ctx, undo: dict) -> None:
+    UNDO_OPS[undo["op"]](ctx, undo["side"])
+
+
+# -- the plan ------------------------------------------------------------------------------------
+
+@dataclass
+class Step:
+    name: str
+    host: str
+    shows: list[str]                     # the commands, for the printed plan
+    action: Callable[[], object]
+    undo: dict | None = None             # {"op": ..., "side": ...}, recorded before the step runs
+
+
+def plan_move(ctx: Ctx, target_side: str, xml: str | None) -> list[Step]:
+    """The steps of one move, mirror images for the two directions."""
+    vm, inv, site = ctx.vm, ctx.inv, ctx.site
+    source_side = other(target_side)
+    src, dst = vm.host_for(source_side), vm.host_for(target_side)
+    resources = " ".join(d.resource for d in vm.resources)
+    stop_cmd = (f"xl|xm shutdown {vm.name}" if source_side == "xen" else f"virsh shutdown {vm.name}")
+    steps = [
+        Step(f"shut {vm.name} down on {src}", src,
+             [stop_cmd, f"wait until gone (up to {ctx.timeout:.0f}s{', then destroy' if ctx.force else ''})"],
+             lambda: _stop(ctx, source_side, ctx.timeout, ctx.force),
+             undo={"op": "start", "side": source_side}),
+        Step(f"demote DRBD on {src}", src, [f"drbdadm secondary {resources}"],
+             lambda: _demote(ctx, source_side), undo={"op": "primary", "side": source_side}),
+        Step(f"promote DRBD on {dst}", dst, [f"drbdadm primary {resources}"],
+             lambda: _promote(ctx, target_side), undo={"op": "secondary", "side": target_side}),
+    ]
+    if target_side == "kvm":
+        host = inv.host(dst)
+        remote = site.host(dst)
+        # Undefine on undo only if this run creates the definition.
+        is_new = kvmhost.domain_state(remote, host, vm.name) == "not found"
+        steps.append(Step(f"define {vm.name} on {dst}", dst,
+                          [f"upload {kvmhost.XML_DIR}/{vm.name}.xml",
+                           f"virsh define --validate {kvmhost.XML_DIR}/{vm.name}.xml"],
+                          lambda: kvmhost.define_domain(remote, host, vm.name, xml),
+                          undo={"op": "undefine", "side": "kvm"} if is_new else None))
+        steps.append(Step(f"start {vm.name} on {dst}", dst, [f"virsh start {vm.name}"],
+                          lambda: kvmhost.start_domain(remote, host, vm.name), undo={"op": "stop", "side": "kvm"}))
+    else:
+        host = inv.host(dst)
+        steps.append(Step(f"start {vm.name} on {dst}", dst, [f"xl|xm create {vm.cfg}"],
+                          lambda: xenhost.start_domain(site.host(dst), host, vm), undo={"op": "stop", "side": "xen"}))
+    steps.append(Step(f"verify {vm.name} runs on {dst}", dst, ["domain state probe"],
+                      lambda: _verify(ctx, target_side)))
+    return steps
+
+
+def _verify(ctx: Ctx, side: str) -> None:
+    if not running_on(ctx.site, ctx.inv, ctx.vm, side):
+        raise ToolError(f"{ctx.vm.host_for(side)}: {ctx.vm.name} is not running after start")
+
+
+# -- checks ----------------------------------------------------------------------------------------
+
+def check_move(ctx: Ctx, target_side: str) -> str | None:
+    """Every read-only check of a move, on both hosts; returns the domain XML for a move to KVM."""
+    vm, inv, site = ctx.vm, ctx.inv, ctx.site
+    source_side = other(target_side)
+    src, dst = vm.host_for(source_side), vm.host_for(target_side)
+    for host in (src, dst):
+        site.host(host)
+    say(f"  ok: {src} and {dst} reachable")
+    if running_on(site, inv, vm, target_side):
+        raise GuardError(f"{vm.name} already runs on {dst}: refusing to start it twice")
+    if not running_on(site, inv, vm, source_side):
+        raise GuardError(f"{vm.name} is not running on {src}: nothing to move (start it there first)")
+    say(f"  ok: {vm.name} runs on {src}, not on {dst}")
+    for host, role in ((src, "Primary"), (dst, "Secondary")):
+        states = drbd.resource_states(site.host(host), vm, host)
+        for disk in vm.resources:
+            st = states[disk.resource]
+            if st.role != role:
+                raise GuardError(f"{host}: DRBD {disk.resource} is {st.role}, expected {role}")
+            if st.connection != "Connected":
+                raise GuardError(f"{host}: DRBD {disk.resource} is {st.connection}, not Connected")
+            if st.disk != "UpToDate" or not st.peer_disks or any(p != "UpToDate" for p in st.peer_disks):
+                raise GuardError(f"{host}: DRBD {disk.resource} is {st.disk}/{'/'.join(st.peer_disks) or '?'}, "
+                                 f"not UpToDate/UpToDate")
+    say(f"  ok: DRBD {', '.join(d.resource for d in vm.resources)} Connected, UpToDate/UpToDate, "
+        f"Primary on {src}")
+    if target_side == "kvm":
+        xml = kvmhost.render_checked(kvmhost.vm_spec(site, inv, vm))
+        say(f"  ok: domain XML for {vm.name} renders and is valid")
+        return xml
+    if site.host(dst).read_file(vm.cfg) is None:
+        raise GuardError(f"{dst}: {vm.cfg} does not exist: run `fab xenhost.prepare-cfg --vm {vm.name}`")
+    say(f"  ok: {dst}:{vm.cfg} present")
+    return None
+
+
+# -- running a move --------------------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    vm: str
+    ok: bool
+    runs_on: list[str]
+    message: str
+
+
+def undo_steps(ctx: Ctx, journal: Journal) -> list[str]:
+    """Undo every started or finished step in reverse order; returns what was undone."""
+    undone = []
+    for entry in reversed(journal.data["steps"]):
+        if entry["status"] not in ("started", "done") or not entry.get("undo"):
+            continue
+        say(f"  undo: {entry['name']}")
+        run_undo(ctx, entry["undo"])
+        journal.mark(entry, "undone")
+        undone.append(entry["name"])
+    return undone
+
+
+def move(ctx: Ctx, target_side: str, journals: Path, locks: Path, dry_run: bool = False) -> Outcome:
+    """Check, then change: the whole move of one VM, with undo on failure."""
+    vm = ctx.vm
+    src, dst = vm.host_for(other(target_side)), vm.host_for(target_side)
+    say(f"== {vm.name}: {src} -> {dst}{' (dry run)' if dry_run else ''}")
+    with VmLock(locks, vm.name):
+        pending = Journal.load(journals, vm.name)
+        if pending is not None:
+            raise GuardError(f"{vm.name} has an unfinished run ({pending.summary()}): "
+                             f"run `fab rollback --vm {vm.name}` first")
+        say("checks:")
+        xml = check_move(ctx, target_side)
+        steps = plan_move(ctx, target_side, xml)
+        say("plan:")
+        for number, step in enumerate(steps, 1):
+            say(f"  {number}. {step.name}: " + "; ".join(step.shows))
+        if dry_run:
+            if xml is not None:
+                host = ctx.inv.host(dst)
+                kvmhost.define_domain(ctx.site.host(dst), host, vm.name, xml)
+            return Outcome(vm.name, True, [src], "dry run: nothing changed")
+        return _execute(ctx, steps, Journal.start(journals, vm, target_side), dst)
+
+
+def _execute(ctx: Ctx, steps: list[Step], journal: Journal, dst: str) -> Outcome:
+    vm = ctx.vm
+    started = time.monotonic()
+    for step in steps:
+        entry = journal.begin(step)
+        try:
+            step.action()
+        except (Exception, KeyboardInterrupt) as exc:
+            journal.mark(entry, "failed")
+            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
+            say(f"! step '{step.name}' failed: {reason}")
+            return _roll_back_after_failure(ctx, journal, step.name, reason)
+        journal.mark(entry, "done")
+    journal.finish("done")
+    message = f"{vm.name} now runs on {dst} ({time.monotonic() - started:.1f}s)"
+    say(f"== {message}")
+    return Outcome(vm.name, True, [dst], message)
+
+
+def _roll_back_after_failure(ctx: Ctx, journal: Journal, failed: str, reason: str) -> Outcome:
+    vm = ctx.vm
+    try:
+        undone = undo_steps(ctx, journal)
+    except (Exception, KeyboardInterrupt) as exc:
+        journal.data["status"] = "rollback-failed"
+        journal.save()
+        raise ToolError(f"{vm.name}: step '{failed}' failed ({reason}) and the undo failed too ({exc}); "
+                        f"the journal is kept: fix the cause, then `fab rollback --vm {vm.name}`") from None
+    journal.finish("rolled-back")
+    runs_on = where_running(ctx.site, ctx.inv, vm)
+    message = (f"{vm.name}: step '{failed}' failed: {reason}; undone: {', '.join(undone) or 'nothing'}; "
+               f"{vm.name} now runs on {', '.join(runs_on) or 'no host'}")
+    return Outcome(vm.name, False, runs_on, message)
+
+
+def rollback_vm(ctx: Ctx, journals: Path, locks: Path) -> Outcome:
+    """Bring a VM back to where an interrupted run found it, from the journal and live state."""
+    vm = ctx.vm
+    with VmLock(locks, vm.name):
+        journal = Journal.load(journals, vm.name)
+        if journal is None:
+            runs_on = where_running(ctx.site, ctx.inv, vm)
+            return Outcome(vm.name, True, runs_on, f"{vm.name}: no unfinished run; it runs on "
+                                                    f"{', '.join(runs_on) or 'no host'}")
+        say(f"== rollback {vm.name}: {journal.summary()}")
+        undone = undo_steps(ctx, journal)
+        journal.finish("rolled-back")
+        runs_on = where_running(ctx.site, ctx.inv, vm)
+        return Outcome(vm.name, True, runs_on, f"{vm.name}: rolled back ({', '.join(undone) or 'nothing to undo'}); "
+                                               f"runs on {', '.join(runs_on) or 'no host'}")
+
+
+# -- tasks -------------------------------------------------------------------------------------------
+
+def _run(c, vm_name: str, target: str | None, timeout, force: bool, dry_run: bool) -> None:
+    inv = inventory.from_context(c)
+    vm = inv.vm(vm_name)
+    site = site_from_context(c, inv, dry_run)
+    try:
+        ctx = Ctx(site, inv, vm, float(timeout), force)
+        if target is None:
+            runs_on = where_running(site, inv, vm)
+            if len(runs_on) == 2:
+                raise GuardError(f"{vm.name} runs on BOTH {' and '.join(runs_on)}: stop one by hand now")
+            if not runs_on:
+                raise GuardError(f"{vm.name} runs on no host: cannot tell which way to move it (give --to)")
+            target = "kvm" if runs_on[0] == vm.xen_host else "xen"
+        outcome = move(ctx, target, journal_dir(c), lock_dir(c), dry_run)
+    finally:
+        site.close()
+    if not outcome.ok:
+        raise ToolError(outcome.message)
+
+
+_MOVE_HELP = {
+    "vm": "VM name from the inventory",
+    "timeout": f"seconds to wait for the guest to shut down (default {xenhost.DEFAULT_SHUTDOWN_TIMEOUT:.0f})",
+    "force": "destroy the guest if it has not shut down after --timeout",
+    "dry_run": "run every check and print the plan and diffs; change nothing",
+}
+
+
+@task(help={**_MOVE_HELP, "to": "kvm or xen; default: the side where the VM does not run"})
+def migrate(c, vm, to=None, timeout=xenhost.DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False):
+    """Move a VM to the other hypervisor: shutdown, DRBD switch, start there."""
+    if to not in (None, "kvm", "xen"):
+        raise InputError(f"--to must be kvm or xen, got {to!r}")
+    _run(c, vm, to, timeout, force, dry_run)
+
+
+@task(help=_MOVE_HELP)
+def migrate_to_kvm(c, vm, timeout=xenhost.DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False):
+    """Move a VM from its Xen host to its KVM host."""
+    _run(c, vm, "kvm", timeout, force, dry_run)
+
+
+@task(help=_MOVE_HELP)
+def migrate_to_xen(c, vm, timeout=xenhost.DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False):
+    """Move a VM from its KVM host back to its Xen host."""
+    _run(c, vm, "xen", timeout, force, dry_run)
+
+
+@task(help={"vm": "VM name from the inventory"})
+def rollback(c, vm):
+    """Undo an interrupted or failed run of a VM, from its journal and the live state."""
+    inv = inventory.from_context(c)
+    site = site_from_context(c, inv)
+    try:
+        outcome = rollback_vm(Ctx(site, inv, inv.vm(vm)), journal_dir(c), lock_dir(c))
+    finally:
+        site.close()
+    say(f"== {outcome.message}")
+
+
+@task(help={"vm": "VM name (default: every VM in the inventory)"})
+def status(c, vm=None):
+    """Where each VM runs, its DRBD roles and states, and unfinished runs."""
+    inv = inventory.from_context(c)
+    site = site_from_context(c, inv)
+    rows = [("VM", "runs on", "resource", "host", "role", "conn", "disk/peer", "sync")]
+    notes = []
+    try:
+        for model in inv.select(vm):
+            runs_on = ", ".join(where_running(site, inv, model)) or "-"
+            for host in (model.xen_host, model.kvm_host):
+                states = drbd.resource_states(site.host(host), model, host)
+                for disk in model.resources:
+                    st = states[disk.resource]
+                    sync = f"{st.sync_percent:.1f}%" if st.sync_percent is not None else ""
+                    rows.append((model.name, runs_on, disk.resource, host, st.role, st.connection,
+                                 f"{st.disk}/{'/'.join(st.peer_disks) or '?'}", sync))
+            pending = Journal.load(journal_dir(c), model.name)
+            if pending is not None:
+                notes.append(f"! {model.name}: unfinished run ({pending.summary()}): `fab rollback --vm {model.name}`")
+    finally:
+        site.close()
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    for note in notes:
+        print(note)
+
+
+tasks = (migrate, migrate_to_kvm, migrate_to_xen, rollback, status)

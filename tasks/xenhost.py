@@ -1,0 +1,181 @@
+"""Stage: the Xen host. Domain state, start, graceful shutdown, and the dual-boot cfg.
+
+Works with both toolstacks: xm (Xen 3/4 with xend) and xl; their `list`
+output and create/shutdown/destroy verbs are the same.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from invoke import Collection, task
+
+from . import inventory
+from .errors import InputError, ToolError
+from .inventory import VM, Host
+from .remote import Remote, say, site_from_context
+
+DEFAULT_SHUTDOWN_TIMEOUT = 300.0
+
+
+def parse_domain_list(text: str) -> dict[str, str]:
+    """`xl list` / `xm list` -> {name: state flags}; Domain-0 left out."""
+    domains = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 5 or fields[0] in ("Name", "Domain-0") or not fields[1].isdigit():
+            continue
+        domains[fields[0]] = fields[4] if len(fields) > 5 else ""
+    return domains
+
+
+def toolstack(remote: Remote, host: Host) -> str:
+    """xm or xl as the inventory says; `auto` prefers xl when installed (xm is gone since Xen 4.5)."""
+    if host.toolstack != "auto":
+        return host.toolstack
+    if "toolstack" not in remote.facts:
+        for candidate in ("xl", "xm"):
+            if remote.probe(["sh", "-c", 'command -v "$1"', "sh", candidate]).ok:
+                remote.facts["toolstack"] = candidate
+                break
+        else:
+            raise ToolError(f"{host.name}: neither xl nor xm is installed")
+    return remote.facts["toolstack"]
+
+
+def list_domains(remote: Remote, host: Host) -> dict[str, str]:
+    tool = toolstack(remote, host)
+    outcome = remote.probe([tool, "list"])
+    if not outcome.ok:
+        raise ToolError(f"{host.name}: `{tool} list` failed (exit {outcome.exit_code}): "
+                        f"{(outcome.stderr or outcome.stdout).strip()}")
+    return parse_domain_list(outcome.stdout)
+
+
+def domain_running(remote: Remote, host: Host, name: str) -> bool:
+    """Any state counts as running until the domain leaves the list: its disks are still held."""
+    return name in list_domains(remote, host)
+
+
+def start_domain(remote: Remote, host: Host, vm: VM) -> None:
+    remote.change([toolstack(remote, host), "create", vm.cfg])
+
+
+def destroy_domain(remote: Remote, host: Host, name: str) -> None:
+    """Hard stop; a domain that is already gone counts as destroyed."""
+    if remote.dry_run or domain_running(remote, host, name):
+        remote.change([toolstack(remote, host), "destroy", name])
+
+
+def shutdown_domain(remote: Remote, host: Host, name: str, *, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+                    force: bool = False, poll: float = 1.0) -> None:
+    """Graceful shutdown, then wait until the domain is gone; destroy after the wait only if forced."""
+    if not remote.dry_run and not domain_running(remote, host, name):
+        say(f"* {host.name}: {name} is not running ... ok")
+        return
+    remote.change([toolstack(remote, host), "shutdown", name])
+    if remote.dry_run:
+        if force:
+            say(f"  would run on {host.name} after {timeout:.0f}s: {toolstack(remote, host)} destroy {name}")
+        return
+    wait_until(lambda: not domain_running(remote, host, name), timeout, poll,
+               f"{host.name}: waiting for {name} to shut down")
+    if domain_running(remote, host, name):
+        if not force:
+            raise ToolError(f"{host.name}: {name} still running after {timeout:.0f}s; "
+                            f"retry with a longer --timeout, or --force to destroy it")
+        say(f"* {host.name}: {name} did not shut down in {timeout:.0f}s: destroying (--force)")
+        destroy_domain(remote, host, name)
+
+
+def wait_until(done, timeout: float, poll: float, label: str, every: float = 10.0) -> bool:
+    """Poll `done()` until true or the timeout; a progress line every `every` seconds."""
+    started = time.monotonic()
+    next_report = started + every
+    while not done():
+        now = time.monotonic()
+        if now - started >= timeout:
+            return False
+        if now >= next_report:
+            say(f"  {label} ... {now - started:.0f}s of {timeout:.0f}s")
+            next_report = now + every
+        time.sleep(poll)
+    return True
+
+
+def converted_cfg(text: str, filename: str, vm: VM | None, console: bool) -> str:
+    """The dual-boot cfg: disks renamed sda.. (root first), root= follows, optional Xen console."""
+    from .diskmap import plan_disk_map, renames
+    from .formats.xencfg import CfgSyntaxError, parse_xen_cfg, rewrite_xen_cfg
+
+    try:
+        cfg = parse_xen_cfg(text, filename)
+        return rewrite_xen_cfg(text, renames(plan_disk_map(cfg, vm)), add_console=console, filename=filename)
+    except (CfgSyntaxError, ValueError) as exc:
+        raise InputError(str(exc) if str(exc).startswith(filename) else f"{filename}: {exc}") from None
+
+
+def read_local(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read {what}: {exc.strerror}") from None
+
+
+def _context(c, vm_name: str, dry_run: bool = False):
+    inv = inventory.from_context(c)
+    vm = inv.vm(vm_name)
+    site = site_from_context(c, inv, dry_run)
+    host = inv.host(vm.xen_host)
+    return inv, vm, site, host
+
+
+@task(help={"cfg": "path of a Xen guest cfg (xm or xl syntax) on this machine",
+            "console": "also add `console=hvc0 xencons=tty` to extra="})
+def convert_cfg(c, cfg, console=False):
+    """Print the dual-boot version of a Xen cfg (offline preview; changes nothing)."""
+    sys.stdout.write(converted_cfg(read_local(cfg, "Xen cfg"), cfg, None, console))
+
+
+@task(help={"vm": "VM name from the inventory",
+            "console": "also add `console=hvc0 xencons=tty` to extra=",
+            "dry_run": "show the diff, change nothing"})
+def prepare_cfg(c, vm, console=False, dry_run=False):
+    """Rewrite the VM's cfg on its Xen host for dual boot (backup kept, diff shown)."""
+    _, model, site, host = _context(c, vm, dry_run)
+    remote = site.host(host.name)
+    remote.edit_file(model.cfg, lambda text: converted_cfg(text, f"{host.name}:{model.cfg}", model, console))
+
+
+@task(help={"vm": "VM name from the inventory"})
+def state(c, vm):
+    """Say whether the VM's domain runs on its Xen host."""
+    _, model, site, host = _context(c, vm)
+    running = domain_running(site.host(host.name), host, model.name)
+    print(f"{host.name}: {model.name} {'running' if running else 'not running'}")
+
+
+@task(help={"vm": "VM name from the inventory", "dry_run": "show the command, change nothing"})
+def start(c, vm, dry_run=False):
+    """Start the VM's domain on its Xen host from its cfg."""
+    _, model, site, host = _context(c, vm, dry_run)
+    remote = site.host(host.name)
+    if domain_running(remote, host, model.name):
+        say(f"* {host.name}: {model.name} already running ... ok")
+        return
+    start_domain(remote, host, model)
+
+
+@task(help={"vm": "VM name from the inventory",
+            "timeout": f"seconds to wait for a graceful shutdown (default {DEFAULT_SHUTDOWN_TIMEOUT:.0f})",
+            "force": "destroy the domain if it has not shut down after the wait",
+            "dry_run": "show the commands, change nothing"})
+def shutdown(c, vm, timeout=DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False):
+    """Shut the VM's domain down on its Xen host and wait until it is gone."""
+    _, model, site, host = _context(c, vm, dry_run)
+    shutdown_domain(site.host(host.name), host, model.name, timeout=float(timeout), force=force)
+
+
+ns = Collection("xenhost", convert_cfg, prepare_cfg, state, start, shutdown)
