@@ -1,0 +1,180 @@
+"""A command-level double of a Xen host and a KVM host sharing DRBD resources.
+
+It answers exactly the commands the stages send (parsed back with shlex, so an
+unquoted value would show up as a wrong argv), keeps the state both hosts
+share, refuses what the real commands refuse, and records every command.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+
+from invoke import Result
+
+XL_HEADER = "Name                                        ID   Mem VCPUs\tState\tTime(s)\n"
+DOM0 = "Domain-0                                     0  1024     2     r-----     100.0\n"
+
+
+@dataclass
+class Shared:
+    """What both hosts see: DRBD roles per resource, and which host runs the domain."""
+
+    roles: dict[str, dict[str, str]]           # resource -> host -> Primary|Secondary
+    disk: dict[str, dict[str, str]]            # resource -> host -> UpToDate|...
+    connection: str = "Connected"
+    xen_running: set = field(default_factory=set)
+    kvm_running: set = field(default_factory=set)
+    kvm_defined: set = field(default_factory=set)
+    files: dict[tuple[str, str], str] = field(default_factory=dict)
+    log: list[tuple[str, str]] = field(default_factory=list)   # (host, command)
+    faults: dict[str, int] = field(default_factory=dict)       # command prefix -> exit code
+    violations: list[str] = field(default_factory=list)
+    stubborn: bool = False                                     # the guest ignores shutdown
+
+    def check(self) -> None:
+        for res, roles in self.roles.items():
+            if list(roles.values()).count("Primary") > 1:
+                self.violations.append(f"two primaries on {res}")
+        if self.xen_running & self.kvm_running:
+            self.violations.append("domain runs on both hosts")
+
+
+class FakeHost:
+    """One host: the `run` contract of a fabric Connection."""
+
+    def __init__(self, name: str, role: str, peer: str, shared: Shared):
+        self.name, self.role, self.peer, self.shared = name, role, peer, shared
+
+    def run(self, command: str, **kwargs) -> Result:
+        self.shared.log.append((self.name, command))
+        argv = shlex.split(command)
+        if argv[:1] == ["env"]:
+            argv = argv[1:]
+            while argv and "=" in argv[0]:
+                argv = argv[1:]
+        for prefix, code in self.shared.faults.items():
+            host, _, cmd = prefix.partition(":")
+            if host == self.name and " ".join(argv).startswith(cmd):
+                return Result(stderr=f"injected fault on {cmd}\n", exited=code)
+        stdin = kwargs.get("in_stream")
+        result = self.dispatch(argv, stdin.read() if hasattr(stdin, "read") else None)
+        self.shared.check()
+        return result
+
+    # -- dispatch -----------------------------------------------------------------------------
+    def dispatch(self, argv, stdin):
+        tool = argv[0]
+        if tool == "sh" and argv[2] == "sh":
+            return self.shell(argv[1], argv[3:], stdin)
+        if tool in ("xl", "xm"):
+            return self.xl(argv[1:])
+        if tool == "drbdadm":
+            return self.drbdadm(argv[1:])
+        if tool == "virsh":
+            return self.virsh(argv[3:])
+        if tool == "mkdir":
+            return Result()
+        raise AssertionError(f"{self.name}: unexpected command {argv}")
+
+    def shell(self, script, args, stdin):
+        if 'command -v "$1"' in script:
+            return Result(exited=0 if args[0] == "xl" and self.role == "xen" else 1)
+        if "cat --" in script and "exit 66" in script:
+            text = self.shared.files.get((self.name, args[0]))
+            return Result(stdout=text) if text is not None else Result(exited=66)
+        if "mktemp" in script:
+            self.shared.files[(self.name, args[0])] = stdin
+            return Result()
+        raise AssertionError(f"unexpected script {script!r}")
+
+    def xl(self, args):
+        verb = args[0]
+        running = self.shared.xen_running
+        if verb == "list":
+            body = "".join(f"{n:<40}{i:>5}  2048     1     -b----      1.0\n" for i, n in enumerate(sorted(running), 1))
+            return Result(stdout=XL_HEADER + DOM0 + body)
+        name = args[-1]
+        if verb == "create":
+            cfg = self.shared.files.get((self.name, name))
+            domain = re.search(r"name\s*=\s*'([^']+)'", cfg or "")
+            if not domain:
+                return Result(stderr=f"Failed to parse config: {name}\n", exited=1)
+            if any(r[self.name] != "Primary" for r in self.shared.roles.values()):
+                return Result(stderr="libxl: error: hotplug: /etc/xen/scripts/block-drbd failed\n", exited=3)
+            running.add(domain.group(1))
+            return Result(stdout=f'Parsing config from {name}\n')
+        if name not in running:
+            return Result(stderr=f"Domain '{name}' does not exist.\n", exited=1)
+        if verb == "shutdown":
+            if not self.shared.stubborn:
+                running.discard(name)
+            return Result(stdout=f"Shutting down domain {len(running)}\n")
+        if verb == "destroy":
+            running.discard(name)
+            return Result()
+        raise AssertionError(f"xl {args}")
+
+    def drbdadm(self, args):
+        verb, resources = args[0], args[1:]
+        for res in resources:
+            if res not in self.shared.roles:
+                return Result(stderr=f"'{res}' not defined in your config (for this host).\n", exited=10)
+        if verb == "status":
+            return Result(stdout="".join(self.status9(r) for r in resources))
+        for res in resources:
+            roles = self.shared.roles[res]
+            if verb == "primary":
+                if roles[self.peer] == "Primary":
+                    return Result(stderr=f"{res}: State change failed: (-1) Multiple primaries not allowed by config\n", exited=11)
+                if self.shared.disk[res][self.name] != "UpToDate":
+                    return Result(stderr=f"{res}: State change failed: (-2) Need access to UpToDate data\n", exited=17)
+                roles[self.name] = "Primary"
+            elif verb == "secondary":
+                held = self.shared.xen_running if self.role == "xen" else self.shared.kvm_running
+                if held:
+                    return Result(stderr=f"{res}: State change failed: (-12) Device is held open by someone\n", exited=11)
+                roles[self.name] = "Secondary"
+            else:
+                raise AssertionError(f"drbdadm {args}")
+        return Result()
+
+    def status9(self, res):
+        roles, disk = self.shared.roles[res], self.shared.disk[res]
+        conn = self.shared.connection
+        peer = (f"  {self.peer} role:{roles[self.peer]}\n    peer-disk:{disk[self.peer]}\n"
+                if conn == "Connected" else f"  {self.peer} connection:{conn}\n")
+        return f"{res} role:{roles[self.name]}\n  disk:{disk[self.name]}\n{peer}\n"
+
+    def virsh(self, args):
+        verb, name = args[0], args[-1]
+        s = self.shared
+        if verb == "domstate":
+            if name not in s.kvm_defined:
+                return Result(stderr=f"error: failed to get domain '{name}'\n", exited=1)
+            return Result(stdout=("running" if name in s.kvm_running else "shut off") + "\n\n")
+        if verb == "define":
+            text = s.files.get((self.name, name))
+            domain = re.search(r"<name>([^<]+)</name>", text or "")
+            s.kvm_defined.add(domain.group(1))
+            return Result(stdout=f"Domain '{domain.group(1)}' defined from {name}\n")
+        if name not in s.kvm_defined:
+            return Result(stderr=f"error: failed to get domain '{name}'\n", exited=1)
+        if verb == "start":
+            if name in s.kvm_running:
+                return Result(stderr="error: Domain is already active\n", exited=1)
+            if any(r[self.name] != "Primary" for r in s.roles.values()):
+                return Result(stderr="error: Failed to start domain: Read-only file system\n", exited=1)
+            s.kvm_running.add(name)
+            return Result(stdout=f"Domain '{name}' started\n")
+        if verb in ("shutdown", "destroy"):
+            if name not in s.kvm_running:
+                return Result(stderr="error: Requested operation is not valid: domain is not running\n", exited=1)
+            if verb == "destroy" or not s.stubborn:
+                s.kvm_running.discard(name)
+            return Result()
+        if verb == "undefine":
+            s.kvm_defined.discard(name)
+            return Result()
+        raise AssertionError(f"virsh {args}")

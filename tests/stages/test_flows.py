@@ -1,0 +1,259 @@
+"""Flows at command level: exact sequences both ways, guards, undo at every step, rollback."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from tasks import flows
+from tasks.errors import GuardError
+from tasks.inventory import load_inventory
+from tasks.remote import AuditLog, Site
+from tests.conftest import REPO
+from tests.stages.fakehosts import FakeHost, Shared
+
+RESOURCES = ("logger-system", "logger-var")
+CFG = """\
+#
+# Configuration file for the Xen instance logger, created
+# by xen-tools 4.9.2 on Tue Nov 24 10:00:00 2026.
+#
+bootloader = 'pygrub'
+vcpus       = '1'
+memory      = '2048'
+root        = '/dev/xvda2 ro'
+disk        = [
+                  'phy:/dev/drbd5,xvda2,w',
+                  'phy:/dev/drbd6,xvda3,w',
+                  'phy:/dev/vg_main/logger-swap,xvda1,w',
+              ]
+name        = 'logger'
+vif         = [ 'mac=00:16:3E:37:D0:70,bridge=br0' ]
+on_poweroff = 'destroy'
+on_reboot   = 'restart'
+on_crash    = 'restart'
+"""
+
+
+class Killed(BaseException):
+    """Stands for the process dying mid-step: nothing in the flow may catch it."""
+
+
+@pytest.fixture
+def world(tmp_path):
+    inv = load_inventory(REPO / "hosts.yml")
+    shared = Shared(roles={r: {"xen1": "Primary", "kvm1": "Secondary"} for r in RESOURCES},
+                    disk={r: {"xen1": "UpToDate", "kvm1": "UpToDate"} for r in RESOURCES},
+                    xen_running={"logger"})
+    shared.files[("xen1", "/etc/xen/auto/logger.cfg")] = CFG
+    hosts = {"xen1": FakeHost("xen1", "xen", "kvm1", shared), "kvm1": FakeHost("kvm1", "kvm", "xen1", shared)}
+
+    class World:
+        def __init__(self):
+            self.shared, self.inv, self.tmp = shared, inv, tmp_path
+            self.audit = tmp_path / "audit.jsonl"
+
+        def site(self, dry_run=False):
+            return Site(inv, dry_run=dry_run, audit=AuditLog(self.audit),
+                        connect=lambda label, *a, **k: hosts[label])
+
+        def move(self, to, dry_run=False, **kw):
+            ctx = flows.Ctx(self.site(dry_run), inv, inv.vm("logger"), timeout=kw.pop("timeout", 0.2),
+                            force=kw.pop("force", False))
+            return flows.move(ctx, to, tmp_path / "journal", tmp_path / "locks", dry_run)
+
+        def rollback(self):
+            ctx = flows.Ctx(self.site(), inv, inv.vm("logger"), timeout=0.2)
+            return flows.rollback_vm(ctx, tmp_path / "journal", tmp_path / "locks")
+
+        def changes(self):
+            if not self.audit.exists():
+                return []
+            entries = [json.loads(line) for line in self.audit.read_text().splitlines()]
+            return [f"{e['host']}: {e['command']}" for e in entries if e["kind"] == "change"
+                    and not e["command"].startswith(("mkdir", "sh -c"))]
+
+        def where(self):
+            return (sorted(shared.xen_running), sorted(shared.kvm_running),
+                    {r: (v["xen1"], v["kvm1"]) for r, v in shared.roles.items()})
+
+    return World()
+
+
+ON_XEN = (["logger"], [], {r: ("Primary", "Secondary") for r in RESOURCES})
+ON_KVM = ([], ["logger"], {r: ("Secondary", "Primary") for r in RESOURCES})
+
+TO_KVM = [
+    "xen1: xl shutdown logger",
+    "xen1: drbdadm secondary logger-system",
+    "xen1: drbdadm secondary logger-var",
+    "kvm1: drbdadm primary logger-system",
+    "kvm1: drbdadm primary logger-var",
+    "kvm1: env LANG=C virsh -c qemu:///system define --validate /var/lib/xenkvm/logger.xml",
+    "kvm1: env LANG=C virsh -c qemu:///system start logger",
+]
+TO_XEN = [
+    "kvm1: env LANG=C virsh -c qemu:///system shutdown logger",
+    "kvm1: drbdadm secondary logger-system",
+    "kvm1: drbdadm secondary logger-var",
+    "xen1: drbdadm primary logger-system",
+    "xen1: drbdadm primary logger-var",
+    "xen1: xl create /etc/xen/auto/logger.cfg",
+]
+
+
+def test_to_kvm_sends_exactly_the_seed_procedure(world):
+    outcome = world.move("kvm")
+    assert outcome.ok and outcome.runs_on == ["kvm1"]
+    assert world.changes() == TO_KVM
+    assert world.where() == ON_KVM
+    assert world.shared.violations == []
+    xml = world.shared.files[("kvm1", "/var/lib/xenkvm/logger.xml")]
+    assert "00:16:3e:37:d0:70" in xml and "/dev/drbd5" in xml
+
+
+def test_and_back_to_xen(world):
+    assert world.move("kvm").ok
+    world.audit.unlink()
+    outcome = world.move("xen")
+    assert outcome.ok and outcome.runs_on == ["xen1"]
+    assert world.changes() == TO_XEN
+    assert world.where() == ON_XEN
+    assert world.shared.violations == []
+
+
+def test_dry_run_sends_no_change_and_prints_the_plan(world, capsys):
+    outcome = world.move("kvm", dry_run=True)
+    assert outcome.ok
+    assert world.changes() == []
+    assert world.where() == ON_XEN
+    out = capsys.readouterr().out
+    assert "1. shut logger down on xen1" in out and "5. start logger on kvm1" in out
+    assert "would run on kvm1:" in out and "+++ kvm1:/var/lib/xenkvm/logger.xml (new)" in out
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda s: s.kvm_running.add("logger") or s.kvm_defined.add("logger"), "already runs on kvm1"),
+    (lambda s: s.xen_running.clear(), "is not running on xen1"),
+    (lambda s: s.disk["logger-var"].update(kvm1="Inconsistent"), "logger-var is UpToDate/Inconsistent"),
+    (lambda s: setattr(s, "connection", "StandAlone"), "not Connected"),
+    (lambda s: s.roles["logger-system"].update(kvm1="Primary"), "logger-system is Primary, expected Secondary"),
+])
+def test_guards_refuse_before_any_change(world, setup, message):
+    setup(world.shared)
+    before = world.where()
+    with pytest.raises(GuardError, match=message):
+        world.move("kvm")
+    assert world.changes() == []
+    assert world.where() == before
+    assert not (world.tmp / "journal" / "logger.json").exists()
+
+
+def _fault_points(sequence):
+    return [(line.split(": ", 1)[0], line.split(": ", 1)[1].removeprefix("env LANG=C ")) for line in sequence]
+
+
+@pytest.mark.parametrize("host, command", _fault_points(TO_KVM))
+def test_fault_at_every_step_to_kvm_ends_where_it_started(world, host, command):
+    world.shared.faults[f"{host}:{command}"] = 1
+    outcome = world.move("kvm")
+    assert not outcome.ok
+    assert outcome.runs_on == ["xen1"]
+    assert "failed" in outcome.message and "now runs on xen1" in outcome.message
+    assert world.where() == ON_XEN
+    assert world.shared.violations == []
+    assert not (world.tmp / "journal" / "logger.json").exists()
+
+
+@pytest.mark.parametrize("host, command", _fault_points(TO_XEN))
+def test_fault_at_every_step_to_xen_ends_where_it_started(world, host, command):
+    assert world.move("kvm").ok
+    world.shared.faults[f"{host}:{command}"] = 1
+    outcome = world.move("xen")
+    assert not outcome.ok and outcome.runs_on == ["kvm1"]
+    assert world.where() == ON_KVM
+    assert world.shared.violations == []
+
+
+def test_undo_runs_in_reverse_order(world):
+    world.shared.faults["kvm1:virsh -c qemu:///system start logger"] = 1
+    world.move("kvm")
+    undo = world.changes()[len(TO_KVM):]
+    assert undo == [
+        "kvm1: env LANG=C virsh -c qemu:///system undefine logger",
+        "kvm1: drbdadm secondary logger-system",
+        "kvm1: drbdadm secondary logger-var",
+        "xen1: drbdadm primary logger-system",
+        "xen1: drbdadm primary logger-var",
+        "xen1: xl create /etc/xen/auto/logger.cfg",
+    ]
+
+
+def test_stubborn_guest_is_not_destroyed_without_force(world):
+    world.shared.stubborn = True
+    outcome = world.move("kvm", timeout=0.1)
+    assert not outcome.ok and "--force" in outcome.message
+    assert world.where() == ON_XEN
+    assert not any("destroy" in line for line in world.changes())
+
+
+def test_stubborn_guest_is_destroyed_with_force(world):
+    world.shared.stubborn = True
+    assert world.move("kvm", timeout=0.1, force=True).ok
+    assert "xen1: xl destroy logger" in world.changes()
+    assert world.where() == ON_KVM
+
+
+class _KillOn:
+    """Wraps a fake host so that one command kills the 'process'."""
+
+    def __init__(self, host, command):
+        self.host, self.command = host, command
+
+    def run(self, command, **kw):
+        if command.endswith(self.command):
+            raise Killed()
+        return self.host.run(command, **kw)
+
+
+@pytest.mark.parametrize("command", ["drbdadm primary logger-var", "virsh -c qemu:///system start logger"])
+def test_killed_run_then_rollback(world, command):
+    site = world.site()
+    real = site._connect
+    site._connect = lambda label, *a, **k: _KillOn(real(label), command) if label == "kvm1" else real(label)
+    ctx = flows.Ctx(site, world.inv, world.inv.vm("logger"), timeout=0.2)
+    with pytest.raises(Killed):
+        flows.move(ctx, "kvm", world.tmp / "journal", world.tmp / "locks")
+    assert (world.tmp / "journal" / "logger.json").exists()
+    with pytest.raises(GuardError, match="unfinished run .* fab rollback --vm logger"):
+        world.move("kvm")
+    outcome = world.rollback()
+    assert outcome.ok and outcome.runs_on == ["xen1"]
+    assert world.where() == ON_XEN
+    assert world.shared.violations == []
+    assert world.move("kvm").ok
+
+
+def test_second_concurrent_run_is_refused(world):
+    lock = flows.VmLock(world.tmp / "locks", "logger")
+    with lock:
+        errors = []
+
+        def other():
+            try:
+                world.move("kvm")
+            except GuardError as exc:
+                errors.append(str(exc))
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+    assert len(errors) == 1 and "already being handled by pid" in errors[0]
+    assert world.changes() == []
+
+
+def test_rollback_without_journal_reports_where_it_runs(world):
+    outcome = world.rollback()
+    assert outcome.ok and outcome.runs_on == ["xen1"] and "no unfinished run" in outcome.message

@@ -1,0 +1,129 @@
+"""xenhost and kvmhost stages at command level: exact commands, states, quoting."""
+
+import re
+import shlex
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from invoke import MockContext, Result
+
+from tasks import kvmhost, xenhost
+from tasks.errors import ToolError
+from tasks.inventory import Host
+from tasks.remote import Remote
+
+XEN = Host(name="xen1", address="192.0.2.11", role="xen", toolstack="auto")
+KVM = Host(name="kvm1", address="192.0.2.12", role="kvm", libvirt_uri="qemu:///system")
+
+# Real `xl list` (Xen 4.17) and `xm list` (Xen 3.2) layouts.
+XL_LIST = """\
+Name                                        ID   Mem VCPUs\tState\tTime(s)
+Domain-0                                     0  1024     2     r-----    6342.2
+logger                                       7  2048     1     -b----     131.0
+web-01                                      12   512     1     --p---       0.0
+"""
+XM_LIST = """\
+Name                                      ID Mem(MiB) VCPUs State   Time(s)
+Domain-0                                   0     3610     4 r-----  45921.7
+logger                                    14     2048     1 -b----    862.3
+"""
+
+
+def remote(results: dict, dry_run=False) -> tuple[Remote, MockContext]:
+    ctx = MockContext(run=results, repeat=True)
+    return Remote("h", ctx, dry_run=dry_run), ctx
+
+
+def sent(ctx: MockContext) -> list[str]:
+    return [call.args[0] for call in ctx.run.call_args_list]
+
+
+def test_parse_domain_list_both_toolstacks():
+    assert xenhost.parse_domain_list(XL_LIST) == {"logger": "-b----", "web-01": "--p---"}
+    assert xenhost.parse_domain_list(XM_LIST) == {"logger": "-b----"}
+    assert xenhost.parse_domain_list("") == {}
+
+
+def test_toolstack_auto_prefers_xl_and_is_probed_once(mocker):
+    r, ctx = remote({re.compile(r".*command -v.* xl$"): Result(), "xl list": Result(XL_LIST)})
+    mocker.spy(ctx, "run")
+    assert xenhost.domain_running(r, XEN, "logger")
+    assert not xenhost.domain_running(r, XEN, "mail")
+    assert sent(ctx) == ["sh -c 'command -v \"$1\"' sh xl", "xl list", "xl list"]
+
+
+def test_toolstack_auto_falls_back_to_xm():
+    r, _ = remote({re.compile(r".* xl$"): Result(exited=1), re.compile(r".* xm$"): Result(), "xm list": Result(XM_LIST)})
+    assert xenhost.toolstack(r, XEN) == "xm"
+
+
+def test_xen_shutdown_waits_until_gone(mocker):
+    gone = XL_LIST.replace("logger", "other1")
+    lists = iter([XL_LIST, XL_LIST, XL_LIST, gone, gone])
+    ctx = MockContext(run={"xl shutdown logger": Result()}, repeat=True)
+    r = Remote("xen1", ctx)
+    mocker.patch.object(xenhost, "list_domains", side_effect=lambda *_: xenhost.parse_domain_list(next(lists)))
+    mocker.spy(ctx, "run")
+    xenhost.shutdown_domain(r, Host(name="xen1", address="a", role="xen", toolstack="xl"), "logger",
+                            timeout=5, poll=0.01)
+    assert sent(ctx) == ["xl shutdown logger"]
+    with pytest.raises(StopIteration):  # polled until gone, then checked once more: all five lists read
+        next(lists)
+
+
+def test_kvm_domain_states_as_pacemaker_reads_them():
+    r, _ = remote({
+        "env LANG=C virsh -c qemu:///system domstate logger": Result("running\n\n"),
+        "env LANG=C virsh -c qemu:///system domstate off": Result("shut off\n\n"),
+        "env LANG=C virsh -c qemu:///system domstate ghost":
+            Result(stderr="error: failed to get domain 'ghost'\n", exited=1),
+        "env LANG=C virsh -c qemu:///system domstate paused": Result("paused\n"),
+    })
+    assert kvmhost.domain_state(r, KVM, "logger") == "running"
+    assert kvmhost.domain_state(r, KVM, "ghost") == "not found"
+    assert not kvmhost.domain_running(r, KVM, "off")
+    assert not kvmhost.domain_running(r, KVM, "ghost")
+    assert kvmhost.domain_running(r, KVM, "paused")
+
+
+def test_virsh_error_other_than_missing_domain_is_reported():
+    r, _ = remote({re.compile(".*domstate.*"): Result(stderr="error: failed to connect to the hypervisor\n", exited=1)})
+    with pytest.raises(ToolError, match="kvm1: `virsh domstate logger` failed .*connect to the hypervisor"):
+        kvmhost.domain_state(r, KVM, "logger")
+
+
+def test_destroy_of_a_stopped_domain_counts_as_success():
+    r, _ = remote({re.compile(".*destroy.*"): Result(stderr="error: Requested operation is not valid: domain is not running\n", exited=1)})
+    kvmhost.destroy_domain(r, KVM, "logger")
+
+
+def test_dry_run_changes_nothing_but_probes_run(mocker):
+    r, ctx = remote({re.compile(".*domstate.*"): Result("running\n")}, dry_run=True)
+    mocker.spy(ctx, "run")
+    kvmhost.shutdown_domain(r, KVM, "logger", timeout=1)
+    assert all("domstate" in c for c in sent(ctx))
+
+
+hostile = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                  min_size=1, max_size=30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=hostile, cfg=hostile, uri=hostile)
+def test_hostile_values_arrive_as_single_arguments(name, cfg, uri):
+    """Whatever a name, path or URI holds, the remote shell sees it as one argument."""
+    xen = Host(name="xen1", address="a", role="xen", toolstack="xl")
+    kvm = Host(name="kvm1", address="a", role="kvm", libvirt_uri=uri)
+    ctx = MockContext(run={re.compile(".*", re.S): Result("running\n")}, repeat=True)
+    r = Remote("h", ctx)
+    commands = []
+    ctx.run = lambda command, **kw: commands.append(command) or Result("running\n")
+    from tasks.inventory import VM
+    vm = VM(name=name, xen_host="xen1", kvm_host="kvm1", cfg=cfg, disks=())
+    xenhost.start_domain(r, xen, vm)
+    kvmhost.start_domain(r, kvm, name)
+    kvmhost.domain_state(r, kvm, name)
+    assert shlex.split(commands[0]) == ["xl", "create", cfg]
+    assert shlex.split(commands[1]) == ["env", "LANG=C", "virsh", "-c", uri, "start", name]
+    assert shlex.split(commands[2]) == ["env", "LANG=C", "virsh", "-c", uri, "domstate", name]
