@@ -1,0 +1,42 @@
+"""/etc/initramfs-tools/modules: the drivers KVM's disks and network need, in every initramfs.
+
+An initramfs built under Xen with MODULES=dep holds only the drivers of the running (Xen)
+devices, xen-blkfront and xen-netfront, so under KVM it cannot find the root disk. Modules listed
+here are always included, whatever MODULES says; update-initramfs must run afterwards.
+"""
+
+import re
+
+from tasks.errors import InputError
+from tasks.formats.fstab import split_lines
+
+KVM_MODULES = ("ata_piix", "ahci", "virtio_blk", "virtio_pci", "virtio_net", "sd_mod")
+_MODULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def _canonical(name: str) -> str:
+    """modprobe treats '-' and '_' in module names alike (virtio-blk is virtio_blk)."""
+    return name.replace("-", "_")
+
+
+def plan_initramfs_modules(modules_text: str, required: tuple[str, ...] = KVM_MODULES) -> str | None:
+    """The file with the missing modules appended, or None when all are listed (nothing to do).
+
+    A module counts as listed when an uncommented line starts with its name (`name [args]`);
+    the commented examples Debian ships (`# sd_mod`) do not count.
+    """
+    for name in required:
+        if not isinstance(name, str) or not _MODULE.fullmatch(name):
+            raise InputError(f"module name {name!r} is not a plain kernel module name")
+    lines = split_lines(modules_text)
+    listed = {_canonical(words[0]) for line in lines
+              if (words := line.split()) and not words[0].startswith("#")}
+    missing = []
+    for name in required:
+        if _canonical(name) not in listed and _canonical(name) not in map(_canonical, missing):
+            missing.append(name)
+    if not missing:
+        return None
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    return "".join(lines) + "".join(f"{name}\n" for name in missing)
