@@ -97,13 +97,13 @@ def render_checked(spec) -> str:
     """Render and validate against libvirt's schema where this machine has it."""
     from .formats.domainxml import DomainXmlError, default_schema_dir, render_domain_xml, validate_domain_xml
 
-    xml = render_domain_xml(spec)
-    schemas = default_schema_dir()
-    if schemas is not None:
-        try:
+    try:
+        xml = render_domain_xml(spec)
+        schemas = default_schema_dir()
+        if schemas is not None:
             validate_domain_xml(xml, schemas)
-        except DomainXmlError as exc:
-            raise ToolError(f"domain XML for {spec.name} is not valid: {exc}") from None
+    except DomainXmlError as exc:
+        raise ToolError(f"domain XML for {spec.name} is not valid: {exc}") from None
     return xml
 
 

@@ -1,0 +1,262 @@
+"""The KVM side's libvirt domain XML: planned from the Xen cfg, rendered, validated.
+
+Pure: data in, text out, no I/O beyond reading the template and the schemas.
+jinja2 and lxml are imported inside the functions that need them, so importing
+this module (and so `fab --list`) stays fast.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+BUSES = ("ide", "sata", "scsi", "virtio")
+DOMAIN_TYPES = ("kvm", "qemu")
+DISK_KINDS = ("block", "file")
+DEFAULT_BRIDGE = "br0"
+BOOT_DIR = "/var/lib/xenkvm/boot"
+KVM_CONSOLES = "console=ttyS0,115200n8 console=tty0"
+IDE_DISKS = 4  # the pc machine's one IDE controller: two buses, two units each
+
+_TARGET = re.compile(r"^sd([a-z]+)$")
+# Control characters (which XML cannot carry, or would turn into spaces in an attribute)
+# and the code points XML 1.0 forbids outright.
+_NOT_XML = re.compile("[^\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# Xen names for image formats that qemu calls differently.
+_QEMU_FORMAT = {"aio": "raw", "vhd": "vpc"}
+# Xen lifecycle actions libvirt's qemu driver refuses (qemuValidateLifecycleAction), as the
+# nearest it accepts; on_crash keeps preserve and coredump-*, which qemu does implement.
+_QEMU_STOP_ACTION = {"rename-restart": "restart", "preserve": "destroy",
+                     "coredump-destroy": "destroy", "coredump-restart": "restart"}
+_QEMU_CRASH_ACTION = {"rename-restart": "restart"}
+
+
+class DomainXmlError(ValueError):
+    """A domain that libvirt or qemu would refuse: one line, naming the first problem."""
+
+
+@dataclass(frozen=True)
+class DomainDisk:
+    target: str          # sda, sdb ...; the bus decides the prefix the XML uses
+    source: str          # absolute path on the KVM host
+    kind: str            # "block" (<source dev=>) or "file" (<source file=>)
+    readonly: bool = False
+    format: str = "raw"  # the driver type
+
+
+@dataclass(frozen=True)
+class DomainInterface:
+    mac: str             # the Xen MAC, kept so the guest's network config still matches
+    bridge: str
+    model: str = "virtio"
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    name: str
+    memory_mib: int
+    vcpus: int
+    disks: tuple[DomainDisk, ...]
+    interfaces: tuple[DomainInterface, ...]
+    bus: str = "ide"
+    domain_type: str = "kvm"
+    machine: str = "pc"
+    uuid: str | None = None
+    kernel: str | None = None     # direct-kernel boot when set; else the disk's grub
+    initrd: str | None = None
+    cmdline: str | None = None
+    emulator: str | None = None
+    on_poweroff: str = "destroy"
+    on_reboot: str = "restart"
+    on_crash: str = "restart"
+
+
+def _disk_index(target: str) -> int:
+    """sda -> 0, sdz -> 25, sdaa -> 26: the order libvirt and the kernel give disks."""
+    match = _TARGET.match(target)
+    if not match:
+        raise DomainXmlError(f"disk target {target!r} is not a whole-disk name such as sda")
+    index = 0
+    for letter in match.group(1):
+        index = index * 26 + ord(letter) - ord("a") + 1
+    return index - 1
+
+
+def _strings(spec: DomainSpec):
+    """Every text value that ends up in the document."""
+    yield from (spec.name, spec.machine, spec.uuid, spec.kernel, spec.initrd, spec.cmdline,
+                spec.emulator, spec.on_poweroff, spec.on_reboot, spec.on_crash)
+    for disk in spec.disks:
+        yield from (disk.target, disk.source, disk.format)
+    for nic in spec.interfaces:
+        yield from (nic.mac, nic.bridge, nic.model)
+
+
+def _check(spec: DomainSpec) -> list[tuple[str, DomainDisk]]:
+    """Refuse what the schema lets through but qemu would not start; return (dev, disk) in order."""
+    if spec.bus not in BUSES:
+        raise DomainXmlError(f"bus must be one of {', '.join(BUSES)}, got {spec.bus!r}")
+    if spec.domain_type not in DOMAIN_TYPES:
+        raise DomainXmlError(f"domain type must be one of {', '.join(DOMAIN_TYPES)}, got {spec.domain_type!r}")
+    for value in _strings(spec):
+        if value is not None and _NOT_XML.search(value):
+            raise DomainXmlError(f"{value!r} holds a control character or one XML cannot carry")
+    ordered = sorted(spec.disks, key=lambda d: _disk_index(d.target))
+    for before, after in zip(ordered, ordered[1:]):
+        if before.target == after.target:
+            raise DomainXmlError(f"two disks have target {after.target}")
+    for disk in ordered:
+        if disk.kind not in DISK_KINDS:
+            raise DomainXmlError(f"disk {disk.target}: kind must be block or file, got {disk.kind!r}")
+        if not disk.source.startswith("/"):
+            raise DomainXmlError(f"disk {disk.target}: source {disk.source!r} is not an absolute path "
+                                 f"(only block devices and files move)")
+        if disk.readonly and spec.bus in ("ide", "sata"):
+            raise DomainXmlError(f"disk {disk.target} is read-only and qemu refuses a read-only "
+                                 f"{spec.bus.upper()} hard disk: use bus scsi or virtio")
+        if spec.bus == "ide" and _disk_index(disk.target) >= IDE_DISKS:
+            raise DomainXmlError(f"disk {disk.target}: IDE has room for sda-sdd only: use bus sata, scsi or virtio")
+    prefix = "vd" if spec.bus == "virtio" else "sd"
+    return [(prefix + disk.target[2:], disk) for disk in ordered]
+
+
+@lru_cache(maxsize=1)
+def _template():
+    """The Jinja2 template, autoescaping every value (paths and names may hold <>&'")."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    return env.get_template("domain.xml.j2")
+
+
+def render_domain_xml(spec: DomainSpec) -> str:
+    """The libvirt domain document for a spec; DomainXmlError for a spec qemu could not run."""
+    disks = _check(spec)
+    return _template().render(spec=spec, disks=disks)
+
+
+@lru_cache(maxsize=None)
+def _schema(schema_dir: str):
+    """domain.rng compiled once per directory and process: it pulls in a dozen includes."""
+    from lxml import etree
+
+    path = Path(schema_dir) / "domain.rng"
+    try:
+        return etree.RelaxNG(etree.parse(str(path)))
+    except (OSError, etree.XMLSyntaxError, etree.RelaxNGParseError) as exc:
+        raise DomainXmlError(f"{path}: cannot load the libvirt schema: {exc}") from None
+
+
+def validate_domain_xml(xml: str, schema_dir: str | Path) -> None:
+    """Check a document against libvirt's RelaxNG schema; DomainXmlError names the first error."""
+    from lxml import etree
+
+    schema = _schema(str(Path(schema_dir).resolve()))
+    try:
+        doc = etree.fromstring(xml.encode("utf-8"))
+    except etree.XMLSyntaxError as exc:
+        raise DomainXmlError(f"domain XML line {exc.lineno}: not well-formed: {exc.msg}") from None
+    if schema.validate(doc):
+        return
+    errors = list(schema.error_log)
+    # libxml2 lists the innermost error first, but an interleave error carries no line
+    # or node: take those from the first entry that has them.
+    first = errors[0]
+    anchor = next((e for e in errors if e.line > 0), first)
+    where = f" at {anchor.path}" if anchor.path else ""
+    raise DomainXmlError(f"domain XML line {anchor.line}: {first.message.strip()}{where} "
+                         f"(schema {Path(schema_dir) / 'domain.rng'})")
+
+
+def default_schema_dir(candidates=("/usr/share/libvirt/schemas",)) -> Path | None:
+    """The host's libvirt schemas, when libvirt is installed here."""
+    for candidate in candidates:
+        if (Path(candidate) / "domain.rng").is_file():
+            return Path(candidate)
+    return None
+
+
+def _interfaces(cfg, vm) -> tuple[DomainInterface, ...]:
+    """Bridge NICs that keep the Xen MACs; the inventory's mac and bridge describe the first."""
+    nics = []
+    for i, vif in enumerate(cfg.vifs):
+        mac = vif.mac
+        bridge = vif.bridge or DEFAULT_BRIDGE
+        if vm is not None and i == 0:
+            mac = vm.mac or mac
+            bridge = vm.bridge
+        if not mac:
+            raise ValueError(f"vif {i} has no mac=; KVM would invent one and the guest's network would change")
+        nics.append(DomainInterface(mac=mac.lower(), bridge=bridge))
+    if not cfg.vifs and vm is not None and vm.mac:
+        nics.append(DomainInterface(mac=vm.mac.lower(), bridge=vm.bridge))
+    return tuple(nics)
+
+
+def _cmdline(cfg) -> str:
+    """The guest's Xen command line (root= and extra=, or xl's cmdline=) plus the consoles KVM has."""
+    if not re.search(r"(?:^|\s)root=", cfg.cmdline or ""):
+        raise ValueError("direct-kernel boot needs root= in the Xen cfg (root=, extra= or cmdline=)")
+    return f"{cfg.cmdline} {KVM_CONSOLES}"
+
+
+def _lifecycle(cfg) -> dict[str, str]:
+    """The cfg's on_* actions that qemu can carry out, as DomainSpec keywords."""
+    actions = {}
+    for key, table in (("on_poweroff", _QEMU_STOP_ACTION), ("on_reboot", _QEMU_STOP_ACTION),
+                       ("on_crash", _QEMU_CRASH_ACTION)):
+        value = getattr(cfg, key)
+        if value:
+            actions[key] = table.get(value, value)
+    if actions.get("on_poweroff") == "restart" and actions.get("on_reboot") == "destroy":
+        raise ValueError("on_poweroff restart with on_reboot destroy: libvirt's qemu driver refuses it")
+    return actions
+
+
+def plan_domain_spec(cfg, disk_map, vm=None) -> DomainSpec:
+    """The KVM domain for a parsed Xen cfg, its disk map and (optionally) its inventory entry.
+
+    The inventory wins where it says something: memory, vcpus, the first NIC's
+    MAC and bridge, bus, domain type, machine, boot mode.
+    """
+    name = vm.name if vm is not None else cfg.name
+    if not name:
+        raise ValueError("the Xen cfg has no name=")
+    memory = (vm.memory if vm is not None else None) or cfg.memory or cfg.maxmem
+    if not memory:
+        raise ValueError(f"{name}: no memory= or maxmem= in the Xen cfg and none in the inventory")
+    vcpus = (vm.vcpus if vm is not None else None) or cfg.vcpus or 1
+    disks = tuple(
+        DomainDisk(target=d.target, source=d.kvm_source, kind=d.source_kind, readonly=d.readonly,
+                   format=_QEMU_FORMAT.get(d.format or "raw", d.format or "raw"))
+        for d in disk_map
+    )
+    boot = {}
+    if vm is not None and vm.boot == "direct-kernel":
+        boot = dict(kernel=f"{BOOT_DIR}/{name}/vmlinuz", initrd=f"{BOOT_DIR}/{name}/initrd.img",
+                    cmdline=_cmdline(cfg))
+    lifecycle = _lifecycle(cfg)
+    placement = {}
+    if vm is not None:
+        placement = dict(bus=vm.bus, domain_type=vm.domain_type, machine=vm.machine)
+    return DomainSpec(
+        name=name,
+        memory_mib=memory,
+        vcpus=vcpus,
+        disks=disks,
+        interfaces=_interfaces(cfg, vm),
+        uuid=cfg.uuid,
+        **placement,
+        **boot,
+        **lifecycle,
+    )
