@@ -2,7 +2,7 @@
 
 from invoke import Collection
 
-from . import inventory
+from . import guest, inventory, kvmhost, xenhost
 
-ns = Collection(inventory.ns)
-ns.configure({"inventory": "hosts.yml"})
+ns = Collection(inventory.ns, guest.ns, xenhost.ns, kvmhost.ns)
+ns.configure({"inventory": "hosts.yml", "state_dir": "", "audit_log": ""})

@@ -163,7 +163,13 @@ class Remote:
             'if [ -e "$1" ]; then cp -p -- "$1" "$1$2"; chmod --reference="$1" "$tmp"; fi; '
             'mv -f -- "$tmp" "$1"'
         )
-        self.change(["sh", "-c", script, "sh", path, f"{BACKUP_SUFFIX}{stamp}"], stdin=text)
+        backup = f"{path}{BACKUP_SUFFIX}{stamp}"
+        if self.dry_run:
+            say(f"  would write {self.name}:{path} (backup {backup})")
+            return
+        started = time.monotonic()
+        self.change(["sh", "-c", script, "sh", path, f"{BACKUP_SUFFIX}{stamp}"], stdin=text, quiet=True)
+        say(f"* {self.name}: write {path} (backup {backup} if it existed) ... ok {time.monotonic() - started:.1f}s")
 
     def edit_file(self, path: str, transform: Callable[[str], str], *, create: bool = False) -> bool:
         """Read, transform with a pure function, show the diff, write if it differs.

@@ -122,6 +122,8 @@ def read_local(path: str, what: str) -> str:
         return Path(path).read_text()
     except OSError as exc:
         raise InputError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not a text file ({exc.reason} at byte {exc.start})") from None
 
 
 def _context(c, vm_name: str, dry_run: bool = False):

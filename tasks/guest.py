@@ -1,0 +1,580 @@
+"""Stage: the guest itself. Consoles, fstab, boot loader + kernel, initramfs modules.
+
+What virt-v2v's Linux conversion does, done once over SSH to the running Xen guest so that
+the same disks then boot under both Xen and KVM. Facts are read first (probes only), every
+refusal is decided before the first change, then each file is edited with a diff and a backup.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from invoke import Collection, task
+
+from . import inventory
+from .diskmap import MappedDisk, plan_disk_map, renames as disk_renames
+from .errors import GuardError, InputError, ToolError
+from .formats.bootloader import (convert_default_grub, convert_menu_lst, kernel_is_xen_only,
+                                 render_device_map)
+from .formats.fstab import convert_fstab, fstab_devices
+from .formats.getty import CONSOLE_UNITS, GettyPlan, GuestConsoleFacts, commands, plan_getty_units
+from .formats.initramfs import KVM_MODULES, plan_initramfs_modules
+from .formats.inittab import convert_inittab, convert_securetty
+from .formats.xencfg import CfgSyntaxError, parse_xen_cfg
+from .inventory import VM
+from .remote import Remote, say, site_from_context
+
+INITTAB = "/etc/inittab"
+SECURETTY = "/etc/securetty"
+FSTAB = "/etc/fstab"
+DEVICE_MAP = "/boot/grub/device.map"
+DEFAULT_GRUB = "/etc/default/grub"
+GRUB_CFG = "/boot/grub/grub.cfg"
+MENU_LST = "/boot/grub/menu.lst"
+INITRAMFS_MODULES = "/etc/initramfs-tools/modules"
+
+APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
+# Newest name first; the 2.6- names are the only ones Debian 4 and 5 know.
+KERNEL_PACKAGES = {
+    "amd64": ("linux-image-amd64", "linux-image-2.6-amd64"),
+    "i386": ("linux-image-686", "linux-image-2.6-686"),
+}
+# An empty device list and "yes, really none": grub-pc's postinst then neither prompts nor
+# writes a boot sector on a disk without a partition table.
+GRUB_PC_PRESEED = ("grub-pc grub-pc/install_devices multiselect \n"
+                   "grub-pc grub-pc/install_devices_empty boolean true\n")
+BLOCKLIST_WARNING = ("blocklists are fragile: a file move by the filesystem can break boot; "
+                     "rehearse first (fab kvmhost.rehearse)")
+
+_DISK_LIKE = re.compile(r"(?:xvd|hd|sd|vd)[a-z]+[0-9]*")
+_PARTITION = re.compile(r"(.*[^0-9])([0-9]+)")
+_TTY = re.compile(r"(?:/dev/)?(?:tty[A-Za-z]*|hvc|xvc)[0-9]+")
+
+
+# -- facts (probes only) -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Kernel:
+    version: str
+    xen_only: bool
+
+
+@dataclass(frozen=True)
+class GuestFacts:
+    """What the later steps decide on; the file texts let every refusal come before any change."""
+
+    init: str                           # "systemd" or "sysvinit"
+    console: GuestConsoleFacts
+    inittab: str | None
+    securetty: str | None
+    fstab: str | None
+    kernels: tuple[Kernel, ...]
+    architecture: str
+    grub_pc: bool                       # grub-pc (grub 2) installed
+    grub_cfg: bool                      # /boot/grub/grub.cfg exists
+    menu_lst: str | None                # pygrub guests
+    default_grub: str | None
+    initramfs_modules: str | None
+
+    @property
+    def fstab_devices(self) -> list[str]:
+        return fstab_devices(self.fstab or "")
+
+    @property
+    def bootable_kernels(self) -> list[str]:
+        return [k.version for k in self.kernels if not k.xen_only]
+
+
+def _exists(guest: Remote, path: str, test: str = "-e") -> bool:
+    return guest.probe(["test", test, path]).ok
+
+
+def probe_init(guest: Remote, inittab: str | None) -> str:
+    """systemd when it runs (or /sbin/init is it), sysvinit when inittab drives init."""
+    if _exists(guest, "/run/systemd/system", "-d"):
+        return "systemd"
+    init = guest.probe(["readlink", "-f", "/sbin/init"])
+    if init.ok and init.stdout.strip().endswith("/systemd"):
+        return "systemd"
+    if inittab is not None:
+        return "sysvinit"
+    raise GuardError(f"{guest.name}: cannot tell the init system (no /run/systemd/system, "
+                     f"/sbin/init is not systemd, no {INITTAB})")
+
+
+def probe_units(guest: Remote) -> tuple[frozenset[str], frozenset[str]]:
+    """Enabled instances and masked units, as `systemctl is-enabled` reports each (one unit per
+    call: an unknown unit makes a multi-unit call drop its line); templates matter only masked."""
+    units = ["getty.target", "getty@.service", "serial-getty@.service"]
+    for tty in CONSOLE_UNITS:
+        units += [f"getty@{tty}.service", f"serial-getty@{tty}.service"]
+    enabled, masked = set(), set()
+    for unit in units:
+        state = guest.probe(["systemctl", "is-enabled", unit]).stdout.strip()
+        if state == "enabled" and not unit.endswith("@.service"):
+            enabled.add(unit)
+        elif state == "masked":
+            masked.add(unit)
+    return frozenset(enabled), frozenset(masked)
+
+
+def kernel_consoles(cmdline: str) -> tuple[str, ...]:
+    """console=ttyS0,115200n8 hvc0 -> ("ttyS0", "hvc0")."""
+    return tuple(w.split("=", 1)[1].split(",", 1)[0] for w in cmdline.split() if w.startswith("console="))
+
+
+def probe_kernels(guest: Remote) -> tuple[Kernel, ...]:
+    """vmlinuz-* in /boot; each judged by its config file when the package left one."""
+    listing = guest.probe(["ls", "-1", "/boot"])
+    if not listing.ok:
+        raise ToolError(f"{guest.name}: cannot list /boot: {listing.stderr.strip()}")
+    names = set(listing.stdout.splitlines())
+    kernels = []
+    for name in sorted(names):
+        if name.startswith("vmlinuz-"):
+            version = name[len("vmlinuz-"):]
+            config = guest.read_file(f"/boot/config-{version}") if f"config-{version}" in names else None
+            kernels.append(Kernel(version, kernel_is_xen_only(version, config)))
+    return tuple(kernels)
+
+
+def package_installed(guest: Remote, package: str) -> bool:
+    status = guest.probe(["dpkg-query", "-W", "-f", "${Status}", package])
+    return status.ok and status.stdout.split()[-1:] == ["installed"]
+
+
+def gather_facts(guest: Remote) -> GuestFacts:
+    """Everything the steps need, read once; changes nothing."""
+    inittab = guest.read_file(INITTAB)
+    init = probe_init(guest, inittab)
+    securetty = guest.read_file(SECURETTY)
+    if init == "systemd":
+        enabled, masked = probe_units(guest)
+        cmdline = guest.probe(["cat", "/proc/cmdline"]).stdout
+        console = GuestConsoleFacts(init, enabled, masked, kernel_consoles(cmdline), securetty is not None)
+    else:
+        console = GuestConsoleFacts(init, has_securetty=securetty is not None)
+    arch = guest.probe(["dpkg", "--print-architecture"])
+    return GuestFacts(
+        init=init,
+        console=console,
+        inittab=inittab,
+        securetty=securetty,
+        fstab=guest.read_file(FSTAB),
+        kernels=probe_kernels(guest),
+        architecture=arch.stdout.strip() if arch.ok else "",
+        grub_pc=package_installed(guest, "grub-pc"),
+        grub_cfg=_exists(guest, GRUB_CFG),
+        menu_lst=guest.read_file(MENU_LST),
+        default_grub=guest.read_file(DEFAULT_GRUB),
+        initramfs_modules=guest.read_file(INITRAMFS_MODULES),
+    )
+
+
+def inittab_gettys(text: str) -> list[str]:
+    """Active getty lines as id:tty, for the summary."""
+    found = []
+    for line in text.splitlines():
+        fields = line.strip().split(":", 3)
+        if len(fields) == 4 and not fields[0].startswith("#") and "getty" in fields[3]:
+            ttys = [w for w in fields[3].split() if _TTY.fullmatch(w)]
+            found.append(f"{fields[0]}:{ttys[0] if ttys else '?'}")
+    return found
+
+
+def summary(name: str, facts: GuestFacts) -> list[str]:
+    """The facts as a person reads them."""
+    if facts.init == "sysvinit":
+        consoles = "inittab gettys " + (", ".join(inittab_gettys(facts.inittab or "")) or "none")
+    else:
+        c = facts.console
+        consoles = ("enabled " + (", ".join(sorted(c.enabled_units)) or "no getty units")
+                    + (f"; masked {', '.join(sorted(c.masked_units))}" if c.masked_units else "")
+                    + f"; kernel console= {', '.join(c.kernel_consoles) or 'none'}")
+    kernels = ", ".join(f"{k.version} ({'Xen only' if k.xen_only else 'boots under KVM'})"
+                        for k in facts.kernels) or "none in /boot"
+    loader = [f"grub-pc {'installed' if facts.grub_pc else 'not installed'}",
+              f"grub.cfg {'present' if facts.grub_cfg else 'absent'}",
+              f"menu.lst {'present (pygrub)' if facts.menu_lst is not None else 'absent'}"]
+    missing = [m for m in KVM_MODULES if plan_initramfs_modules(facts.initramfs_modules or "", (m,))]
+    modules = f"missing {', '.join(missing)}" if missing else "all KVM modules listed"
+    return [f"* {name}: {facts.init}, {facts.architecture or 'unknown architecture'}",
+            f"  consoles: {consoles}; securetty {'present' if facts.securetty is not None else 'absent'}",
+            f"  fstab devices: {', '.join(facts.fstab_devices) or 'none'}",
+            f"  kernels: {kernels}",
+            f"  boot loader: {', '.join(loader)}",
+            f"  initramfs modules: {modules}"]
+
+
+# -- checks: every refusal, before anything changes --------------------------------------------
+
+@dataclass(frozen=True)
+class FstabPlan:
+    renames: dict[str, str]     # old name -> new name, partitions of whole disks included
+    uuids: dict[str, str]       # new name -> UUID (with --uuid)
+    root: str                   # root= the kernel gets: /dev/sda, UUID=..., LABEL=...
+
+
+@dataclass(frozen=True)
+class BootPlan:
+    kernel_package: str | None  # to install: no installed kernel boots under KVM
+    grub2: bool                 # manage grub 2 (the VM boots from its own disk under KVM)
+    install_grub_pc: bool
+    grub_install_device: str | None
+
+
+def _renamed(name: str, renames: dict[str, str]) -> str | None:
+    """xvda2 -> sda; a partition follows its whole disk (xvda1 -> sda1), as in the cfg rewrite."""
+    if name in renames:
+        return renames[name]
+    m = _PARTITION.fullmatch(name)
+    return renames[m.group(1)] + m.group(2) if m and m.group(1) in renames else None
+
+
+def _on(name: str, disks: set[str]) -> bool:
+    """The name is one of the disks or a partition of one."""
+    return _renamed(name, {d: d for d in disks}) is not None
+
+
+def fstab_root(text: str) -> str | None:
+    """The device field of the / entry."""
+    for line in text.split("\n"):
+        fields = line.split()
+        if len(fields) >= 2 and not fields[0].startswith("#") and fields[1] == "/":
+            return fields[0]
+    return None
+
+
+def plan_renames(fstab: str, disk_map: list[MappedDisk]) -> tuple[dict[str, str], str]:
+    """Renames for this fstab, and its root device after them.
+
+    Refuses (InputError) a disk-like device the map does not know, and a / that is not on the
+    map's root disk (sda): either would leave a guest that cannot mount its disks under KVM.
+    """
+    base = {old: new for old, new in disk_renames(disk_map).items() if old != new}
+    targets = {d.target for d in disk_map}
+    renames = dict(base)
+    for name in fstab_devices(fstab):
+        new = _renamed(name, base)
+        if new is not None:
+            renames[name] = new
+        elif _DISK_LIKE.fullmatch(name) and not _on(name, targets):
+            raise InputError(f"/dev/{name} is not in the disk map ({', '.join(disk_renames(disk_map))}): "
+                             f"fix the line or the cfg")
+    root = fstab_root(fstab)
+    if root is None:
+        raise InputError("no / entry")
+    if root.startswith("/dev/") and _DISK_LIKE.fullmatch(root[5:]):
+        new = renames.get(root[5:], root[5:])
+        if not _on(new, {"sda"}):
+            sda = next((d.xen_vdev for d in disk_map if d.target == "sda"), "none")
+            raise InputError(f"/ is on {root}, which becomes /dev/{new}, not the root disk sda "
+                             f"(sda is {sda}): check root= in the cfg")
+        root = f"/dev/{new}"
+    return renames, root
+
+
+def device_uuids(guest: Remote, renames: dict[str, str]) -> dict[str, str]:
+    """New name -> UUID of the filesystem on the old (current) device; devices without one skipped."""
+    uuids = {}
+    for old, new in renames.items():
+        found = guest.probe(["blkid", "-o", "value", "-s", "UUID", f"/dev/{old}"])
+        if found.ok and found.stdout.strip():
+            uuids[new] = found.stdout.strip()
+        else:
+            say(f"  {guest.name}: /dev/{old} has no UUID: fstab keeps a device name for {new}")
+    return uuids
+
+
+def check_fstab(guest: Remote, facts: GuestFacts, disk_map: list[MappedDisk], uuid: bool = False) -> FstabPlan:
+    if facts.fstab is None:
+        raise GuardError(f"{guest.name}: {FSTAB} does not exist")
+    try:
+        renames, root = plan_renames(facts.fstab, disk_map)
+        uuids = device_uuids(guest, renames) if uuid else {}
+        convert_fstab(facts.fstab, renames, uuids)
+    except InputError as exc:
+        raise GuardError(f"{guest.name}: {FSTAB}: {exc.text}") from None
+    if root.startswith("/dev/") and root[5:] in uuids:
+        root = f"UUID={uuids[root[5:]]}"
+    return FstabPlan(renames, uuids, root)
+
+
+def check_console(guest: Remote, facts: GuestFacts) -> GettyPlan:
+    if facts.init == "sysvinit":
+        try:
+            convert_inittab(facts.inittab or "")
+        except InputError as exc:
+            raise GuardError(f"{guest.name}: {INITTAB}: {exc.text.removeprefix('inittab: ')}") from None
+    return plan_getty_units(facts.console)
+
+
+def apt_candidate(guest: Remote, package: str) -> bool:
+    """Whether apt could install the package now (LANG=C: the field name is translated)."""
+    policy = guest.probe(["apt-cache", "policy", package], env={"LANG": "C"})
+    for line in policy.stdout.splitlines() if policy.ok else ():
+        key, _, value = line.strip().partition(":")
+        if key == "Candidate":
+            return value.strip() not in ("", "(none)")
+    return False
+
+
+def kernel_package(guest: Remote, facts: GuestFacts) -> str | None:
+    """None when a kernel that boots under KVM is installed, else the package apt would install."""
+    if facts.bootable_kernels:
+        return None
+    only = ", ".join(k.version for k in facts.kernels) or "none in /boot"
+    packages = KERNEL_PACKAGES.get(facts.architecture)
+    if not packages:
+        raise GuardError(f"{guest.name}: no kernel that boots under KVM ({only}) and no known kernel "
+                         f"package for architecture {facts.architecture or 'unknown'}: install one by hand")
+    for package in packages:
+        if apt_candidate(guest, package):
+            return package
+    raise GuardError(f"{guest.name}: only Xen kernels installed ({only}) and apt has no candidate for "
+                     f"{' or '.join(packages)}: install a kernel that boots under KVM by hand "
+                     f"(virt-v2v refuses such guests too)")
+
+
+def check_boot(guest: Remote, facts: GuestFacts, disk_map: list[MappedDisk], *, boot: str = "grub",
+               grub_install: bool = False) -> BootPlan:
+    package = kernel_package(guest, facts)
+    grub2 = boot == "grub"
+    if grub2 and not facts.grub_pc and not apt_candidate(guest, "grub-pc"):
+        raise GuardError(f"{guest.name}: grub-pc is not installed and apt has no candidate for it: "
+                         f"install grub 2 by hand, or set boot: direct-kernel for this VM")
+    device = None
+    if grub_install:
+        if not grub2:
+            raise GuardError(f"{guest.name}: --grub-install needs boot: grub (this VM boots direct-kernel)")
+        root = next((d for d in disk_map if d.target == "sda"), None)
+        if root is None:
+            raise GuardError(f"{guest.name}: the disk map has no root disk (sda)")
+        device = f"/dev/{root.xen_vdev}"
+        if not _exists(guest, device, "-b"):
+            raise GuardError(f"{guest.name}: {device} (the Xen name of the root disk sda) is not a block "
+                             f"device in the guest: is the cfg already rewritten?")
+    return BootPlan(package, grub2, grub2 and not facts.grub_pc, device)
+
+
+def check_initramfs(guest: Remote, kernel_coming: bool = False) -> bool:
+    """Whether initramfs-tools is there; refuses when no planned kernel install brings it."""
+    present = _exists(guest, "/etc/initramfs-tools", "-d")
+    if not present and not kernel_coming:
+        raise GuardError(f"{guest.name}: initramfs-tools is not installed: the guest's kernel cannot "
+                         f"get KVM's disk drivers into an initramfs")
+    return present
+
+
+# -- changes ------------------------------------------------------------------------------------
+
+def apply_console(guest: Remote, facts: GuestFacts, plan: GettyPlan) -> None:
+    """sysvinit: inittab (then telinit q); systemd: getty units; both: securetty when present."""
+    if facts.init == "sysvinit":
+        if guest.edit_file(INITTAB, convert_inittab):
+            guest.change(["telinit", "q"])
+    else:
+        for argv in commands(plan):
+            guest.change(argv)
+        if not commands(plan):
+            say(f"* {guest.name}: getty units ... unchanged")
+    if plan.edit_securetty:
+        guest.edit_file(SECURETTY, convert_securetty)
+
+
+def apply_fstab(guest: Remote, plan: FstabPlan) -> None:
+    guest.edit_file(FSTAB, lambda text: convert_fstab(text, plan.renames, plan.uuids))
+
+
+def grub_install_argv(guest: Remote, device: str) -> list[str]:
+    """grub 1.96-1.99 (Debian 5-7) has no --target; it only ever installs for i386-pc there."""
+    version = guest.probe(["grub-install", "--version"]).stdout
+    m = re.search(r"\(GRUB\)\s+(\d+)", version)
+    target = [] if m and int(m.group(1)) < 2 else ["--target=i386-pc"]
+    return ["grub-install", "--force", *target, device]
+
+
+def apply_boot(guest: Remote, facts: GuestFacts, disk_map: list[MappedDisk], fstab_plan: FstabPlan,
+               plan: BootPlan) -> None:
+    """Kernel, grub 2 (device.map, defaults, update-grub, opt-in grub-install), pygrub's menu.lst."""
+    if plan.kernel_package:
+        guest.change(["apt-get", "install", "-y", plan.kernel_package], env=APT_ENV)
+    else:
+        say(f"* {guest.name}: kernel {', '.join(facts.bootable_kernels)} boots under KVM ... unchanged")
+    if not plan.grub2:
+        say(f"* {guest.name}: grub 2 ... skipped (boot: direct-kernel)")
+    else:
+        grub_changed = plan.kernel_package is not None
+        if plan.install_grub_pc:
+            guest.change(["debconf-set-selections"], stdin=GRUB_PC_PRESEED)
+            guest.change(["apt-get", "install", "-y", "grub-pc"], env=APT_ENV)
+            grub_changed = True
+        device_map = render_device_map([d.target for d in disk_map])
+        grub_changed |= guest.edit_file(DEVICE_MAP, lambda _: device_map, create=True)
+        if guest.dry_run and facts.default_grub is None:
+            say(f"  would edit {guest.name}:{DEFAULT_GRUB} once grub-pc has installed it")
+        else:
+            grub_changed |= guest.edit_file(
+                DEFAULT_GRUB, lambda text: convert_default_grub(text, fstab_plan.renames, fstab_plan.root))
+        if grub_changed or not facts.grub_cfg:
+            guest.change(["update-grub"])
+        else:
+            say(f"* {guest.name}: update-grub ... unchanged (nothing it reads changed)")
+        if plan.grub_install_device:
+            say(f"! {guest.name}: grub-install --force on {plan.grub_install_device}, a disk without a "
+                f"partition table: {BLOCKLIST_WARNING}")
+            guest.change(grub_install_argv(guest, plan.grub_install_device))
+    if facts.menu_lst is not None:
+        guest.edit_file(MENU_LST, lambda text: convert_menu_lst(text, fstab_plan.renames))
+
+
+def apply_initramfs(guest: Remote, present: bool, force: bool = False) -> None:
+    """KVM's disk and network drivers in every initramfs; rebuilt only when the list changed."""
+    if not present and guest.dry_run:
+        say(f"  would edit {guest.name}:{INITRAMFS_MODULES} once the kernel has installed initramfs-tools")
+        return
+    changed = guest.edit_file(INITRAMFS_MODULES, lambda text: plan_initramfs_modules(text) or text, create=True)
+    if changed or force:
+        guest.change(["update-initramfs", "-u", "-k", "all"])
+    else:
+        say(f"* {guest.name}: update-initramfs ... unchanged")
+
+
+def prepare_guest(guest: Remote, disk_map: list[MappedDisk], *, boot: str = "grub", uuid: bool = False,
+                  grub_install: bool = False, force: bool = False) -> None:
+    """All steps: facts, then every check, then console, fstab, boot loader, initramfs."""
+    found = gather_facts(guest)
+    for line in summary(guest.name, found):
+        say(line)
+    console_plan = check_console(guest, found)
+    fstab_plan = check_fstab(guest, found, disk_map, uuid)
+    boot_plan = check_boot(guest, found, disk_map, boot=boot, grub_install=grub_install)
+    initramfs_tools = check_initramfs(guest, kernel_coming=boot_plan.kernel_package is not None)
+    apply_console(guest, found, console_plan)
+    apply_fstab(guest, fstab_plan)
+    apply_boot(guest, found, disk_map, fstab_plan, boot_plan)
+    apply_initramfs(guest, initramfs_tools, force)
+
+
+# -- tasks --------------------------------------------------------------------------------------
+
+def read_disk_map(site, vm: VM) -> list[MappedDisk]:
+    """The VM's disk map from its cfg as the Xen host has it now."""
+    label = f"{vm.xen_host}:{vm.cfg}"
+    text = site.host(vm.xen_host).read_file(vm.cfg)
+    if text is None:
+        raise InputError(f"{label}: no such file")
+    try:
+        return plan_disk_map(parse_xen_cfg(text, label), vm)
+    except CfgSyntaxError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _connect(c, vm_name: str, dry_run: bool):
+    inv = inventory.from_context(c)
+    vm = inv.vm(vm_name)
+    site = site_from_context(c, inv, dry_run)
+    return vm, site, site.guest(vm)
+
+
+def read_local(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: {what} is not UTF-8 text (byte {exc.start})") from None
+
+
+VM_HELP = "VM name from the inventory"
+DRY_HELP = "run the probes and show the diffs and commands, change nothing"
+UUID_HELP = ("write UUID= from blkid (default; pvops Xen kernels show a `sda` vdev as xvde, so names "
+             "break the way back); --no-uuid writes the new device names as the seed did")
+GRUB_INSTALL_HELP = "also grub-install --force with block lists on the root disk (fragile: rehearse first)"
+FORCE_HELP = "rebuild the initramfs even when the module list did not change"
+
+
+@task(help={"vm": VM_HELP, "dry_run": "accepted like every guest task; facts never change anything"})
+def facts(c, vm, dry_run=False):
+    """Show (and return, as GuestFacts) what the other guest steps decide on."""
+    _, _, guest = _connect(c, vm, dry_run)
+    found = gather_facts(guest)
+    for line in summary(guest.name, found):
+        say(line)
+    return found
+
+
+@task(help={"vm": VM_HELP, "dry_run": DRY_HELP})
+def console(c, vm, dry_run=False):
+    """Logins on Xen's hvc0, KVM's tty1 and ttyS0: inittab or getty units, and securetty."""
+    _, _, guest = _connect(c, vm, dry_run)
+    found = gather_facts(guest)
+    apply_console(guest, found, check_console(guest, found))
+
+
+@task(help={"vm": VM_HELP, "uuid": UUID_HELP, "dry_run": DRY_HELP})
+def fstab(c, vm, uuid=True, dry_run=False):
+    """Rename the Xen devices in /etc/fstab to the names the disk map gives them under KVM."""
+    model, site, guest = _connect(c, vm, dry_run)
+    disk_map = read_disk_map(site, model)
+    apply_fstab(guest, check_fstab(guest, gather_facts(guest), disk_map, uuid))
+
+
+@task(help={"vm": VM_HELP, "uuid": UUID_HELP, "grub_install": GRUB_INSTALL_HELP, "dry_run": DRY_HELP})
+def bootloader(c, vm, uuid=True, grub_install=False, dry_run=False):
+    """A kernel that boots under KVM, grub 2 set up for the new names, pygrub's menu.lst remapped."""
+    model, site, guest = _connect(c, vm, dry_run)
+    disk_map = read_disk_map(site, model)
+    found = gather_facts(guest)
+    fstab_plan = check_fstab(guest, found, disk_map, uuid)
+    plan = check_boot(guest, found, disk_map, boot=model.boot, grub_install=grub_install)
+    apply_boot(guest, found, disk_map, fstab_plan, plan)
+
+
+@task(help={"vm": VM_HELP, "force": FORCE_HELP, "dry_run": DRY_HELP})
+def initramfs(c, vm, force=False, dry_run=False):
+    """List KVM's disk and network drivers in the initramfs and rebuild it when that changed."""
+    _, _, guest = _connect(c, vm, dry_run)
+    apply_initramfs(guest, check_initramfs(guest), force)
+
+
+@task(help={"vm": VM_HELP, "uuid": UUID_HELP, "grub_install": GRUB_INSTALL_HELP, "force": FORCE_HELP,
+            "dry_run": DRY_HELP})
+def prepare(c, vm, uuid=True, grub_install=False, force=False, dry_run=False):
+    """Every guest step in order; checks all first, and a second run changes nothing."""
+    model, site, guest = _connect(c, vm, dry_run)
+    prepare_guest(guest, read_disk_map(site, model), boot=model.boot, uuid=uuid,
+                  grub_install=grub_install, force=force)
+
+
+@task(help={"inittab": "path of an /etc/inittab on this machine"})
+def convert_inittab_file(c, inittab):
+    """Print the converted inittab (offline preview; contacts nothing)."""
+    text = read_local(inittab, "inittab")
+    try:
+        sys.stdout.write(convert_inittab(text))
+    except InputError as exc:
+        raise InputError(f"{inittab}: {exc.text.removeprefix('inittab: ')}") from None
+
+
+@task(help={"fstab": "path of an /etc/fstab on this machine",
+            "cfg": "path of the guest's Xen cfg on this machine: its disk map gives the new names"})
+def convert_fstab_file(c, fstab, cfg):
+    """Print the converted fstab (offline preview; contacts nothing)."""
+    try:
+        disk_map = plan_disk_map(parse_xen_cfg(read_local(cfg, "Xen cfg"), cfg))
+    except CfgSyntaxError as exc:
+        raise InputError(str(exc)) from None
+    text = read_local(fstab, "fstab")
+    try:
+        sys.stdout.write(convert_fstab(text, plan_renames(text, disk_map)[0]))
+    except InputError as exc:
+        raise InputError(f"{fstab}: {exc.text}") from None
+
+
+ns = Collection("guest", facts, console, fstab, bootloader, initramfs, prepare)
+ns.add_task(convert_inittab_file, name="convert-inittab")
+ns.add_task(convert_fstab_file, name="convert-fstab")
