@@ -1,0 +1,22 @@
+"""The seed's guest as xen-tools wrote its cfg, after DRBD was put under its disks."""
+
+SEED_CFG = """\
+#
+# Configuration file for the Xen instance logger, created
+# by xen-tools 4.9.2 on Tue Nov 24 10:00:00 2026.
+#
+bootloader = 'pygrub'
+vcpus       = '1'
+memory      = '2048'
+root        = '/dev/xvda2 ro'
+disk        = [
+                  'phy:/dev/drbd5,xvda2,w',
+                  'phy:/dev/drbd6,xvda3,w',
+                  'phy:/dev/vg_main/logger-swap,xvda1,w',
+              ]
+name        = 'logger'
+vif         = [ 'mac=00:16:3E:37:D0:70,bridge=br0' ]
+on_poweroff = 'destroy'
+on_reboot   = 'restart'
+on_crash    = 'restart'
+"""

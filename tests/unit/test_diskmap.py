@@ -1,0 +1,101 @@
+"""The one disk map: root disk first as sda, the rest in cfg order, sources per host."""
+
+import pytest
+import yaml
+
+from tasks.diskmap import disk_name, plan_disk_map, plan_target_names, renames
+from tasks.errors import InputError
+from tasks.formats.xencfg import parse_xen_cfg
+from tasks.inventory import load_inventory, parse_inventory
+from tests.conftest import REPO
+from tests.seed import SEED_CFG
+
+# What xen-create-image writes for --partitions with /, /var and swap (root first, then reversed).
+XEN_TOOLS = """\
+root        = '/dev/xvda2 ro'
+disk        = [
+                  'phy:/dev/vg0/web-disk,xvda2,w',
+                  'phy:/dev/vg0/web-var,xvda3,w',
+                  'phy:/dev/vg0/web-swap,xvda1,w',
+              ]
+name        = 'web'
+"""
+
+
+def test_disk_names_count_like_the_kernel():
+    assert [disk_name(i) for i in (0, 1, 25, 26, 27, 701, 702)] == \
+        ["sda", "sdb", "sdz", "sdaa", "sdab", "sdzz", "sdaaa"]
+
+
+def test_root_disk_first_then_cfg_order():
+    cfg = parse_xen_cfg(XEN_TOOLS)
+    assert plan_target_names(cfg) == {"xvda2": "sda", "xvda3": "sdb", "xvda1": "sdc"}
+
+
+def test_root_not_first_in_cfg():
+    cfg = parse_xen_cfg("root = '/dev/hdb1 ro'\ndisk = ['file:/a.img,hda,w', 'file:/b.img,hdb1,w']\n")
+    assert plan_target_names(cfg) == {"hdb1": "sda", "hda": "sdb"}
+
+
+def test_root_on_a_partition_of_a_whole_exported_disk():
+    cfg = parse_xen_cfg("root = '/dev/xvda1 ro'\ndisk = ['phy:/dev/vg/b,xvdb,w', 'phy:/dev/vg/a,xvda,w']\n")
+    assert plan_target_names(cfg) == {"xvda": "sda", "xvdb": "sdb"}
+
+
+def test_without_root_the_cfg_order_counts_and_cdroms_stay_behind():
+    cfg = parse_xen_cfg("disk = ['phy:/dev/vg/a,hda,w', ',hdc:cdrom,r', 'phy:/dev/vg/b,hdb,w']\n")
+    assert plan_target_names(cfg) == {"hda": "sda", "hdb": "sdb"}
+
+
+def test_seed_vm_map_names_drbd_devices_and_the_local_swap():
+    vm = load_inventory(REPO / "hosts.yml").vm("logger")
+    dm = plan_disk_map(parse_xen_cfg(SEED_CFG), vm)
+    assert [(d.xen_vdev, d.target, d.resource, d.kvm_source, d.source_kind) for d in dm] == [
+        ("xvda2", "sda", "logger-system", "/dev/drbd5", "block"),
+        ("xvda3", "sdb", "logger-var", "/dev/drbd6", "block"),
+        ("xvda1", "sdc", None, "/dev/vg_main/logger-swap", "block"),
+    ]
+    assert renames(dm) == {"xvda2": "sda", "xvda3": "sdb", "xvda1": "sdc"}
+
+
+def _seed_with(**changes):
+    data = yaml.safe_load((REPO / "hosts.yml").read_text())
+    for index, values in changes.items():
+        data["vms"]["logger"]["disks"][int(index[1:])].update(values)
+    return parse_inventory(yaml.safe_dump(data)).vm("logger")
+
+
+def test_cfg_still_on_backing_lvs_matches_through_backing_and_kvm_gets_the_drbd_device():
+    vm = _seed_with(d1={"device": {"xen1": "/dev/drbd6", "kvm1": "/dev/drbd16"}})
+    cfg = parse_xen_cfg(SEED_CFG.replace("phy:/dev/drbd5", "phy:/dev/vg_main/logger-system")
+                        .replace("phy:/dev/drbd6", "drbd:logger-var"))
+    dm = plan_disk_map(cfg, vm)
+    assert [(d.resource, d.kvm_source) for d in dm[:2]] == [("logger-system", "/dev/drbd5"),
+                                                           ("logger-var", "/dev/drbd16")]
+
+
+def test_explicit_vdev_wins_over_path_matching():
+    vm = _seed_with(d2={"vdev": "xvda1"})
+    cfg = parse_xen_cfg(SEED_CFG.replace("phy:/dev/vg_main/logger-swap", "phy:/dev/other/swap"))
+    assert plan_disk_map(cfg, vm)[2].kvm_source == "/dev/vg_main/logger-swap"
+
+
+def test_a_cfg_disk_missing_from_the_inventory_is_refused():
+    vm = load_inventory(REPO / "hosts.yml").vm("logger")
+    cfg = parse_xen_cfg(SEED_CFG.replace("phy:/dev/drbd6", "phy:/dev/vg_main/elsewhere"))
+    with pytest.raises(InputError, match=r"disk xvda3 \(phy:/dev/vg_main/elsewhere,xvda3,w\) matches no disk "
+                                         r"in vms.logger.disks"):
+        plan_disk_map(cfg, vm)
+
+
+def test_an_inventory_disk_missing_from_the_cfg_is_refused():
+    vm = load_inventory(REPO / "hosts.yml").vm("logger")
+    cfg = parse_xen_cfg(SEED_CFG.replace("                  'phy:/dev/drbd6,xvda3,w',\n", ""))
+    with pytest.raises(InputError, match=r"vms.logger.disks\[1\] \(logger-var\) is not a disk of"):
+        plan_disk_map(cfg, vm)
+
+
+def test_offline_map_uses_the_cfg_paths():
+    dm = plan_disk_map(parse_xen_cfg("root='/dev/xvda1'\ndisk=['file:/img/a.img,xvda1,w','drbd:r0,xvda2,r']\n"))
+    assert [(d.target, d.kvm_source, d.source_kind, d.readonly) for d in dm] == [
+        ("sda", "/img/a.img", "file", False), ("sdb", "/dev/drbd/by-res/r0", "block", True)]
