@@ -1,0 +1,439 @@
+"""DRBD state from what the DRBD tools print, for DRBD 8.0 to 9.
+
+The guards (never two Primaries, promote only UpToDate data) must ask the same
+questions whatever DRBD a host runs, so every format below reduces to one
+DrbdState per resource: /proc/drbd (8.0-8.4), `drbdadm status` and
+`drbdsetup status [--verbose] [--statistics]` (8.4 and 9), `drbdsetup status
+--json` (9), a replay of `drbdsetup events2` (9), and the one-line answers of
+`drbdadm role|cstate|dstate`.
+
+Input contract, the same for every parser: output that says "no resources"
+(empty, the version banner alone, `# No currently configured DRBD found.`,
+`exists -`) gives an empty dict; anything that is not the expected format
+raises ValueError with a one-line message naming the line. Nothing is guessed:
+a guard that gets a ValueError refuses to act.
+
+A resource with several volumes (DRBD 9) is reported by its worst volume: it
+is UpToDate only if every volume is, and syncing if any volume syncs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, replace
+
+ROLES = ("Primary", "Secondary", "Unknown")
+
+# Disk states from worst to best (DRBD's own enum order); a state not listed
+# (e.g. "Unconfigured") counts as worse than all of them.
+DISK_ORDER = ("Diskless", "Attaching", "Detaching", "Failed", "Negotiating", "Inconsistent",
+              "Outdated", "DUnknown", "Consistent", "UpToDate")
+
+# States in which data flows to the peer: 8.x `cs:` values and DRBD 9
+# replication states. The resync ones are those where one side's data is not
+# yet complete.
+RESYNC_STATES = frozenset({"StartingSyncS", "StartingSyncT", "WFBitMapS", "WFBitMapT",
+                           "WFSyncUUID", "SyncSource", "SyncTarget", "PausedSyncS",
+                           "PausedSyncT"})
+REPLICATING_STATES = RESYNC_STATES | {"VerifyS", "VerifyT", "Ahead", "Behind"}
+LIVE_STATES = REPLICATING_STATES | {"Connected"}
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")          # drbdadm colours its output on a tty (pty=True)
+_WORD = re.compile(r"^[A-Za-z]+$")
+_PROC_MINOR = re.compile(
+    r"^\s*(\d+):\s+cs:(\w+)(?:\s+(?:st|ro):(\w+)/(\w+)\s+ds:(\w+)/(\w+))?(?:\s|$)")
+_PROC_HEADER = re.compile(r"^(?:version:|GIT-hash:|srcversion:|Transports )")
+_PROC_PERCENT = re.compile(r"(?:sync'ed|verified):\s*([\d.]+)%")
+_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT")   # `events2 --timestamps`
+
+
+@dataclass(frozen=True)
+class DrbdState:
+    """One resource as the guards see it, whatever DRBD version reported it.
+
+    connection: 8.x's `cs:`; on 9 the worst peer's connection state, or its
+    replication state while that replicates (SyncSource, ...), "StandAlone"
+    with no peer at all. An 8.x minor without configuration has connection
+    and disk "Unconfigured", as does the disk of a 9 resource without volumes.
+    A peer whose state is not shown has role "Unknown" and disk "DUnknown".
+    """
+
+    name: str
+    minor: int | None
+    role: str
+    peer_roles: tuple[str, ...]
+    connection: str
+    disk: str
+    peer_disks: tuple[str, ...]
+    sync_percent: float | None
+
+    @property
+    def is_primary(self) -> bool:
+        return self.role == "Primary"
+
+    @property
+    def peer_is_primary(self) -> bool:
+        """Any peer Primary: promoting here would make two Primaries."""
+        return "Primary" in self.peer_roles
+
+    @property
+    def is_connected(self) -> bool:
+        """Every peer connected (plain, or replicating: a sync needs a live peer)."""
+        return self.connection in LIVE_STATES
+
+    @property
+    def is_syncing(self) -> bool:
+        return self.connection in RESYNC_STATES
+
+    @property
+    def is_uptodate_pair(self) -> bool:
+        """Local data and every peer's data complete: the only state safe to move a guest in."""
+        return (self.disk == "UpToDate" and bool(self.peer_disks)
+                and all(d == "UpToDate" for d in self.peer_disks))
+
+
+def _bad(what: str, lineno: int, line: str) -> ValueError:
+    shown = line.strip()
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return ValueError(f"not {what} output, line {lineno}: {shown!r}")
+
+
+def _lines(text: str):
+    """(number, line) without colours, NUL bytes (seen in 8.3's /proc/drbd) or trailing blanks."""
+    for lineno, line in enumerate(_ANSI.sub("", text.replace("\x00", "")).splitlines(), 1):
+        yield lineno, line.rstrip()
+
+
+def _role(value: str, what: str, lineno: int, line: str) -> str:
+    """Roles decide "never two Primaries": an unexpected spelling must stop, not read as Secondary."""
+    if value not in ROLES:
+        raise _bad(what, lineno, line)
+    return value
+
+
+def _disk_rank(state: str) -> int:
+    return DISK_ORDER.index(state) if state in DISK_ORDER else -1
+
+
+def _connection_rank(state: str) -> int:
+    return 2 if state == "Connected" else 1 if state in REPLICATING_STATES else 0
+
+
+def _worst_disk(states) -> str:
+    return min(states, key=_disk_rank)
+
+
+def _worst_connection(states) -> str:
+    return min(states, key=_connection_rank)
+
+
+# --- /proc/drbd (8.0-8.4) ---------------------------------------------------
+
+def parse_proc_drbd(text: str) -> dict[int, DrbdState]:
+    """DRBD 8.x /proc/drbd, keyed by minor; names are "drbd<minor>"."""
+    what = "/proc/drbd"
+    states: dict[int, DrbdState] = {}
+    minor = None
+    for lineno, line in _lines(text):
+        match = _PROC_MINOR.match(line)
+        if match:
+            number, cs, role, peer_role, disk, peer_disk = match.groups()
+            minor = int(number)
+            if cs == "Unconfigured":
+                states[minor] = DrbdState(f"drbd{minor}", minor, "Unknown", (), cs, cs, (), None)
+            elif role is None:
+                raise _bad(what, lineno, line)
+            else:
+                states[minor] = DrbdState(
+                    f"drbd{minor}", minor, _role(role, what, lineno, line),
+                    (_role(peer_role, what, lineno, line),), cs, disk, (peer_disk,), None)
+        elif not line or _PROC_HEADER.match(line):
+            continue
+        elif line[0] in " \t" and minor is not None:
+            # Detail lines of the minor above; 2.6.39 kernels glue "finish:" onto the
+            # progress line, which the search below does not mind.
+            percent = _PROC_PERCENT.search(line)
+            if percent:
+                states[minor] = replace(states[minor], sync_percent=float(percent.group(1)))
+        else:
+            raise _bad(what, lineno, line)
+    return states
+
+
+# --- DRBD 9 model shared by status text, --json and events2 ---------------------
+# A resource while it is read: {"role", "devices": {volume: {"disk", "minor"}},
+# "peers": {key: {"connection", "role", "volumes": {volume: {"replication",
+# "peer-disk", "done"}}}}}, with the key names events2 uses.
+
+def _new_resource(role: str = "Unknown") -> dict:
+    return {"role": role, "devices": {}, "peers": {}}
+
+
+def _new_peer(connection: str = "Unknown") -> dict:
+    return {"connection": connection, "role": "Unknown", "volumes": {}}
+
+
+def _summarise(name: str, res: dict) -> DrbdState:
+    """Reduce volumes and peers to one state: the worst volume, the worst connection."""
+    devices = [res["devices"][v] for v in sorted(res["devices"])]
+    peers = list(res["peers"].values())
+    minors = [int(d["minor"]) for d in devices if d.get("minor") is not None]
+    disk = _worst_disk([d.get("disk", "DUnknown") for d in devices]) if devices else "Unconfigured"
+    connections, peer_disks, done = [], [], []
+    for peer in peers:
+        volumes = [peer["volumes"][v] for v in sorted(peer["volumes"])]
+        replicating = [v for v in volumes if v.get("replication") in REPLICATING_STATES]
+        if peer["connection"] == "Connected" and replicating:
+            connections.append(replicating[0]["replication"])
+        else:
+            connections.append(peer["connection"])
+        peer_disks.append(_worst_disk([v.get("peer-disk", "DUnknown") for v in volumes])
+                          if volumes else "DUnknown")
+        done += [float(v["done"]) for v in replicating if v.get("done") is not None]
+    return DrbdState(
+        name=name,
+        minor=minors[0] if minors else None,
+        role=res["role"],
+        peer_roles=tuple(p["role"] for p in peers),
+        connection=_worst_connection(connections) if connections else "StandAlone",
+        disk=disk,
+        peer_disks=tuple(peer_disks),
+        sync_percent=min(done) if done else None,
+    )
+
+
+_NUMBERS = {"volume": re.compile(r"\d+"), "minor": re.compile(r"\d+"),
+            "done": re.compile(r"\d+(?:\.\d+)?")}
+
+
+def _pairs(tokens: list[str], what: str, lineno: int, line: str) -> list[tuple[str, str]]:
+    """key:value tokens; events2 --diff writes changes as key:old->new, the new value counts."""
+    pairs = []
+    for token in tokens:
+        key, sep, value = token.partition(":")
+        value = value.rpartition("->")[2]
+        if not sep or not key or (key in _NUMBERS and not _NUMBERS[key].fullmatch(value)):
+            raise _bad(what, lineno, line)
+        pairs.append((key, value))
+    return pairs
+
+
+def _volume(kv: dict, what: str, lineno: int, line: str) -> int:
+    if "volume" not in kv:
+        raise _bad(what, lineno, line)
+    return int(kv["volume"])
+
+
+# --- drbdadm status / drbdsetup status (8.4 and 9) ----------------------------
+
+def parse_drbdadm_status(text: str) -> dict[str, DrbdState]:
+    """`drbdadm status` / `drbdsetup status` text of 8.4 and 9, plain or --verbose --statistics.
+
+    Read by keys rather than by indentation, which differs between versions:
+    a resource starts at column 0, a connection is an indented line whose
+    first word is a peer name (or, unnamed, `node-id:`), and before the first
+    connection `disk:` is the local disk, after it the peer's.
+    """
+    what = "drbdadm status"
+    resources: dict[str, dict] = {}
+    res = peer = None
+    volume = 0
+    for lineno, line in _lines(text):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        tokens = line.split()
+        if line[0] not in " \t":
+            if ":" in tokens[0]:
+                raise _bad(what, lineno, line)
+            res = resources[tokens[0]] = _new_resource()
+            peer, volume = None, 0
+            pairs = _pairs(tokens[1:], what, lineno, line)
+        elif res is None:
+            raise _bad(what, lineno, line)
+        elif ":" not in tokens[0] or line.startswith("  node-id:"):
+            peer = res["peers"][len(res["peers"])] = _new_peer("Connected")
+            volume = 0
+            pairs = _pairs(tokens if ":" in tokens[0] else tokens[1:], what, lineno, line)
+        else:
+            pairs = _pairs(tokens, what, lineno, line)
+        for key, value in pairs:
+            if key == "volume":
+                volume = int(value)
+            elif key == "role":
+                (res if peer is None else peer)["role"] = _role(value, what, lineno, line)
+            elif peer is None and key in ("disk", "minor"):
+                res["devices"].setdefault(volume, {})[key] = value
+            elif peer is not None and key == "connection":
+                peer["connection"] = value
+            elif peer is not None and key in ("replication", "peer-disk", "disk", "done"):
+                key = "peer-disk" if key == "disk" else key   # early 9.0 wrote disk: for the peer
+                peer["volumes"].setdefault(volume, {})[key] = value
+    return {name: _summarise(name, res) for name, res in resources.items()}
+
+
+# --- drbdsetup status --json (9) ----------------------------------------------
+
+def parse_drbdsetup_status_json(text: str) -> dict[str, DrbdState]:
+    """DRBD 9 `drbdsetup status --json` (a list of resources with devices and connections)."""
+    if not text.strip():
+        return {}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not drbdsetup status --json output: {exc}") from None
+    if not isinstance(data, list):
+        raise ValueError("not drbdsetup status --json output: expected a list of resources")
+    states = {}
+    for index, item in enumerate(data):
+        try:
+            name = _str(item["name"])
+            states[name] = _summarise(name, _json_resource(item))
+        except KeyError as exc:
+            raise ValueError(f"not drbdsetup status --json output: resource {index} has no "
+                             f"{exc.args[0]!r}") from None
+        except (TypeError, AttributeError, ValueError):
+            raise ValueError(f"not drbdsetup status --json output: resource {index} is "
+                             "malformed") from None
+    return states
+
+
+def _str(value) -> str:
+    if not isinstance(value, str):
+        raise TypeError(value)
+    return value
+
+
+def _json_resource(item: dict) -> dict:
+    res = _new_resource(_str(item["role"]))
+    for dev in item.get("devices", []):
+        res["devices"][dev["volume"]] = {"disk": _str(dev["disk-state"]), "minor": dev.get("minor")}
+    for conn in item.get("connections", []):
+        peer = res["peers"][conn["peer-node-id"]] = _new_peer(_str(conn["connection-state"]))
+        peer["role"] = _str(conn["peer-role"])
+        for pd in conn.get("peer_devices", []):
+            peer["volumes"][pd["volume"]] = {
+                "replication": _str(pd["replication-state"]),
+                "peer-disk": _str(pd["peer-disk-state"]),
+                "done": pd.get("percent-resync-done", pd.get("percent-in-sync")),
+            }
+    if any(role not in ROLES for role in [res["role"]] + [p["role"] for p in res["peers"].values()]):
+        raise ValueError("bad role")
+    return res
+
+
+# --- drbdsetup events2 (9) ----------------------------------------------------
+
+_EVENT_VERBS = ("exists", "create", "change", "destroy", "rename", "call", "response")
+
+
+def parse_events2(text: str) -> dict[str, DrbdState]:
+    """The state left after replaying `drbdsetup events2` lines (also --full, --diff, --statistics).
+
+    Objects are created on first mention, whatever the verb, so a stream that
+    starts mid-way (change before exists) still yields what it says.
+    """
+    what = "drbdsetup events2"
+    resources: dict[str, dict] = {}
+    for lineno, line in _lines(text):
+        tokens = line.split()
+        if tokens and _TIMESTAMP.match(tokens[0]):
+            tokens = tokens[1:]
+        if not tokens or tokens == ["exists", "-"]:
+            continue
+        if tokens[0] not in _EVENT_VERBS or len(tokens) < 2:
+            raise _bad(what, lineno, line)
+        verb, obj = tokens[0], tokens[1]
+        kv = dict(_pairs(tokens[2:], what, lineno, line))
+        if obj == "helper" or obj == "path":
+            continue
+        if obj not in ("resource", "device", "connection", "peer-device") or "name" not in kv:
+            raise _bad(what, lineno, line)
+        name = kv["name"]
+        if obj == "resource" and verb == "destroy":
+            resources.pop(name, None)
+            continue
+        if obj == "resource" and verb == "rename":
+            if "new_name" not in kv:
+                raise _bad(what, lineno, line)
+            resources[kv["new_name"]] = resources.pop(name, _new_resource())
+            continue
+        res = resources.setdefault(name, _new_resource())
+        if obj == "resource":
+            if "role" in kv:
+                res["role"] = _role(kv["role"], what, lineno, line)
+            continue
+        if obj == "device":
+            volume = _volume(kv, what, lineno, line)
+            if verb == "destroy":
+                res["devices"].pop(volume, None)
+            else:
+                res["devices"].setdefault(volume, {}).update(
+                    {k: kv[k] for k in ("disk", "minor") if k in kv})
+            continue
+        key = kv.get("peer-node-id") or kv.get("conn-name")
+        if key is None:
+            raise _bad(what, lineno, line)
+        if obj == "connection":
+            if verb == "destroy":
+                res["peers"].pop(key, None)
+                continue
+            peer = res["peers"].setdefault(key, _new_peer())
+            if "connection" in kv:
+                peer["connection"] = kv["connection"]
+            if "role" in kv:
+                peer["role"] = _role(kv["role"], what, lineno, line)
+            continue
+        volume = _volume(kv, what, lineno, line)
+        peer = res["peers"].setdefault(key, _new_peer())
+        if verb == "destroy":
+            peer["volumes"].pop(volume, None)
+            continue
+        record = peer["volumes"].setdefault(volume, {})
+        record.pop("done", None)        # progress is on every event of a resync, absent after it
+        record.update({k: kv[k] for k in ("replication", "peer-disk", "done") if k in kv})
+    return {name: _summarise(name, res) for name, res in resources.items()}
+
+
+# --- drbdadm role | cstate | dstate -------------------------------------------
+
+def _answer_lines(text: str, what: str) -> list[str]:
+    lines = [line.strip() for _, line in _lines(text) if line.strip()]
+    if not lines:
+        raise ValueError(f"empty {what} output")
+    return lines
+
+
+def parse_role(text: str) -> tuple[str, tuple[str, ...]]:
+    """`drbdadm role RES`: 8.x "Primary/Secondary", 9 "Primary" (no peers), "Unconfigured" (8.x, down)."""
+    what = "drbdadm role"
+    lines = _answer_lines(text, what)
+    if len(lines) != 1:
+        raise _bad(what, 2, lines[1])
+    if lines[0] == "Unconfigured":
+        return "Unknown", ()
+    role, *peers = [_role(part, what, 1, lines[0]) for part in lines[0].split("/")]
+    return role, tuple(peers)
+
+
+def parse_cstate(text: str) -> str:
+    """`drbdadm cstate RES`: one line, or one per connection on 9 (the worst one counts)."""
+    what = "drbdadm cstate"
+    lines = _answer_lines(text, what)
+    for lineno, line in enumerate(lines, 1):
+        if not _WORD.match(line):
+            raise _bad(what, lineno, line)
+    return _worst_connection(lines)
+
+
+def parse_dstate(text: str) -> tuple[str, tuple[str, ...]]:
+    """`drbdadm dstate RES`: "local/peer[/peer...]", one line per volume on 9 (worst per position)."""
+    what = "drbdadm dstate"
+    rows = []
+    for lineno, line in enumerate(_answer_lines(text, what), 1):
+        parts = line.split("/")
+        if not all(_WORD.match(p) for p in parts) or (rows and len(parts) != len(rows[0])):
+            raise _bad(what, lineno, line)
+        rows.append(parts)
+    local, *peers = [_worst_disk(column) for column in zip(*rows)]
+    return local, tuple(peers)

@@ -1,0 +1,414 @@
+"""DRBD status parsers against every file of ../shared/corpus/drbd-status.
+
+The expected states are written out here, by reading each file by hand; none
+is taken from the parser. `st()` only spells them compactly, the way
+/proc/drbd does: "Primary/Secondary" is the local role then one per peer.
+"""
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
+
+from tasks.formats.drbdstatus import (
+    DrbdState,
+    parse_cstate,
+    parse_drbdadm_status,
+    parse_drbdsetup_status_json,
+    parse_dstate,
+    parse_events2,
+    parse_proc_drbd,
+    parse_role,
+)
+
+
+def st(name, minor, roles, connection, disks, sync=None):
+    role, *peer_roles = roles.split("/")
+    disk, *peer_disks = disks.split("/")
+    return DrbdState(name, minor, role, tuple(peer_roles), connection, disk, tuple(peer_disks), sync)
+
+
+def unconfigured(*minors):
+    return {m: st(f"drbd{m}", m, "Unknown", "Unconfigured", "Unconfigured") for m in minors}
+
+
+def proc(*states):
+    return {s.minor: s for s in states}
+
+
+PROC_83_BASE = [  # minors 0, 1, 4 of ganeti's 8.3.1 files
+    st("drbd0", 0, "Primary/Secondary", "Connected", "UpToDate/UpToDate"),
+    st("drbd1", 1, "Secondary/Primary", "Connected", "UpToDate/UpToDate"),
+    st("drbd4", 4, "Primary/Unknown", "WFConnection", "UpToDate/DUnknown"),
+]
+PROC_FULL = [  # minors 0-8 as in ganeti's drbd8 (8.0.12) and drbd83 (8.3.1) files
+    *PROC_83_BASE,
+    st("drbd5", 5, "Primary/Secondary", "Connected", "UpToDate/Diskless"),
+    st("drbd6", 6, "Secondary/Primary", "Connected", "Diskless/UpToDate"),
+    st("drbd7", 7, "Secondary/Unknown", "WFConnection", "UpToDate/DUnknown"),
+    st("drbd8", 8, "Secondary/Unknown", "StandAlone", "UpToDate/DUnknown"),
+]
+PROC_84 = [  # ganeti's 8.4.2 drbd84 file, minors 1-8 (emptyfirst drops minor 0)
+    st("drbd1", 1, "Secondary/Primary", "Connected", "UpToDate/UpToDate"),
+    st("drbd4", 4, "Primary/Unknown", "WFConnection", "UpToDate/DUnknown"),
+    st("drbd6", 6, "Secondary/Primary", "Connected", "Diskless/UpToDate"),
+    st("drbd8", 8, "Secondary/Unknown", "StandAlone", "UpToDate/DUnknown"),
+]
+ONLY_PRIMARY_CONNECTED = proc(st("drbd0", 0, "Primary/Secondary", "Connected", "UpToDate/UpToDate"))
+EVENTS_PRIMARY = {"some-resource": st("some-resource", 1000, "Primary/Secondary", "Connected",
+                                      "UpToDate/UpToDate")}
+EVENTS_SYNC = {"some-resource": st("some-resource", 1000, "Secondary/Secondary", "SyncSource",
+                                   "UpToDate/Inconsistent", 37.5)}
+EVENTS_DISKLESS_STANDALONE = {"some-resource": st("some-resource", 1000, "Secondary/Unknown",
+                                                  "StandAlone", "Diskless/DUnknown")}
+EVENTS_NO_PEER = {"some-resource": st("some-resource", 1000, "Secondary", "StandAlone", "Diskless")}
+
+# Config dumps (`drbdsetup show`, text and --json) describe configuration, not
+# state: every parser must refuse them rather than make a state up.
+CONFIG_DUMP = ValueError
+
+# file -> (parser, expected); every file of the corpus folder is listed.
+CORPUS = {
+    # /proc/drbd, DRBD 8.0-8.4
+    "drbd-8.0.12_proc-drbd_ganeti-proc_drbd8.txt":
+        (parse_proc_drbd, {**proc(*PROC_FULL), **unconfigured(2)}),
+    "drbd-8.0.12_proc-drbd_ganeti-proc_drbd80-emptyline.txt":
+        (parse_proc_drbd, {**ONLY_PRIMARY_CONNECTED, **unconfigured(1, 2, 5, 6)}),
+    "drbd-8.0.12_proc-drbd_ganeti-proc_drbd80-emptyversion.txt":
+        (parse_proc_drbd, {**ONLY_PRIMARY_CONNECTED, **unconfigured(1, 2, 5, 6)}),
+    "drbd-8.3.11_proc-drbd_ganeti-proc_drbd83_sync_want.txt":
+        (parse_proc_drbd, {**proc(st("drbd0", 0, "Secondary/Primary", "SyncTarget",
+                                     "Inconsistent/UpToDate", 44.4)), **unconfigured(1, 2, 3)}),
+    "drbd-8.3.12_proc-drbd_ug84-admin-upgrade-before.txt":
+        (parse_proc_drbd, proc(st("drbd0", 0, "Secondary/Primary", "Connected", "UpToDate/UpToDate"))),
+    "drbd-8.3.1_proc-drbd_ganeti-proc_drbd83.txt":
+        (parse_proc_drbd, {**proc(*PROC_FULL), **unconfigured(2)}),
+    "drbd-8.3.1_proc-drbd_ganeti-proc_drbd83_sync.txt":
+        (parse_proc_drbd, {**proc(*PROC_83_BASE), **unconfigured(2), **proc(
+            st("drbd3", 3, "Primary/Secondary", "SyncTarget", "Inconsistent/UpToDate", 34.9))}),
+    "drbd-8.3.1_proc-drbd_ganeti-proc_drbd83_sync_krnl2.6.39.txt":  # "...)Mfinish:" glued
+        (parse_proc_drbd, {**proc(*PROC_83_BASE), **unconfigured(2), **proc(
+            st("drbd3", 3, "Primary/Secondary", "SyncSource", "UpToDate/Inconsistent", 2.4))}),
+    "drbd-8.4.0_proc-drbd_ug84-admin-3devices.txt":
+        (parse_proc_drbd, proc(
+            st("drbd0", 0, "Secondary/Secondary", "Connected", "UpToDate/UpToDate"),
+            st("drbd1", 1, "Primary/Secondary", "Connected", "UpToDate/UpToDate"),
+            st("drbd2", 2, "Secondary/Primary", "Connected", "UpToDate/UpToDate"))),
+    "drbd-8.4.1_proc-drbd_ug84-configure-inconsistent.txt":
+        (parse_proc_drbd, proc(st("drbd0", 0, "Secondary/Secondary", "Connected",
+                                  "Inconsistent/Inconsistent"))),
+    "drbd-8.4.2_proc-drbd_ganeti-proc_drbd84.txt":
+        (parse_proc_drbd, {**ONLY_PRIMARY_CONNECTED, **proc(*PROC_84), **unconfigured(2)}),
+    "drbd-8.4.2_proc-drbd_ganeti-proc_drbd84_emptyfirst.txt":
+        (parse_proc_drbd, {**proc(*PROC_84), **unconfigured(2)}),
+    "drbd-8.4.2_proc-drbd_ganeti-proc_drbd84_sync.txt":
+        (parse_proc_drbd, {**proc(
+            st("drbd0", 0, "Primary/Unknown", "StandAlone", "UpToDate/DUnknown"),
+            st("drbd5", 5, "Secondary/Secondary", "SyncSource", "UpToDate/Inconsistent", 68.5)),
+            **unconfigured(3)}),
+    "drbd-8.4.3_proc-drbd_node-exporter-fixture.txt":
+        (parse_proc_drbd, proc(st("drbd1", 1, "Primary/Primary", "Connected", "UpToDate/UpToDate"))),
+    # drbdadm / drbdsetup status text, 8.4 and 9
+    "drbd-8.4_drbdadm-status_ug84-admin-home.txt":
+        (parse_drbdadm_status, {"home": st("home", None, "Secondary/Secondary", "Connected",
+                                           "UpToDate/UpToDate")}),
+    "drbd-8.4_drbdsetup-status-verbose-statistics_utils-manpage.txt":
+        (parse_drbdadm_status, {"fs-data": st("fs-data", 1, "Primary/Secondary", "Connected",
+                                              "UpToDate/UpToDate")}),
+    "drbd-8.4_drbdsetup-status_utils-manpage.txt":
+        (parse_drbdadm_status, {"fs-backoffice": st("fs-backoffice", None, "Primary/Secondary",
+                                                    "Connected", "UpToDate/UpToDate")}),
+    "drbd9_drbdadm-status_ug9-admin-home-3peers.txt":  # nono is still connecting: worst wins
+        (parse_drbdadm_status, {"home": st("home", None, "Secondary/Secondary/Secondary/Unknown",
+                                           "Connecting", "UpToDate/UpToDate/UpToDate/DUnknown")}),
+    "drbd9_drbdadm-status_ug9-configure-r0-inconsistent.txt":
+        (parse_drbdadm_status, {"r0": st("r0", None, "Secondary/Secondary", "Connected",
+                                         "Inconsistent/Inconsistent")}),
+    "drbd9_drbdadm-status_ug9-upgrading-all.txt":
+        (parse_drbdadm_status, {"data": st("data", None, "Secondary/Primary", "Connected",
+                                           "UpToDate/UpToDate")}),
+    "drbd9_drbdsetup-status-verbose_utils-manpage.txt":  # older field set: still handshaking
+        (parse_drbdadm_status, {"drbd0": st("drbd0", 1, "Primary/Secondary", "WFReportParams",
+                                            "UpToDate/UpToDate")}),
+    "drbd9_drbdsetup-status_utils-manpage.txt":
+        (parse_drbdadm_status, {"drbd0": st("drbd0", None, "Primary/Secondary", "Connected",
+                                            "UpToDate/UpToDate")}),
+    # drbdsetup status --json, 9
+    "drbd9_drbdsetup-status-json_ha-cluster-exporter-fake_drbdsetup.json":
+        (parse_drbdsetup_status_json, {
+            "1-single-0": st("1-single-0", 2, "Secondary/Primary", "Connected", "UpToDate/UpToDate"),
+            "1-single-1": st("1-single-1", 3, "Secondary/Primary", "Connected", "UpToDate/UpToDate"),
+        }),
+    # drbdsetup events2, 9: the state after the last line
+    "drbd9_drbdsetup-events2-diff_utils-test-all-create-change.txt": (parse_events2, EVENTS_PRIMARY),
+    "drbd9_drbdsetup-events2-full_utils-test-all-create-change.txt": (parse_events2, EVENTS_PRIMARY),
+    "drbd9_drbdsetup-events2-statistics_utils-test-all-create-change.txt":
+        (parse_events2, EVENTS_PRIMARY),
+    "drbd9_drbdsetup-events2-statistics_utils-test-sync.txt": (parse_events2, EVENTS_SYNC),
+    "drbd9_drbdsetup-events2_utils-test-all-create-change.txt": (parse_events2, EVENTS_PRIMARY),
+    "drbd9_drbdsetup-events2_utils-test-all-create-destroy.txt": (parse_events2, {}),
+    "drbd9_drbdsetup-events2_utils-test-all-create-helper.txt":
+        (parse_events2, EVENTS_DISKLESS_STANDALONE),
+    "drbd9_drbdsetup-events2_utils-test-change-before-exists.txt":
+        (parse_events2, {"some-resource": st("some-resource", 1000, "Primary", "StandAlone",
+                                             "UpToDate")}),
+    "drbd9_drbdsetup-events2_utils-test-create-before-exists.txt": (parse_events2, EVENTS_NO_PEER),
+    "drbd9_drbdsetup-events2_utils-test-destroy-before-exists.txt": (parse_events2, {}),
+    "drbd9_drbdsetup-events2_utils-test-device-create-destroy.txt": (parse_events2, {}),
+    "drbd9_drbdsetup-events2_utils-test-exists-before-create.txt": (parse_events2, EVENTS_NO_PEER),
+    "drbd9_drbdsetup-events2_utils-test-first-out-of-order.txt":
+        (parse_events2, EVENTS_DISKLESS_STANDALONE),
+    "drbd9_drbdsetup-events2_utils-test-may-promote-peer-data.txt":
+        (parse_events2, {"some-resource": st("some-resource", 1000, "Secondary/Secondary",
+                                             "Connected", "Diskless/UpToDate")}),
+    "drbd9_drbdsetup-events2_utils-test-may-promote-peer-role.txt":
+        (parse_events2, {"some-resource": st("some-resource", 1000, "Secondary/Primary",
+                                             "Connected", "UpToDate/DUnknown")}),
+    "drbd9_drbdsetup-events2_utils-test-may-promote-quorum.txt":
+        (parse_events2, {"some-resource": st("some-resource", 1000, "Secondary", "StandAlone",
+                                             "UpToDate")}),
+    "drbd9_drbdsetup-events2_utils-test-no-resources.txt": (parse_events2, {}),
+    "drbd9_drbdsetup-events2_utils-test-out-of-order.txt":
+        (parse_events2, EVENTS_DISKLESS_STANDALONE),
+    "drbd9_drbdsetup-events2_utils-test-promotion-score-devices.txt":  # two volumes, both UpToDate
+        (parse_events2, {"some-resource": st("some-resource", 1000, "Secondary", "StandAlone",
+                                             "UpToDate")}),
+    "drbd9_drbdsetup-events2_utils-test-promotion-score-inconsistent.txt":
+        (parse_events2, {"some-resource": st("some-resource", 1000, "Secondary/Secondary",
+                                             "Connected", "Inconsistent/UpToDate")}),
+    "drbd9_drbdsetup-events2_utils-test-resource-create-destroy.txt": (parse_events2, {}),
+    "drbd9_drbdsetup-events2_utils-test-resource-exists.txt":  # a resource without volumes
+        (parse_events2, {"some-resource": st("some-resource", None, "Secondary", "StandAlone",
+                                             "Unconfigured")}),
+    "drbd9_drbdsetup-events2_utils-test-sync.txt": (parse_events2, EVENTS_SYNC),
+    # config dumps, not status
+    "drbd-8.0-8.3_drbdsetup-show_ganeti-bdev-drbd-disk.txt": (None, CONFIG_DUMP),
+    "drbd-8.0-8.3_drbdsetup-show_ganeti-bdev-drbd-net-ip4.txt": (None, CONFIG_DUMP),
+    "drbd-8.0-8.3_drbdsetup-show_ganeti-bdev-drbd-net-ip6.txt": (None, CONFIG_DUMP),
+    "drbd-8.0_drbdsetup-show_ganeti-bdev-drbd-8.0.txt": (None, CONFIG_DUMP),
+    "drbd-8.3_drbdsetup-show_ganeti-bdev-drbd-8.3.txt": (None, CONFIG_DUMP),
+    "drbd-8.4_drbdsetup-show_ganeti-bdev-drbd-8.4-no-disk-params.txt": (None, CONFIG_DUMP),
+    "drbd-8.4_drbdsetup-show_ganeti-bdev-drbd-8.4.txt": (None, CONFIG_DUMP),
+    "drbd9_drbdsetup-show-json_utils-test-2-device.json": (None, CONFIG_DUMP),
+    "drbd9_drbdsetup-show-json_utils-test-normal.json": (None, CONFIG_DUMP),
+    "drbd9_drbdsetup-show-json_utils-test-resource.json": (None, CONFIG_DUMP),
+}
+TEXT_PARSERS = (parse_proc_drbd, parse_drbdadm_status, parse_drbdsetup_status_json, parse_events2)
+
+
+def read(corpus: Path, name: str) -> str:
+    # 8.3's /proc/drbd holds NUL bytes, kept as they are.
+    return (corpus / "drbd-status" / name).read_text(encoding="utf-8")
+
+
+def test_every_corpus_file_has_expectations(corpus):
+    files = {p.name for p in (corpus / "drbd-status").iterdir()} - {"MANIFEST.tsv"}
+    assert files == set(CORPUS)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, (_, e) in CORPUS.items() if e is not CONFIG_DUMP))
+def test_corpus_state(corpus, name):
+    parser, expected = CORPUS[name]
+    assert parser(read(corpus, name)) == expected
+
+
+@pytest.mark.parametrize("parser", TEXT_PARSERS, ids=lambda p: p.__name__)
+@pytest.mark.parametrize("name", sorted(n for n, (_, e) in CORPUS.items() if e is CONFIG_DUMP))
+def test_config_dumps_are_refused(corpus, name, parser):
+    with pytest.raises(ValueError, match=r"^not .* output"):
+        parser(read(corpus, name))
+
+
+# --- the helpers the guards use -------------------------------------------------
+
+@pytest.mark.parametrize("state, connected, syncing, uptodate_pair, primary, peer_primary", [
+    (st("r", 1, "Primary/Secondary", "Connected", "UpToDate/UpToDate"), True, False, True, True, False),
+    (st("r", 1, "Secondary/Primary", "SyncTarget", "Inconsistent/UpToDate", 3.0),
+     True, True, False, False, True),
+    (st("r", 1, "Secondary/Secondary", "VerifyS", "UpToDate/UpToDate"), True, False, True, False, False),
+    (st("r", 1, "Primary/Unknown", "WFConnection", "UpToDate/DUnknown"), False, False, False, True, False),
+    (st("r", 1, "Secondary", "StandAlone", "UpToDate"), False, False, False, False, False),
+    (st("r", 1, "Secondary/Secondary/Primary", "Connected", "UpToDate/UpToDate/Outdated"),
+     True, False, False, False, True),
+    (st("r", 2, "Unknown", "Unconfigured", "Unconfigured"), False, False, False, False, False),
+])
+def test_guard_helpers(state, connected, syncing, uptodate_pair, primary, peer_primary):
+    assert (state.is_connected, state.is_syncing, state.is_uptodate_pair, state.is_primary,
+            state.peer_is_primary) == (connected, syncing, uptodate_pair, primary, peer_primary)
+
+
+# --- drbdadm role | cstate | dstate ---------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("Primary/Secondary\n", ("Primary", ("Secondary",))),
+    ("Secondary/Unknown\n", ("Secondary", ("Unknown",))),
+    ("Primary\n", ("Primary", ())),                      # DRBD 9 prints the local role only
+    ("Unconfigured\n", ("Unknown", ())),                 # 8.x, resource down
+    ("\x1b[1mSecondary\x1b[0m/Primary", ("Secondary", ("Primary",))),   # coloured on a pty
+])
+def test_parse_role(text, expected):
+    assert parse_role(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Connected\n", "Connected"),
+    ("WFConnection\n", "WFConnection"),
+    ("SyncSource\n", "SyncSource"),
+    ("Connected\nConnecting\nConnected\n", "Connecting"),    # 9: one line per connection
+    ("Connected\nSyncTarget\n", "SyncTarget"),
+])
+def test_parse_cstate(text, expected):
+    assert parse_cstate(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("UpToDate/UpToDate\n", ("UpToDate", ("UpToDate",))),
+    ("Diskless/DUnknown\n", ("Diskless", ("DUnknown",))),
+    ("UpToDate\n", ("UpToDate", ())),                                       # 9 without peers
+    ("UpToDate/UpToDate/Outdated\n", ("UpToDate", ("UpToDate", "Outdated"))),  # 9, two peers
+    ("UpToDate/UpToDate\nInconsistent/UpToDate\n", ("Inconsistent", ("UpToDate",))),  # 2 volumes
+    ("UpToDate/UpToDate\nUpToDate/Diskless\n", ("UpToDate", ("Diskless",))),
+])
+def test_parse_dstate(text, expected):
+    assert parse_dstate(text) == expected
+
+
+@pytest.mark.parametrize("parser, text", [
+    (parse_role, ""),
+    (parse_role, "Primary\nSecondary\n"),
+    (parse_role, "primary/secondary"),
+    (parse_role, "r0: No such resource"),
+    (parse_cstate, ""),
+    (parse_cstate, "r0: No such connection"),
+    (parse_dstate, "   \n"),
+    (parse_dstate, "UpToDate/UpToDate\nUpToDate\n"),
+    (parse_dstate, "Up To Date"),
+])
+def test_one_line_answers_refuse_garbage(parser, text):
+    with pytest.raises(ValueError) as exc:
+        parser(text)
+    assert "\n" not in str(exc.value)
+
+
+# --- status text beyond the corpus ------------------------------------------------
+
+def test_status_multi_volume_reports_the_worst_volume_and_sync():
+    text = """\
+vm-data role:Secondary
+  volume:0 disk:UpToDate
+  volume:1 disk:Inconsistent
+  kvm1 role:Primary
+    volume:0 peer-disk:UpToDate
+    volume:1 replication:SyncTarget peer-disk:UpToDate done:12.50
+"""
+    assert parse_drbdadm_status(text) == {
+        "vm-data": st("vm-data", None, "Secondary/Primary", "SyncTarget", "Inconsistent/UpToDate", 12.5)}
+
+
+def test_status_unnamed_connection_and_no_resources_line():
+    text = """\
+# No currently configured DRBD found.
+r1 role:Primary
+  disk:UpToDate
+  node-id:1 connection:Connecting
+"""
+    assert parse_drbdadm_status(text) == {
+        "r1": st("r1", None, "Primary/Unknown", "Connecting", "UpToDate/DUnknown")}
+
+
+def test_status_strips_colours():
+    text = "r0 role:\x1b[1;32mPrimary\x1b[0m\n  disk:\x1b[32mUpToDate\x1b[0m\n"
+    assert parse_drbdadm_status(text) == {"r0": st("r0", None, "Primary", "StandAlone", "UpToDate")}
+
+
+def test_json_sync_progress_and_worst_volume():
+    text = """[{"name": "r0", "role": "Primary",
+      "devices": [{"volume": 0, "minor": 7, "disk-state": "UpToDate"},
+                  {"volume": 1, "minor": 8, "disk-state": "UpToDate"}],
+      "connections": [{"peer-node-id": 1, "name": "kvm1", "connection-state": "Connected",
+                       "peer-role": "Secondary",
+                       "peer_devices": [
+          {"volume": 0, "replication-state": "Established", "peer-disk-state": "UpToDate",
+           "percent-in-sync": 100.0},
+          {"volume": 1, "replication-state": "SyncSource", "peer-disk-state": "Inconsistent",
+           "percent-in-sync": 40.0, "percent-resync-done": 20.25}]}]}]"""
+    assert parse_drbdsetup_status_json(text) == {
+        "r0": st("r0", 7, "Primary/Secondary", "SyncSource", "UpToDate/Inconsistent", 20.25)}
+
+
+def test_events2_replay_rename_destroy_and_timestamps():
+    text = """\
+2024-01-02T03:04:05.000000+00:00 exists resource name:old role:Secondary
+2024-01-02T03:04:05.000000+00:00 exists device name:old volume:0 minor:3 disk:UpToDate
+exists connection name:old peer-node-id:1 conn-name:kvm1 connection:Connected role:Primary
+exists peer-device name:old peer-node-id:1 conn-name:kvm1 volume:0 replication:SyncTarget peer-disk:UpToDate done:5.00
+exists -
+rename resource name:old new_name:new
+change peer-device name:new peer-node-id:1 conn-name:kvm1 volume:0 replication:Established
+change connection name:new peer-node-id:1 conn-name:kvm1 role:Secondary
+create resource name:gone role:Secondary
+destroy resource name:gone
+"""
+    assert parse_events2(text) == {
+        "new": st("new", 3, "Secondary/Secondary", "Connected", "UpToDate/UpToDate")}
+
+
+# --- garbage in: {} for "nothing there", ValueError for anything else ---------------
+
+@pytest.mark.parametrize("parser", TEXT_PARSERS, ids=lambda p: p.__name__)
+@pytest.mark.parametrize("text", ["", "\n\n", "   \n"])
+def test_empty_output_means_no_resources(parser, text):
+    assert parser(text) == {}
+
+
+def test_proc_drbd_of_drbd9_lists_nothing():
+    """DRBD 9 keeps only its banner in /proc/drbd; its state comes from drbdsetup."""
+    text = ("version: 9.1.16 (api:2/proto:86-121)\n"
+            "GIT-hash: 22e2b4e0cb3e3d5a24bc1c4e1b1c9a0c4a1b4e2f build by root@kvm1, 2023-08-01\n"
+            "Transports (api:18): tcp (9.1.16)\n")
+    assert parse_proc_drbd(text) == {}
+
+
+@pytest.mark.parametrize("parser, text", [
+    (parse_proc_drbd, "hello world\n"),
+    (parse_proc_drbd, " 0: cs:Connected\n"),                       # configured minor without roles
+    (parse_proc_drbd, " 0: cs:Connected ro:Primary/primary ds:UpToDate/UpToDate C r---\n"),
+    (parse_proc_drbd, "    ns:0 nr:0\n"),                          # detail line with no minor
+    (parse_drbdadm_status, "r0: No such resource\n"),
+    (parse_drbdadm_status, "  disk:UpToDate\n"),                   # volume without resource
+    (parse_drbdadm_status, "r0 role:Boss\n"),
+    (parse_drbdadm_status, "r0 role:Primary\n  volume:x disk:UpToDate\n"),
+    (parse_drbdadm_status, "r0 role:Primary\n  peer role:Secondary\n    replication:SyncSource done:lots\n"),
+    (parse_drbdsetup_status_json, "not json"),
+    (parse_drbdsetup_status_json, "{}"),
+    (parse_drbdsetup_status_json, "[1]"),
+    (parse_drbdsetup_status_json, '[{"name": "r0", "role": "Primary", "devices": [{"volume": 0}]}]'),
+    (parse_drbdsetup_status_json, '[{"name": "r0", "role": "primary"}]'),
+    (parse_events2, "bogus line\n"),
+    (parse_events2, "change resource role:Primary\n"),              # no name
+    (parse_events2, "change device name:r0 minor:1 disk:UpToDate\n"),  # no volume
+    (parse_events2, "change widget name:r0\n"),
+    (parse_events2, "rename resource name:r0\n"),
+])
+def test_garbage_is_a_one_line_value_error(parser, text):
+    with pytest.raises(ValueError) as exc:
+        parser(text)
+    assert "\n" not in str(exc.value)
+
+
+FRAGMENTS = list("ab:/ \n\t0123456789.-#>{}[]\"'\x00\x1b") + [
+    " 0: ", "cs:", "ro:", "ds:", "role:", "disk:", "peer-disk:", "done:", "Primary", "UpToDate",
+    "volume:", "exists ", "change ", "destroy ", "resource ", "device ", "name:r", "->"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=hs.lists(hs.sampled_from(FRAGMENTS), max_size=40).map("".join))
+def test_any_text_gives_states_or_value_error(text):
+    for parser in TEXT_PARSERS:
+        try:
+            result = parser(text)
+        except ValueError as exc:
+            assert "\n" not in str(exc)
+        else:
+            assert all(isinstance(s, DrbdState) for s in result.values())
