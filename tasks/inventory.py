@@ -272,7 +272,8 @@ def _parse_disk(check: _Checker, raw: Any, where: str, hosts: tuple[str, str]):
         return LocalDisk(path=paths, vdev=vdev) if paths else None
     data = check.mapping(raw, where, _REPLICATED_KEYS)
     resource = check.get(data, "resource", where, str, required=True)
-    if resource and not _RESOURCE.match(resource):
+    if resource and (not _RESOURCE.match(resource) or resource == "all"):
+        # "all" would make every drbdadm command act on every resource of the host.
         check.error(f"{where}.resource", f"not a valid DRBD resource name: {resource!r}")
         resource = None
     device = check.per_host(data, "device", where, hosts, required=True)
@@ -372,6 +373,14 @@ def _check_unique(check: _Checker, vms: dict[str, VM]) -> None:
                     claim(("device", host, dev), vm.name, f"device {dev} on {host}")
             for host, path in (disk.path if isinstance(disk, LocalDisk) else disk.backing).items():
                 claim(("volume", host, path), vm.name, f"volume {path} on {host}")
+    ports: dict[tuple[str, int], str] = {}
+    for vm in vms.values():
+        for disk in vm.resources:
+            for host in (vm.xen_host, vm.kvm_host):
+                holder = ports.setdefault((host, disk.port), disk.resource)
+                if holder != disk.resource:
+                    check.error(f"vms.{vm.name}.disks[{vm.disks.index(disk)}].port",
+                                f"port {disk.port} on {host} is also used by DRBD resource {holder}")
 
 
 def parse_inventory(text: str, path: str = "hosts.yml") -> Inventory:

@@ -69,6 +69,7 @@ def test_per_host_device_mapping():
     (lambda d: d["vms"]["logger"]["disks"][0].update(device="/dev/sda"), "inv.yml: vms.logger.disks[0].device: expected /dev/drbdN"),
     (lambda d: d["vms"]["logger"]["disks"][0].update(device={"xen1": "/dev/drbd5"}), "inv.yml: vms.logger.disks[0].device: has no entry for kvm1"),
     (lambda d: d["vms"]["logger"]["disks"][0].update(resource="a b"), "inv.yml: vms.logger.disks[0].resource: not a valid DRBD resource name"),
+    (lambda d: d["vms"]["logger"]["disks"][0].update(resource="all"), "inv.yml: vms.logger.disks[0].resource: not a valid DRBD resource name"),
     (lambda d: d["vms"].update({"bad_name": d["vms"].pop("logger")}), "inv.yml: vms.bad_name: VM name is not a valid domain name"),
     (lambda d: d["vms"]["logger"].update(disks=[]), "inv.yml: vms.logger.disks: expected a non-empty list"),
 ])
@@ -128,3 +129,10 @@ def test_fabric_yaml_sets_the_inventory(tmp_path):
     result = _fab("-f", str(tmp_path / "fabric.yaml"), "inventory.check")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"{inv}: ok, 2 hosts, 1 VMs")
+
+
+def test_two_resources_may_not_listen_on_one_port():
+    data = seed_data()
+    data["vms"]["logger"]["disks"][1]["port"] = 7790
+    assert "inv.yml: vms.logger.disks[1].port: port 7790 on xen1 is also used by DRBD resource logger-system" \
+        in errors_of(data)
