@@ -314,10 +314,14 @@ class Outcome:
 
 
 def undo_steps(ctx: Ctx, journal: Journal) -> list[str]:
-    """Undo every started or finished step in reverse order; returns what was undone."""
+    """Undo every step that ran, even in part, in reverse order; returns what was undone.
+
+    A failed step may have half happened (one of two resources demoted), so it
+    is undone too; each undo looks at live state and skips what is not needed.
+    """
     undone = []
     for entry in reversed(journal.data["steps"]):
-        if entry["status"] not in ("started", "done") or not entry.get("undo"):
+        if entry["status"] not in ("started", "done", "failed") or not entry.get("undo"):
             continue
         say(f"  undo: {entry['name']}")
         run_undo(ctx, entry["undo"])

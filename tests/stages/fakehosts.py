@@ -66,8 +66,8 @@ class FakeHost:
     # -- dispatch -----------------------------------------------------------------------------
     def dispatch(self, argv, stdin):
         tool = argv[0]
-        if tool == "sh" and argv[2] == "sh":
-            return self.shell(argv[1], argv[3:], stdin)
+        if tool == "sh" and argv[1] == "-c":
+            return self.shell(argv[2], argv[4:], stdin)
         if tool in ("xl", "xm"):
             return self.xl(argv[1:])
         if tool == "drbdadm":

@@ -208,7 +208,7 @@ def test_killed_run_then_rollback(world, command):
     with pytest.raises(Killed):
         flows.move(ctx, "kvm", world.tmp / "journal", world.tmp / "locks")
     assert (world.tmp / "journal" / "logger.json").exists()
-    with pytest.raises(GuardError, match="unfinished run .* fab rollback --vm logger"):
+    with pytest.raises(GuardError, match=r"unfinished run .*`fab rollback --vm logger`"):
         world.move("kvm")
     outcome = world.rollback()
     assert outcome.ok and outcome.runs_on == ["xen1"]

@@ -1,0 +1,531 @@
+"""Stage: DRBD. Status, wait for sync, promote / demote with guards, resource files.
+
+The guards here are the product's most important lines: never two Primaries,
+never promote data that is not UpToDate, never demote under a running domain.
+Every resource of a VM is checked before any of them changes, so a refusal
+for one resource leaves all of them as they were.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+
+from invoke import Collection, task
+
+from . import inventory
+from .errors import GuardError, InputError, ToolError
+from .formats.drbdconf import render_drbd_resource
+from .formats.drbdstatus import DrbdState, parse_cstate, parse_dstate, parse_drbdadm_status, parse_proc_drbd, parse_role
+from .inventory import VM, Host, ReplicatedDisk
+from .remote import Remote, RemoteError, Site, say, site_from_context
+
+DRBD_DIR = "/etc/drbd.d"
+DOWN = "Unconfigured"                 # DRBD's word for a resource that is defined but not up
+DEFAULT_SYNC_TIMEOUT = 6 * 3600.0     # an initial sync of a large disk takes hours
+CONNECT_TIMEOUT = 60.0
+PROGRESS_EVERY = 10.0
+
+
+# --- pure: guards and plans -----------------------------------------------------
+
+def check_promote(state: DrbdState, host: str, allow_disconnected: bool = False) -> None:
+    """Promote only UpToDate data, never beside a Primary peer, never blind to the peer
+    unless the operator states it is down (and even then not a StandAlone resource)."""
+    refuse = f"{host}: refusing to promote {state.name}:"
+    if state.peer_is_primary:
+        raise GuardError(f"{refuse} the peer is Primary (never two Primaries); demote it there first")
+    if state.is_primary:
+        return
+    if state.connection == DOWN:
+        raise GuardError(f"{refuse} the resource is not up there (fab drbd.setup, or drbdadm up)")
+    if state.disk != "UpToDate":
+        raise GuardError(f"{refuse} the local disk is {state.disk}, not UpToDate")
+    if state.connection == "StandAlone":
+        raise GuardError(f"{refuse} it is StandAlone (split brain, or disconnected by hand); "
+                         f"resolve that and reconnect first (--allow-disconnected does not cover it)")
+    if not state.is_connected and not allow_disconnected:
+        raise GuardError(f"{refuse} not connected to the peer ({state.connection}), so its role is unknown; "
+                         f"only if the peer host is known to be down, retry with --allow-disconnected")
+
+
+def check_demote(state: DrbdState, host: str, domain_running: bool) -> None:
+    """A running domain has the device open: demoting under it fails or cuts the guest's disk."""
+    if domain_running:
+        raise GuardError(f"{host}: refusing to demote {state.name}: the VM's domain still runs on {host}; "
+                         f"shut it down first")
+
+
+def plan_initial_sync(state: DrbdState, host: str, force: bool) -> bool:
+    """Whether `primary --force` must start the initial sync from `host`.
+
+    Forcing declares this side's data the truth and overwrites the peer's, so it
+    is only ever done on a fresh pair (Inconsistent on both sides) and only when
+    the operator asked; where either side is UpToDate DRBD syncs without it.
+    """
+    disks = (state.disk, *state.peer_disks)
+    if "UpToDate" in disks:
+        return False
+    if state.peer_disks and all(d == "Inconsistent" for d in disks):
+        if force:
+            return True
+        raise GuardError(f"{host}: {state.name} is Inconsistent on both hosts: the initial sync makes {host}'s "
+                         f"data the truth and overwrites the peer's; rerun with --force-initial-sync")
+    raise GuardError(f"{host}: refusing the initial sync of {state.name}: disks are "
+                     f"{state.disk}/{'/'.join(state.peer_disks) or 'DUnknown'}, only Inconsistent/Inconsistent "
+                     f"may be forced")
+
+
+def metadata_target(disk: ReplicatedDisk, host: str) -> tuple[str, bool]:
+    """(device create-md writes to, internal?): the backing device itself, or the meta_disk."""
+    if disk.internal_meta:
+        return disk.backing[host], True
+    return disk.meta_disk[host], False
+
+
+def check_metadata_target(disk: ReplicatedDisk, host: str, fstype: str | None) -> str | None:
+    """Refuse create-md over a filesystem; a warning line where the inventory vouches for room.
+
+    External metadata needs an empty meta_disk (the backing disk holds the guest's
+    data and is not touched). Internal metadata takes the end of the backing
+    device; the inventory says `meta_disk: internal` only once room was made.
+    """
+    if fstype is None:
+        return None
+    device, internal = metadata_target(disk, host)
+    if not internal:
+        raise GuardError(f"{host}: refusing create-md for {disk.resource}: its meta_disk {device} holds {fstype}; "
+                         f"external metadata needs an empty device")
+    return (f"  WARNING {host}: {disk.resource}: internal metadata goes at the end of {device}, which holds "
+            f"{fstype}; the inventory says room was made (meta_disk: internal): if the filesystem was not "
+            f"shrunk first, create-md destroys its end")
+
+
+def res_path(resource: str) -> str:
+    """/etc/drbd.d/<resource>.res; a name that would leave the directory is refused."""
+    if "/" in resource or "\x00" in resource or resource.startswith("."):
+        raise InputError(f"DRBD resource {resource!r} cannot name a file in {DRBD_DIR}")
+    return f"{DRBD_DIR}/{resource}.res"
+
+
+def oldest_version(versions: list[str]) -> str:
+    """The userland version both hosts can read (resource file spelling differs before 8.4)."""
+    return min(versions, key=lambda v: tuple(int(n) for n in re.findall(r"\d+", v)[:2]))
+
+
+def describe(state: DrbdState) -> str:
+    """One resource in a few words, for progress and refusal lines."""
+    if state.sync_percent is not None:
+        return f"{state.name} {state.connection} {state.sync_percent:.1f}%"
+    return f"{state.name} {state.connection} {state.disk}/{'/'.join(state.peer_disks) or 'DUnknown'}"
+
+
+STATUS_HEADER = ("RESOURCE", "HOST", "ROLE", "PEER ROLE", "CONNECTION", "DISK", "PEER DISK", "SYNC")
+
+
+def status_row(state: DrbdState, host: str) -> tuple[str, ...]:
+    """One table row; "-" where DRBD reports no peer or no progress."""
+    return (state.name, host, state.role, "/".join(state.peer_roles) or "-", state.connection, state.disk,
+            "/".join(state.peer_disks) or "-",
+            f"{state.sync_percent:.1f}%" if state.sync_percent is not None else "-")
+
+
+def format_table(rows: list[tuple[str, ...]]) -> str:
+    """Plain aligned columns: readable in a terminal, a log and a diff alike."""
+    table = [STATUS_HEADER, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(STATUS_HEADER))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table)
+
+
+# --- probes ---------------------------------------------------------------------
+
+def _minor(vm: VM, resource: str, host_name: str) -> int | None:
+    disk = next(d for d in vm.resources if d.resource == resource)
+    digits = disk.device.get(host_name, "").removeprefix("/dev/drbd")
+    return int(digits) if digits.isdigit() else None
+
+
+def _undefined(remote: Remote, outcome, names: list[str]) -> set[str]:
+    """Resources drbdadm says it has no definition for (8.x and 9 wording)."""
+    text = outcome.stdout + outcome.stderr
+    if "not defined in your config" not in text:
+        return set()
+    named = {n for n in names if f"'{n}' not defined in your config" in text}
+    if not named:
+        line = next(ln for ln in text.splitlines() if "not defined in your config" in ln)
+        raise GuardError(f"{remote.name}: drbdadm: {line.strip()}")
+    return named
+
+
+def _unknown_resource(host_name: str, vm: VM, name: str) -> GuardError:
+    return GuardError(f"{host_name}: DRBD resource {name} is not defined in drbdadm's config there "
+                      f"(no {DRBD_DIR}/{name}.res, or its `on` names do not match that host's hostname); "
+                      f"see fab drbd.setup --vm {vm.name}")
+
+
+def _legacy_state(remote: Remote, vm: VM, host_name: str, name: str) -> DrbdState | None:
+    """DRBD 8.0-8.3 userland: role, cstate and dstate one by one; None when undefined."""
+    answers = {}
+    for verb in ("role", "cstate", "dstate"):
+        argv = ["drbdadm", verb, name]
+        outcome = remote.probe(argv)
+        if _undefined(remote, outcome, [name]):
+            return None
+        if not outcome.ok and outcome.stdout.strip() != DOWN:
+            raise RemoteError(remote.name, remote.command(argv), outcome.exit_code, outcome.stderr or outcome.stdout)
+        answers[verb] = outcome.stdout
+    role, peer_roles = parse_role(answers["role"])
+    disk, peer_disks = parse_dstate(answers["dstate"])
+    return DrbdState(name=name, minor=_minor(vm, name, host_name), role=role, peer_roles=peer_roles,
+                     connection=parse_cstate(answers["cstate"]), disk=disk, peer_disks=peer_disks,
+                     sync_percent=None)
+
+
+def _with_proc_percent(remote: Remote, states: dict[str, DrbdState | None]) -> dict[str, DrbdState | None]:
+    """8.x role/cstate/dstate say nothing of progress; /proc/drbd does, by minor."""
+    syncing = {n: s for n, s in states.items() if s is not None and s.is_syncing and s.minor is not None}
+    if not syncing:
+        return states
+    proc = parse_proc_drbd(remote.read_file("/proc/drbd") or "")
+    for name, state in syncing.items():
+        percent = proc[state.minor].sync_percent if state.minor in proc else None
+        states[name] = DrbdState(state.name, state.minor, state.role, state.peer_roles, state.connection,
+                                 state.disk, state.peer_disks, percent)
+    return states
+
+
+def _query(remote: Remote, vm: VM, host_name: str, *, undefined_ok: bool = False) -> dict[str, DrbdState | None]:
+    """Every resource of the VM on one host, in the VM's order; None for one drbdadm does not
+    know (only when `undefined_ok`, i.e. a dry run whose resource files are not written yet).
+    Output the parsers do not recognise refuses: a guard never acts on a guess."""
+    try:
+        return _read_states(remote, vm, host_name, undefined_ok)
+    except ValueError as exc:
+        raise GuardError(f"{host_name}: cannot read the DRBD state ({exc}): refusing to act on it") from None
+
+
+def _read_states(remote: Remote, vm: VM, host_name: str, undefined_ok: bool) -> dict[str, DrbdState | None]:
+    names = [d.resource for d in vm.resources]
+    undefined: set[str] = set()
+    while True:
+        asked = [n for n in names if n not in undefined]
+        if not asked:
+            return {n: None for n in names}
+        argv = ["drbdadm", "status", *asked]
+        outcome = remote.probe(argv)
+        newly = _undefined(remote, outcome, asked)
+        if not newly:
+            break
+        if not undefined_ok:
+            raise _unknown_resource(host_name, vm, sorted(newly)[0])
+        undefined |= newly    # drbdadm stops at the first unknown name: ask again without it
+    text = outcome.stdout + outcome.stderr
+    if "unknown command" in text.lower() or outcome.stdout.lstrip().startswith("<"):
+        # 8.0-8.2 have no `status`; 8.3 (and early 8.4) print XML for every resource instead
+        states = {n: None if n in undefined else _legacy_state(remote, vm, host_name, n) for n in names}
+        if not undefined_ok and (missing := [n for n, s in states.items() if s is None]):
+            raise _unknown_resource(host_name, vm, missing[0])
+        return _with_proc_percent(remote, states)
+    parsed = parse_drbdadm_status(outcome.stdout)
+    states: dict[str, DrbdState | None] = {}
+    for name in names:
+        if name in undefined:
+            states[name] = None
+        elif name in parsed:
+            states[name] = parsed[name]
+        elif f"{name}: No such resource" in text:
+            states[name] = DrbdState(name=name, minor=_minor(vm, name, host_name), role="Unknown", peer_roles=(),
+                                     connection=DOWN, disk=DOWN, peer_disks=(), sync_percent=None)
+        else:
+            raise RemoteError(remote.name, remote.command(argv), outcome.exit_code,
+                              outcome.stderr or outcome.stdout or f"no state for {name}")
+    return states
+
+
+def resource_states(remote: Remote, vm: VM, host_name: str) -> dict[str, DrbdState]:
+    """Every DRBD resource of the VM as one host sees it; a resource drbdadm does not know refuses."""
+    return _query(remote, vm, host_name)
+
+
+def userland_version(remote: Remote) -> str:
+    """drbdadm's version; userland without --version (before 8.4) is taken as 8.3."""
+    outcome = remote.probe(["drbdadm", "--version"])
+    for line in outcome.stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "DRBDADM_VERSION":
+            return value.strip().strip("'\"")
+    if outcome.exit_code == 127 or "command not found" in outcome.stderr:
+        raise ToolError(f"{remote.name}: drbdadm is not installed (drbd-utils)")
+    return "8.3"
+
+
+def has_metadata(remote: Remote, resource: str) -> bool:
+    """Whether create-md already ran; anything unexpected is an error, never a licence to overwrite."""
+    argv = ["drbdadm", "dump-md", resource]
+    outcome = remote.probe(argv)
+    text = outcome.stdout + outcome.stderr
+    if outcome.ok or "unclean" in text:       # unclean metadata ("apply-al first") is still metadata
+        return True
+    if "No valid meta data found" in text:
+        return False
+    raise RemoteError(remote.name, remote.command(argv), outcome.exit_code, outcome.stderr or outcome.stdout)
+
+
+def fs_type(remote: Remote, device: str) -> str | None:
+    """What signature a device holds (low-level probe, no cache), or None when blank."""
+    argv = ["blkid", "-p", "-o", "value", "-s", "TYPE", device]
+    outcome = remote.probe(argv)
+    if outcome.exit_code == 2 and not outcome.stderr.strip():
+        return None
+    if outcome.ok:
+        return outcome.stdout.strip() or "a signature blkid cannot name (a partition table?)"
+    if outcome.exit_code == 8:
+        return "several signatures (blkid: ambivalent)"
+    raise RemoteError(remote.name, remote.command(argv), outcome.exit_code, outcome.stderr or outcome.stdout)
+
+
+def _wait_for(remote: Remote, vm: VM, host_name: str, ready, *, what: str, timeout: float, poll: float,
+              progress) -> dict[str, DrbdState]:
+    """Poll the states until `ready` holds for every resource; refuse on timeout or a state that
+    cannot change by itself."""
+    deadline = time.monotonic() + timeout
+    reported = None
+    while True:
+        states = resource_states(remote, vm, host_name)
+        waiting = [s for s in states.values() if not ready(s)]
+        if not waiting:
+            return states
+        stuck = [s for s in waiting if s.connection in ("StandAlone", DOWN)]
+        if stuck:
+            raise GuardError(f"{host_name}: {what}: {', '.join(describe(s) for s in stuck)} will not change "
+                             f"by itself")
+        now = time.monotonic()
+        if now >= deadline:
+            raise GuardError(f"{host_name}: still {what} after {timeout:.0f}s: "
+                             f"{', '.join(describe(s) for s in waiting)}")
+        if reported is None or now - reported >= PROGRESS_EVERY:
+            progress(f"  {host_name}: {what}: {', '.join(describe(s) for s in waiting)}")
+            reported = now
+        time.sleep(max(0.0, min(poll, deadline - now)))
+
+
+def wait_sync(remote: Remote, vm: VM, host_name: str, *, timeout: float, poll: float = 2.0,
+              progress=say) -> dict[str, DrbdState]:
+    """Until every resource is Connected and UpToDate on both sides: the only state to move a guest in."""
+    states = _wait_for(remote, vm, host_name, lambda s: s.is_connected and s.is_uptodate_pair,
+                       what="waiting for sync", timeout=timeout, poll=poll, progress=progress)
+    say(f"* {host_name}: {', '.join(states)} UpToDate/UpToDate ... ok")
+    return states
+
+
+# --- changes --------------------------------------------------------------------
+
+def _apply(remote: Remote, verb: list[str], names: list[str]) -> None:
+    """Run `drbdadm VERB... RES` per resource; on a failure say which ones already changed."""
+    done = []
+    try:
+        for name in names:
+            remote.change(["drbdadm", *verb, name])
+            done.append(name)
+    except RemoteError:
+        if done:
+            say(f"  {remote.name}: drbdadm {' '.join(verb)} already done for {', '.join(done)}")
+        raise
+
+
+def promote(remote: Remote, vm: VM, host_name: str, *, allow_disconnected: bool = False) -> list[str]:
+    """Check every resource, then make the ones not yet Primary Primary: all or nothing.
+
+    Returns the resources it promoted (or would, in a dry run), for the undo journal.
+    """
+    states = resource_states(remote, vm, host_name)
+    for state in states.values():
+        check_promote(state, host_name, allow_disconnected)
+    todo = [n for n, s in states.items() if not s.is_primary]
+    for name in states:
+        if name not in todo:
+            say(f"* {host_name}: {name} already Primary ... ok")
+    blind = [n for n in todo if not states[n].is_connected]
+    if blind:
+        say(f"  WARNING {host_name}: promoting {', '.join(blind)} without a connected peer "
+            f"(--allow-disconnected: the operator states the peer host is down)")
+    _apply(remote, ["primary"], todo)
+    return todo
+
+
+def demote(remote: Remote, vm: VM, host_name: str, *, domain_running: bool) -> list[str]:
+    """Check every resource, then make the Primary ones Secondary; returns those it demoted."""
+    states = resource_states(remote, vm, host_name)
+    for state in states.values():
+        check_demote(state, host_name, domain_running)
+    todo = [n for n, s in states.items() if s.is_primary]
+    for name, state in states.items():
+        if name not in todo:
+            say(f"* {host_name}: {name} already {'down' if state.connection == DOWN else state.role} ... ok")
+    _apply(remote, ["secondary"], todo)
+    return todo
+
+
+@dataclass
+class _HostWork:
+    """What setup must do on one host, found by probes before anything is created."""
+
+    create_md: list[str] = field(default_factory=list)
+    up: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _survey(remote: Remote, vm: VM, host_name: str) -> _HostWork:
+    """Probes only: which resources are down, which lack metadata, and whether create-md is safe."""
+    work = _HostWork()
+    states = _query(remote, vm, host_name, undefined_ok=remote.dry_run)
+    for disk in vm.resources:
+        state = states[disk.resource]
+        if state is not None and state.connection != DOWN:
+            say(f"* {host_name}: {disk.resource} is up ... ok")
+            continue
+        work.up.append(disk.resource)
+        if state is None:
+            say(f"  {host_name}: {disk.resource} is unknown to drbdadm until its file is written: "
+                f"its metadata is not probed in a dry run")
+        elif has_metadata(remote, disk.resource):
+            continue
+        warning = check_metadata_target(disk, host_name, fs_type(remote, metadata_target(disk, host_name)[0]))
+        if warning:
+            work.warnings.append(warning)
+        work.create_md.append(disk.resource)
+    return work
+
+
+def setup(site: Site, vm: VM, hosts: dict[str, Host], *, force_initial_sync: bool,
+          sync_timeout: float = DEFAULT_SYNC_TIMEOUT) -> None:
+    """The seed's first step: resource files on both hosts, metadata, up, the initial sync, wait.
+
+    Every check (metadata present? a filesystem where create-md would write?) runs
+    on both hosts before any metadata is created; a second run changes nothing.
+    """
+    pair = (vm.xen_host, vm.kvm_host)
+    remotes = {h: site.host(h) for h in pair}
+    version = oldest_version([userland_version(remotes[h]) for h in pair])
+    try:
+        files = render_drbd_resource(vm, hosts, version)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    paths = {name: res_path(name) for name in files}
+    for h in pair:
+        for name, text in files.items():
+            remotes[h].edit_file(paths[name], lambda _old, text=text: text, create=True)
+    work = {h: _survey(remotes[h], vm, h) for h in pair}
+    for h in pair:
+        for line in work[h].warnings:
+            say(line)
+    for h in pair:
+        for name in work[h].create_md:
+            remotes[h].change(["drbdadm", "create-md", "--force", name])
+    for h in pair:
+        for name in work[h].up:
+            remotes[h].change(["drbdadm", "up", name])
+    xen = remotes[vm.xen_host]
+    if xen.dry_run and any(work[h].up for h in pair):
+        say(f"  would then wait for the connection, start the initial sync from {vm.xen_host} where both sides "
+            f"are Inconsistent (with --force-initial-sync), and wait for the sync")
+        return
+    states = _wait_for(xen, vm, vm.xen_host, lambda s: s.is_connected, what="waiting for the peer to connect",
+                       timeout=CONNECT_TIMEOUT, poll=1.0, progress=say)
+    forced = [n for n, s in states.items() if plan_initial_sync(s, vm.xen_host, force_initial_sync)]
+    _apply(xen, ["primary", "--force"], forced)
+    if xen.dry_run:
+        say(f"  would then wait for the sync on {vm.xen_host}")
+        return
+    wait_sync(xen, vm, vm.xen_host, timeout=sync_timeout)
+
+
+# --- tasks ----------------------------------------------------------------------
+
+def _context(c, vm_name: str, dry_run: bool = False):
+    inv = inventory.from_context(c)
+    vm = inv.vm(vm_name)
+    return inv, vm, site_from_context(c, inv, dry_run)
+
+
+def _vm_host(vm: VM, host: str) -> str:
+    """Promote and demote name their host: a default here could promote the wrong side."""
+    if host not in (vm.xen_host, vm.kvm_host):
+        raise InputError(f"--host {host!r} is not one of {vm.name}'s hosts ({vm.xen_host}, {vm.kvm_host})")
+    return host
+
+
+@task(help={"vm": "VM name from the inventory"})
+def status(c, vm):
+    """Show every DRBD resource of the VM on both its hosts (read-only)."""
+    _, model, site = _context(c, vm)
+    rows, failures = [], []
+    for host in (model.xen_host, model.kvm_host):
+        try:
+            states = resource_states(site.host(host), model, host)
+        except ToolError as exc:      # one dead host must not hide the other's view
+            failures.append(str(exc))
+            continue
+        rows += [status_row(state, host) for state in states.values()]
+    print(format_table(rows))
+    for line in failures:
+        print(f"  {line}")
+    if failures:
+        raise ToolError(f"could not read the DRBD state on {len(failures)} host(s)")
+
+
+# No short flags on promote and demote: `-h` would read as help, and these deserve spelled-out words.
+@task(auto_shortflags=False,
+      help={"vm": "VM name from the inventory",
+            "host": "the host to promote on: the VM's Xen or KVM host (required)",
+            "allow_disconnected": "promote without a connected peer: only when the peer host is known to be down",
+            "dry_run": "run the checks and show the commands, change nothing"})
+def promote_task(c, vm, host, allow_disconnected=False, dry_run=False):
+    """Make the VM's DRBD resources Primary on one host, after the guards pass for all of them."""
+    _, model, site = _context(c, vm, dry_run)
+    name = _vm_host(model, host)
+    promote(site.host(name), model, name, allow_disconnected=allow_disconnected)
+
+
+@task(auto_shortflags=False,
+      help={"vm": "VM name from the inventory",
+            "host": "the host to demote on: the VM's Xen or KVM host (required)",
+            "dry_run": "run the checks and show the commands, change nothing"})
+def demote_task(c, vm, host, dry_run=False):
+    """Make the VM's DRBD resources Secondary on one host, unless its domain still runs there."""
+    inv, model, site = _context(c, vm, dry_run)
+    name = _vm_host(model, host)
+    remote = site.host(name)
+    if name == model.xen_host:
+        from .xenhost import domain_running
+    else:
+        from .kvmhost import domain_running
+    demote(remote, model, name, domain_running=domain_running(remote, inv.host(name), model.name))
+
+
+@task(help={"vm": "VM name from the inventory",
+            "timeout": f"seconds to wait (default {DEFAULT_SYNC_TIMEOUT:.0f})"})
+def wait_sync_task(c, vm, timeout=DEFAULT_SYNC_TIMEOUT):
+    """Wait until every DRBD resource of the VM is Connected and UpToDate on both sides."""
+    _, model, site = _context(c, vm)
+    wait_sync(site.host(model.xen_host), model, model.xen_host, timeout=float(timeout))
+
+
+@task(help={"vm": "VM name from the inventory",
+            "force_initial_sync": "where both sides are Inconsistent, make the Xen host's data the truth "
+                                  "(primary --force there) and overwrite the KVM side",
+            "timeout": f"seconds to wait for the sync (default {DEFAULT_SYNC_TIMEOUT:.0f})",
+            "dry_run": "run the checks, show the file diffs and commands, change nothing"})
+def setup_task(c, vm, force_initial_sync=False, timeout=DEFAULT_SYNC_TIMEOUT, dry_run=False):
+    """Create the VM's DRBD resources on both hosts: files, metadata, up, initial sync."""
+    inv, model, site = _context(c, vm, dry_run)
+    setup(site, model, inv.hosts, force_initial_sync=force_initial_sync, sync_timeout=float(timeout))
+
+
+ns = Collection("drbd")
+ns.add_task(status)
+ns.add_task(promote_task, name="promote")
+ns.add_task(demote_task, name="demote")
+ns.add_task(wait_sync_task, name="wait-sync")
+ns.add_task(setup_task, name="setup")
