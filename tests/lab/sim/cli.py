@@ -1,0 +1,28 @@
+"""The common life of one simulator call: know the host, honour faults, work, log the call."""
+
+import os
+import sys
+
+from . import faults, store
+
+
+def run(argv, body):
+    """Run `body(host, argv) -> exit code` as the command named by argv[0]."""
+    try:
+        host = store.load_host()
+    except (OSError, ValueError, KeyError) as e:
+        print(f"{os.path.basename(argv[0])}: lab host file unusable: {e}", file=sys.stderr)
+        return 2
+    faults.check_fault(host.state_dir, host.name, argv)
+    rc = body(host, argv)
+    sys.stdout.flush()
+    store.record_call(host.state_dir, host.name, argv, rc)
+    return rc
+
+
+def out(text=""):
+    print(text)
+
+
+def err(text):
+    print(text, file=sys.stderr)
