@@ -15,7 +15,10 @@ import json
 import os
 import socket
 import time
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +29,8 @@ from invoke import Collection, task
 from . import drbd, inventory, kvmhost, xenhost
 from .errors import GuardError, InputError, ToolError
 from .inventory import VM, Inventory
-from .remote import Site, say, site_from_context, state_dir
+from .progress import FleetView
+from .remote import Site, say, set_output_prefix, site_from_context, state_dir
 
 SIDES = ("xen", "kvm")
 ROLLBACK_TIMEOUT = 120.0
@@ -163,6 +167,7 @@ class Ctx:
     vm: VM
     timeout: float = xenhost.DEFAULT_SHUTDOWN_TIMEOUT
     force: bool = False
+    on_step: Callable[[str], None] = lambda name: None    # live progress of a fleet run
 
 
 def _start(ctx: Ctx, side: str) -> None:
@@ -341,6 +346,7 @@ def move(ctx: Ctx, target_side: str, journals: Path, locks: Path, dry_run: bool 
             raise GuardError(f"{vm.name} has an unfinished run ({pending.summary()}): "
                              f"run `fab rollback --vm {vm.name}` first")
         say("checks:")
+        ctx.on_step("checks")
         xml = check_move(ctx, target_side)
         steps = plan_move(ctx, target_side, xml)
         say("plan:")
@@ -358,6 +364,7 @@ def _execute(ctx: Ctx, steps: list[Step], journal: Journal, dst: str) -> Outcome
     vm = ctx.vm
     started = time.monotonic()
     for step in steps:
+        ctx.on_step(step.name)
         entry = journal.begin(step)
         try:
             step.action()
@@ -408,52 +415,141 @@ def rollback_vm(ctx: Ctx, journals: Path, locks: Path) -> Outcome:
 
 # -- tasks -------------------------------------------------------------------------------------------
 
-def _run(c, vm_name: str, target: str | None, timeout, force: bool, dry_run: bool) -> None:
-    inv = inventory.from_context(c)
-    vm = inv.vm(vm_name)
+def select_vms(inv: Inventory, vm: str | None, all_vms: bool, from_host: str | None) -> list[VM]:
+    """The VMs a fleet run moves: named, all, or every VM of one host."""
+    if sum(map(bool, (vm, all_vms, from_host))) != 1:
+        raise InputError("give exactly one of --vm NAME[,NAME...], --all or --from-host HOST")
+    if from_host:
+        if from_host not in inv.hosts:
+            raise InputError(f"--from-host: no host named {from_host!r} in {inv.path}")
+        return [v for v in inv.vms.values() if from_host in (v.xen_host, v.kvm_host)]
+    return inv.select(None if all_vms else vm)
+
+
+def resolve_target(site: Site, inv: Inventory, vm: VM, to: str | None, from_host: str | None) -> str | None:
+    """Which side the VM goes to; None when it is already there."""
+    if from_host:
+        to = other(inv.host(from_host).role)
+    runs_on = where_running(site, inv, vm)
+    if len(runs_on) == 2:
+        raise GuardError(f"{vm.name} runs on BOTH {' and '.join(runs_on)}: stop one by hand now")
+    if to is None:
+        if not runs_on:
+            raise GuardError(f"{vm.name} runs on no host: cannot tell which way to move it (give --to)")
+        return "kvm" if runs_on[0] == vm.xen_host else "xen"
+    return None if runs_on == [vm.host_for(to)] else to
+
+
+class HostSlots:
+    """At most `max_parallel` VMs of each host on the move at once (inventory, per host)."""
+
+    def __init__(self, inv: Inventory):
+        self._slots = {name: threading.BoundedSemaphore(h.max_parallel) for name, h in inv.hosts.items()}
+
+    @contextmanager
+    def hold(self, vm: VM):
+        hosts = sorted({vm.xen_host, vm.kvm_host})   # one order everywhere: no deadlock
+        for host in hosts:
+            self._slots[host].acquire()
+        try:
+            yield
+        finally:
+            for host in reversed(hosts):
+                self._slots[host].release()
+
+
+def run_fleet(c, inv: Inventory, vms: list[VM], *, to: str | None, from_host: str | None, timeout: float,
+              force: bool, dry_run: bool, parallel: int, fail_fast: bool) -> list[Outcome]:
+    """Move every VM, `parallel` at a time over the shared per-host connections; each VM alone
+    is locked, journaled and rolled back, so one failure touches no other VM."""
     site = site_from_context(c, inv, dry_run)
+    slots = HostSlots(inv)
+    stop = threading.Event()
+    tag = len(vms) > 1
+    view = FleetView([vm.name for vm in vms], live=None if tag else False)
+
+    def one(vm: VM) -> Outcome:
+        if stop.is_set():
+            view.finish(vm.name, False, "not started (--fail-fast)")
+            return Outcome(vm.name, False, [], f"{vm.name}: not started (--fail-fast after a failure)")
+        set_output_prefix(vm.name if tag else "")
+        try:
+            with slots.hold(vm):
+                ctx = Ctx(site, inv, vm, timeout, force, on_step=lambda name: view.step(vm.name, name))
+                target = resolve_target(site, inv, vm, to, from_host)
+                if target is None:
+                    outcome = Outcome(vm.name, True, where_running(site, inv, vm),
+                                      f"{vm.name}: already on {vm.host_for(to or other(inv.host(from_host).role))}")
+                else:
+                    outcome = move(ctx, target, journal_dir(c), lock_dir(c), dry_run)
+        except ToolError as exc:
+            outcome = Outcome(vm.name, False, [], f"{vm.name}: {exc}")
+        finally:
+            set_output_prefix("")
+        if not outcome.ok and fail_fast:
+            stop.set()
+        view.finish(vm.name, outcome.ok, ", ".join(outcome.runs_on) or "?")
+        return outcome
+
     try:
-        ctx = Ctx(site, inv, vm, float(timeout), force)
-        if target is None:
-            runs_on = where_running(site, inv, vm)
-            if len(runs_on) == 2:
-                raise GuardError(f"{vm.name} runs on BOTH {' and '.join(runs_on)}: stop one by hand now")
-            if not runs_on:
-                raise GuardError(f"{vm.name} runs on no host: cannot tell which way to move it (give --to)")
-            target = "kvm" if runs_on[0] == vm.xen_host else "xen"
-        outcome = move(ctx, target, journal_dir(c), lock_dir(c), dry_run)
+        with view, ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+            return list(pool.map(one, vms))
     finally:
         site.close()
-    if not outcome.ok:
-        raise ToolError(outcome.message)
+
+
+def _migrate(c, vm, to, all_vms, from_host, timeout, force, dry_run, parallel, fail_fast) -> None:
+    if to not in (None, "kvm", "xen"):
+        raise InputError(f"--to must be kvm or xen, got {to!r}")
+    if int(parallel) < 1:
+        raise InputError(f"--parallel must be at least 1, got {parallel}")
+    inv = inventory.from_context(c)
+    vms = select_vms(inv, vm, all_vms, from_host)
+    outcomes = run_fleet(c, inv, vms, to=to, from_host=from_host, timeout=float(timeout), force=force,
+                         dry_run=dry_run, parallel=int(parallel), fail_fast=fail_fast)
+    failed = [o for o in outcomes if not o.ok]
+    if len(outcomes) == 1:
+        if failed:
+            raise ToolError(failed[0].message)
+        return
+    say(f"== {len(outcomes) - len(failed)} of {len(outcomes)} VMs done")
+    for outcome in outcomes:
+        say(f"  {'ok    ' if outcome.ok else 'FAILED'} {outcome.message}")
+    if failed:
+        raise ToolError(f"{len(failed)} of {len(outcomes)} VMs failed: {', '.join(o.vm for o in failed)}")
 
 
 _MOVE_HELP = {
-    "vm": "VM name from the inventory",
-    "timeout": f"seconds to wait for the guest to shut down (default {xenhost.DEFAULT_SHUTDOWN_TIMEOUT:.0f})",
-    "force": "destroy the guest if it has not shut down after --timeout",
+    "vm": "VM name from the inventory, or several: a,b,c",
+    "all": "every VM in the inventory",
+    "from_host": "every VM of this host (moved off it: to KVM from a Xen host, to Xen from a KVM host)",
+    "parallel": "how many VMs move at once (default 4; each host's max_parallel also applies)",
+    "fail_fast": "start no further VM after one fails",
+    "timeout": f"seconds to wait for a guest to shut down (default {xenhost.DEFAULT_SHUTDOWN_TIMEOUT:.0f})",
+    "force": "destroy a guest that has not shut down after --timeout",
     "dry_run": "run every check and print the plan and diffs; change nothing",
 }
 
 
-@task(help={**_MOVE_HELP, "to": "kvm or xen; default: the side where the VM does not run"})
-def migrate(c, vm, to=None, timeout=xenhost.DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False):
-    """Move a VM to the other hypervisor: shutdown, DRBD switch, start there."""
-    if to not in (None, "kvm", "xen"):
-        raise InputError(f"--to must be kvm or xen, got {to!r}")
-    _run(c, vm, to, timeout, force, dry_run)
+@task(help={**_MOVE_HELP, "to": "kvm or xen; default: the side where each VM does not run"})
+def migrate(c, vm=None, to=None, all=False, from_host=None, parallel=4, fail_fast=False,
+            timeout=xenhost.DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False):
+    """Move VMs to the other hypervisor: shutdown, DRBD switch, start there."""
+    _migrate(c, vm, to, all, from_host, timeout, force, dry_run, parallel, fail_fast)
 
 
 @task(help=_MOVE_HELP)
-def migrate_to_kvm(c, vm, timeout=xenhost.DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False):
-    """Move a VM from its Xen host to its KVM host."""
-    _run(c, vm, "kvm", timeout, force, dry_run)
+def migrate_to_kvm(c, vm=None, all=False, from_host=None, parallel=4, fail_fast=False,
+                   timeout=xenhost.DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False):
+    """Move VMs from their Xen host to their KVM host."""
+    _migrate(c, vm, "kvm", all, from_host, timeout, force, dry_run, parallel, fail_fast)
 
 
 @task(help=_MOVE_HELP)
-def migrate_to_xen(c, vm, timeout=xenhost.DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False):
-    """Move a VM from its KVM host back to its Xen host."""
-    _run(c, vm, "xen", timeout, force, dry_run)
+def migrate_to_xen(c, vm=None, all=False, from_host=None, parallel=4, fail_fast=False,
+                   timeout=xenhost.DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False):
+    """Move VMs from their KVM host back to their Xen host."""
+    _migrate(c, vm, "xen", all, from_host, timeout, force, dry_run, parallel, fail_fast)
 
 
 @task(help={"vm": "VM name from the inventory"})

@@ -24,12 +24,25 @@ from .inventory import VM, Host, Inventory
 
 BACKUP_SUFFIX = ".xenkvm-"
 _print_lock = threading.Lock()
+_output = threading.local()          # .prefix: the VM a fleet worker thread is moving
+_sink: Callable[[str], None] = lambda line: print(line, flush=True)
 
 
 def say(line: str) -> None:
-    """One line of progress; whole lines even when several VMs move at once."""
+    """One line of progress; whole lines, tagged with the VM, when several VMs move at once."""
+    prefix = getattr(_output, "prefix", "")
     with _print_lock:
-        print(line, flush=True)
+        _sink(f"[{prefix}] {line}" if prefix else line)
+
+
+def set_output_prefix(prefix: str) -> None:
+    _output.prefix = prefix
+
+
+def set_sink(sink: Callable[[str], None] | None) -> None:
+    """Send progress lines elsewhere (a live display); None restores plain printing."""
+    global _sink
+    _sink = sink or (lambda line: print(line, flush=True))
 
 
 def join(argv: Sequence[str]) -> str:

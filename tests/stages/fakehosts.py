@@ -32,6 +32,10 @@ class Shared:
     faults: dict[str, int] = field(default_factory=dict)       # command prefix -> exit code
     violations: list[str] = field(default_factory=list)
     stubborn: bool = False                                     # the guest ignores shutdown
+    disks_of: dict[str, list[str]] = field(default_factory=dict)  # domain -> its resources (default: all)
+
+    def resources_of(self, domain: str) -> list[str]:
+        return self.disks_of.get(domain, list(self.roles))
 
     def check(self) -> None:
         for res, roles in self.roles.items():
@@ -39,6 +43,10 @@ class Shared:
                 self.violations.append(f"two primaries on {res}")
         if self.xen_running & self.kvm_running:
             self.violations.append("domain runs on both hosts")
+        for domain in self.xen_running | self.kvm_running:
+            side = "xen1" if domain in self.xen_running else "kvm1"
+            if any(self.roles[r][side] != "Primary" for r in self.resources_of(domain)):
+                self.violations.append(f"{domain} runs on {side} without its disks Primary there")
 
 
 class FakeHost:
@@ -101,7 +109,7 @@ class FakeHost:
             domain = re.search(r"name\s*=\s*'([^']+)'", cfg or "")
             if not domain:
                 return Result(stderr=f"Failed to parse config: {name}\n", exited=1)
-            if any(r[self.name] != "Primary" for r in self.shared.roles.values()):
+            if any(self.shared.roles[r][self.name] != "Primary" for r in self.shared.resources_of(domain.group(1))):
                 return Result(stderr="libxl: error: hotplug: /etc/xen/scripts/block-drbd failed\n", exited=3)
             running.add(domain.group(1))
             return Result(stdout=f'Parsing config from {name}\n')
@@ -133,7 +141,7 @@ class FakeHost:
                 roles[self.name] = "Primary"
             elif verb == "secondary":
                 held = self.shared.xen_running if self.role == "xen" else self.shared.kvm_running
-                if held:
+                if any(res in self.shared.resources_of(d) for d in held):
                     return Result(stderr=f"{res}: State change failed: (-12) Device is held open by someone\n", exited=11)
                 roles[self.name] = "Secondary"
             else:
@@ -164,7 +172,7 @@ class FakeHost:
         if verb == "start":
             if name in s.kvm_running:
                 return Result(stderr="error: Domain is already active\n", exited=1)
-            if any(r[self.name] != "Primary" for r in s.roles.values()):
+            if any(s.roles[r][self.name] != "Primary" for r in s.resources_of(name)):
                 return Result(stderr="error: Failed to start domain: Read-only file system\n", exited=1)
             s.kvm_running.add(name)
             return Result(stdout=f"Domain '{name}' started\n")

@@ -1,0 +1,176 @@
+"""Whole runs of `fab` against the lab: real SSH, real libvirt and qemu, simulated Xen and DRBD."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.lab
+FAB = REPO / ".venv" / "bin" / "fab"
+RESOURCES = ("logger-system", "logger-var")
+
+
+class Runner:
+    """`fab` as an operator runs it, with the lab inventory and a state dir of its own."""
+
+    def __init__(self, lab, state_dir: Path):
+        self.lab = lab
+        self.state_dir = state_dir
+        self.env = {**os.environ, "FABRIC_INVENTORY": str(lab.inventory), "FABRIC_STATE_DIR": str(state_dir)}
+
+    def __call__(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        return subprocess.run([str(FAB), *args], cwd=REPO, env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def start(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([str(FAB), *args], cwd=REPO, env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def audit(self) -> list[dict]:
+        path = self.state_dir / "audit.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture
+def fab(lab, tmp_path):
+    lab.reset()
+    yield Runner(lab, tmp_path / "state")
+    lab.fault_clear()
+
+
+def where(lab) -> tuple:
+    state = lab.state()
+    vm = state["vms"]["logger"]
+    return vm["running_on"], {r: (vm["drbd"][r]["xen1"], vm["drbd"][r]["kvm1"]) for r in RESOURCES}, \
+        state["violations"]
+
+
+ON_XEN = ("xen1", {r: ("Primary", "Secondary") for r in RESOURCES}, [])
+ON_KVM = ("kvm1", {r: ("Secondary", "Primary") for r in RESOURCES}, [])
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.mark.parametrize("toolstack, drbd_style", [("xl", "9"), ("xm", "8.4"), ("xl", "8.4"), ("xm", "9")])
+def test_to_kvm_and_back(lab, fab, toolstack, drbd_style):
+    lab.reset(toolstack=toolstack, drbd_style=drbd_style)
+    assert where(lab) == ON_XEN
+    out = ok(fab("migrate", "--vm", "logger")).stdout
+    assert "== logger now runs on kvm1" in out
+    assert where(lab) == ON_KVM
+    status = ok(fab("status")).stdout
+    assert status.splitlines()[1].split()[:2] == ["logger", "kvm1"]
+    ok(fab("migrate", "--vm", "logger"))
+    assert where(lab) == ON_XEN
+    assert lab.exec("logger", ["true"]).returncode == 0, "the guest answers again on the Xen side"
+
+
+FAULTS_TO_KVM = [("xen1", "xl shutdown"), ("xen1", "drbdadm secondary"), ("kvm1", "drbdadm primary"),
+                 ("kvm1", "virsh define"), ("kvm1", "virsh start")]
+FAULTS_TO_XEN = [("kvm1", "virsh shutdown"), ("kvm1", "drbdadm secondary"), ("xen1", "drbdadm primary"),
+                 ("xen1", "xl create")]
+
+
+@pytest.mark.parametrize("host, prefix", FAULTS_TO_KVM)
+def test_fault_on_the_way_to_kvm_leaves_it_on_xen(lab, fab, host, prefix):
+    lab.fault_add(host, prefix, exit_code=1, once=True)
+    result = fab("migrate", "--vm", "logger")
+    assert result.returncode != 0
+    assert "now runs on xen1" in result.stderr, result.stderr
+    assert where(lab) == ON_XEN
+
+
+@pytest.mark.parametrize("host, prefix", FAULTS_TO_XEN)
+def test_fault_on_the_way_to_xen_leaves_it_on_kvm(lab, fab, host, prefix):
+    ok(fab("migrate", "--vm", "logger"))
+    lab.fault_add(host, prefix, exit_code=1, once=True)
+    result = fab("migrate", "--vm", "logger")
+    assert result.returncode != 0
+    assert "now runs on kvm1" in result.stderr, result.stderr
+    assert where(lab) == ON_KVM
+
+
+def _wait_for(predicate, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_killed_mid_flow_then_rollback(lab, fab):
+    lab.fault_add("kvm1", "virsh start", exit_code=0, hang=60)
+    run = fab.start("migrate", "--vm", "logger")
+    _wait_for(lambda: any("virsh" in e["command"] and " start " in e["command"] for e in fab.audit())
+              or lab.state()["vms"]["logger"]["drbd"]["logger-var"]["kvm1"] == "Primary", what="promotion on kvm1")
+    time.sleep(0.5)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait(timeout=10)
+    lab.fault_clear()
+    refused = fab("migrate", "--vm", "logger")
+    assert refused.returncode != 0 and "fab rollback --vm logger" in refused.stderr
+    out = ok(fab("rollback", "--vm", "logger")).stdout
+    assert "rolled back" in out
+    running_on, roles, violations = where(lab)
+    assert (running_on, roles, violations) == ON_XEN
+    ok(fab("migrate", "--vm", "logger"))
+    assert where(lab) == ON_KVM
+
+
+def test_second_concurrent_run_is_refused(lab, fab):
+    lab.fault_add("xen1", "xl shutdown", exit_code=0, hang=3)
+    first = fab.start("migrate", "--vm", "logger")
+    _wait_for(lambda: (fab.state_dir / "journal" / "logger.json").exists(), what="the first run's journal")
+    second = fab("migrate", "--vm", "logger")
+    assert second.returncode != 0
+    assert "logger is already being handled by pid" in second.stderr
+    assert first.wait(timeout=120) == 0, first.communicate()
+    assert where(lab) == ON_KVM
+
+
+def _checksums(lab) -> dict:
+    files = {"xen1": ["/etc/xen/auto/logger.cfg"], "kvm1": ["/var/lib/xenkvm/logger.xml"]}
+    sums = {}
+    for host, paths in files.items():
+        for path in paths:
+            done = lab.exec(host, ["sh", "-c", 'cat "$1" 2>/dev/null || echo ABSENT', "sh", path])
+            sums[f"{host}:{path}"] = hashlib.sha256(done.stdout.encode()).hexdigest()
+    return sums
+
+
+def test_dry_runs_change_nothing(lab, fab):
+    before = (where(lab), _checksums(lab), lab.state())
+    out = ok(fab("migrate", "--vm", "logger", "--dry-run")).stdout
+    assert "plan:" in out and "would run on kvm1" in out
+    ok(fab("xenhost.prepare-cfg", "--vm", "logger", "--console", "--dry-run"))
+    ok(fab("kvmhost.define", "--vm", "logger", "--dry-run"))
+    after = (where(lab), _checksums(lab), lab.state())
+    assert after == before
+    assert all(e["kind"] == "probe" for e in fab.audit())
+
+
+def test_unknown_host_key_is_refused(lab, fab, tmp_path):
+    text = Path(lab.inventory).read_text()
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(text.replace(str(Path(lab.inventory).parent / ".work" / "keys" / "known_hosts"), str(empty)))
+    fab.env["FABRIC_INVENTORY"] = str(inventory)
+    result = fab("xenhost.state", "--vm", "logger")
+    assert result.returncode != 0
+    assert "host key for" in result.stderr and "refusing to connect" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert empty.read_text() == ""

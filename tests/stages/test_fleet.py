@@ -1,0 +1,162 @@
+"""Fleet runs at command level: several VMs at once, one failing alone, fail-fast, host limits."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import yaml
+from invoke import Config, Context
+
+from tasks import flows
+from tasks.errors import InputError
+from tasks.inventory import parse_inventory
+from tasks.remote import AuditLog, Site
+from tests.conftest import REPO
+from tests.seed import SEED_CFG
+from tests.stages.fakehosts import FakeHost, Shared
+
+NAMES = ("logger", "web", "mail")
+
+
+def fleet_inventory(max_parallel: int = 4):
+    data = yaml.safe_load((REPO / "hosts.yml").read_text())
+    for host in data["hosts"].values():
+        host["max_parallel"] = max_parallel
+    seed = data["vms"]["logger"]
+    for n, name in enumerate(NAMES[1:], 1):
+        vm = yaml.safe_load(yaml.safe_dump(seed))
+        vm["cfg"] = f"/etc/xen/auto/{name}.cfg"
+        vm["mac"] = f"00:16:3e:37:d0:7{n}"
+        vm["disks"] = [
+            {"resource": f"{name}-system", "device": f"/dev/drbd{10 * n}", "port": 7800 + 10 * n,
+             "meta_disk": "internal"},
+            {"resource": f"{name}-var", "device": f"/dev/drbd{10 * n + 1}", "port": 7801 + 10 * n,
+             "meta_disk": "internal"},
+            {"local": f"/dev/vg_main/{name}-swap"},
+        ]
+        data["vms"][name] = vm
+    return parse_inventory(yaml.safe_dump(data))
+
+
+def cfg_of(name: str, n: int) -> str:
+    if n == 0:
+        return SEED_CFG
+    return (SEED_CFG.replace("name        = 'logger'", f"name        = '{name}'")
+            .replace("/dev/drbd5", f"/dev/drbd{10 * n}").replace("/dev/drbd6", f"/dev/drbd{10 * n + 1}")
+            .replace("logger-swap", f"{name}-swap").replace("D0:70", f"D0:7{n}"))
+
+
+@pytest.fixture
+def fleet(tmp_path, monkeypatch):
+    inv = fleet_inventory()
+    resources = {vm.name: [d.resource for d in vm.resources] for vm in inv.vms.values()}
+    every = [r for rs in resources.values() for r in rs]
+    shared = Shared(roles={r: {"xen1": "Primary", "kvm1": "Secondary"} for r in every},
+                    disk={r: {"xen1": "UpToDate", "kvm1": "UpToDate"} for r in every},
+                    xen_running=set(NAMES), disks_of=resources)
+    for n, name in enumerate(NAMES):
+        shared.files[("xen1", f"/etc/xen/auto/{name}.cfg")] = cfg_of(name, n)
+    hosts = {"xen1": FakeHost("xen1", "xen", "kvm1", shared), "kvm1": FakeHost("kvm1", "kvm", "xen1", shared)}
+    opened = []
+
+    def site_for(c, inventory, dry_run=False):
+        opened.append(1)
+        return Site(inventory, dry_run=dry_run, audit=AuditLog(tmp_path / "audit.jsonl"),
+                    connect=lambda label, *a, **k: hosts[label])
+
+    monkeypatch.setattr(flows, "site_from_context", site_for)
+    c = Context(Config(overrides={"state_dir": str(tmp_path / "state")}))
+
+    def run(vms=None, **kw):
+        options = dict(to=None, from_host=None, timeout=0.2, force=False, dry_run=False, parallel=2,
+                       fail_fast=False)
+        options.update(kw)
+        chosen = [inv.vm(n) for n in (vms or NAMES)]
+        return flows.run_fleet(c, inv, chosen, **options)
+
+    return inv, shared, run, opened
+
+
+def test_every_vm_lands_over_one_site(fleet, capsys):
+    inv, shared, run, opened = fleet
+    outcomes = run()
+    assert [(o.vm, o.ok, o.runs_on) for o in outcomes] == [(n, True, ["kvm1"]) for n in NAMES]
+    assert shared.kvm_running == set(NAMES) and not shared.xen_running
+    assert all(r == {"xen1": "Secondary", "kvm1": "Primary"} for r in shared.roles.values())
+    assert shared.violations == []
+    assert len(opened) == 1, "one Site, so one connection per host for the whole fleet"
+    out = capsys.readouterr().out
+    assert "[web] * kvm1: env LANG=C virsh -c qemu:///system start web ... ok" in out
+
+
+def test_one_failure_rolls_back_that_vm_only(fleet):
+    inv, shared, run, _ = fleet
+    shared.faults["kvm1:virsh -c qemu:///system start web"] = 1
+    outcomes = {o.vm: o for o in run()}
+    assert not outcomes["web"].ok and outcomes["web"].runs_on == ["xen1"]
+    assert outcomes["logger"].ok and outcomes["mail"].ok
+    assert shared.xen_running == {"web"} and shared.kvm_running == {"logger", "mail"}
+    assert shared.roles["web-system"] == {"xen1": "Primary", "kvm1": "Secondary"}
+    assert shared.violations == []
+
+
+def test_fail_fast_starts_no_further_vm(fleet):
+    inv, shared, run, _ = fleet
+    shared.faults["xen1:xl shutdown logger"] = 1
+    outcomes = run(parallel=1, fail_fast=True)
+    assert [o.ok for o in outcomes] == [False, False, False]
+    assert "not started" in outcomes[1].message and "not started" in outcomes[2].message
+    assert shared.xen_running == set(NAMES)
+
+
+def test_a_vm_already_at_the_target_is_left_alone(fleet):
+    inv, shared, run, _ = fleet
+    assert run(vms=["web"])[0].ok
+    shared.log.clear()
+    outcomes = run(to="kvm")
+    assert [o.ok for o in outcomes] == [True, True, True]
+    assert "web: already on kvm1" in outcomes[1].message
+    assert not any("web" in cmd and ("shutdown" in cmd or "start" in cmd) for _, cmd in shared.log)
+
+
+def test_from_host_moves_every_vm_off_it(fleet):
+    inv, shared, run, _ = fleet
+    assert sorted(vm.name for vm in flows.select_vms(inv, None, False, "xen1")) == sorted(NAMES)
+    outcomes = run(from_host="xen1")
+    assert all(o.ok and o.runs_on == ["kvm1"] for o in outcomes)
+
+
+@pytest.mark.parametrize("vm, all_vms, from_host, message", [
+    (None, False, None, "give exactly one of"),
+    ("web", True, None, "give exactly one of"),
+    (None, False, "xen9", "--from-host: no host named 'xen9'"),
+    ("web,nope", False, None, "no VM named 'nope'"),
+])
+def test_selection_mistakes_are_one_line(vm, all_vms, from_host, message):
+    with pytest.raises(InputError, match=message):
+        flows.select_vms(fleet_inventory(), vm, all_vms, from_host)
+
+
+def test_host_slots_limit_concurrent_vms_per_host():
+    inv = fleet_inventory(max_parallel=1)
+    slots = flows.HostSlots(inv)
+    inside, peak = [0], [0]
+    lock = threading.Lock()
+
+    def hold(vm):
+        with slots.hold(vm):
+            with lock:
+                inside[0] += 1
+                peak[0] = max(peak[0], inside[0])
+            time.sleep(0.05)
+            with lock:
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=hold, args=(vm,)) for vm in inv.vms.values()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == 1
