@@ -228,13 +228,27 @@ class Step:
 
 
 def plan_move(ctx: Ctx, target_side: str, xml: str | None) -> list[Step]:
-    """The steps of one move, mirror images for the two directions."""
+    """The steps of one move, mirror images for the two directions.
+
+    The KVM domain is defined before the guest stops (defining starts nothing),
+    so the guest's downtime holds only the shutdown, the DRBD switch and the start.
+    """
     vm, inv, site = ctx.vm, ctx.inv, ctx.site
     source_side = other(target_side)
     src, dst = vm.host_for(source_side), vm.host_for(target_side)
+    target_host, target = inv.host(dst), site.host(dst)
     resources = " ".join(d.resource for d in vm.resources)
     stop_cmd = (f"xl|xm shutdown {vm.name}" if source_side == "xen" else f"virsh shutdown {vm.name}")
-    steps = [
+    steps = []
+    if target_side == "kvm":
+        # Undefine on undo only if this run creates the definition.
+        is_new = kvmhost.domain_state(target, target_host, vm.name) == "not found"
+        steps.append(Step(f"define {vm.name} on {dst}", dst,
+                          [f"upload {kvmhost.XML_DIR}/{vm.name}.xml",
+                           f"virsh define --validate {kvmhost.XML_DIR}/{vm.name}.xml"],
+                          lambda: kvmhost.define_domain(target, target_host, vm.name, xml),
+                          undo={"op": "undefine", "side": "kvm"} if is_new else None))
+    steps += [
         Step(f"shut {vm.name} down on {src}", src,
              [stop_cmd, f"wait until gone (up to {ctx.timeout:.0f}s{', then destroy' if ctx.force else ''})"],
              lambda: _stop(ctx, source_side, ctx.timeout, ctx.force),
@@ -245,21 +259,12 @@ def plan_move(ctx: Ctx, target_side: str, xml: str | None) -> list[Step]:
              lambda: _promote(ctx, target_side), undo={"op": "secondary", "side": target_side}),
     ]
     if target_side == "kvm":
-        host = inv.host(dst)
-        remote = site.host(dst)
-        # Undefine on undo only if this run creates the definition.
-        is_new = kvmhost.domain_state(remote, host, vm.name) == "not found"
-        steps.append(Step(f"define {vm.name} on {dst}", dst,
-                          [f"upload {kvmhost.XML_DIR}/{vm.name}.xml",
-                           f"virsh define --validate {kvmhost.XML_DIR}/{vm.name}.xml"],
-                          lambda: kvmhost.define_domain(remote, host, vm.name, xml),
-                          undo={"op": "undefine", "side": "kvm"} if is_new else None))
         steps.append(Step(f"start {vm.name} on {dst}", dst, [f"virsh start {vm.name}"],
-                          lambda: kvmhost.start_domain(remote, host, vm.name), undo={"op": "stop", "side": "kvm"}))
+                          lambda: kvmhost.start_domain(target, target_host, vm.name),
+                          undo={"op": "stop", "side": "kvm"}))
     else:
-        host = inv.host(dst)
         steps.append(Step(f"start {vm.name} on {dst}", dst, [f"xl|xm create {vm.cfg}"],
-                          lambda: xenhost.start_domain(site.host(dst), host, vm), undo={"op": "stop", "side": "xen"}))
+                          lambda: xenhost.start_domain(target, target_host, vm), undo={"op": "stop", "side": "xen"}))
     steps.append(Step(f"verify {vm.name} runs on {dst}", dst, ["domain state probe"],
                       lambda: _verify(ctx, target_side)))
     return steps

@@ -67,12 +67,12 @@ ON_XEN = (["logger"], [], {r: ("Primary", "Secondary") for r in RESOURCES})
 ON_KVM = ([], ["logger"], {r: ("Secondary", "Primary") for r in RESOURCES})
 
 TO_KVM = [
+    "kvm1: env LANG=C virsh -c qemu:///system define --validate /var/lib/xenkvm/logger.xml",
     "xen1: xl shutdown logger",
     "xen1: drbdadm secondary logger-system",
     "xen1: drbdadm secondary logger-var",
     "kvm1: drbdadm primary logger-system",
     "kvm1: drbdadm primary logger-var",
-    "kvm1: env LANG=C virsh -c qemu:///system define --validate /var/lib/xenkvm/logger.xml",
     "kvm1: env LANG=C virsh -c qemu:///system start logger",
 ]
 TO_XEN = [
@@ -111,7 +111,8 @@ def test_dry_run_sends_no_change_and_prints_the_plan(world, capsys):
     assert world.changes() == []
     assert world.where() == ON_XEN
     out = capsys.readouterr().out
-    assert "1. shut logger down on xen1" in out and "5. start logger on kvm1" in out
+    assert "1. define logger on kvm1" in out and "2. shut logger down on xen1" in out
+    assert "5. start logger on kvm1" in out
     assert "would run on kvm1:" in out and "+++ kvm1:/var/lib/xenkvm/logger.xml (new)" in out
 
 
@@ -163,12 +164,12 @@ def test_undo_runs_in_reverse_order(world):
     world.move("kvm")
     undo = world.changes()[len(TO_KVM):]
     assert undo == [
-        "kvm1: env LANG=C virsh -c qemu:///system undefine logger",
         "kvm1: drbdadm secondary logger-system",
         "kvm1: drbdadm secondary logger-var",
         "xen1: drbdadm primary logger-system",
         "xen1: drbdadm primary logger-var",
         "xen1: xl create /etc/xen/auto/logger.cfg",
+        "kvm1: env LANG=C virsh -c qemu:///system undefine logger",
     ]
 
 
