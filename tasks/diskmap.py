@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import InputError
-from .inventory import VM, LocalDisk, ReplicatedDisk
+from .inventory import VM, ReplicatedDisk
 
 FILE_BACKENDS = ("file", "tap:aio", "tap:qcow2", "tap:vhd", "tap2:tapdisk:aio", "qdisk")
 

@@ -11,15 +11,17 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from invoke import Collection, task
 
 from . import inventory
 from .errors import GuardError, InputError, ToolError
-from .formats.drbdconf import render_drbd_resource
-from .formats.drbdstatus import DrbdState, parse_cstate, parse_dstate, parse_drbdadm_status, parse_proc_drbd, parse_role
 from .inventory import VM, Host, ReplicatedDisk
 from .remote import Remote, RemoteError, Site, say, site_from_context
+
+if TYPE_CHECKING:
+    from .formats.drbdstatus import DrbdState
 
 DRBD_DIR = "/etc/drbd.d"
 DOWN = "Unconfigured"                 # DRBD's word for a resource that is defined but not up
@@ -166,6 +168,7 @@ def _unknown_resource(host_name: str, vm: VM, name: str) -> GuardError:
 
 def _legacy_state(remote: Remote, vm: VM, host_name: str, name: str) -> DrbdState | None:
     """DRBD 8.0-8.3 userland: role, cstate and dstate one by one; None when undefined."""
+    from .formats.drbdstatus import DrbdState, parse_cstate, parse_dstate, parse_role
     answers = {}
     for verb in ("role", "cstate", "dstate"):
         argv = ["drbdadm", verb, name]
@@ -184,6 +187,7 @@ def _legacy_state(remote: Remote, vm: VM, host_name: str, name: str) -> DrbdStat
 
 def _with_proc_percent(remote: Remote, states: dict[str, DrbdState | None]) -> dict[str, DrbdState | None]:
     """8.x role/cstate/dstate say nothing of progress; /proc/drbd does, by minor."""
+    from .formats.drbdstatus import DrbdState, parse_proc_drbd
     syncing = {n: s for n, s in states.items() if s is not None and s.is_syncing and s.minor is not None}
     if not syncing:
         return states
@@ -206,6 +210,7 @@ def _query(remote: Remote, vm: VM, host_name: str, *, undefined_ok: bool = False
 
 
 def _read_states(remote: Remote, vm: VM, host_name: str, undefined_ok: bool) -> dict[str, DrbdState | None]:
+    from .formats.drbdstatus import DrbdState, parse_drbdadm_status
     names = [d.resource for d in vm.resources]
     undefined: set[str] = set()
     while True:
@@ -405,6 +410,7 @@ def setup(site: Site, vm: VM, hosts: dict[str, Host], *, force_initial_sync: boo
     Every check (metadata present? a filesystem where create-md would write?) runs
     on both hosts before any metadata is created; a second run changes nothing.
     """
+    from .formats.drbdconf import render_drbd_resource
     pair = (vm.xen_host, vm.kvm_host)
     remotes = {h: site.host(h) for h in pair}
     version = oldest_version([userland_version(remotes[h]) for h in pair])

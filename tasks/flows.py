@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from invoke import Collection, task
+from invoke import task
 
 from . import drbd, inventory, kvmhost, xenhost
 from .errors import GuardError, InputError, ToolError

@@ -11,21 +11,19 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from invoke import Collection, task
 
 from . import inventory
-from .diskmap import MappedDisk, plan_disk_map, renames as disk_renames
 from .errors import GuardError, InputError, ToolError
-from .formats.bootloader import (convert_default_grub, convert_menu_lst, kernel_is_xen_only,
-                                 render_device_map)
-from .formats.fstab import convert_fstab, fstab_devices
-from .formats.getty import CONSOLE_UNITS, GettyPlan, GuestConsoleFacts, commands, plan_getty_units
-from .formats.initramfs import KVM_MODULES, plan_initramfs_modules
-from .formats.inittab import convert_inittab, convert_securetty
-from .formats.xencfg import CfgSyntaxError, parse_xen_cfg
 from .inventory import VM
 from .remote import Remote, say, site_from_context
+
+if TYPE_CHECKING:
+    from .diskmap import MappedDisk
+    from .formats.getty import GettyPlan, GuestConsoleFacts
+
 
 INITTAB = "/etc/inittab"
 SECURETTY = "/etc/securetty"
@@ -81,6 +79,7 @@ class GuestFacts:
 
     @property
     def fstab_devices(self) -> list[str]:
+        from .formats.fstab import fstab_devices
         return fstab_devices(self.fstab or "")
 
     @property
@@ -108,6 +107,7 @@ def probe_init(guest: Remote, inittab: str | None) -> str:
 def probe_units(guest: Remote) -> tuple[frozenset[str], frozenset[str]]:
     """Enabled instances and masked units, as `systemctl is-enabled` reports each (one unit per
     call: an unknown unit makes a multi-unit call drop its line); templates matter only masked."""
+    from .formats.getty import CONSOLE_UNITS
     units = ["getty.target", "getty@.service", "serial-getty@.service"]
     for tty in CONSOLE_UNITS:
         units += [f"getty@{tty}.service", f"serial-getty@{tty}.service"]
@@ -128,6 +128,7 @@ def kernel_consoles(cmdline: str) -> tuple[str, ...]:
 
 def probe_kernels(guest: Remote) -> tuple[Kernel, ...]:
     """vmlinuz-* in /boot; each judged by its config file when the package left one."""
+    from .formats.bootloader import kernel_is_xen_only
     listing = guest.probe(["ls", "-1", "/boot"])
     if not listing.ok:
         raise ToolError(f"{guest.name}: cannot list /boot: {listing.stderr.strip()}")
@@ -148,6 +149,7 @@ def package_installed(guest: Remote, package: str) -> bool:
 
 def gather_facts(guest: Remote) -> GuestFacts:
     """Everything the steps need, read once; changes nothing."""
+    from .formats.getty import GuestConsoleFacts
     inittab = guest.read_file(INITTAB)
     init = probe_init(guest, inittab)
     securetty = guest.read_file(SECURETTY)
@@ -187,6 +189,7 @@ def inittab_gettys(text: str) -> list[str]:
 
 def summary(name: str, facts: GuestFacts) -> list[str]:
     """The facts as a person reads them."""
+    from .formats.initramfs import KVM_MODULES, plan_initramfs_modules
     if facts.init == "sysvinit":
         consoles = "inittab gettys " + (", ".join(inittab_gettys(facts.inittab or "")) or "none")
     else:
@@ -254,6 +257,8 @@ def plan_renames(fstab: str, disk_map: list[MappedDisk]) -> tuple[dict[str, str]
     Refuses (InputError) a disk-like device the map does not know, and a / that is not on the
     map's root disk (sda): either would leave a guest that cannot mount its disks under KVM.
     """
+    from .diskmap import renames as disk_renames
+    from .formats.fstab import fstab_devices
     base = {old: new for old, new in disk_renames(disk_map).items() if old != new}
     targets = {d.target for d in disk_map}
     renames = dict(base)
@@ -290,6 +295,7 @@ def device_uuids(guest: Remote, renames: dict[str, str]) -> dict[str, str]:
 
 
 def check_fstab(guest: Remote, facts: GuestFacts, disk_map: list[MappedDisk], uuid: bool = False) -> FstabPlan:
+    from .formats.fstab import convert_fstab
     if facts.fstab is None:
         raise GuardError(f"{guest.name}: {FSTAB} does not exist")
     try:
@@ -304,6 +310,8 @@ def check_fstab(guest: Remote, facts: GuestFacts, disk_map: list[MappedDisk], uu
 
 
 def check_console(guest: Remote, facts: GuestFacts) -> GettyPlan:
+    from .formats.getty import plan_getty_units
+    from .formats.inittab import convert_inittab
     if facts.init == "sysvinit":
         try:
             convert_inittab(facts.inittab or "")
@@ -373,6 +381,8 @@ def check_initramfs(guest: Remote, kernel_coming: bool = False) -> bool:
 
 def apply_console(guest: Remote, facts: GuestFacts, plan: GettyPlan) -> None:
     """sysvinit: inittab (then telinit q); systemd: getty units; both: securetty when present."""
+    from .formats.getty import commands
+    from .formats.inittab import convert_inittab, convert_securetty
     if facts.init == "sysvinit":
         if guest.edit_file(INITTAB, convert_inittab):
             guest.change(["telinit", "q"])
@@ -386,6 +396,7 @@ def apply_console(guest: Remote, facts: GuestFacts, plan: GettyPlan) -> None:
 
 
 def apply_fstab(guest: Remote, plan: FstabPlan) -> None:
+    from .formats.fstab import convert_fstab
     guest.edit_file(FSTAB, lambda text: convert_fstab(text, plan.renames, plan.uuids))
 
 
@@ -400,6 +411,7 @@ def grub_install_argv(guest: Remote, device: str) -> list[str]:
 def apply_boot(guest: Remote, facts: GuestFacts, disk_map: list[MappedDisk], fstab_plan: FstabPlan,
                plan: BootPlan) -> None:
     """Kernel, grub 2 (device.map, defaults, update-grub, opt-in grub-install), pygrub's menu.lst."""
+    from .formats.bootloader import convert_default_grub, convert_menu_lst, render_device_map
     if plan.kernel_package:
         guest.change(["apt-get", "install", "-y", plan.kernel_package], env=APT_ENV)
     else:
@@ -433,6 +445,7 @@ def apply_boot(guest: Remote, facts: GuestFacts, disk_map: list[MappedDisk], fst
 
 def apply_initramfs(guest: Remote, present: bool, force: bool = False) -> None:
     """KVM's disk and network drivers in every initramfs; rebuilt only when the list changed."""
+    from .formats.initramfs import plan_initramfs_modules
     if not present and guest.dry_run:
         say(f"  would edit {guest.name}:{INITRAMFS_MODULES} once the kernel has installed initramfs-tools")
         return
@@ -463,6 +476,8 @@ def prepare_guest(guest: Remote, disk_map: list[MappedDisk], *, boot: str = "gru
 
 def read_disk_map(site, vm: VM) -> list[MappedDisk]:
     """The VM's disk map from its cfg as the Xen host has it now."""
+    from .diskmap import plan_disk_map
+    from .formats.xencfg import CfgSyntaxError, parse_xen_cfg
     label = f"{vm.xen_host}:{vm.cfg}"
     text = site.host(vm.xen_host).read_file(vm.cfg)
     if text is None:
@@ -553,6 +568,7 @@ def prepare(c, vm, uuid=True, grub_install=False, force=False, dry_run=False):
 @task(help={"inittab": "path of an /etc/inittab on this machine"})
 def convert_inittab_file(c, inittab):
     """Print the converted inittab (offline preview; contacts nothing)."""
+    from .formats.inittab import convert_inittab
     text = read_local(inittab, "inittab")
     try:
         sys.stdout.write(convert_inittab(text))
@@ -564,6 +580,9 @@ def convert_inittab_file(c, inittab):
             "cfg": "path of the guest's Xen cfg on this machine: its disk map gives the new names"})
 def convert_fstab_file(c, fstab, cfg):
     """Print the converted fstab (offline preview; contacts nothing)."""
+    from .diskmap import plan_disk_map
+    from .formats.fstab import convert_fstab
+    from .formats.xencfg import CfgSyntaxError, parse_xen_cfg
     try:
         disk_map = plan_disk_map(parse_xen_cfg(read_local(cfg, "Xen cfg"), cfg))
     except CfgSyntaxError as exc:

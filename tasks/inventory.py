@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from invoke import Collection, task
 
 from .errors import InputError
@@ -385,6 +384,8 @@ def _check_unique(check: _Checker, vms: dict[str, VM]) -> None:
 
 def parse_inventory(text: str, path: str = "hosts.yml") -> Inventory:
     """Validate an inventory's text; raise InputError listing every problem, one per line."""
+    import yaml   # here, not at import time: `fab --list` stays fast
+
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -21,6 +21,7 @@ from tasks.diskmap import MappedDisk, plan_disk_map
 from tasks.errors import GuardError, InputError
 from tasks.formats.bootloader import convert_default_grub, convert_menu_lst
 from tasks.formats.fstab import convert_fstab
+from tasks.formats.getty import GuestConsoleFacts
 from tasks.formats.inittab import convert_inittab, convert_securetty
 from tasks.formats.xencfg import parse_xen_cfg
 from tasks.inventory import Host, Inventory, LocalDisk, ReplicatedDisk, VM, parse_inventory
@@ -823,7 +824,7 @@ def test_property_hostile_names_arrive_quoted(version, path, vdev):
 
 
 FACTS_WITH_KVM_KERNEL = stage.GuestFacts(
-    init="systemd", console=stage.GuestConsoleFacts("systemd"), inittab=None, securetty=None,
+    init="systemd", console=GuestConsoleFacts("systemd"), inittab=None, securetty=None,
     fstab=BOOKWORM_FSTAB, kernels=(stage.Kernel("6.1.0-13-amd64", False),), architecture="amd64",
     grub_pc=True, grub_cfg=True, menu_lst=None, default_grub=BOOKWORM_DEFAULT_GRUB,
     initramfs_modules=INITRAMFS_MODULES)

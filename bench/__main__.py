@@ -1,0 +1,11 @@
+"""`make bench`: every benchmark, each printing its method and `bench: NAME = VALUE UNIT`."""
+
+from .startup import list_startup_ratio
+
+
+def main() -> None:
+    list_startup_ratio()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""list-startup-ratio: `fab --list` against a fabfile with one empty task."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from .common import FAB, REPO, median_of, report, wall
+
+RUNS = 9
+
+
+def list_startup_ratio() -> float:
+    with tempfile.TemporaryDirectory() as empty:
+        Path(empty, "fabfile.py").write_text("from invoke import task\n\n\n@task\ndef nothing(c):\n    pass\n")
+        wall([str(FAB), "--list"], cwd=empty)      # warm the file cache for both
+        wall([str(FAB), "--list"], cwd=REPO)
+        reference = median_of(RUNS, lambda: wall([str(FAB), "--list"], cwd=empty))
+        ours = median_of(RUNS, lambda: wall([str(FAB), "--list"], cwd=REPO))
+    ratio = ours / reference
+    report("list-startup-ratio", ratio, "", "<= 1.3",
+           f"median of {RUNS} `fab --list` runs here ({ours:.3f}s) over the same for a fabfile with "
+           f"one empty task ({reference:.3f}s)")
+    return ratio
