@@ -14,6 +14,7 @@ import os
 import shlex
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -171,18 +172,38 @@ class Remote:
     def write_file(self, path: str, text: str) -> None:
         """Atomic replace: timestamped backup of the old file, temp file beside it, rename."""
         stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
-        script = (
-            'set -e; tmp=$(mktemp "$1.tmp.XXXXXX"); cat > "$tmp"; '
-            'if [ -e "$1" ]; then cp -p -- "$1" "$1$2"; chmod --reference="$1" "$tmp"; fi; '
-            'mv -f -- "$tmp" "$1"'
-        )
         backup = f"{path}{BACKUP_SUFFIX}{stamp}"
         if self.dry_run:
             say(f"  would write {self.name}:{path} (backup {backup})")
             return
         started = time.monotonic()
-        self.change(["sh", "-c", script, "sh", path, f"{BACKUP_SUFFIX}{stamp}"], stdin=text, quiet=True)
+        staged = self._stage(text)
+        script = (
+            'set -e; tmp=$(mktemp "$1.tmp.XXXXXX"); '
+            'if [ -n "$3" ]; then cat -- "$3" > "$tmp"; rm -f -- "$3"; else cat > "$tmp"; fi; '
+            'if [ -e "$1" ]; then cp -p -- "$1" "$1$2"; chmod --reference="$1" "$tmp"; fi; '
+            'mv -f -- "$tmp" "$1"'
+        )
+        self.change(["sh", "-c", script, "sh", path, f"{BACKUP_SUFFIX}{stamp}", staged or ""],
+                    stdin=None if staged else text, quiet=True)
         say(f"* {self.name}: write {path} (backup {backup} if it existed) ... ok {time.monotonic() - started:.1f}s")
+
+    def _stage(self, text: str) -> str | None:
+        """Upload the content over SFTP to a private temp file; None if the connection has no SFTP.
+
+        Streaming it on the command's stdin also works, but invoke feeds stdin a byte
+        per poll, which takes seconds for a domain XML.
+        """
+        open_sftp = getattr(self.conn, "sftp", None)
+        if open_sftp is None:
+            return None
+        staged = f"/tmp/.xenkvm-{uuid.uuid4().hex}"
+        started = time.monotonic()
+        with open_sftp().open(staged, "wx") as fh:
+            fh.chmod(0o600)
+            fh.write(text.encode())
+        self.audit.record(self.name, f"sftp put {staged}", 0, time.monotonic() - started, "upload")
+        return staged
 
     def edit_file(self, path: str, transform: Callable[[str], str], *, create: bool = False) -> bool:
         """Read, transform with a pure function, show the diff, write if it differs.
@@ -243,6 +264,38 @@ def _host_key_policy(known_hosts: Path, accept_new: bool, label: str):
     return Policy()
 
 
+def _proxy(command: str):
+    """paramiko's ProxyCommand, except that a proxy that exits fails the connection at once
+    (paramiko's own spins on end-of-file until the connect timeout)."""
+    import os
+    from select import select
+
+    import paramiko
+    from paramiko.ssh_exception import ProxyCommandFailure
+
+    class Proxy(paramiko.ProxyCommand):
+        def recv(self, size):
+            buffer = b""
+            deadline = None if self.timeout is None else time.monotonic() + self.timeout
+            while len(buffer) < size:
+                wait = None if deadline is None else deadline - time.monotonic()
+                if wait is not None and wait <= 0:
+                    if buffer:
+                        return buffer
+                    raise TimeoutError("proxy command timed out")
+                ready, _, _ = select([self.process.stdout], [], [], wait)
+                if ready:
+                    chunk = os.read(self.process.stdout.fileno(), size - len(buffer))
+                    if not chunk:
+                        if buffer:
+                            return buffer
+                        raise ProxyCommandFailure(" ".join(self.cmd), "the proxy command exited")
+                    buffer += chunk
+            return buffer
+
+    return Proxy(command)
+
+
 def open_connection(label: str, address: str, user: str, port: int, *, proxy_command: str | None,
                     identity_file: str | None, known_hosts: str | None, accept_new: bool,
                     timeout: float = 15):
@@ -252,8 +305,10 @@ def open_connection(label: str, address: str, user: str, port: int, *, proxy_com
     kwargs = {}
     if identity_file:
         kwargs["key_filename"] = [str(Path(identity_file).expanduser())]
-    conn = Connection(address, user=user, port=port, gateway=proxy_command or None,
-                      connect_timeout=timeout, connect_kwargs=kwargs)
+    if proxy_command:
+        kwargs["sock"] = _proxy(proxy_command)
+    conn = Connection(address, user=user, port=port, gateway=False, connect_timeout=timeout,
+                      connect_kwargs=kwargs)
     known = Path(known_hosts or "~/.ssh/known_hosts").expanduser()
     if known.exists():
         conn.client.load_host_keys(str(known))

@@ -448,11 +448,16 @@ def read_only(command: str) -> bool:
 
 def changes(ctx: MockContext) -> list[str]:
     """The changing commands in order; a file write shows as `write PATH`."""
-    return [f"write {shlex.split(c)[-2]}" if WRITE.match(c) else c for c in sent(ctx) if not read_only(c)]
+    return [f"write {written_path(c)}" if WRITE.match(c) else c for c in sent(ctx) if not read_only(c)]
+
+
+def written_path(command: str) -> str:
+    """The target of Remote.write_file's script: sh -c SCRIPT sh PATH SUFFIX STAGED."""
+    return shlex.split(command)[4]
 
 
 def written(ctx: MockContext) -> dict[str, str]:
-    return {shlex.split(call.args[0])[-2]: call.kwargs["in_stream"].getvalue()
+    return {written_path(call.args[0]): call.kwargs["in_stream"].getvalue()
             for call in ctx.run.call_args_list if WRITE.match(call.args[0])}
 
 

@@ -1,0 +1,86 @@
+"""The remote layer: quoting, dry run, audit, staged uploads, a proxy that dies."""
+
+import io
+import json
+import shlex
+
+import pytest
+from invoke import MockContext, Result
+
+from tasks.errors import ToolError
+from tasks.remote import AuditLog, Remote, open_connection
+
+
+class FakeSftp:
+    def __init__(self):
+        self.files = {}
+
+    def open(self, path, mode):
+        assert mode == "wx", "staged uploads never overwrite"
+        sftp = self
+
+        class Handle(io.BytesIO):
+            def chmod(self, mode):
+                sftp.files[path + ":mode"] = mode
+
+            def __exit__(self, *exc):
+                sftp.files[path] = self.getvalue()
+                return super().__exit__(*exc)
+
+        return Handle()
+
+
+class SftpConn(MockContext):
+    """MockContext plus the SFTP side of a fabric Connection."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.sftp_client = FakeSftp()
+
+    def sftp(self):
+        return self.sftp_client
+
+
+def test_write_file_stages_over_sftp_then_replaces_atomically(tmp_path, mocker):
+    conn = SftpConn(run={__import__("re").compile(".*"): Result()}, repeat=True)
+    spy = mocker.spy(conn, "run")
+    remote = Remote("kvm1", conn, audit=AuditLog(tmp_path / "audit.jsonl"))
+    remote.write_file("/var/lib/xenkvm/my vm.xml", "<domain/>\n")
+    (staged, content), = [(k, v) for k, v in conn.sftp_client.files.items() if not k.endswith(":mode")]
+    assert content == b"<domain/>\n" and conn.sftp_client.files[staged + ":mode"] == 0o600
+    argv = shlex.split(spy.call_args.args[0])
+    assert argv[:2] == ["sh", "-c"] and argv[3:5] == ["sh", "/var/lib/xenkvm/my vm.xml"]
+    assert argv[6] == staged and spy.call_args.kwargs["in_stream"] is False
+    kinds = [json.loads(line)["kind"] for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert kinds == ["upload", "change"]
+
+
+def test_write_file_without_sftp_streams_on_stdin(mocker):
+    conn = MockContext(run={__import__("re").compile(".*"): Result()}, repeat=True)
+    spy = mocker.spy(conn, "run")
+    Remote("h", conn).write_file("/etc/fstab", "x\n")
+    assert shlex.split(spy.call_args.args[0])[6] == ""
+    assert spy.call_args.kwargs["in_stream"].getvalue() == "x\n"
+
+
+def test_dry_run_write_sends_nothing(mocker):
+    conn = SftpConn(run={}, repeat=True)
+    spy = mocker.spy(conn, "run")
+    Remote("h", conn, dry_run=True).write_file("/etc/fstab", "x\n")
+    assert spy.call_count == 0 and conn.sftp_client.files == {}
+
+
+def test_sudo_prefixes_and_env_are_quoted_arguments():
+    remote = Remote("h", MockContext(), sudo=True)
+    assert remote.command(["virsh", "start", "a b"], env={"LANG": "C"}) == "sudo -n -- env LANG=C virsh start 'a b'"
+
+
+def test_a_proxy_command_whose_output_ends_fails_the_connection_at_once(tmp_path):
+    """Its stdin stays open (the banner is sent), its stdout ends: paramiko's own ProxyCommand
+    would spin on end-of-file until the 60 s timeout and then report a timeout."""
+    with pytest.raises(ToolError) as info:
+        open_connection("xen1", "10.77.0.11", "root", 22, proxy_command="sh -c 'exec 1>&-; sleep 3'",
+                        identity_file=None,
+                        known_hosts=str(tmp_path / "known_hosts"), accept_new=False, timeout=60)
+    assert "xen1: cannot connect to root@10.77.0.11:22" in str(info.value)
+    assert "the proxy command exited" in str(info.value)
