@@ -340,16 +340,20 @@ def undo_steps(ctx: Ctx, journal: Journal) -> list[str]:
     return undone
 
 
-def move(ctx: Ctx, target_side: str, journals: Path, locks: Path, dry_run: bool = False) -> Outcome:
-    """Check, then change: the whole move of one VM, with undo on failure."""
+def move(ctx: Ctx, to: str | None, journals: Path, locks: Path, dry_run: bool = False) -> Outcome:
+    """Check, then change: the whole move of one VM, with undo on failure.
+
+    `to` is "kvm" or "xen", or None for the side where the VM does not run.
+    """
     vm = ctx.vm
-    src, dst = vm.host_for(other(target_side)), vm.host_for(target_side)
-    say(f"== {vm.name}: {src} -> {dst}{' (dry run)' if dry_run else ''}")
     with VmLock(locks, vm.name):
-        pending = Journal.load(journals, vm.name)
-        if pending is not None:
-            raise GuardError(f"{vm.name} has an unfinished run ({pending.summary()}): "
-                             f"run `fab rollback --vm {vm.name}` first")
+        refuse_unfinished(journals, vm.name)   # first: after a crash the VM may run nowhere
+        target_side = resolve_target(ctx.site, ctx.inv, vm, to)
+        if target_side is None:
+            runs_on = where_running(ctx.site, ctx.inv, vm)
+            return Outcome(vm.name, True, runs_on, f"{vm.name}: already on {', '.join(runs_on)}")
+        src, dst = vm.host_for(other(target_side)), vm.host_for(target_side)
+        say(f"== {vm.name}: {src} -> {dst}{' (dry run)' if dry_run else ''}")
         say("checks:")
         ctx.on_step("checks")
         xml = check_move(ctx, target_side)
@@ -363,6 +367,14 @@ def move(ctx: Ctx, target_side: str, journals: Path, locks: Path, dry_run: bool 
                 kvmhost.define_domain(ctx.site.host(dst), host, vm.name, xml)
             return Outcome(vm.name, True, [src], "dry run: nothing changed")
         return _execute(ctx, steps, Journal.start(journals, vm, target_side), dst)
+
+
+def refuse_unfinished(journals: Path, vm_name: str) -> None:
+    """An interrupted run must be rolled back before anything else moves the VM."""
+    pending = Journal.load(journals, vm_name)
+    if pending is not None:
+        raise GuardError(f"{vm_name} has an unfinished run ({pending.summary()}): "
+                         f"run `fab rollback --vm {vm_name}` first")
 
 
 def _execute(ctx: Ctx, steps: list[Step], journal: Journal, dst: str) -> Outcome:
@@ -431,10 +443,8 @@ def select_vms(inv: Inventory, vm: str | None, all_vms: bool, from_host: str | N
     return inv.select(None if all_vms else vm)
 
 
-def resolve_target(site: Site, inv: Inventory, vm: VM, to: str | None, from_host: str | None) -> str | None:
+def resolve_target(site: Site, inv: Inventory, vm: VM, to: str | None) -> str | None:
     """Which side the VM goes to; None when it is already there."""
-    if from_host:
-        to = other(inv.host(from_host).role)
     runs_on = where_running(site, inv, vm)
     if len(runs_on) == 2:
         raise GuardError(f"{vm.name} runs on BOTH {' and '.join(runs_on)}: stop one by hand now")
@@ -468,6 +478,7 @@ def run_fleet(c, inv: Inventory, vms: list[VM], *, to: str | None, from_host: st
     """Move every VM, `parallel` at a time over the shared per-host connections; each VM alone
     is locked, journaled and rolled back, so one failure touches no other VM."""
     site = site_from_context(c, inv, dry_run)
+    side = other(inv.host(from_host).role) if from_host else to
     slots = HostSlots(inv)
     stop = threading.Event()
     tag = len(vms) > 1
@@ -481,12 +492,7 @@ def run_fleet(c, inv: Inventory, vms: list[VM], *, to: str | None, from_host: st
         try:
             with slots.hold(vm):
                 ctx = Ctx(site, inv, vm, timeout, force, on_step=lambda name: view.step(vm.name, name))
-                target = resolve_target(site, inv, vm, to, from_host)
-                if target is None:
-                    outcome = Outcome(vm.name, True, where_running(site, inv, vm),
-                                      f"{vm.name}: already on {vm.host_for(to or other(inv.host(from_host).role))}")
-                else:
-                    outcome = move(ctx, target, journal_dir(c), lock_dir(c), dry_run)
+                outcome = move(ctx, side, journal_dir(c), lock_dir(c), dry_run)
         except ToolError as exc:
             outcome = Outcome(vm.name, False, [], f"{vm.name}: {exc}")
         finally:

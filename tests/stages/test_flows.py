@@ -117,7 +117,7 @@ def test_dry_run_sends_no_change_and_prints_the_plan(world, capsys):
 
 
 @pytest.mark.parametrize("setup, message", [
-    (lambda s: s.kvm_running.add("logger") or s.kvm_defined.add("logger"), "already runs on kvm1"),
+    (lambda s: s.kvm_running.add("logger") or s.kvm_defined.add("logger"), "runs on BOTH xen1 and kvm1"),
     (lambda s: s.xen_running.clear(), "is not running on xen1"),
     (lambda s: s.disk["logger-var"].update(kvm1="Inconsistent"), "logger-var is UpToDate/Inconsistent"),
     (lambda s: setattr(s, "connection", "StandAlone"), "not Connected"),
@@ -239,3 +239,11 @@ def test_second_concurrent_run_is_refused(world):
 def test_rollback_without_journal_reports_where_it_runs(world):
     outcome = world.rollback()
     assert outcome.ok and outcome.runs_on == ["xen1"] and "no unfinished run" in outcome.message
+
+
+def test_a_vm_already_on_the_target_is_left_alone(world):
+    assert world.move("kvm").ok
+    world.audit.unlink()
+    outcome = world.move("kvm")
+    assert outcome.ok and outcome.message == "logger: already on kvm1"
+    assert world.changes() == []
