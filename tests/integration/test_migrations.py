@@ -114,8 +114,12 @@ def _wait_for(predicate, timeout=60.0, what="condition"):
 def test_killed_mid_flow_then_rollback(lab, fab):
     lab.fault_add("kvm1", "virsh start", exit_code=0, hang=60)
     run = fab.start("migrate", "--vm", "logger")
-    _wait_for(lambda: any("virsh" in e["command"] and " start " in e["command"] for e in fab.audit())
-              or lab.state()["vms"]["logger"]["drbd"]["logger-var"]["kvm1"] == "Primary", what="promotion on kvm1")
+    try:
+        _wait_for(lambda: any(e["command"] == "drbdadm primary logger-var" for e in fab.audit()),
+                  what="promotion on kvm1")
+    except AssertionError:
+        os.killpg(run.pid, signal.SIGKILL)
+        raise AssertionError(f"no promotion; the run said: {run.communicate()}") from None
     time.sleep(0.5)
     os.killpg(run.pid, signal.SIGKILL)
     run.wait(timeout=10)
