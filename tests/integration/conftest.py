@@ -18,6 +18,7 @@ import pytest
 from tests.lab import GUEST, INVENTORY, REPO, STATE_DIR, control
 from tests.lab.config import Settings
 from tests.lab.spaces import LabError
+from tests.integration.runner import Runner
 
 
 @dataclass
@@ -83,3 +84,11 @@ def lab():
     yield Lab()
     if not was_up:
         control.down()
+
+
+@pytest.fixture
+def fab(lab, tmp_path):
+    """The lab reset to its initial state, and `fab` with the lab inventory and a fresh state dir."""
+    lab.reset()
+    yield Runner(lab, tmp_path / "state")
+    lab.fault_clear()

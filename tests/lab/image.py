@@ -1,6 +1,7 @@
 """The guest's disks: a real minimal Debian built once, copied fresh for every lab and reset.
 
-The root file system is `debootstrap --variant=minbase bookworm` plus openssh-server,
+The root file system is `debootstrap --variant=minbase bookworm` plus openssh-server, systemd
+and initramfs-tools (so the guest stage meets a real init and initramfs setup),
 customised by xen-tools' own hooks (networking, hostname, fstab with xvda names) as
 xen-create-image would, and packed into an ext4 image without mounting anything
 (`mkfs.ext4 -d`), so a crash leaves no mount behind.  The image is cached in
@@ -20,7 +21,7 @@ from pathlib import Path
 from . import CACHE, GUEST, RESOURCES, SWAP, WORK
 from .spaces import LabError
 
-IMAGE_VERSION = 1            # bump when the build below changes
+IMAGE_VERSION = 2            # bump when the build below changes
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 SYSTEM_SIZE = "1G"
@@ -92,7 +93,7 @@ def build(log) -> None:
         # debootstrap mounts /proc and /sys in the target: a private mount namespace
         # makes sure those mounts die with it even if the build is interrupted.
         (["unshare", "--mount", "--propagation", "private", "--", "debootstrap", "--variant=minbase",
-          "--include=openssh-server", SUITE, str(rootfs), mirror], None),
+          "--include=openssh-server,systemd-sysv,initramfs-tools", SUITE, str(rootfs), mirror], None),
         *((["sh", str(XEN_TOOLS_HOOKS / hook), str(rootfs)], _xen_tools_env())
           for hook in ("40-setup-networking", "50-setup-hostname", "90-make-fstab")),
     ]
