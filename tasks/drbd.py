@@ -327,16 +327,13 @@ def wait_sync(remote: Remote, vm: VM, host_name: str, *, timeout: float, poll: f
 # --- changes --------------------------------------------------------------------
 
 def _apply(remote: Remote, verb: list[str], names: list[str]) -> None:
-    """Run `drbdadm VERB... RES` per resource; on a failure say which ones already changed."""
-    done = []
-    try:
-        for name in names:
-            remote.change(["drbdadm", *verb, name])
-            done.append(name)
-    except RemoteError:
-        if done:
-            say(f"  {remote.name}: drbdadm {' '.join(verb)} already done for {', '.join(done)}")
-        raise
+    """One `drbdadm VERB RES...` for all of them: one round trip inside the guest's downtime.
+
+    drbdadm acts on each named resource in turn, so a failure may leave some changed;
+    undo and rollback read live state and need not know which.
+    """
+    if names:
+        remote.change(["drbdadm", *verb, *names])
 
 
 def promote(remote: Remote, vm: VM, host_name: str, *, allow_disconnected: bool = False) -> list[str]:

@@ -191,9 +191,15 @@ def _promote(ctx: Ctx, side: str) -> None:
     drbd.promote(ctx.site.host(host), ctx.vm, host)
 
 
-def _demote(ctx: Ctx, side: str) -> None:
+def _demote(ctx: Ctx, side: str, stopped_just_now: bool = False) -> None:
+    """Demote on one side; the domain is probed unless the step before saw it gone.
+
+    Skipping that one probe keeps it out of the guest's downtime; DRBD itself still
+    refuses to demote a device that is held open.
+    """
     host = ctx.vm.host_for(side)
-    drbd.demote(ctx.site.host(host), ctx.vm, host, domain_running=running_on(ctx.site, ctx.inv, ctx.vm, side))
+    running = False if stopped_just_now else running_on(ctx.site, ctx.inv, ctx.vm, side)
+    drbd.demote(ctx.site.host(host), ctx.vm, host, domain_running=running)
 
 
 def _undefine(ctx: Ctx, side: str) -> None:
@@ -254,7 +260,7 @@ def plan_move(ctx: Ctx, target_side: str, xml: str | None) -> list[Step]:
              lambda: _stop(ctx, source_side, ctx.timeout, ctx.force),
              undo={"op": "start", "side": source_side}),
         Step(f"demote DRBD on {src}", src, [f"drbdadm secondary {resources}"],
-             lambda: _demote(ctx, source_side), undo={"op": "primary", "side": source_side}),
+             lambda: _demote(ctx, source_side, stopped_just_now=True), undo={"op": "primary", "side": source_side}),
         Step(f"promote DRBD on {dst}", dst, [f"drbdadm primary {resources}"],
              lambda: _promote(ctx, target_side), undo={"op": "secondary", "side": target_side}),
     ]

@@ -65,9 +65,9 @@ def shutdown_domain(remote: Remote, host: Host, name: str, *, timeout: float = D
     remote.change(virsh(host, "shutdown", name), env={"LANG": "C"})
     if remote.dry_run:
         return
-    wait_until(lambda: not domain_running(remote, host, name), timeout, poll,
-               f"{host.name}: waiting for {name} to shut down")
-    if domain_running(remote, host, name):
+    gone = wait_until(lambda: not domain_running(remote, host, name), timeout, poll,
+                      f"{host.name}: waiting for {name} to shut down")
+    if not gone:
         if not force:
             raise ToolError(f"{host.name}: {name} still running after {timeout:.0f}s; "
                             f"retry with a longer --timeout, or --force to destroy it")

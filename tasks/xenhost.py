@@ -80,9 +80,9 @@ def shutdown_domain(remote: Remote, host: Host, name: str, *, timeout: float = D
         if force:
             say(f"  would run on {host.name} after {timeout:.0f}s: {toolstack(remote, host)} destroy {name}")
         return
-    wait_until(lambda: not domain_running(remote, host, name), timeout, poll,
-               f"{host.name}: waiting for {name} to shut down")
-    if domain_running(remote, host, name):
+    gone = wait_until(lambda: not domain_running(remote, host, name), timeout, poll,
+                      f"{host.name}: waiting for {name} to shut down")
+    if not gone:
         if not force:
             raise ToolError(f"{host.name}: {name} still running after {timeout:.0f}s; "
                             f"retry with a longer --timeout, or --force to destroy it")

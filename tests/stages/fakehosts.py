@@ -33,6 +33,7 @@ class Shared:
     violations: list[str] = field(default_factory=list)
     stubborn: bool = False                                     # the guest ignores shutdown
     disks_of: dict[str, list[str]] = field(default_factory=dict)  # domain -> its resources (default: all)
+    fail_halfway: tuple | None = None    # (host, verb, resource): drbdadm fails there, once, after the ones before
 
     def resources_of(self, domain: str) -> list[str]:
         return self.disks_of.get(domain, list(self.roles))
@@ -132,6 +133,9 @@ class FakeHost:
         if verb == "status":
             return Result(stdout="".join(self.status9(r) for r in resources))
         for res in resources:
+            if self.shared.fail_halfway == (self.name, verb, res):
+                self.shared.fail_halfway = None
+                return Result(stderr=f"{res}: State change failed: (-10) State change was refused\n", exited=11)
             roles = self.shared.roles[res]
             if verb == "primary":
                 if roles[self.peer] == "Primary":

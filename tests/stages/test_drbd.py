@@ -325,12 +325,12 @@ def test_legacy_unknown_resource_is_refused():
 
 # --- promote / demote ---------------------------------------------------------------
 
-def test_promote_sends_primary_for_each_secondary_resource(capsys):
+def test_promote_sends_one_primary_naming_every_secondary_resource(capsys):
     r = remote("kvm1", {STATUS: both(drbd9("logger-system"), drbd9("logger-var")),
-                        "drbdadm primary logger-system": Result(), "drbdadm primary logger-var": Result()})
+                        "drbdadm primary logger-system logger-var": Result()})
     assert drbd.promote(r, VM_, "kvm1") == list(RES)
-    assert sent(r) == [STATUS, "drbdadm primary logger-system", "drbdadm primary logger-var"]
-    assert "* kvm1: drbdadm primary logger-system ... ok" in capsys.readouterr().out
+    assert sent(r) == [STATUS, "drbdadm primary logger-system logger-var"]
+    assert "* kvm1: drbdadm primary logger-system logger-var ... ok" in capsys.readouterr().out
 
 
 def test_promote_is_idempotent():
@@ -359,7 +359,8 @@ def test_one_refusal_means_no_primary_for_any_resource(kind, allow, bad_first):
     good, bad = drbd9("logger-system"), drbd9("logger-var", **BAD[kind])
     if bad_first:
         good, bad = drbd9("logger-system", **BAD[kind]), drbd9("logger-var")
-    primaries = {f"drbdadm primary {res}": Result() for res in RES}
+    primaries = {"drbdadm primary logger-system logger-var": Result(),     # would succeed, yet is never sent
+                 **{f"drbdadm primary {res}": Result() for res in RES}}
     r = remote("kvm1", {STATUS: both(good, bad), **primaries})
     refusal(drbd.promote, r, VM_, "kvm1", allow_disconnected=allow)
     assert sent(r) == [STATUS]
@@ -378,7 +379,7 @@ def test_promote_disconnected_when_allowed(capsys):
                                      drbd9("logger-var", connection="Connecting")),
                         re.compile(r"^drbdadm primary "): Result()})
     assert drbd.promote(r, VM_, "kvm1", allow_disconnected=True) == list(RES)
-    assert sent(r) == [STATUS, "drbdadm primary logger-system", "drbdadm primary logger-var"]
+    assert sent(r) == [STATUS, "drbdadm primary logger-system logger-var"]
     assert "WARNING kvm1: promoting logger-system, logger-var without a connected peer" in capsys.readouterr().out
 
 
@@ -387,17 +388,24 @@ def test_promote_dry_run_sends_only_the_probe(capsys):
     assert drbd.promote(r, VM_, "kvm1") == list(RES)
     assert sent(r) == [STATUS]
     out = capsys.readouterr().out
-    assert "would run on kvm1: drbdadm primary logger-system" in out and "drbdadm primary logger-var" in out
+    assert [ln for ln in out.splitlines() if "would run" in ln] == \
+        ["  would run on kvm1: drbdadm primary logger-system logger-var"]
 
 
-def test_promote_failure_midway_says_what_was_already_promoted(capsys):
+def test_promote_failure_of_the_batched_command_raises_naming_it(capsys):
+    batched = "drbdadm primary logger-system logger-var"
     r = remote("kvm1", {STATUS: both(drbd9("logger-system"), drbd9("logger-var")),
-                        "drbdadm primary logger-system": Result(),
-                        "drbdadm primary logger-var": Result(stderr="logger-var: State change failed: (-2) Need "
-                                                                    "access to UpToDate data\n", exited=17)})
-    with pytest.raises(RemoteError, match="exit 17"):
+                        batched: Result(stderr="logger-var: State change failed: (-2) Need "
+                                               "access to UpToDate data\n", exited=17)})
+    with pytest.raises(RemoteError) as info:
         drbd.promote(r, VM_, "kvm1")
-    assert "drbdadm primary already done for logger-system" in capsys.readouterr().out
+    assert info.value.exit_code == 17 and info.value.command == batched
+    assert str(info.value) == (f"kvm1: `{batched}` failed (exit 17): "
+                               f"logger-var: State change failed: (-2) Need access to UpToDate data")
+    assert sent(r) == [STATUS, batched]
+    out = capsys.readouterr().out
+    assert f"* kvm1: {batched} ... FAILED" in out
+    assert "already done" not in out
 
 
 def test_demote_refuses_while_the_domain_runs_and_sends_nothing():
@@ -407,7 +415,7 @@ def test_demote_refuses_while_the_domain_runs_and_sends_nothing():
     assert sent(r) == [STATUS]
 
 
-def test_demote_sends_secondary_for_each_primary_resource():
+def test_demote_sends_secondary_naming_only_the_primary_resource():
     r = remote("xen1", {STATUS: both(drbd9("logger-system", role="Primary"), drbd9("logger-var")),
                         "drbdadm secondary logger-system": Result()})
     assert drbd.demote(r, VM_, "xen1", domain_running=False) == ["logger-system"]
@@ -419,7 +427,9 @@ def test_demote_dry_run_sends_only_the_probe(capsys):
                dry_run=True)
     assert drbd.demote(r, VM_, "xen1", domain_running=False) == list(RES)
     assert sent(r) == [STATUS]
-    assert "would run on xen1: drbdadm secondary logger-var" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert [ln for ln in out.splitlines() if "would run" in ln] == \
+        ["  would run on xen1: drbdadm secondary logger-system logger-var"]
 
 
 # --- wait_sync ----------------------------------------------------------------------
@@ -472,7 +482,7 @@ def test_hostile_names_stay_single_arguments(names):
     assert drbd.fs_type(r, vm.resources[1].meta_disk["kvm1"]) is None
     expected = [["drbdadm", "status", *names],
                 *[["drbdadm", verb, n] for n in names for verb in ("role", "cstate", "dstate")],
-                *[["drbdadm", "primary", n] for n in names],
+                ["drbdadm", "primary", *names],
                 ["drbdadm", "dump-md", names[0]],
                 ["blkid", "-p", "-o", "value", "-s", "TYPE", "/dev/vg_main/logger-1-md"]]
     assert [shlex.split(c) for c in sent(r)] == expected
@@ -526,8 +536,7 @@ def test_setup_from_scratch_sends_exactly_this(capsys):
     create = ["drbdadm create-md --force logger-system", "drbdadm create-md --force logger-var"]
     up = ["drbdadm up logger-system", "drbdadm up logger-var"]
     assert sent(site.host("xen1")) == ["drbdadm --version", *files, *survey, *create, *up, STATUS,
-                                             "drbdadm primary --force logger-system",
-                                             "drbdadm primary --force logger-var", STATUS]
+                                       "drbdadm primary --force logger-system logger-var", STATUS]
     assert sent(site.host("kvm1")) == ["drbdadm --version", *files, *survey, *create, *up]
     out = capsys.readouterr().out
     assert "* xen1: logger-system, logger-var UpToDate/UpToDate ... ok" in out
@@ -558,7 +567,7 @@ def test_setup_with_hostile_names_sends_each_as_one_argument():
     for i, n in enumerate(names):
         survey += [["drbdadm", "dump-md", n], ["blkid", "-p", "-o", "value", "-s", "TYPE", meta(i)]]
     kvm = [["drbdadm", "--version"], *files, *survey, *each("drbdadm", "create-md", "--force"), *each("drbdadm", "up")]
-    xen = kvm + [survey[0], *each("drbdadm", "primary", "--force"), survey[0]]
+    xen = kvm + [survey[0], ["drbdadm", "primary", "--force", *names], survey[0]]
     for host, expected in (("xen1", xen), ("kvm1", kvm)):
         assert [[c] if c == WRITE else shlex.split(c) for c in sent(site.host(host))] == expected, host
 

@@ -69,18 +69,14 @@ ON_KVM = ([], ["logger"], {r: ("Secondary", "Primary") for r in RESOURCES})
 TO_KVM = [
     "kvm1: env LANG=C virsh -c qemu:///system define --validate /var/lib/xenkvm/logger.xml",
     "xen1: xl shutdown logger",
-    "xen1: drbdadm secondary logger-system",
-    "xen1: drbdadm secondary logger-var",
-    "kvm1: drbdadm primary logger-system",
-    "kvm1: drbdadm primary logger-var",
+    "xen1: drbdadm secondary logger-system logger-var",
+    "kvm1: drbdadm primary logger-system logger-var",
     "kvm1: env LANG=C virsh -c qemu:///system start logger",
 ]
 TO_XEN = [
     "kvm1: env LANG=C virsh -c qemu:///system shutdown logger",
-    "kvm1: drbdadm secondary logger-system",
-    "kvm1: drbdadm secondary logger-var",
-    "xen1: drbdadm primary logger-system",
-    "xen1: drbdadm primary logger-var",
+    "kvm1: drbdadm secondary logger-system logger-var",
+    "xen1: drbdadm primary logger-system logger-var",
     "xen1: xl create /etc/xen/auto/logger.cfg",
 ]
 
@@ -164,10 +160,8 @@ def test_undo_runs_in_reverse_order(world):
     world.move("kvm")
     undo = world.changes()[len(TO_KVM):]
     assert undo == [
-        "kvm1: drbdadm secondary logger-system",
-        "kvm1: drbdadm secondary logger-var",
-        "xen1: drbdadm primary logger-system",
-        "xen1: drbdadm primary logger-var",
+        "kvm1: drbdadm secondary logger-system logger-var",
+        "xen1: drbdadm primary logger-system logger-var",
         "xen1: xl create /etc/xen/auto/logger.cfg",
         "kvm1: env LANG=C virsh -c qemu:///system undefine logger",
     ]
@@ -200,7 +194,7 @@ class _KillOn:
         return self.host.run(command, **kw)
 
 
-@pytest.mark.parametrize("command", ["drbdadm primary logger-var", "virsh -c qemu:///system start logger"])
+@pytest.mark.parametrize("command", ["drbdadm primary logger-system logger-var", "virsh -c qemu:///system start logger"])
 def test_killed_run_then_rollback(world, command):
     site = world.site()
     real = site._connect
@@ -247,3 +241,13 @@ def test_a_vm_already_on_the_target_is_left_alone(world):
     outcome = world.move("kvm")
     assert outcome.ok and outcome.message == "logger: already on kvm1"
     assert world.changes() == []
+
+
+@pytest.mark.parametrize("host, verb", [("xen1", "secondary"), ("kvm1", "primary")])
+def test_a_role_change_that_fails_halfway_is_undone_too(world, host, verb):
+    """drbdadm changed logger-system, then failed on logger-var: the undo must still reach both."""
+    world.shared.fail_halfway = (host, verb, "logger-var")
+    outcome = world.move("kvm")
+    assert not outcome.ok and outcome.runs_on == ["xen1"]
+    assert world.where() == ON_XEN
+    assert world.shared.violations == []
