@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -17,9 +16,6 @@ def wall(argv: list[str], **kwargs) -> float:
     subprocess.run(argv, check=True, capture_output=True, **kwargs)
     return time.perf_counter() - started
 
-
-def median_of(runs: int, measure) -> float:
-    return statistics.median(measure() for _ in range(runs))
 
 
 def report(name: str, value: float, unit: str, goal: str, method: str) -> str:

@@ -10,14 +10,10 @@ state first, so `rollback` works after a crash as well as after a failure.
 from __future__ import annotations
 
 import fcntl
-import getpass
 import json
 import os
-import socket
-import time
 import threading
-import uuid
-from concurrent.futures import ThreadPoolExecutor
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -65,9 +61,11 @@ class Journal:
 
     @classmethod
     def start(cls, directory: Path, vm: VM, target_side: str) -> "Journal":
+        import uuid
+
         data = {
             "vm": vm.name, "run": uuid.uuid4().hex[:12], "pid": os.getpid(),
-            "who": f"{getpass.getuser()}@{socket.gethostname()}",
+            "who": _who(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "source": vm.host_for(other(target_side)), "target": vm.host_for(target_side),
             "to": target_side, "status": "running", "steps": [],
@@ -118,6 +116,13 @@ class Journal:
                 f"{self.data['source']} -> {self.data['target']}{at}")
 
 
+def _who() -> str:
+    import getpass
+    import socket
+
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
 class VmLock:
     """One run per VM at a time: an flock the kernel releases if the process dies."""
 
@@ -138,7 +143,7 @@ class VmLock:
             raise GuardError(f"{self.vm_name} is already being handled by {holder}; wait for it to finish") from None
         fh.seek(0)
         fh.truncate()
-        fh.write(f"pid {os.getpid()} ({getpass.getuser()}@{socket.gethostname()}) since "
+        fh.write(f"pid {os.getpid()} ({_who()}) since "
                  f"{datetime.now().isoformat(timespec='seconds')}\n")
         fh.flush()
         self.fh = fh
@@ -507,6 +512,8 @@ def run_fleet(c, inv: Inventory, vms: list[VM], *, to: str | None, from_host: st
             stop.set()
         view.finish(vm.name, outcome.ok, ", ".join(outcome.runs_on) or "?")
         return outcome
+
+    from concurrent.futures import ThreadPoolExecutor
 
     try:
         with view, ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:

@@ -7,14 +7,12 @@ always run (a dry run needs their facts); changes honour the dry run.
 
 from __future__ import annotations
 
-import difflib
 import io
 import json
 import os
 import shlex
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -194,6 +192,8 @@ class Remote:
         Streaming it on the command's stdin also works, but invoke feeds stdin a byte
         per poll, which takes seconds for a domain XML.
         """
+        import uuid
+
         open_sftp = getattr(self.conn, "sftp", None)
         if open_sftp is None:
             return None
@@ -223,6 +223,8 @@ class Remote:
 
 
 def unified_diff(old: str, new: str, label: str) -> str:
+    import difflib
+
     return "".join(difflib.unified_diff(
         old.splitlines(keepends=True), new.splitlines(keepends=True),
         fromfile=f"{label} (now)", tofile=f"{label} (new)")).rstrip("\n")
