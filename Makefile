@@ -7,7 +7,7 @@ APT_PACKAGES := openssh-server openssh-client netcat-openbsd iproute2 kmod e2fsp
 	libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils \
 	libxml2-utils drbd-utils xen-tools debootstrap
 
-.PHONY: deps apt venv test lab-up lab-down demo e2e bench clean
+.PHONY: deps apt venv test lab-up lab-down demo bench clean
 
 deps: apt venv
 
@@ -37,16 +37,16 @@ lab-up: deps
 lab-down: venv
 	$(BIN)/python -m tests.lab down
 
+LAB_FAB := FABRIC_INVENTORY=tests/lab/hosts.yml FABRIC_STATE_DIR=tests/lab/.work/tool-state $(BIN)/fab
+
 demo: deps
 	$(BIN)/python -m tests.lab up
-	FABRIC_INVENTORY=tests/lab/hosts.yml $(BIN)/fab migrate --vm logger
-	FABRIC_INVENTORY=tests/lab/hosts.yml $(BIN)/fab status
-	FABRIC_INVENTORY=tests/lab/hosts.yml $(BIN)/fab migrate --vm logger
-	FABRIC_INVENTORY=tests/lab/hosts.yml $(BIN)/fab status
+	$(BIN)/python -m tests.lab reset
+	$(LAB_FAB) migrate --vm logger
+	$(LAB_FAB) status
+	$(LAB_FAB) migrate --vm logger
+	$(LAB_FAB) status
 	$(BIN)/python -m tests.lab down
-
-e2e: deps
-	$(BIN)/pytest -q -m e2e tests/e2e
 
 bench: deps
 	$(BIN)/python -m bench
