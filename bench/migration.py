@@ -82,7 +82,15 @@ def downtime_gap(entries: list[dict]) -> float:
 
 def run() -> None:
     settings = Settings(shutdown_delay=0.0)
+    was_up = control.is_up()
     control.up(settings)
+    try:
+        _measure(settings)
+    finally:
+        control.reset(Settings()) if was_up else control.down()
+
+
+def _measure(settings: Settings) -> None:
     hosts = yaml.safe_load(INVENTORY.read_text())["hosts"]
     tool_times, ref_times, gaps, connections = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
