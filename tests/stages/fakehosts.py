@@ -33,6 +33,7 @@ class Shared:
     violations: list[str] = field(default_factory=list)
     stubborn: bool = False                                     # the guest ignores shutdown
     disks_of: dict[str, list[str]] = field(default_factory=dict)  # domain -> its resources (default: all)
+    snapshots: list[list[str]] = field(default_factory=list)   # lvcreate / qemu-img / removal argv
     fail_halfway: tuple | None = None    # (host, verb, resource): drbdadm fails there, once, after the ones before
 
     def resources_of(self, domain: str) -> list[str]:
@@ -83,7 +84,8 @@ class FakeHost:
             return self.drbdadm(argv[1:])
         if tool == "virsh":
             return self.virsh(argv[3:])
-        if tool == "mkdir":
+        if tool in ("mkdir", "lvcreate", "lvremove", "qemu-img", "rm"):
+            self.shared.snapshots.append(argv)
             return Result()
         raise AssertionError(f"{self.name}: unexpected command {argv}")
 

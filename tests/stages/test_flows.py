@@ -251,3 +251,42 @@ def test_a_role_change_that_fails_halfway_is_undone_too(world, host, verb):
     assert not outcome.ok and outcome.runs_on == ["xen1"]
     assert world.where() == ON_XEN
     assert world.shared.violations == []
+
+
+# -- kvmhost.rehearse: snapshots, a throwaway domain, cleanup always -----------------------------
+
+def _rehearsal_world(world):
+    world.shared.disks_of["logger-rehearsal"] = []     # runs on snapshots, not on the DRBD devices
+    from tasks import kvmhost
+    return kvmhost
+
+
+@pytest.mark.parametrize("method, create, remove", [
+    ("qcow2", ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/dev/vg_main/logger-system",
+               "/var/lib/xenkvm/rehearsal/logger-sda-rehearsal.qcow2"],
+     ["rm", "-f", "--", "/var/lib/xenkvm/rehearsal/logger-sda-rehearsal.qcow2"]),
+    ("lvm", ["lvcreate", "--snapshot", "--name", "logger-sda-rehearsal", "--size", "1G",
+             "/dev/vg_main/logger-system"],
+     ["lvremove", "-f", "/dev/vg_main/logger-sda-rehearsal"]),
+])
+def test_rehearsal_boots_on_snapshots_and_cleans_up(world, method, create, remove):
+    kvmhost = _rehearsal_world(world)
+    kvmhost.rehearse_vm(world.site(), world.inv, world.inv.vm("logger"), seconds=0.1, method=method)
+    snaps = world.shared.snapshots
+    assert create in snaps and remove in snaps
+    assert snaps.index(remove) > snaps.index(create)
+    assert len([a for a in snaps if a[0] in ("qemu-img", "lvcreate")]) == 3, "one snapshot per disk"
+    xml = world.shared.files[("kvm1", "/var/lib/xenkvm/logger-rehearsal.xml")]
+    assert "/dev/drbd5" not in xml and "<interface" not in xml, "never the real disks, never the guest's MAC"
+    assert "logger-rehearsal" not in world.shared.kvm_defined | world.shared.kvm_running
+    assert world.where() == ON_XEN, "the real guest was never touched"
+
+
+def test_rehearsal_failure_still_cleans_up(world):
+    kvmhost = _rehearsal_world(world)
+    world.shared.faults["kvm1:virsh -c qemu:///system start logger-rehearsal"] = 1
+    with pytest.raises(Exception, match="start logger-rehearsal"):
+        kvmhost.rehearse_vm(world.site(), world.inv, world.inv.vm("logger"), seconds=0.1, method="qcow2")
+    removed = [a for a in world.shared.snapshots if a[0] == "rm"]
+    assert len(removed) == 3
+    assert "logger-rehearsal" not in world.shared.kvm_defined
