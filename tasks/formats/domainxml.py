@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+from .templating import template
+
 BUSES = ("ide", "sata", "scsi", "virtio")
 DOMAIN_TYPES = ("kvm", "qemu")
 DISK_KINDS = ("block", "file")
@@ -123,26 +124,11 @@ def _check(spec: DomainSpec) -> list[tuple[str, DomainDisk]]:
     return [(prefix + disk.target[2:], disk) for disk in ordered]
 
 
-@lru_cache(maxsize=1)
-def _template():
-    """The Jinja2 template, autoescaping every value (paths and names may hold <>&'")."""
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    return env.get_template("domain.xml.j2")
-
-
 def render_domain_xml(spec: DomainSpec) -> str:
     """The libvirt domain document for a spec; DomainXmlError for a spec qemu could not run."""
     disks = _check(spec)
-    return _template().render(spec=spec, disks=disks)
+    # Autoescape: paths and names may hold <>&'".
+    return template("domain.xml.j2", autoescape=True).render(spec=spec, disks=disks)
 
 
 @lru_cache(maxsize=None)

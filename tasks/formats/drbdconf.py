@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from functools import lru_cache
-from pathlib import Path
 
 from ..inventory import VM, Host, ReplicatedDisk, is_domain_name
+from .templating import template
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 TEMPLATE = "drbd-resource.res.j2"
 # The kernel keeps disk and meta-disk paths in 128-byte fields (NUL included).
 MAX_PATH_BYTES = 127
@@ -38,23 +36,6 @@ _VERSION = re.compile(r"^(\d+)(?:\.(\d+))?")
 def _quote(value: str) -> str:
     """A drbd.conf double-quoted string: backslash and double quote escaped, as drbdadm unescapes."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-@lru_cache(maxsize=1)
-def _template():
-    """The Jinja2 template; autoescape is off (not HTML): the `q` filter quotes for drbd.conf."""
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
-        autoescape=False,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    env.filters["q"] = _quote
-    return env.get_template(TEMPLATE)
 
 
 def _legacy_syntax(drbd_version: str) -> bool:
@@ -147,5 +128,5 @@ def render_drbd_resource(vm: VM, hosts: dict[str, Host], drbd_version: str = "9"
                 "meta_disk": None if disk.internal_meta else _path(disk.meta_disk, host.name,
                                                                    f"{key}.meta_disk"),
             })
-        files[resource] = _template().render(resource=resource, legacy=legacy, hosts=sections)
+        files[resource] = template(TEMPLATE, autoescape=False, filters=(("q", _quote),)).render(resource=resource, legacy=legacy, hosts=sections)
     return files
