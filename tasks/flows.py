@@ -309,7 +309,7 @@ def check_move(ctx: Ctx, target_side: str) -> str | None:
                 raise GuardError(f"{host}: DRBD {disk.resource} is {st.role}, expected {role}")
             if st.connection != "Connected":
                 raise GuardError(f"{host}: DRBD {disk.resource} is {st.connection}, not Connected")
-            if st.disk != "UpToDate" or not st.peer_disks or any(p != "UpToDate" for p in st.peer_disks):
+            if not st.is_uptodate_pair:
                 raise GuardError(f"{host}: DRBD {disk.resource} is {st.disk}/{'/'.join(st.peer_disks) or '?'}, "
                                  f"not UpToDate/UpToDate")
     say(f"  ok: DRBD {', '.join(d.resource for d in vm.resources)} Connected, UpToDate/UpToDate, "
