@@ -16,7 +16,7 @@ import shutil
 import stat
 from pathlib import Path
 
-from . import (CACHE, GUEST, HOSTS, KEYS, LAB, RESOURCES, SWAP, SWITCH_BRIDGE, SWITCH_NS, NETMASK,
+from . import (CACHE, GUEST, HOSTS, KEYS, LAB, REPO, RESOURCES, SWAP, SWITCH_BRIDGE, SWITCH_NS, NETMASK,
                host_dir, netns)
 from . import config
 from .spaces import daemon, enter, run, wait_for
@@ -91,6 +91,12 @@ def view_script(host: str, loops: dict[str, str]) -> str:
     lines = [
         "set -eu",
         f"hostname {q(host)}",
+        # /run first: the lab keeps a handle on the checkout there, in case a mount below
+        # (/root, /tmp) covers the folder it lives in (a CI clone may sit under either).
+        "umount --recursive --lazy /run/netns 2>/dev/null || true",
+        "mount -t tmpfs -o mode=755 lab-run /run",
+        "mkdir -p /run/sshd /run/lock /run/lab-repo && chmod 1777 /run/lock",
+        f"mount --bind {q(str(REPO))} /run/lab-repo",
         f"mount -t overlay lab-etc -o lowerdir=/etc,upperdir={q(str(home / 'etc.upper'))},"
         f"workdir={q(str(home / 'etc.work'))} /etc",
         f"mount -t overlay lab-var -o lowerdir=/var,upperdir={q(str(home / 'var.upper'))},"
@@ -99,12 +105,9 @@ def view_script(host: str, loops: dict[str, str]) -> str:
         f"mount --bind {q(str(home / 'drbd.d'))} /etc/drbd.d",
         f"mount --bind {q(str(home / 'root'))} /root",
         f"mount --bind {q(str(home / 'bin'))} /usr/local/sbin",
-        # `ip netns exec` left the machine's /run/netns mounts in this copy: drop them (the
-        # namespace is private, nothing propagates back).
-        "umount --recursive --lazy /run/netns 2>/dev/null || true",
-        "mount -t tmpfs -o mode=755 lab-run /run",
-        "mkdir -p /run/sshd /run/lock && chmod 1777 /run/lock",
         "mount -t tmpfs -o mode=1777 lab-tmp /tmp",
+        # The checkout again where it was, if /root or /tmp covered it.
+        f"if [ ! -d {q(str(LAB))} ]; then mkdir -p {q(str(REPO))} && mount --bind /run/lab-repo {q(str(REPO))}; fi",
     ]
     if HOSTS[host]["role"] == "xen":
         lines.append(f"mount --bind {q(str(home / 'xen'))} /etc/xen")
