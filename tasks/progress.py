@@ -5,8 +5,22 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from dataclasses import dataclass
 
 from . import remote
+
+
+@dataclass
+class _Row:
+    step: str = "waiting"
+    started: float | None = None
+    ended: float | None = None
+    result: str = ""
+
+    def elapsed(self) -> str:
+        if self.started is None:
+            return ""
+        return f"{(self.ended or time.monotonic()) - self.started:.1f}s"
 
 
 class FleetView:
@@ -17,7 +31,7 @@ class FleetView:
     """
 
     def __init__(self, names: list[str], live: bool | None = None):
-        self.rows = {name: ["waiting", None, ""] for name in names}   # step, started, result
+        self.rows = {name: _Row() for name in names}
         self.live = sys.stdout.isatty() if live is None else live
         self._lock = threading.Lock()
         self._display = None
@@ -40,16 +54,14 @@ class FleetView:
     def step(self, vm: str, name: str) -> None:
         with self._lock:
             row = self.rows[vm]
-            row[0] = name
-            row[1] = row[1] or time.monotonic()
+            row.step = name
+            row.started = row.started or time.monotonic()
         self._refresh()
 
     def finish(self, vm: str, ok: bool, where: str) -> None:
         with self._lock:
-            self.rows[vm][0] = where
-            self.rows[vm][2] = "ok" if ok else "FAILED"
-            started = self.rows[vm][1]
-            self.rows[vm][1] = -(time.monotonic() - started) if started else None   # frozen elapsed
+            row = self.rows[vm]
+            row.step, row.result, row.ended = where, "ok" if ok else "FAILED", time.monotonic()
         self._refresh()
 
     def _refresh(self) -> None:
@@ -61,10 +73,6 @@ class FleetView:
 
         table = Table("VM", "step", "elapsed", "result")
         with self._lock:
-            for name, (step, started, result) in self.rows.items():
-                if started is None:
-                    elapsed = ""
-                else:
-                    elapsed = f"{-started if started < 0 else time.monotonic() - started:.1f}s"
-                table.add_row(name, step, elapsed, result)
+            for name, row in self.rows.items():
+                table.add_row(name, row.step, row.elapsed(), row.result)
         return table
