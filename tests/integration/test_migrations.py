@@ -67,7 +67,7 @@ def test_killed_mid_flow_then_rollback(lab, fab):
     lab.fault_add("kvm1", "virsh start", exit_code=0, hang=60)
     run = fab.start("migrate", "--vm", "logger")
     try:
-        _wait_for(lambda: any(e["command"] == "drbdadm primary logger-var" for e in fab.audit()),
+        _wait_for(lambda: any(e["command"] == "drbdadm primary logger-system logger-var" for e in fab.audit()),
                   what="promotion on kvm1")
     except AssertionError:
         os.killpg(run.pid, signal.SIGKILL)
