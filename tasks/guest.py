@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from invoke import Collection, task
@@ -19,6 +18,7 @@ from . import inventory
 from .errors import GuardError, InputError, ToolError
 from .inventory import VM
 from .remote import Remote, say, site_from_context
+from .xenhost import read_local
 
 if TYPE_CHECKING:
     from .diskmap import MappedDisk
@@ -493,15 +493,6 @@ def _connect(c, vm_name: str, dry_run: bool):
     vm = inv.vm(vm_name)
     site = site_from_context(c, inv, dry_run)
     return vm, site, site.guest(vm)
-
-
-def read_local(path: str, what: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read {what}: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: {what} is not UTF-8 text (byte {exc.start})") from None
 
 
 VM_HELP = "VM name from the inventory"
