@@ -18,7 +18,7 @@ from . import inventory
 from .errors import GuardError, InputError, ToolError
 from .inventory import VM
 from .remote import Remote, say, site_from_context
-from .xenhost import read_local
+from .xenhost import cfg_errors, read_local, read_vm_cfg
 
 if TYPE_CHECKING:
     from .diskmap import MappedDisk
@@ -477,15 +477,10 @@ def prepare_guest(guest: Remote, disk_map: list[MappedDisk], *, boot: str = "gru
 def read_disk_map(site, vm: VM) -> list[MappedDisk]:
     """The VM's disk map from its cfg as the Xen host has it now."""
     from .diskmap import plan_disk_map
-    from .formats.xencfg import CfgSyntaxError, parse_xen_cfg
-    label = f"{vm.xen_host}:{vm.cfg}"
-    text = site.host(vm.xen_host).read_file(vm.cfg)
-    if text is None:
-        raise InputError(f"{label}: no such file")
-    try:
+    from .formats.xencfg import parse_xen_cfg
+    text, label = read_vm_cfg(site, vm)
+    with cfg_errors(label):
         return plan_disk_map(parse_xen_cfg(text, label), vm)
-    except CfgSyntaxError as exc:
-        raise InputError(str(exc)) from None
 
 
 def _connect(c, vm_name: str, dry_run: bool):

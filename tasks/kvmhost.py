@@ -16,7 +16,7 @@ from . import inventory
 from .errors import InputError, ToolError
 from .inventory import VM, Host, Inventory, ReplicatedDisk
 from .remote import Remote, RemoteError, say, site_from_context
-from .xenhost import DEFAULT_SHUTDOWN_TIMEOUT, read_local, wait_until
+from .xenhost import DEFAULT_SHUTDOWN_TIMEOUT, cfg_errors, read_local, read_vm_cfg, wait_until
 
 XML_DIR = "/var/lib/xenkvm"
 STOPPED = ("shut off", "not found")
@@ -84,13 +84,11 @@ def plan_spec(cfg_text: str, cfg_name: str, vm: VM | None):
     """DomainSpec from a Xen cfg's text, through the VM's one disk map."""
     from .diskmap import plan_disk_map
     from .formats.domainxml import plan_domain_spec
-    from .formats.xencfg import CfgSyntaxError, parse_xen_cfg
+    from .formats.xencfg import parse_xen_cfg
 
-    try:
+    with cfg_errors(cfg_name):
         cfg = parse_xen_cfg(cfg_text, cfg_name)
         return plan_domain_spec(cfg, plan_disk_map(cfg, vm), vm)
-    except (CfgSyntaxError, ValueError) as exc:
-        raise InputError(str(exc) if str(exc).startswith(cfg_name) else f"{cfg_name}: {exc}") from None
 
 
 def render_checked(spec) -> str:
@@ -109,11 +107,7 @@ def render_checked(spec) -> str:
 
 def vm_spec(site, inv: Inventory, vm: VM):
     """The VM's domain spec, from the cfg as it is on its Xen host now."""
-    xen = site.host(vm.xen_host)
-    text = xen.read_file(vm.cfg)
-    if text is None:
-        raise ToolError(f"{vm.xen_host}: {vm.cfg} does not exist (vms.{vm.name}.cfg)")
-    return plan_spec(text, f"{vm.xen_host}:{vm.cfg}", vm)
+    return plan_spec(*read_vm_cfg(site, vm), vm)
 
 
 def define_domain(remote: Remote, host: Host, name: str, xml: str) -> bool:

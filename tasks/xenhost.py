@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from invoke import Collection, task
@@ -105,16 +106,33 @@ def wait_until(done, timeout: float, poll: float, label: str, every: float = 10.
     return True
 
 
+@contextmanager
+def cfg_errors(filename: str):
+    """A cfg that does not parse or map becomes one line naming it (and its line), no traceback."""
+    try:
+        yield
+    except ValueError as exc:   # CfgSyntaxError, and the mapping's refusals
+        text = str(exc)
+        raise InputError(text if text.startswith(filename) else f"{filename}: {text}") from None
+
+
+def read_vm_cfg(site, vm: VM) -> tuple[str, str]:
+    """The VM's cfg as its Xen host has it now, and the label errors name it by."""
+    label = f"{vm.xen_host}:{vm.cfg}"
+    text = site.host(vm.xen_host).read_file(vm.cfg)
+    if text is None:
+        raise InputError(f"{label}: no such file (vms.{vm.name}.cfg)")
+    return text, label
+
+
 def converted_cfg(text: str, filename: str, vm: VM | None, console: bool) -> str:
     """The dual-boot cfg: disks renamed sda.. (root first), root= follows, optional Xen console."""
     from .diskmap import plan_disk_map, renames
-    from .formats.xencfg import CfgSyntaxError, parse_xen_cfg, rewrite_xen_cfg
+    from .formats.xencfg import parse_xen_cfg, rewrite_xen_cfg
 
-    try:
+    with cfg_errors(filename):
         cfg = parse_xen_cfg(text, filename)
         return rewrite_xen_cfg(text, renames(plan_disk_map(cfg, vm)), add_console=console, filename=filename)
-    except (CfgSyntaxError, ValueError) as exc:
-        raise InputError(str(exc) if str(exc).startswith(filename) else f"{filename}: {exc}") from None
 
 
 def read_local(path: str, what: str) -> str:
