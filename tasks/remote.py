@@ -13,6 +13,7 @@ import os
 import shlex
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -113,6 +114,7 @@ class Remote:
         self.dry_run = dry_run
         self.audit = audit or AuditLog(None)
         self.facts: dict = {}   # probe results that hold for the whole run (toolstack, ...)
+        self._sftp_lock = threading.Lock()
 
     def command(self, argv: Sequence[str], env: dict[str, str] | None = None) -> str:
         prefix = ["env", *(f"{k}={v}" for k, v in (env or {}).items())] if env else []
@@ -186,6 +188,17 @@ class Remote:
                     stdin=None if staged else text, quiet=True)
         say(f"* {self.name}: write {path} (backup {backup} if it existed) ... ok {time.monotonic() - started:.1f}s")
 
+    @contextmanager
+    def sftp(self):
+        """This host's one SFTP session, for one thread at a time (paramiko's SFTP client is not
+        thread-safe, and fleet runs share the connection); None if the connection has none."""
+        open_sftp = getattr(self.conn, "sftp", None)
+        if open_sftp is None:
+            yield None
+            return
+        with self._sftp_lock:
+            yield open_sftp()
+
     def _stage(self, text: str) -> str | None:
         """Upload the content over SFTP to a private temp file; None if the connection has no SFTP.
 
@@ -194,14 +207,14 @@ class Remote:
         """
         import uuid
 
-        open_sftp = getattr(self.conn, "sftp", None)
-        if open_sftp is None:
-            return None
         staged = f"/tmp/.xenkvm-{uuid.uuid4().hex}"
         started = time.monotonic()
-        with open_sftp().open(staged, "wx") as fh:
-            fh.chmod(0o600)
-            fh.write(text.encode())
+        with self.sftp() as sftp:
+            if sftp is None:
+                return None
+            with sftp.open(staged, "wx") as fh:
+                fh.chmod(0o600)
+                fh.write(text.encode())
         self.audit.record(self.name, f"sftp put {staged}", 0, time.monotonic() - started, "upload")
         return staged
 

@@ -55,6 +55,35 @@ def test_write_file_stages_over_sftp_then_replaces_atomically(tmp_path, mocker):
     assert kinds == ["upload", "change"]
 
 
+def test_threads_sharing_a_host_use_its_sftp_session_one_at_a_time():
+    """paramiko's SFTP client is not thread-safe: fleet runs must not interleave on it."""
+    import threading
+    import time
+
+    class Exclusive(FakeSftp):
+        def __init__(self):
+            super().__init__()
+            self.users, self.overlaps = 0, 0
+
+        def open(self, path, mode):
+            self.users += 1
+            self.overlaps += self.users > 1
+            time.sleep(0.01)   # widen the window a second user would hit
+            handle = super().open(path, mode)
+            self.users -= 1
+            return handle
+
+    conn = SftpConn()
+    conn.sftp_client = Exclusive()
+    remote = Remote("kvm1", conn)
+    threads = [threading.Thread(target=remote._stage, args=(f"<domain{i}/>",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert conn.sftp_client.overlaps == 0 and len(conn.sftp_client.files) == 16
+
+
 def test_write_file_without_sftp_streams_on_stdin(mocker):
     conn = MockContext(run={__import__("re").compile(".*"): Result()}, repeat=True)
     spy = mocker.spy(conn, "run")
