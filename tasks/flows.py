@@ -317,6 +317,9 @@ def check_move(ctx: Ctx, target_side: str) -> str | None:
     if target_side == "kvm":
         xml = kvmhost.render_checked(kvmhost.vm_spec(site, inv, vm))
         say(f"  ok: domain XML for {vm.name} renders and is valid")
+        if vm.boot == "direct-kernel":
+            version = kvmhost.require_fetched_kernel(site.host(dst), vm)
+            say(f"  ok: {dst} has kernel {version} and its initrd for {vm.name}'s direct boot")
         return xml
     if site.host(dst).read_file(vm.cfg) is None:
         raise GuardError(f"{dst}: {vm.cfg} does not exist: run `fab xenhost.prepare-cfg --vm {vm.name}`")

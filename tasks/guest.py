@@ -142,6 +142,22 @@ def probe_kernels(guest: Remote) -> tuple[Kernel, ...]:
     return tuple(kernels)
 
 
+def version_key(version: str) -> list[tuple[int, int, str]]:
+    """Sorts kernel versions by their numbers' values, as grub's menu does: 6.1.0-13 after 6.1.0-9."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.findall(r"\d+|\D+", version)]
+
+
+def newest_bootable_kernel(guest: Remote, vm_name: str) -> str:
+    """The newest kernel in the guest's /boot that boots under KVM; refuses a guest with Xen ones only."""
+    kernels = probe_kernels(guest)
+    bootable = [k.version for k in kernels if not k.xen_only]
+    if not bootable:
+        found = ", ".join(f"{k.version} (Xen only)" for k in kernels) or "none"
+        raise GuardError(f"{guest.name}: no kernel in /boot boots under KVM ({found}): "
+                         f"`fab guest.prepare --vm {vm_name}` installs one")
+    return max(bootable, key=version_key)
+
+
 def package_installed(guest: Remote, package: str) -> bool:
     status = guest.probe(["dpkg-query", "-W", "-f", "${Status}", package])
     return status.ok and status.stdout.split()[-1:] == ["installed"]
@@ -483,6 +499,14 @@ def read_disk_map(site, vm: VM) -> list[MappedDisk]:
         return plan_disk_map(parse_xen_cfg(text, label), vm)
 
 
+def fetch_hint(vm: VM) -> None:
+    """A direct-kernel VM boots the KVM host's copy of its kernel and initrd, which the guest
+    tasks cannot refresh: they reach the guest only."""
+    if vm.boot == "direct-kernel":
+        say(f"! {vm.name} boots direct-kernel: copy its kernel and initrd to {vm.kvm_host} with "
+            f"`fab kvmhost.fetch-kernel --vm {vm.name}` (after every kernel or initramfs change)")
+
+
 def _connect(c, vm_name: str, dry_run: bool):
     inv = inventory.from_context(c)
     vm = inv.vm(vm_name)
@@ -533,13 +557,15 @@ def bootloader(c, vm, uuid=True, grub_install=False, dry_run=False):
     fstab_plan = check_fstab(guest, found, disk_map, uuid)
     plan = check_boot(guest, found, disk_map, boot=model.boot, grub_install=grub_install)
     apply_boot(guest, found, disk_map, fstab_plan, plan)
+    fetch_hint(model)
 
 
 @task(help={"vm": VM_HELP, "force": FORCE_HELP, "dry_run": DRY_HELP})
 def initramfs(c, vm, force=False, dry_run=False):
     """List KVM's disk and network drivers in the initramfs and rebuild it when that changed."""
-    _, _, guest = _connect(c, vm, dry_run)
+    model, _, guest = _connect(c, vm, dry_run)
     apply_initramfs(guest, check_initramfs(guest), force)
+    fetch_hint(model)
 
 
 @task(help={"vm": VM_HELP, "uuid": UUID_HELP, "grub_install": GRUB_INSTALL_HELP, "force": FORCE_HELP,
@@ -549,6 +575,7 @@ def prepare(c, vm, uuid=True, grub_install=False, force=False, dry_run=False):
     model, site, guest = _connect(c, vm, dry_run)
     prepare_guest(guest, read_disk_map(site, model), boot=model.boot, uuid=uuid,
                   grub_install=grub_install, force=force)
+    fetch_hint(model)
 
 
 @task(help={"inittab": "path of an /etc/inittab on this machine"})

@@ -1,4 +1,5 @@
-"""Stage: the KVM host. Render and define the libvirt domain, start, stop, rehearse.
+"""Stage: the KVM host. Render and define the libvirt domain, start, stop, rehearse, and keep
+the copy of the guest's kernel that a direct-kernel domain boots.
 
 Domain state is read as the Pacemaker VirtualDomain agent does: `LANG=C virsh
 domstate`, where "shut off" or a missing domain means stopped.
@@ -7,20 +8,36 @@ domstate`, where "shut off" or a missing domain means stopped.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import sys
 import time
+import uuid
+from dataclasses import dataclass
 
 from invoke import Collection, task
 
 from . import inventory
-from .errors import InputError, ToolError
+from .errors import GuardError, InputError, ToolError
+from .formats.domainxml import BOOT_DIR
 from .inventory import VM, Host, Inventory, ReplicatedDisk
-from .remote import Remote, RemoteError, say, site_from_context
+from .remote import Remote, RemoteError, describe_ssh_error, say, site_from_context
 from .xenhost import DEFAULT_SHUTDOWN_TIMEOUT, cfg_errors, read_local, read_vm_cfg, wait_until
 
 XML_DIR = "/var/lib/xenkvm"
 STOPPED = ("shut off", "not found")
 REHEARSAL_SUFFIX = "-rehearsal"
+COPY_CHUNK = 1 << 20
+
+# The sha256 of "$1" (exit 66: no such file; 69: no sha256sum, as on Debian 4).
+_SHA256 = '[ -e "$1" ] || exit 66; command -v sha256sum >/dev/null || exit 69; sha256sum < "$1"'
+# Kernel "$1" and initrd "$2" both there and not empty (else exit 66); the version record "$3" if any.
+_FETCHED = '[ -s "$1" ] && [ -s "$2" ] || exit 66; cat -- "$3" 2>/dev/null || :'
+# Into directory "$1", pairs NAME STAGED: every staged file copied beside its target first, then
+# all renamed back to back, so the kernel and its initrd change together.
+_INSTALL = ('set -e; dir=$1; shift; mkdir -p -- "$dir"; names=; '
+            'while [ $# -gt 0 ]; do cat -- "$2" > "$dir/.$1.new"; rm -f -- "$2"; chmod 644 -- "$dir/.$1.new"; '
+            'names="$names $1"; shift 2; done; '
+            'for name in $names; do mv -f -- "$dir/.$name.new" "$dir/$name"; done')
 
 
 def virsh(host: Host, *args: str) -> list[str]:
@@ -185,6 +202,8 @@ def rehearse_vm(site, inv: Inventory, vm: VM, *, seconds: float = 20.0, method: 
     sources = rehearsal_sources(vm, spec)
     snapper = SNAPSHOT_METHODS[method or vm.snapshot]
     snapper = snapper(snapshot_size) if snapper is LvmSnapshot else snapper()
+    if vm.boot == "direct-kernel":
+        say(f"* {host.name}: {vm.name} boots kernel {require_fetched_kernel(remote, vm)} ... ok")
     name = f"{vm.name}{REHEARSAL_SUFFIX}"
     if domain_state(remote, host, name) != "not found":
         raise ToolError(f"{host.name}: a domain {name} exists from an earlier rehearsal; "
@@ -226,6 +245,147 @@ def rehearse_vm(site, inv: Inventory, vm: VM, *, seconds: float = 20.0, method: 
             say("! rehearsal cleanup left something behind: " + "; ".join(cleanup_errors))
 
 
+# -- the kernel a direct-kernel domain boots --------------------------------------------------
+
+@dataclass(frozen=True)
+class BootFile:
+    name: str       # vmlinuz or initrd.img: its name in boot_dir(), where the domain XML points
+    source: str     # its path in the guest
+    sha256: str     # as the guest reported it
+
+
+def boot_dir(vm_name: str) -> str:
+    return f"{BOOT_DIR}/{vm_name}"
+
+
+def file_sha256(remote: Remote, path: str) -> str | None:
+    """The file's sha256, None when it does not exist; hashed over SFTP where the host has no
+    sha256sum (Debian 4's coreutils predates it)."""
+    outcome = remote.probe(["sh", "-c", _SHA256, "sh", path])
+    if outcome.exit_code == 66:
+        return None
+    if outcome.exit_code == 69:
+        return _sftp_sha256(remote, path)
+    if not outcome.ok:
+        raise RemoteError(remote.name, f"sha256sum {path}", outcome.exit_code, outcome.stderr)
+    return outcome.stdout.split()[0]
+
+
+def _sftp_sha256(remote: Remote, path: str) -> str:
+    started = time.monotonic()
+    digest = hashlib.sha256()
+    try:
+        with remote.sftp() as sftp, sftp.open(path, "r") as fh:
+            fh.prefetch()
+            for chunk in iter(lambda: fh.read(COPY_CHUNK), b""):
+                digest.update(chunk)
+    except Exception as exc:  # permission, connection loss: this host's failure, in one line
+        raise ToolError(f"{remote.name}: cannot read {path} over SFTP: {describe_ssh_error(exc)}") from None
+    remote.audit.record(remote.name, f"sftp sha256 {path}", 0, time.monotonic() - started, "probe")
+    return digest.hexdigest()
+
+
+def _stream(source: Remote, path: str, dest: Remote, staged: str) -> tuple[int, str]:
+    """One file from source to a private temp file on dest, through this machine over both SFTP
+    connections (the two hosts need not reach each other); its size and sha256."""
+    started = time.monotonic()
+    digest, size = hashlib.sha256(), 0
+    try:
+        with source.sftp() as src_sftp, dest.sftp() as dst_sftp, \
+                src_sftp.open(path, "r") as src, dst_sftp.open(staged, "wx") as dst:
+            dst.chmod(0o600)
+            dst.set_pipelined(True)
+            src.prefetch()
+            for chunk in iter(lambda: src.read(COPY_CHUNK), b""):
+                digest.update(chunk)
+                dst.write(chunk)
+                size += len(chunk)
+    except Exception as exc:
+        raise ToolError(f"copying {source.name}:{path} to {dest.name} failed: {describe_ssh_error(exc)}") from None
+    dest.audit.record(dest.name, f"sftp copy {source.name}:{path} -> {staged}", 0,
+                      time.monotonic() - started, "upload")
+    return size, digest.hexdigest()
+
+
+def copy_boot_files(guest: Remote, kvm: Remote, directory: str, files: list[BootFile]) -> None:
+    """Copy the files into directory on the KVM host: all staged and checked against the sha256
+    the guest reported first, then installed in one command, so a failed copy installs nothing."""
+    if kvm.dry_run:
+        for f in files:
+            say(f"  would copy {guest.name}:{f.source} to {kvm.name}:{directory}/{f.name}")
+        return
+    staged = {f.name: f"/tmp/.xenkvm-{uuid.uuid4().hex}" for f in files}
+    try:
+        for f in files:
+            started = time.monotonic()
+            size, digest = _stream(guest, f.source, kvm, staged[f.name])
+            if digest != f.sha256:
+                raise ToolError(f"{guest.name}:{f.source} changed while it was copied (a kernel "
+                                f"upgrade running?): run this again when it is done")
+            say(f"* {kvm.name}: copy {guest.name}:{f.source} ({size / 1e6:.1f} MB) ... ok "
+                f"{time.monotonic() - started:.1f}s")
+    except (Exception, KeyboardInterrupt):
+        kvm.change(["rm", "-f", "--", *staged.values()], quiet=True)
+        raise
+    started = time.monotonic()
+    kvm.change(["sh", "-c", _INSTALL, "sh", directory, *(a for f in files for a in (f.name, staged[f.name]))],
+               quiet=True)
+    say(f"* {kvm.name}: install {', '.join(f.name for f in files)} in {directory} ... ok "
+        f"{time.monotonic() - started:.1f}s")
+
+
+def fetch_guest_kernel(site, vm: VM) -> str:
+    """Copy the guest's newest kernel that boots under KVM, and its initrd, to the KVM host, where
+    the direct-kernel domain boots them; files whose sha256 matches stay. Returns the version."""
+    from .guest import newest_bootable_kernel
+    if vm.boot != "direct-kernel":
+        raise InputError(f"vms.{vm.name}.boot is {vm.boot}: only a direct-kernel VM boots a kernel "
+                         f"copied to its KVM host")
+    guest, kvm = site.guest(vm), site.host(vm.kvm_host)
+    version = newest_bootable_kernel(guest, vm.name)
+    say(f"* {guest.name}: newest kernel that boots under KVM: {version}")
+    wanted = []
+    for name, source in (("vmlinuz", f"/boot/vmlinuz-{version}"), ("initrd.img", f"/boot/initrd.img-{version}")):
+        digest = file_sha256(guest, source)
+        if digest is None:
+            fix = f": make it in the guest with `update-initramfs -c -k {version}`" if name == "initrd.img" else ""
+            raise GuardError(f"{guest.name}: {source} is missing{fix}")
+        wanted.append(BootFile(name, source, digest))
+    directory = boot_dir(vm.name)
+    stale = []
+    for f in wanted:
+        if file_sha256(kvm, f"{directory}/{f.name}") == f.sha256:
+            say(f"* {kvm.name}: {directory}/{f.name} ... unchanged")
+        else:
+            stale.append(f)
+    if stale:
+        copy_boot_files(guest, kvm, directory, stale)
+    kvm.edit_file(f"{directory}/version", lambda _old: f"{version}\n", create=True)
+    return version
+
+
+def fetched_kernel(remote: Remote, vm_name: str) -> str | None:
+    """The version of the kernel a direct-kernel VM boots on this KVM host ("unknown" without
+    its record), None when the kernel or initrd is missing; one probe."""
+    directory = boot_dir(vm_name)
+    outcome = remote.probe(["sh", "-c", _FETCHED, "sh", f"{directory}/vmlinuz", f"{directory}/initrd.img",
+                            f"{directory}/version"])
+    if outcome.exit_code == 66:
+        return None
+    if not outcome.ok:
+        raise RemoteError(remote.name, f"test -s {directory}/vmlinuz", outcome.exit_code, outcome.stderr)
+    return outcome.stdout.strip() or "unknown"
+
+
+def require_fetched_kernel(remote: Remote, vm: VM) -> str:
+    """The fetched kernel's version; GuardError when a direct-kernel domain would find none."""
+    version = fetched_kernel(remote, vm.name)
+    if version is None:
+        raise GuardError(f"{remote.name}: {boot_dir(vm.name)} lacks vmlinuz or initrd.img, which {vm.name} "
+                         f"boots (boot: direct-kernel): run `fab kvmhost.fetch-kernel --vm {vm.name}`")
+    return version
+
+
 # -- tasks -------------------------------------------------------------------------------------
 
 def _context(c, vm_name: str, dry_run: bool = False):
@@ -251,9 +411,25 @@ def define(c, vm, dry_run=False):
 
 @task(help={"vm": "VM name from the inventory"})
 def state(c, vm):
-    """Print the VM's domain state on its KVM host (LANG=C virsh domstate)."""
+    """Print the VM's domain state on its KVM host (LANG=C virsh domstate), and for a
+    direct-kernel VM the kernel it boots there."""
     _, model, site, host = _context(c, vm)
-    print(f"{host.name}: {model.name} {domain_state(site.host(host.name), host, model.name)}")
+    remote = site.host(host.name)
+    print(f"{host.name}: {model.name} {domain_state(remote, host, model.name)}")
+    if model.boot == "direct-kernel":
+        version = fetched_kernel(remote, model.name)
+        print(f"{host.name}: {model.name} boots kernel {version} from {boot_dir(model.name)}" if version else
+              f"{host.name}: {model.name} has no kernel in {boot_dir(model.name)}: "
+              f"run `fab kvmhost.fetch-kernel --vm {model.name}`")
+
+
+@task(help={"vm": "VM name from the inventory (one with boot: direct-kernel)",
+            "dry_run": "probe both sides and say what would be copied; change nothing"})
+def fetch_kernel(c, vm, dry_run=False):
+    """Copy the guest's newest KVM-bootable kernel and its initrd to the KVM host, for a
+    direct-kernel VM; run it again after every kernel or initramfs change in the guest."""
+    inv = inventory.from_context(c)
+    fetch_guest_kernel(site_from_context(c, inv, dry_run), inv.vm(vm))
 
 
 @task(help={"vm": "VM name from the inventory", "dry_run": "show the command, change nothing"})
@@ -290,4 +466,4 @@ def rehearse(c, vm, seconds=20.0, method=None, size="1G", dry_run=False):
     rehearse_vm(site, inv, model, seconds=float(seconds), method=method, snapshot_size=size)
 
 
-ns = Collection("kvmhost", render_xml, define, state, start, shutdown, rehearse)
+ns = Collection("kvmhost", render_xml, define, state, start, shutdown, rehearse, fetch_kernel)

@@ -15,6 +15,12 @@ order often suggested, `console=tty0 console=hvc0 console=ttyS0,115200n8`, makes
 preferred console under Xen PV too, where it is either a legacy port no one can see or absent
 (then tty0, a screen a PV guest usually lacks). A tty1 login needs no console= (its getty runs
 anyway). The libvirt domain's direct-boot <cmdline> should carry the same CONSOLE_ARGS.
+
+The command line also gets NIC_NAMES, `net.ifnames=0`: xen-tools configures eth0, which Xen's
+netfront NIC is, but udev (Debian 9+) names KVM's PCI NIC ens3 unless told not to, and the guest
+would come up without its network. Older udev ignores it; under Xen it changes nothing (netfront
+has no PCI path, so it is eth0 either way). pygrub's menu.lst does not get it: it boots the Xen
+side only.
 """
 
 import re
@@ -23,6 +29,7 @@ from tasks.errors import InputError
 from tasks.formats.fstab import DEVICE_NAME, UUID, check_device_name, check_renames, split_lines
 
 CONSOLE_ARGS = ("console=ttyS0,115200n8", "console=hvc0")
+NIC_NAMES = "net.ifnames=0"
 # grub 2 writes its menu to the screen and to KVM's serial console (pygrub ignores both).
 # "console serial" needs grub >= 1.99: squeeze's 1.98 grub-mkconfig rejects a list.
 GRUB_TERMINAL = "console serial"
@@ -80,19 +87,21 @@ def _parse_assignment(number: int, line: str) -> re.Match | None:
 
 
 def convert_default_grub(text: str, renames: dict[str, str], root: str | None = None) -> str:
-    """/etc/default/grub: consoles and remapped devices on the command line, menu on serial too.
+    """/etc/default/grub: consoles, eth0 names and remapped devices on the command line, menu on
+    serial too.
 
-    The console arguments go on GRUB_CMDLINE_LINUX (the recovery entries use it too) and any
-    console= is dropped from GRUB_CMDLINE_LINUX_DEFAULT, which grub appends later and so would
-    decide /dev/console. `root` (e.g. "UUID=..." or "/dev/sda") is appended as root= so it beats
-    the root= grub-mkconfig derives from the device / is mounted from when it runs - under Xen,
-    that is /dev/xvda2 when GRUB_DISABLE_LINUX_UUID=true or no UUID is found.
+    The console and NIC name arguments go on GRUB_CMDLINE_LINUX (the recovery entries use it
+    too) and any console= or net.ifnames= is dropped from GRUB_CMDLINE_LINUX_DEFAULT, which grub
+    appends later and so would win (for console=: decide /dev/console). `root` (e.g. "UUID=..."
+    or "/dev/sda") is appended as root= so it beats the root= grub-mkconfig derives from the
+    device / is mounted from when it runs - under Xen, that is /dev/xvda2 when
+    GRUB_DISABLE_LINUX_UUID=true or no UUID is found.
     """
     check_renames(renames)
     if root is not None and not _ROOT.fullmatch(root):
         raise InputError(f"root {root!r} is not /dev/NAME, UUID=, PARTUUID= or LABEL=")
-    drop = ("console", "root") if root else ("console",)
-    add = ((f"root={root}",) if root else ()) + CONSOLE_ARGS
+    drop = ("console", "net.ifnames", "root") if root else ("console", "net.ifnames")
+    add = ((f"root={root}",) if root else ()) + (NIC_NAMES, *CONSOLE_ARGS)
     wanted = {"GRUB_TERMINAL": GRUB_TERMINAL, "GRUB_SERIAL_COMMAND": GRUB_SERIAL_COMMAND}
     lines = split_lines(text)
     matches = [_parse_assignment(n, line) for n, line in enumerate(lines, 1)]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from .bootloader import NIC_NAMES
 from .templating import template
 
 BUSES = ("ide", "sata", "scsi", "virtio")
@@ -190,10 +191,12 @@ def _interfaces(cfg, vm) -> tuple[DomainInterface, ...]:
 
 
 def _cmdline(cfg) -> str:
-    """The guest's Xen command line (root= and extra=, or xl's cmdline=) plus the consoles KVM has."""
+    """The guest's Xen command line (root= and extra=, or xl's cmdline=) plus the consoles KVM has
+    and eth0 names for its NIC (bootloader.NIC_NAMES: the guest's network config says eth0)."""
     if not re.search(r"(?:^|\s)root=", cfg.cmdline or ""):
         raise ValueError("direct-kernel boot needs root= in the Xen cfg (root=, extra= or cmdline=)")
-    return f"{cfg.cmdline} {KVM_CONSOLES}"
+    words = [w for w in cfg.cmdline.split() if not w.startswith("net.ifnames=")]
+    return " ".join([*words, NIC_NAMES, KVM_CONSOLES])
 
 
 def _lifecycle(cfg) -> dict[str, str]:

@@ -1,12 +1,16 @@
-"""A command-level double of a Xen host and a KVM host sharing DRBD resources.
+"""A command-level double of a Xen host and a KVM host sharing DRBD resources, and of a guest.
 
 It answers exactly the commands the stages send (parsed back with shlex, so an
 unquoted value would show up as a wrong argv), keeps the state both hosts
 share, refuses what the real commands refuse, and records every command.
+Files are text (str) or binary (bytes, e.g. a kernel); SFTP reads and writes them.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -27,8 +31,9 @@ class Shared:
     xen_running: set = field(default_factory=set)
     kvm_running: set = field(default_factory=set)
     kvm_defined: set = field(default_factory=set)
-    files: dict[tuple[str, str], str] = field(default_factory=dict)
-    log: list[tuple[str, str]] = field(default_factory=list)   # (host, command)
+    files: dict[tuple[str, str], str | bytes] = field(default_factory=dict)
+    log: list[tuple[str, str]] = field(default_factory=list)   # (host, command), SFTP as "sftp get|put PATH"
+    without_sha256sum: set = field(default_factory=set)         # hosts whose coreutils predate it (Debian 4)
     faults: dict[str, int] = field(default_factory=dict)       # command prefix -> exit code
     violations: list[str] = field(default_factory=list)
     stubborn: bool = False                                     # the guest ignores shutdown
@@ -51,11 +56,59 @@ class Shared:
                 self.violations.append(f"{domain} runs on {side} without its disks Primary there")
 
 
-class FakeHost:
-    """One host: the `run` contract of a fabric Connection."""
+def as_bytes(content: str | bytes) -> bytes:
+    return content.encode() if isinstance(content, str) else content
 
-    def __init__(self, name: str, role: str, peer: str, shared: Shared):
+
+class FakeSftp:
+    """paramiko's SFTPClient.open over one host's files."""
+
+    def __init__(self, host: "FakeHost"):
+        self.host = host
+
+    def open(self, path: str, mode: str = "r"):
+        files, key = self.host.shared.files, (self.host.name, path)
+        if "r" in mode:
+            if key not in files:
+                raise FileNotFoundError(errno.ENOENT, "No such file", path)
+            self.host.shared.log.append((self.host.name, f"sftp get {path}"))
+            return _SftpReader(as_bytes(files[key]))
+        if "x" in mode and key in files:
+            raise FileExistsError(errno.EEXIST, "Failure", path)
+        self.host.shared.log.append((self.host.name, f"sftp put {path}"))
+        return _SftpWriter(lambda data: files.__setitem__(key, data))
+
+
+class _SftpReader(io.BytesIO):
+    def prefetch(self, file_size=None):
+        pass
+
+
+class _SftpWriter(io.BytesIO):
+    def __init__(self, store):
+        super().__init__()
+        self.store = store
+
+    def chmod(self, mode):
+        pass
+
+    def set_pipelined(self, pipelined=True):
+        pass
+
+    def close(self):
+        if not self.closed:
+            self.store(self.getvalue())
+        super().close()
+
+
+class FakeHost:
+    """One host: the `run` and `sftp` contract of a fabric Connection. Role xen, kvm or guest."""
+
+    def __init__(self, name: str, role: str, peer: str | None, shared: Shared):
         self.name, self.role, self.peer, self.shared = name, role, peer, shared
+
+    def sftp(self) -> FakeSftp:
+        return FakeSftp(self)
 
     def run(self, command: str, **kwargs) -> Result:
         self.shared.log.append((self.name, command))
@@ -84,19 +137,43 @@ class FakeHost:
             return self.drbdadm(argv[1:])
         if tool == "virsh":
             return self.virsh(argv[3:])
+        if argv == ["ls", "-1", "/boot"]:
+            return Result(stdout="".join(f"{p[6:]}\n" for h, p in sorted(self.shared.files)
+                                         if h == self.name and re.fullmatch(r"/boot/[^/]+", p)))
+        if tool == "rm":
+            for path in argv[3:]:
+                self.shared.files.pop((self.name, path), None)
         if tool in ("mkdir", "lvcreate", "lvremove", "qemu-img", "rm"):
             self.shared.snapshots.append(argv)
             return Result()
         raise AssertionError(f"{self.name}: unexpected command {argv}")
 
     def shell(self, script, args, stdin):
+        files = self.shared.files
         if 'command -v "$1"' in script:
             return Result(exited=0 if args[0] == "xl" and self.role == "xen" else 1)
+        if "sha256sum" in script:
+            content = files.get((self.name, args[0]))
+            if content is None:
+                return Result(exited=66)
+            if self.name in self.shared.without_sha256sum:
+                return Result(exited=69)
+            return Result(stdout=f"{hashlib.sha256(as_bytes(content)).hexdigest()}  -\n")
+        if script.startswith('[ -s "$1" ] && [ -s "$2" ]'):
+            if not all(files.get((self.name, path)) for path in args[:2]):
+                return Result(exited=66)
+            return Result(stdout=files.get((self.name, args[2]), ""))
         if "cat --" in script and "exit 66" in script:
-            text = self.shared.files.get((self.name, args[0]))
+            text = files.get((self.name, args[0]))
             return Result(stdout=text) if text is not None else Result(exited=66)
         if "mktemp" in script:
-            self.shared.files[(self.name, args[0])] = stdin
+            staged = args[2] if len(args) > 2 else ""
+            files[(self.name, args[0])] = files.pop((self.name, staged)).decode() if staged else stdin
+            return Result()
+        if 'names="$names $1"' in script:
+            directory, pairs = args[0], args[1:]
+            for name, staged in zip(pairs[::2], pairs[1::2]):
+                files[(self.name, f"{directory}/{name}")] = files.pop((self.name, staged))
             return Result()
         raise AssertionError(f"unexpected script {script!r}")
 

@@ -674,7 +674,7 @@ def test_prepare_bookworm_sends_exactly_these_changes():
     files = written(ctx)
     assert files["/etc/default/grub"] == convert_default_grub(
         BOOKWORM_DEFAULT_GRUB, {"xvda2": "sda", "xvda1": "sdb"}, "/dev/sda")
-    assert 'GRUB_CMDLINE_LINUX="root=/dev/sda console=ttyS0,115200n8 console=hvc0"' in files["/etc/default/grub"]
+    assert 'GRUB_CMDLINE_LINUX="root=/dev/sda net.ifnames=0 console=ttyS0,115200n8 console=hvc0"' in files["/etc/default/grub"]
 
 
 def test_prepare_bookworm_second_run_changes_nothing(capsys):
@@ -696,7 +696,7 @@ def test_uuid_flag_writes_uuids_from_blkid_on_the_current_names():
     files = written(ctx)
     assert f"UUID={root_uuid} / ext4" in files["/etc/fstab"]
     assert f"UUID={swap_uuid} none swap" in files["/etc/fstab"]
-    assert f'root=UUID={root_uuid} console=ttyS0' in files["/etc/default/grub"]
+    assert f'root=UUID={root_uuid} net.ifnames=0 console=ttyS0' in files["/etc/default/grub"]
 
 
 # -- refusals ----------------------------------------------------------------------------------
@@ -764,6 +764,24 @@ def test_prepare_task_reads_the_cfg_on_the_xen_host(site_of):
     stage.prepare(Context(), vm="logger", uuid=False)
     assert sent(xen) == [read_cmd("/etc/xen/auto/logger.cfg")]
     assert written(guest)["/etc/fstab"] == convert_fstab(LENNY_FSTAB, {"xvda2": "sda", "xvda1": "sdb"})
+
+
+@pytest.mark.parametrize("boot", ["grub", "direct-kernel"])
+def test_prepare_of_a_direct_kernel_vm_ends_by_naming_fetch_kernel(monkeypatch, capsys, boot):
+    """prepare reaches the guest only (kvm1 has no connection here): it names the next step."""
+    inv = parse_inventory(INVENTORY.replace("    guest_address:", f"    boot: {boot}\n    guest_address:"))
+    contexts = {"xen1": MockContext(run={read_cmd("/etc/xen/auto/logger.cfg"): Result(stdout=LENNY_CFG)}),
+                "logger (guest)": lenny()}
+    monkeypatch.setattr(stage.inventory, "from_context", lambda c: inv)
+    monkeypatch.setattr(stage, "site_from_context", lambda c, i, dry_run=False: Site(
+        i, dry_run=dry_run, connect=lambda label, *a, **k: contexts[label]))
+    stage.prepare(Context(), vm="logger", uuid=False)
+    last = capsys.readouterr().out.splitlines()[-1]
+    if boot == "grub":
+        assert "fetch-kernel" not in last
+    else:
+        assert last == ("! logger boots direct-kernel: copy its kernel and initrd to kvm1 with "
+                        "`fab kvmhost.fetch-kernel --vm logger` (after every kernel or initramfs change)")
 
 
 def test_facts_task_prints_and_returns_the_facts(site_of, capsys):

@@ -14,10 +14,11 @@ from hypothesis import strategies as st
 
 from tasks.errors import InputError
 from tasks.formats.bootloader import (
-    CONSOLE_ARGS, convert_default_grub, convert_menu_lst, kernel_is_xen_only, render_device_map)
+    CONSOLE_ARGS, NIC_NAMES, convert_default_grub, convert_menu_lst, kernel_is_xen_only, render_device_map)
 
 RENAMES = {"xvda2": "sda", "xvda1": "sdb"}
 CONSOLES = " ".join(CONSOLE_ARGS)
+GRUB_ARGS = f"{NIC_NAMES} {CONSOLES}"     # what grub 2's command line gets, in this order
 
 BOOKWORM_GRUB = """\
 # If you change this file or any /etc/default/grub.d/*.cfg file,
@@ -65,7 +66,7 @@ GRUB_CMDLINE_LINUX=""
 def test_bookworm_exact():
     out = convert_default_grub(BOOKWORM_GRUB, RENAMES)
     assert out == BOOKWORM_GRUB.replace(
-        'GRUB_CMDLINE_LINUX=""', 'GRUB_CMDLINE_LINUX="console=ttyS0,115200n8 console=hvc0"') + (
+        'GRUB_CMDLINE_LINUX=""', 'GRUB_CMDLINE_LINUX="net.ifnames=0 console=ttyS0,115200n8 console=hvc0"') + (
         'GRUB_TERMINAL="console serial"\n'
         'GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"\n')
     assert convert_default_grub(out, RENAMES) == out
@@ -79,7 +80,8 @@ def test_xen_tools_pvgrub_style_console_and_root():
             "GRUB_TERMINAL=console\n")
     assert convert_default_grub(text, RENAMES) == (
         'GRUB_CMDLINE_LINUX_DEFAULT="quiet"\n'
-        "GRUB_CMDLINE_LINUX='root=/dev/sda resume=/dev/sdb console=ttyS0,115200n8 console=hvc0'  # set by hand\n"
+        "GRUB_CMDLINE_LINUX='root=/dev/sda resume=/dev/sdb net.ifnames=0 console=ttyS0,115200n8 console=hvc0'"
+        "  # set by hand\n"
         "GRUB_DISABLE_LINUX_UUID=true\n"
         'GRUB_TERMINAL="console serial"\n'
         'GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"\n')
@@ -91,7 +93,7 @@ def test_root_argument_wins_over_generated_root():
     assert out == (
         'GRUB_CMDLINE_LINUX_DEFAULT="quiet"\n'
         'GRUB_CMDLINE_LINUX="elevator=noop root=UUID=0f3e8a1c-6d2b-4f7e-9a51-3b8c2d4e5f60 '
-        'console=ttyS0,115200n8 console=hvc0"\n'
+        'net.ifnames=0 console=ttyS0,115200n8 console=hvc0"\n'
         'GRUB_TERMINAL="console serial"\nGRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"\n')
     assert convert_default_grub(out, RENAMES, root="UUID=0f3e8a1c-6d2b-4f7e-9a51-3b8c2d4e5f60") == out
 
@@ -100,14 +102,31 @@ def test_consoles_go_on_the_last_assignment():
     text = 'GRUB_CMDLINE_LINUX="console=hvc0"\nGRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX net.ifnames=0"\n'
     assert convert_default_grub(text, {}).splitlines()[:2] == [
         'GRUB_CMDLINE_LINUX=""',
-        f'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX net.ifnames=0 {CONSOLES}"',
+        f'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX {GRUB_ARGS}"',
     ]
+
+
+def test_eth0_names_win_over_an_earlier_choice_and_stay_single():
+    """net.ifnames=1 on _DEFAULT (appended later by grub) would give KVM's NIC ens3 again."""
+    text = 'GRUB_CMDLINE_LINUX_DEFAULT="quiet net.ifnames=1"\nGRUB_CMDLINE_LINUX="net.ifnames=1 biosdevname=0"\n'
+    out = convert_default_grub(text, {})
+    assert out.splitlines()[:2] == [
+        'GRUB_CMDLINE_LINUX_DEFAULT="quiet"',
+        f'GRUB_CMDLINE_LINUX="biosdevname=0 {GRUB_ARGS}"',
+    ]
+    assert out.count("net.ifnames") == 1
+    assert convert_default_grub(out, {}) == out
+
+
+def test_menu_lst_keeps_the_kernels_nic_names():
+    """pygrub's menu.lst boots the Xen side only, where netfront is eth0 anyway."""
+    assert NIC_NAMES not in convert_menu_lst(MENU_LST, RENAMES)
 
 
 def test_missing_cmdline_is_added():
     assert convert_default_grub("GRUB_TIMEOUT=5", {}) == (
         "GRUB_TIMEOUT=5\n"
-        f'GRUB_CMDLINE_LINUX="{CONSOLES}"\n'
+        f'GRUB_CMDLINE_LINUX="{GRUB_ARGS}"\n'
         'GRUB_TERMINAL="console serial"\nGRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"\n')
 
 

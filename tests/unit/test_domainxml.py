@@ -481,7 +481,7 @@ def test_direct_kernel_boots_the_kvm_hosts_copy_with_kvm_consoles(schema_dirs):
     spec = plan_domain_spec(parse_xen_cfg(SEED_CFG), seed_disk_map(vm), vm)
     assert spec.kernel == "/var/lib/xenkvm/boot/logger/vmlinuz"
     assert spec.initrd == "/var/lib/xenkvm/boot/logger/initrd.img"
-    assert spec.cmdline == "root=/dev/sda ro elevator=noop console=ttyS0,115200n8 console=tty0"
+    assert spec.cmdline == "root=/dev/sda ro elevator=noop net.ifnames=0 console=ttyS0,115200n8 console=tty0"
     doc = parse(render_domain_xml(spec))
     assert doc.xpath("os/boot") == []
     assert doc.findtext("os/cmdline") == spec.cmdline
@@ -491,11 +491,18 @@ def test_direct_kernel_boots_the_kvm_hosts_copy_with_kvm_consoles(schema_dirs):
 def test_direct_kernel_takes_root_from_extra_or_xl_cmdline_and_needs_one():
     vm = seed_vm(boot="direct-kernel")
     spec = plan_domain_spec(xen_cfg(extra="'root=/dev/sda1 quiet'"), [], vm)
-    assert spec.cmdline == f"root=/dev/sda1 quiet {KVM_CONSOLES}"
+    assert spec.cmdline == f"root=/dev/sda1 quiet net.ifnames=0 {KVM_CONSOLES}"
     spec = plan_domain_spec(xen_cfg(root="'/dev/sdb ro'", cmdline="'root=/dev/sda2 ro'"), [], vm)
-    assert spec.cmdline == f"root=/dev/sda2 ro {KVM_CONSOLES}"
+    assert spec.cmdline == f"root=/dev/sda2 ro net.ifnames=0 {KVM_CONSOLES}"
     with pytest.raises(ValueError, match="direct-kernel boot needs root="):
         plan_domain_spec(xen_cfg(extra="'quiet'"), [], vm)
+
+
+def test_direct_kernel_names_the_nic_eth0_whatever_the_cfg_said():
+    """The guest's interfaces file says eth0; udev would call KVM's PCI NIC ens3 without this."""
+    vm = seed_vm(boot="direct-kernel")
+    spec = plan_domain_spec(xen_cfg(extra="'root=/dev/sda1 net.ifnames=1 quiet'"), [], vm)
+    assert spec.cmdline == f"root=/dev/sda1 quiet net.ifnames=0 {KVM_CONSOLES}"
 
 
 @pytest.mark.parametrize("poweroff,reboot,crash,expected", [
