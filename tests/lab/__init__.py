@@ -48,6 +48,19 @@ RESOURCES = [
 ]
 SWAP = {"path": "/dev/vg_main/logger-swap", "vdev": "xvda1"}
 
+# Light fleet VMs (Settings.fleet of them), for many VMs at once: each is a Xen domain
+# of the simulator and a real (diskless-booting) qemu domain on kvm1, over one small DRBD
+# resource; no guest OS runs inside.
+FLEET_MAX = 64
+FLEET_MEMORY = 32    # MiB: SeaBIOS finds nothing to boot and idles
+FLEET_DISK_SIZE = "1M"
+
+
+def fleet_vms(count: int) -> list[dict]:
+    """Names, resource, minor, port and MAC of the first `count` fleet VMs."""
+    return [{"name": f"fleet{i:02d}", "resource": f"fleet{i:02d}-disk", "minor": 20 + i, "port": 7800 + i,
+             "mac": f"00:16:3e:77:f0:{i:02x}", "vdev": "xvda2"} for i in range(1, count + 1)]
+
 
 def netns(host: str) -> str:
     """The named network namespace of a lab host."""

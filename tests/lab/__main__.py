@@ -21,13 +21,14 @@ def _settings_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--toolstack", choices=("xl", "xm"), help="Xen toolstack on xen1 (default xl)")
     parser.add_argument("--shutdown-delay", type=float, metavar="S",
                         help="seconds a Xen guest takes to shut down (default 1.0)")
+    parser.add_argument("--fleet", type=int, metavar="N", help="light VMs fleet01..N beside the guest (default 0)")
 
 
 def _settings(args, base):
     from .config import Settings
 
     given = {k: v for k, v in (("drbd_style", args.drbd_style), ("toolstack", args.toolstack),
-                               ("shutdown_delay", args.shutdown_delay)) if v is not None}
+                               ("shutdown_delay", args.shutdown_delay), ("fleet", args.fleet)) if v is not None}
     return Settings(**{**base.as_dict(), **given})
 
 

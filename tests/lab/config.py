@@ -17,7 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from . import (CLIENT_KEY, GUEST, HOST_PYTHON, HOSTS, KNOWN_HOSTS, REPO, RESOURCES, STATE_DIR, SWAP, SWITCH_NS)
+from . import (CLIENT_KEY, FLEET_MAX, FLEET_MEMORY, GUEST, HOST_PYTHON, HOSTS, KNOWN_HOSTS, REPO, RESOURCES, STATE_DIR,
+               SWAP, SWITCH_NS, fleet_vms)
 
 XEN_CFG = f"/etc/xen/auto/{GUEST['name']}.cfg"
 
@@ -29,6 +30,7 @@ class Settings:
     drbd_style: str = "9"
     toolstack: str = "xl"
     shutdown_delay: float = 1.0
+    fleet: int = 0             # light VMs beside the guest (fleet01...)
 
     def __post_init__(self):
         if self.drbd_style not in ("9", "8.4"):
@@ -37,6 +39,8 @@ class Settings:
             raise ValueError(f"toolstack must be xl or xm, got {self.toolstack!r}")
         if self.shutdown_delay < 0:
             raise ValueError(f"shutdown delay must not be negative, got {self.shutdown_delay}")
+        if not 0 <= self.fleet <= FLEET_MAX:
+            raise ValueError(f"fleet must be 0 to {FLEET_MAX} VMs, got {self.fleet}")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -61,8 +65,9 @@ def lab_command(*args: str) -> list[str]:
 
 
 def guest_command(host: str, verb: str) -> list[str]:
-    """The argv a host runs to boot or halt a lab guest (the domain name is appended)."""
-    return lab_command("guest", verb, "--host", host)
+    """The argv a host runs to boot or halt a lab guest (the domain name is appended; nothing
+    happens for a domain with no guest OS, such as a fleet VM)."""
+    return lab_command("guest", verb, "--host", host, "--if-lab")
 
 
 def host_json(host: str, settings: Settings) -> str:
@@ -99,6 +104,14 @@ def xen_cfg() -> str:
     with tempfile.TemporaryDirectory() as out:
         subprocess.run(["xt-create-xen-config", f"--output={out}"], env=env, check=True, capture_output=True)
         return (Path(out) / f"{GUEST['name']}.cfg").read_text()
+
+
+def fleet_cfg(vm: dict) -> str:
+    """A fleet VM's cfg, in the shape xen-tools gives (pygrub, root on xvda2, one DRBD disk)."""
+    return (f"bootloader = 'pygrub'\nvcpus = '1'\nmemory = '{FLEET_MEMORY}'\n"
+            f"root = '/dev/{vm['vdev']} ro'\ndisk = [ 'phy:/dev/drbd{vm['minor']},{vm['vdev']},w' ]\n"
+            f"name = '{vm['name']}'\nvif = [ 'mac={vm['mac']},bridge={GUEST['bridge']}' ]\n"
+            "on_poweroff = 'destroy'\non_reboot = 'restart'\non_crash = 'restart'\n")
 
 
 def drbd_res(resource: dict) -> str:
@@ -156,8 +169,8 @@ def libvirt_hook(host: str) -> str:
     return ("#!/bin/sh\n"
             "# libvirt runs: qemu DOMAIN OPERATION SUB-OPERATION EXTRA (domain XML on stdin)\n"
             'case "$2" in\n'
-            f'    started) exec {start} --if-lab "$1" </dev/null ;;\n'
-            f'    stopped) exec {stop} --if-lab "$1" </dev/null ;;\n'
+            f'    started) exec {start} "$1" </dev/null ;;\n'
+            f'    stopped) exec {stop} "$1" </dev/null ;;\n'
             "esac\n")
 
 
@@ -172,7 +185,7 @@ def inventory(settings: Settings) -> str:
     keys = {"known_hosts": str(KNOWN_HOSTS), "identity_file": str(CLIENT_KEY)}
     hosts = {}
     for name, spec in HOSTS.items():
-        entry = {"address": spec["address"], "role": spec["role"]}
+        entry = {"address": spec["address"], "role": spec["role"], "max_parallel": 8}
         entry.update({"toolstack": settings.toolstack} if spec["role"] == "xen" else
                      {"libvirt_uri": "qemu:///system"})
         entry.update(keys, proxy_command=proxy_command(spec["address"]))
@@ -191,7 +204,17 @@ def inventory(settings: Settings) -> str:
         "snapshot": "qcow2",   # no device-mapper here, so no LVM snapshots
         "disks": disks,
     }
+    vms = {GUEST["name"]: vm}
+    for f in fleet_vms(settings.fleet):
+        vms[f["name"]] = {
+            "xen_host": xen, "kvm_host": kvm, "cfg": f"/etc/xen/auto/{f['name']}.cfg", "mac": f["mac"],
+            "memory": FLEET_MEMORY, "bridge": GUEST["bridge"], "bus": "ide", "domain_type": "qemu",
+            "machine": "pc", "snapshot": "qcow2",
+            "disks": [{"resource": f["resource"], "device": f"/dev/drbd{f['minor']}",
+                       "backing": f"/dev/vg_main/{f['resource']}", "meta_disk": "internal", "port": f["port"],
+                       "vdev": f["vdev"]}],
+        }
     header = ("# The local lab's inventory, written by `python -m tests.lab up` and `reset`\n"
               "# (absolute paths of this checkout; do not edit). Settings: "
-              f"drbd {settings.drbd_style}, toolstack {settings.toolstack}.\n")
-    return header + yaml.safe_dump({"hosts": hosts, "vms": {GUEST["name"]: vm}}, sort_keys=False)
+              f"drbd {settings.drbd_style}, toolstack {settings.toolstack}, fleet {settings.fleet}.\n")
+    return header + yaml.safe_dump({"hosts": hosts, "vms": vms}, sort_keys=False)

@@ -15,8 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import (CLIENT_KEY, GUEST, HOST_PYTHON, HOSTS, INVENTORY, KEYS, KNOWN_HOSTS, NETMASK, RESOURCES, STATE_DIR,
-               SWITCH_ADDRESS, SWITCH_BRIDGE, SWITCH_NS, WORK, host_dir, netns)
+from . import (CLIENT_KEY, FLEET_DISK_SIZE, GUEST, HOST_PYTHON, HOSTS, INVENTORY, KEYS, KNOWN_HOSTS, NETMASK,
+               RESOURCES, STATE_DIR, SWITCH_ADDRESS, SWITCH_BRIDGE, SWITCH_NS, WORK, fleet_vms, host_dir, netns)
 from . import config, guest, hosts, image, spaces
 from .spaces import LabError, alive, enter, run
 
@@ -97,8 +97,11 @@ def write_known_hosts() -> None:
     KNOWN_HOSTS.write_text("".join(lines))
 
 
-def _attach_loops(state: dict, disks: dict[str, Path]) -> None:
-    """One loop device per host per disk: both hosts' /dev/drbd5 are loops over the same file."""
+def _attach_loops(state: dict, disks: dict[str, Path], fleet: int) -> None:
+    """One loop device per host per disk: both hosts' /dev/drbd5 are loops over the same file.
+
+    A fleet VM's disk is one loop that both hosts' nodes share (nothing reads it but SeaBIOS).
+    """
     for host in HOSTS:
         files = {r["resource"]: disks[r["resource"]] for r in RESOURCES}
         files["swap"] = disks[f"swap@{host}"]
@@ -106,33 +109,44 @@ def _attach_loops(state: dict, disks: dict[str, Path]) -> None:
         for name, path in files.items():
             loops[name] = run(["losetup", "--find", "--show", path]).stdout.strip()
             _save(state)
+    for vm in fleet_vms(fleet):
+        path = image.DISKS / f"{vm['resource']}.img"
+        run(["truncate", "-s", FLEET_DISK_SIZE, path])
+        loop = run(["losetup", "--find", "--show", path]).stdout.strip()
+        for host in HOSTS:
+            state["loops"][host][vm["resource"]] = loop
+        _save(state)
 
 
-def _seed_simulators() -> None:
-    """The simulators' initial state: both resources up, connected, UpToDate, Primary on xen1."""
+def _seed_simulators(fleet: int) -> None:
+    """The simulators' initial state: every resource up, connected, UpToDate, Primary on xen1."""
     from . import sim
 
     shutil.rmtree(STATE_DIR, ignore_errors=True)
     STATE_DIR.mkdir(parents=True)
     xen, kvm = _host_of("xen"), _host_of("kvm")
-    for r in RESOURCES:
+    vms = {GUEST["name"]: {"xen_host": xen, "kvm_host": kvm, "resources": [r["resource"] for r in RESOURCES]}}
+    vms.update({vm["name"]: {"xen_host": xen, "kvm_host": kvm, "resources": [vm["resource"]]}
+                for vm in fleet_vms(fleet)})
+    for r in RESOURCES + fleet_vms(fleet):
         device = f"/dev/drbd{r['minor']}"
         sim.seed_resource(str(STATE_DIR), r["resource"], r["minor"], {xen: device, kvm: device}, primary=xen)
-    sim.write_vms(str(STATE_DIR), {GUEST["name"]: {"xen_host": xen, "kvm_host": kvm,
-                                                   "resources": [r["resource"] for r in RESOURCES]}})
+    sim.write_vms(str(STATE_DIR), vms)
 
 
 def _host_of(role: str) -> str:
     return next(name for name, spec in HOSTS.items() if spec["role"] == role)
 
 
-def _boot_guest(settings_: config.Settings) -> None:
-    """Start the guest as its operator would: `xl create` (or xm) on xen1, which boots the guest."""
+def _boot_guests(settings_: config.Settings) -> None:
+    """Start the guests as their operator would: `xl create` (or xm) on xen1 for each cfg."""
     host = _host_of("xen")
-    done = exec_(host, [settings_.toolstack, "create", config.XEN_CFG], capture_output=True, text=True, timeout=60)
+    cfgs = [config.XEN_CFG, *(f"/etc/xen/auto/{vm['name']}.cfg" for vm in fleet_vms(settings_.fleet))]
+    script = 'for cfg; do "$0" create "$cfg" >/dev/null || { echo "$0 create $cfg failed" >&2; exit 1; }; done'
+    done = exec_(host, ["sh", "-c", script, settings_.toolstack, *cfgs], capture_output=True, text=True,
+                 timeout=60 + len(cfgs))
     if done.returncode:
-        raise LabError(f"{host}: {settings_.toolstack} create {config.XEN_CFG} failed: "
-                       f"{(done.stderr or done.stdout).strip()}")
+        raise LabError(f"{host}: {(done.stderr or done.stdout).strip()}")
 
 
 def _publish(settings_: config.Settings) -> None:
@@ -157,7 +171,7 @@ def up(settings_: config.Settings | None = None) -> None:
     state = {"settings": settings_.as_dict(), "hosts": {}, "loops": {}, "up": False}
     _save(state)
     disks = image.restore(HOSTS, CLIENT_KEY.with_suffix(".pub"))
-    _attach_loops(state, disks)
+    _attach_loops(state, disks, settings_.fleet)
     run(["ip", "netns", "add", SWITCH_NS])
     for argv in (["link", "set", "lo", "up"], ["link", "add", SWITCH_BRIDGE, "type", "bridge"],
                  ["addr", "add", f"{SWITCH_ADDRESS}/{NETMASK}", "dev", SWITCH_BRIDGE],
@@ -170,7 +184,7 @@ def up(settings_: config.Settings | None = None) -> None:
         state["hosts"][host] = {"outer": outer, "pid": pid}
         _save(state)
         hosts.network(host)
-        hosts.build_view(host, pid, state["loops"][host])
+        hosts.build_view(host, pid, state["loops"][host], settings_.fleet)
         hosts.start_sshd(pid)
         if HOSTS[host]["role"] == "kvm":
             hosts.start_libvirt(pid)
@@ -179,8 +193,12 @@ def up(settings_: config.Settings | None = None) -> None:
         spaces.wait_for(f"sshd on {host}", lambda: spaces.listening(h["pid"], 22), 10)
     state["up"] = True
     _save(state)
-    _seed_simulators()
-    _boot_guest(settings_)
+    try:
+        _seed_simulators(settings_.fleet)
+        _boot_guests(settings_)
+    except BaseException:
+        down()   # a lab whose guests did not boot is not up
+        raise
     _publish(settings_)
     say(f"up in {time.monotonic() - started:.1f}s; inventory {INVENTORY}")
 

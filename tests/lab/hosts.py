@@ -17,7 +17,7 @@ import stat
 from pathlib import Path
 
 from . import (CACHE, GUEST, HOSTS, KEYS, LAB, REPO, RESOURCES, SWAP, SWITCH_BRIDGE, SWITCH_NS, NETMASK,
-               host_dir, netns)
+               fleet_vms, host_dir, netns)
 from . import config
 from .spaces import daemon, enter, run, wait_for
 
@@ -27,14 +27,14 @@ VIRSH = "/usr/bin/virsh"   # the real one: lab plumbing bypasses the fault wrapp
 SIM_COMMANDS = {"xen": ("drbdadm",), "kvm": ("drbdadm", "virsh")}
 
 
-def devices(loops: dict[str, str]) -> dict[str, str]:
+def devices(loops: dict[str, str], fleet: int) -> dict[str, str]:
     """Block device nodes of this host -> its loop device behind each.
 
     /dev/drbdN and its backing "LV" /dev/vg_main/RESOURCE are the same loop device
     (there is no DRBD layer in between); the swap LV is the host's own.
     """
     nodes = {}
-    for r in RESOURCES:
+    for r in RESOURCES + fleet_vms(fleet):
         nodes[f"/dev/drbd{r['minor']}"] = loops[r["resource"]]
         nodes[f"/dev/vg_main/{r['resource']}"] = loops[r["resource"]]
     nodes[SWAP["path"]] = loops["swap"]
@@ -68,7 +68,7 @@ def prepare(host: str, settings: config.Settings) -> None:
     shutil.copy(KEYS / "id_ed25519.pub", etc / "ssh/lab_authorized_keys")
     (home / "lab/host.json").write_text(config.host_json(host, settings))
     shutil.copytree("/etc/drbd.d", home / "drbd.d")
-    for r in RESOURCES:
+    for r in RESOURCES + fleet_vms(settings.fleet):
         (home / "drbd.d" / f"{r['resource']}.res").write_text(config.drbd_res(r))
     if role == "xen":
         # The machine's /etc/xen holds drbd-utils' block-drbd script, as a Xen host's does.
@@ -76,6 +76,8 @@ def prepare(host: str, settings: config.Settings) -> None:
             shutil.copytree("/etc/xen", home / "xen")
         (home / "xen/auto").mkdir(parents=True, exist_ok=True)
         (home / "xen/auto" / Path(config.XEN_CFG).name).write_text(config.xen_cfg())
+        for vm in fleet_vms(settings.fleet):
+            (home / "xen/auto" / f"{vm['name']}.cfg").write_text(config.fleet_cfg(vm))
     else:
         (etc / "libvirt/qemu.conf").write_text(config.QEMU_CONF)
         hook = etc / "libvirt/hooks/qemu"
@@ -84,7 +86,7 @@ def prepare(host: str, settings: config.Settings) -> None:
     link_sim_commands(host, settings.toolstack)
 
 
-def view_script(host: str, loops: dict[str, str]) -> str:
+def view_script(host: str, loops: dict[str, str], fleet: int) -> str:
     """Shell run inside the new mount namespace to build the host's view of the file system."""
     home = host_dir(host)
     q = shlex.quote
@@ -131,7 +133,7 @@ def view_script(host: str, loops: dict[str, str]) -> str:
         "mount -t mqueue mqueue $d/mqueue",
         "mkdir -p $d/vg_main",
     ]
-    for node, loop in devices(loops).items():
+    for node, loop in devices(loops, fleet).items():
         rdev = os.stat(loop).st_rdev
         lines.append(f"mknod -m 660 $d{node[4:]} b {os.major(rdev)} {os.minor(rdev)}")
     lines += ["umount --recursive --lazy /dev", "mount --move $d /dev"]
@@ -158,8 +160,8 @@ def network(host: str) -> None:
         run(["ip", "-n", ns, *argv])
 
 
-def build_view(host: str, pid: int, loops: dict[str, str]) -> None:
-    run(enter(pid, ["sh", "-c", view_script(host, loops)]))
+def build_view(host: str, pid: int, loops: dict[str, str], fleet: int) -> None:
+    run(enter(pid, ["sh", "-c", view_script(host, loops, fleet)]))
 
 
 def start_sshd(pid: int) -> None:
