@@ -1,12 +1,13 @@
 """`make bench`: every benchmark, each printing its method and `bench: NAME = VALUE UNIT`."""
 
-from . import migration
+from . import fleet, migration
 from .startup import list_startup_ratio
 
 
 def main() -> None:
     list_startup_ratio()
     migration.run()
+    fleet.run()
 
 
 if __name__ == "__main__":

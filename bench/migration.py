@@ -9,7 +9,6 @@ downtime-gap-s: from "source domain seen gone" to "start issued on the target".
 
 from __future__ import annotations
 
-import os
 import shlex
 import statistics
 import subprocess
@@ -23,16 +22,9 @@ import yaml
 from tests.lab import INVENTORY, control
 from tests.lab.config import Settings
 
-from .common import FAB, REPO, report
+from .common import fab, report
 
 RUNS = 5
-
-
-def _fab(inventory: Path, state: Path, *args: str) -> float:
-    env = {**os.environ, "FABRIC_INVENTORY": str(inventory), "FABRIC_STATE_DIR": str(state)}
-    started = time.perf_counter()
-    subprocess.run([str(FAB), *args], cwd=REPO, env=env, check=True, capture_output=True)
-    return time.perf_counter() - started
 
 
 def _audit(state: Path) -> list[dict]:
@@ -99,11 +91,11 @@ def _measure(settings: Settings) -> None:
         for n in range(RUNS):
             control.reset(settings)
             there, back = tmp / f"there{n}", tmp / f"back{n}"
-            tool_times.append(_fab(counted, there, "migrate", "--vm", "logger"))
+            tool_times.append(fab(counted, there, "migrate", "--vm", "logger"))
             connections.append(_count(tmp))
             xml = control.exec_("kvm1", ["cat", "/var/lib/xenkvm/logger.xml"], capture_output=True,
                                 text=True).stdout
-            _fab(counted, back, "migrate", "--vm", "logger")
+            fab(counted, back, "migrate", "--vm", "logger")
             connections.append(_count(tmp))
             gaps += [downtime_gap(_audit(there)), downtime_gap(_audit(back))]
             entries = _audit(there)

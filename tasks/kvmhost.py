@@ -44,15 +44,34 @@ def virsh(host: Host, *args: str) -> list[str]:
     return ["virsh", "-c", host.libvirt_uri, *args]
 
 
+# What `virsh list` prints in a domain's State column (LANG=C), longest first.
+DOMAIN_STATES = ("in shutdown", "pmsuspended", "shut off", "crashed", "running", "blocked", "paused", "idle",
+                 "dying", "no state")
+
+
+def parse_domain_states(text: str) -> dict[str, str]:
+    """`virsh list --all`: domain name -> state (a name may hold spaces; the state ends the line)."""
+    states = {}
+    lines = text.splitlines()
+    start = next((i + 1 for i, line in enumerate(lines) if line.strip().startswith("---")), len(lines))
+    for line in lines[start:]:
+        fields = line.split(None, 1)
+        state = next((st for st in DOMAIN_STATES if line.rstrip().endswith(" " + st)), None)
+        if len(fields) == 2 and state:
+            states[fields[1].rstrip()[:-len(state)].strip()] = state
+    return states
+
+
 def domain_state(remote: Remote, host: Host, name: str) -> str:
-    """`running`, `shut off`, `paused`, ... or `not found` when libvirt has no such domain."""
-    outcome = remote.probe(virsh(host, "domstate", name), env={"LANG": "C"})
-    if outcome.ok:
-        return outcome.stdout.strip().splitlines()[0] if outcome.stdout.strip() else "unknown"
-    if "failed to get domain" in outcome.stderr or "Domain not found" in outcome.stderr:
-        return "not found"
-    raise ToolError(f"{host.name}: `virsh domstate {name}` failed (exit {outcome.exit_code}): "
-                    f"{outcome.stderr.strip()}")
+    """`running`, `shut off`, `paused`, ... or `not found` when libvirt has no such domain.
+
+    From one `virsh list --all` that concurrent callers share (Remote.shared_probe).
+    """
+    outcome = remote.shared_probe(virsh(host, "list", "--all"), env={"LANG": "C"})
+    if not outcome.ok:
+        raise ToolError(f"{host.name}: `virsh list --all` failed (exit {outcome.exit_code}): "
+                        f"{(outcome.stderr or outcome.stdout).strip()}")
+    return parse_domain_states(outcome.stdout).get(name, "not found")
 
 
 def domain_running(remote: Remote, host: Host, name: str) -> bool:

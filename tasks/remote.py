@@ -99,6 +99,16 @@ class AuditLog:
                 fh.write(json.dumps(entry) + "\n")
 
 
+@dataclass
+class _Listing:
+    """Runs of one shared listing command: numbered as they start, the last one's outcome kept."""
+
+    next_run: int = 0
+    finished_run: int = -1
+    running: bool = False
+    outcome: Outcome | None = None
+
+
 class Remote:
     """One host as seen by the stages: run probes and changes, read and edit files.
 
@@ -115,6 +125,8 @@ class Remote:
         self.audit = audit or AuditLog(None)
         self.facts: dict = {}   # probe results that hold for the whole run (toolstack, ...)
         self._sftp_lock = threading.Lock()
+        self._listings: dict[str, _Listing] = {}
+        self._listings_changed = threading.Condition()
 
     def command(self, argv: Sequence[str], env: dict[str, str] | None = None) -> str:
         prefix = ["env", *(f"{k}={v}" for k, v in (env or {}).items())] if env else []
@@ -140,6 +152,34 @@ class Remote:
               timeout: float | None = None) -> Outcome:
         """Read-only: always runs, even in a dry run; the caller judges the exit code."""
         return self._run(argv, kind="probe", env=env, timeout=timeout)
+
+    def shared_probe(self, argv: Sequence[str], *, env: dict[str, str] | None = None) -> Outcome:
+        """A read-only listing (`xl list`) run once for every thread asking at the same time.
+
+        Each caller gets the output of a run that began after it asked, never an older
+        one, so the answer is as fresh as its own probe would be; a fleet of VMs polling
+        one host costs that host one listing per round instead of one per VM.
+        """
+        key = self.command(argv, env)
+        with self._listings_changed:
+            listing = self._listings.setdefault(key, _Listing())
+            wanted = listing.next_run
+            while listing.finished_run < wanted and listing.running:
+                self._listings_changed.wait()
+            if listing.finished_run >= wanted:
+                return listing.outcome
+            mine, listing.running = listing.next_run, True
+            listing.next_run += 1
+        outcome = None
+        try:
+            outcome = self.probe(argv, env=env)
+            return outcome
+        finally:
+            with self._listings_changed:
+                listing.running = False
+                if outcome is not None:
+                    listing.outcome, listing.finished_run = outcome, mine
+                self._listings_changed.notify_all()
 
     def change(self, argv: Sequence[str], *, env: dict[str, str] | None = None, stdin: str | None = None,
                ok_codes: tuple[int, ...] = (0,), timeout: float | None = None,

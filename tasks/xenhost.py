@@ -48,7 +48,7 @@ def toolstack(remote: Remote, host: Host) -> str:
 
 def list_domains(remote: Remote, host: Host) -> dict[str, str]:
     tool = toolstack(remote, host)
-    outcome = remote.probe([tool, "list"])
+    outcome = remote.shared_probe([tool, "list"])
     if not outcome.ok:
         raise ToolError(f"{host.name}: `{tool} list` failed (exit {outcome.exit_code}): "
                         f"{(outcome.stderr or outcome.stdout).strip()}")

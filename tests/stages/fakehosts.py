@@ -241,6 +241,10 @@ class FakeHost:
     def virsh(self, args):
         verb, name = args[0], args[-1]
         s = self.shared
+        if verb == "list":
+            rows = [f" {'1' if d in s.kvm_running else '-'}    {d}   {'running' if d in s.kvm_running else 'shut off'}"
+                    for d in sorted(s.kvm_defined)]
+            return Result(stdout=" Id   Name   State\n-------------------\n" + "".join(r + "\n" for r in rows) + "\n")
         if verb == "domstate":
             if name not in s.kvm_defined:
                 return Result(stderr=f"error: failed to get domain '{name}'\n", exited=1)

@@ -1,6 +1,7 @@
 """xenhost and kvmhost stages at command level: exact commands, states, quoting."""
 
 import re
+import time
 import shlex
 
 import pytest
@@ -72,25 +73,64 @@ def test_xen_shutdown_waits_until_gone(mocker):
         next(lists)
 
 
-def test_kvm_domain_states_as_pacemaker_reads_them():
-    r, _ = remote({
-        "env LANG=C virsh -c qemu:///system domstate logger": Result("running\n\n"),
-        "env LANG=C virsh -c qemu:///system domstate off": Result("shut off\n\n"),
-        "env LANG=C virsh -c qemu:///system domstate ghost":
-            Result(stderr="error: failed to get domain 'ghost'\n", exited=1),
-        "env LANG=C virsh -c qemu:///system domstate paused": Result("paused\n"),
-    })
+VIRSH_LIST = """\
+ Id   Name            State
+--------------------------------
+ 1    logger          running
+ 3    paused          paused
+ 4    being stopped   in shutdown
+ -    off             shut off
+
+"""
+
+
+def test_kvm_domain_states_from_one_listing():
+    r, ctx = remote({"env LANG=C virsh -c qemu:///system list --all": Result(VIRSH_LIST)})
     assert kvmhost.domain_state(r, KVM, "logger") == "running"
     assert kvmhost.domain_state(r, KVM, "ghost") == "not found"
+    assert kvmhost.domain_state(r, KVM, "being stopped") == "in shutdown"
     assert not kvmhost.domain_running(r, KVM, "off")
     assert not kvmhost.domain_running(r, KVM, "ghost")
     assert kvmhost.domain_running(r, KVM, "paused")
 
 
-def test_virsh_error_other_than_missing_domain_is_reported():
-    r, _ = remote({re.compile(".*domstate.*"): Result(stderr="error: failed to connect to the hypervisor\n", exited=1)})
-    with pytest.raises(ToolError, match="kvm1: `virsh domstate logger` failed .*connect to the hypervisor"):
+def test_virsh_error_is_reported():
+    r, _ = remote({re.compile(".*virsh.*"): Result(stderr="error: failed to connect to the hypervisor\n", exited=1)})
+    with pytest.raises(ToolError, match="kvm1: `virsh list --all` failed .*connect to the hypervisor"):
         kvmhost.domain_state(r, KVM, "logger")
+
+
+def test_concurrent_askers_share_one_listing_that_began_after_they_asked():
+    """Eight threads asking while one listing runs: that run is older than their question, so
+    one more runs for all of them; nobody gets the answer of a run begun before they asked."""
+    import threading
+
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    class SlowList:
+        def run(self, command, **kw):
+            calls.append(command)
+            if len(calls) == 1:
+                started.set()
+                release.wait(5)
+            return Result(VIRSH_LIST if len(calls) > 1 else "", exited=0)
+
+    r = Remote("kvm1", SlowList())
+    first = threading.Thread(target=kvmhost.domain_state, args=(r, KVM, "logger"))
+    first.start()
+    started.wait(5)
+    answers = []
+    askers = [threading.Thread(target=lambda: answers.append(kvmhost.domain_state(r, KVM, "logger")))
+              for _ in range(8)]
+    for t in askers:
+        t.start()
+    deadline = time.monotonic() + 5
+    while len(r._listings_changed._waiters) < 8 and time.monotonic() < deadline:   # all eight wait
+        time.sleep(0.01)
+    release.set()
+    for t in [first, *askers]:
+        t.join(5)
+    assert answers == ["running"] * 8 and len(calls) == 2
 
 
 def test_destroy_of_a_stopped_domain_counts_as_success():
@@ -123,7 +163,5 @@ def test_hostile_values_arrive_as_single_arguments(name, cfg, uri):
     vm = VM(name=name, xen_host="xen1", kvm_host="kvm1", cfg=cfg, disks=())
     xenhost.start_domain(r, xen, vm)
     kvmhost.start_domain(r, kvm, name)
-    kvmhost.domain_state(r, kvm, name)
     assert shlex.split(commands[0]) == ["xl", "create", cfg]
     assert shlex.split(commands[1]) == ["env", "LANG=C", "virsh", "-c", uri, "start", name]
-    assert shlex.split(commands[2]) == ["env", "LANG=C", "virsh", "-c", uri, "domstate", name]

@@ -13,7 +13,6 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, field
 
 from . import cli, model
 from .cli import err, out
@@ -52,13 +51,11 @@ def main(argv=None):
     return cli.run(list(sys.argv if argv is None else argv), _drbdadm)
 
 
-@dataclass
 class Options:
-    dry: bool = False
-    config: str = None
-    cmd: str = None
-    flags: list = field(default_factory=list)
-    names: list = field(default_factory=list)
+    """The parsed command line (a plain class: see store.Host on start-up time)."""
+
+    def __init__(self):
+        self.dry, self.config, self.cmd, self.flags, self.names = False, None, None, [], []
 
 
 def parse_args(args):

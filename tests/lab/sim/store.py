@@ -9,9 +9,8 @@ import contextlib
 import fcntl
 import json
 import os
-import subprocess
 import time
-from dataclasses import dataclass
+from collections import namedtuple
 
 HOST_FILE_ENV = "XENKVM_LAB_HOST_FILE"
 DEFAULT_HOST_FILE = "/etc/xenkvm-lab/host.json"
@@ -21,18 +20,9 @@ STYLES = ("9", "8.4", "8.3")
 HOOK_TIMEOUT = 600
 
 
-@dataclass(frozen=True)
-class Host:
-    """One lab host as its own /etc view describes it (host.json)."""
-
-    name: str
-    role: str
-    state_dir: str
-    drbd_style: str
-    xen_shutdown_delay: float
-    drbd_sync_delay: float
-    guest_start: tuple
-    guest_stop: tuple
+# One lab host as its own /etc view describes it (host.json).  A namedtuple, not a dataclass:
+# every simulated command starts a Python, and dataclasses' imports would double its start-up.
+Host = namedtuple("Host", "name role state_dir drbd_style xen_shutdown_delay drbd_sync_delay guest_start guest_stop")
 
 
 def load_host(path=None):
@@ -127,6 +117,8 @@ def locked(state_dir, actor):
 def run_hook(state_dir, argv):
     """Run a lab hook (guest_start/guest_stop) with its output in hooks.log, never on our pipes:
     a guest it leaves running must not hold the caller's stdout (an SSH channel) open."""
+    import subprocess   # here: the commonest simulated commands never run a hook
+
     with open(os.path.join(state_dir, HOOKS_LOG), "a", encoding="utf-8") as log:
         log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {argv}\n")
         log.flush()
