@@ -20,6 +20,9 @@ DOMAIN_TYPES = ("kvm", "qemu")
 DISK_KINDS = ("block", "file")
 DEFAULT_BRIDGE = "br0"
 BOOT_DIR = "/var/lib/xenkvm/boot"
+# The serial console's output, kept by libvirt (virtlogd) across restarts: what the guest printed
+# while it booted, for the operator to read when it does not come up.
+CONSOLE_LOG_DIR = "/var/log/libvirt/qemu"
 KVM_CONSOLES = "console=ttyS0,115200n8 console=tty0"
 IDE_DISKS = 4  # the pc machine's one IDE controller: two buses, two units each
 
@@ -129,7 +132,8 @@ def render_domain_xml(spec: DomainSpec) -> str:
     """The libvirt domain document for a spec; DomainXmlError for a spec qemu could not run."""
     disks = _check(spec)
     # Autoescape: paths and names may hold <>&'".
-    return template("domain.xml.j2", autoescape=True).render(spec=spec, disks=disks)
+    return template("domain.xml.j2", autoescape=True).render(
+        spec=spec, disks=disks, console_log=f"{CONSOLE_LOG_DIR}/{spec.name}-console.log")
 
 
 @lru_cache(maxsize=None)

@@ -116,6 +116,7 @@ def view_script(host: str, loops: dict[str, str], fleet: int) -> str:
     else:
         lines += [f"mkdir -p {d} && mount -t tmpfs -o mode=755 lab-libvirt {d}"
                   for d in ("/var/lib/libvirt", "/var/log/libvirt")]
+        lines.append("mkdir -p /var/log/libvirt/qemu")   # as the package ships it: console logs go there
         # libvirtd probes qemu for seconds unless its capabilities cache survives (it
         # revalidates the cache against the qemu and libvirtd binaries itself).
         LIBVIRT_CACHE.mkdir(parents=True, exist_ok=True)

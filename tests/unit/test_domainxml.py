@@ -131,6 +131,8 @@ def test_seed_domain_element_by_element():
     assert nics[0].xpath("source/@bridge") == ["br0"]
     assert nics[0].xpath("model/@type") == ["virtio"]
     assert doc.xpath("/domain/devices/serial[@type='pty']/target/@port") == ["0"]
+    assert [dict(log.attrib) for log in doc.xpath("/domain/devices/serial/log")] == [
+        {"file": "/var/log/libvirt/qemu/logger-console.log", "append": "on"}]
     console = doc.xpath("/domain/devices/console[@type='pty']/target")
     assert [dict(t.attrib) for t in console] == [{"type": "serial", "port": "0"}]
     assert [dict(i.attrib) for i in doc.xpath("/domain/devices/input")] == [{"type": "tablet", "bus": "usb"}]
