@@ -18,7 +18,7 @@ from invoke import Collection, task
 
 from . import inventory
 from .errors import GuardError, InputError, ToolError
-from .formats.domainxml import BOOT_DIR
+from .formats.domainxml import BOOT_DIR, console_log
 from .inventory import VM, Host, Inventory, ReplicatedDisk
 from .remote import Remote, RemoteError, describe_ssh_error, say, site_from_context
 from .xenhost import DEFAULT_SHUTDOWN_TIMEOUT, cfg_errors, read_local, read_vm_cfg, wait_until
@@ -26,6 +26,7 @@ from .xenhost import DEFAULT_SHUTDOWN_TIMEOUT, cfg_errors, read_local, read_vm_c
 XML_DIR = "/var/lib/xenkvm"
 STOPPED = ("shut off", "not found")
 REHEARSAL_SUFFIX = "-rehearsal"
+LOGIN_PROMPT = r"login: *$"     # getty's prompt on the serial console: the guest has booted
 COPY_CHUNK = 1 << 20
 
 # The sha256 of "$1" (exit 66: no such file; 69: no sha256sum, as on Debian 4).
@@ -212,9 +213,18 @@ def rehearsal_sources(vm: VM, spec) -> list[str]:
     return [by_device.get(d.source, d.source) for d in spec.disks]
 
 
+def console_shows_login(remote: Remote, name: str) -> bool:
+    """Whether the domain's serial console has printed a login prompt (getty is up: it booted)."""
+    return remote.probe(["grep", "-q", "-E", LOGIN_PROMPT, console_log(name)]).ok
+
+
 def rehearse_vm(site, inv: Inventory, vm: VM, *, seconds: float = 20.0, method: str | None = None,
-                snapshot_size: str = "1G") -> None:
-    """Boot a throwaway copy of the VM on snapshots and discard it; cleanup always runs."""
+                snapshot_size: str = "1G", login: bool = False) -> None:
+    """Boot a throwaway copy of the VM on snapshots and discard it; cleanup always runs.
+
+    It passes when the domain keeps running for `seconds`, or with `login` as soon as its
+    serial console shows a login prompt (within `seconds`).
+    """
     host = inv.host(vm.kvm_host)
     remote = site.host(host.name)
     spec = vm_spec(site, inv, vm)
@@ -239,16 +249,29 @@ def rehearse_vm(site, inv: Inventory, vm: VM, *, seconds: float = 20.0, method: 
         trial = dataclasses.replace(spec, name=name, uuid=None, disks=tuple(disks), interfaces=())
         domain_attempted = True
         define_domain(remote, host, name, render_checked(trial))
+        remote.change(["rm", "-f", "--", console_log(name)], quiet=True)   # an earlier trial's prompt
         start_domain(remote, host, name)
         if remote.dry_run:
             return
         started = time.monotonic()
+        next_report = started + 30
         while time.monotonic() - started < seconds:
             state = domain_state(remote, host, name)
             if state != "running":
                 raise ToolError(f"{host.name}: rehearsal domain {name} is {state} after "
-                                f"{time.monotonic() - started:.0f}s")
+                                f"{time.monotonic() - started:.0f}s; its console: {console_log(name)}")
+            if login and console_shows_login(remote, name):
+                say(f"* {host.name}: {name} booted to a login prompt on snapshots in "
+                    f"{time.monotonic() - started:.0f}s ... ok")
+                return
+            if time.monotonic() >= next_report:
+                say(f"  {host.name}: {name} {'booting' if login else 'running'} ... "
+                    f"{time.monotonic() - started:.0f}s of {seconds:.0f}s")
+                next_report += 30
             time.sleep(1.0)
+        if login:
+            raise ToolError(f"{host.name}: no login prompt on {name}'s console in {seconds:.0f}s; "
+                            f"read {console_log(name)} on {host.name}")
         say(f"* {host.name}: {name} ran for {seconds:.0f}s on snapshots ... ok")
     finally:
         cleanup_errors = []
@@ -476,13 +499,14 @@ def shutdown(c, vm, timeout=DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False
             "seconds": "how long the trial domain must keep running (default 20)",
             "method": "snapshot method: lvm (default from the inventory) or qcow2",
             "size": "LVM snapshot size (default 1G)",
+            "login": "pass once the serial console shows a login prompt (within --seconds)",
             "dry_run": "show the commands, change nothing"})
-def rehearse(c, vm, seconds=20.0, method=None, size="1G", dry_run=False):
+def rehearse(c, vm, seconds=20.0, method=None, size="1G", login=False, dry_run=False):
     """Boot a throwaway copy of the VM on snapshots of its disks, then discard it."""
     if method is not None and method not in SNAPSHOT_METHODS:
         raise InputError(f"--method must be one of {', '.join(SNAPSHOT_METHODS)}, got {method!r}")
     inv, model, site, _ = _context(c, vm, dry_run)
-    rehearse_vm(site, inv, model, seconds=float(seconds), method=method, snapshot_size=size)
+    rehearse_vm(site, inv, model, seconds=float(seconds), method=method, snapshot_size=size, login=login)
 
 
 ns = Collection("kvmhost", render_xml, define, state, start, shutdown, rehearse, fetch_kernel)

@@ -23,6 +23,11 @@ BOOT_DIR = "/var/lib/xenkvm/boot"
 # The serial console's output, kept by libvirt (virtlogd) across restarts: what the guest printed
 # while it booted, for the operator to read when it does not come up.
 CONSOLE_LOG_DIR = "/var/log/libvirt/qemu"
+
+
+def console_log(name: str) -> str:
+    return f"{CONSOLE_LOG_DIR}/{name}-console.log"
+
 KVM_CONSOLES = "console=ttyS0,115200n8 console=tty0"
 IDE_DISKS = 4  # the pc machine's one IDE controller: two buses, two units each
 
@@ -133,7 +138,7 @@ def render_domain_xml(spec: DomainSpec) -> str:
     disks = _check(spec)
     # Autoescape: paths and names may hold <>&'".
     return template("domain.xml.j2", autoescape=True).render(
-        spec=spec, disks=disks, console_log=f"{CONSOLE_LOG_DIR}/{spec.name}-console.log")
+        spec=spec, disks=disks, console_log=console_log(spec.name))
 
 
 @lru_cache(maxsize=None)

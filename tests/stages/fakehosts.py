@@ -39,6 +39,7 @@ class Shared:
     stubborn: bool = False                                     # the guest ignores shutdown
     disks_of: dict[str, list[str]] = field(default_factory=dict)  # domain -> its resources (default: all)
     snapshots: list[list[str]] = field(default_factory=list)   # lvcreate / qemu-img / removal argv
+    console: dict[str, str] = field(default_factory=dict)   # domain -> what its serial console prints once started
     fail_halfway: tuple | None = None    # (host, verb, resource): drbdadm fails there, once, after the ones before
 
     def resources_of(self, domain: str) -> list[str]:
@@ -140,6 +141,9 @@ class FakeHost:
         if argv == ["ls", "-1", "/boot"]:
             return Result(stdout="".join(f"{p[6:]}\n" for h, p in sorted(self.shared.files)
                                          if h == self.name and re.fullmatch(r"/boot/[^/]+", p)))
+        if argv[:3] == ["grep", "-q", "-E"]:
+            text = self.shared.files.get((self.name, argv[4]))
+            return Result(exited=0 if text is not None and re.search(argv[3], text, re.M) else 1)
         if tool == "rm":
             for path in argv[3:]:
                 self.shared.files.pop((self.name, path), None)
@@ -262,6 +266,8 @@ class FakeHost:
             if any(s.roles[r][self.name] != "Primary" for r in s.resources_of(name)):
                 return Result(stderr="error: Failed to start domain: Read-only file system\n", exited=1)
             s.kvm_running.add(name)
+            if name in s.console:
+                s.files[(self.name, f"/var/log/libvirt/qemu/{name}-console.log")] = s.console[name]
             return Result(stdout=f"Domain '{name}' started\n")
         if verb in ("shutdown", "destroy"):
             if name not in s.kvm_running:

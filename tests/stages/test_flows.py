@@ -287,6 +287,30 @@ def test_rehearsal_failure_still_cleans_up(world):
     world.shared.faults["kvm1:virsh -c qemu:///system start logger-rehearsal"] = 1
     with pytest.raises(Exception, match="start logger-rehearsal"):
         kvmhost.rehearse_vm(world.site(), world.inv, world.inv.vm("logger"), seconds=0.1, method="qcow2")
-    removed = [a for a in world.shared.snapshots if a[0] == "rm"]
+    removed = [a for a in world.shared.snapshots if a[0] == "rm" and a[-1].endswith(".qcow2")]
     assert len(removed) == 3
     assert "logger-rehearsal" not in world.shared.kvm_defined
+
+
+CONSOLE = "/var/log/libvirt/qemu/logger-rehearsal-console.log"
+
+
+def test_rehearsal_with_login_passes_at_the_prompt(world, capsys):
+    kvmhost = _rehearsal_world(world)
+    world.shared.console["logger-rehearsal"] = "Debian GNU/Linux 12 logger ttyS0\n\nlogger login: "
+    kvmhost.rehearse_vm(world.site(), world.inv, world.inv.vm("logger"), seconds=30, method="qcow2", login=True)
+    assert "logger-rehearsal booted to a login prompt on snapshots" in capsys.readouterr().out
+    assert "logger-rehearsal" not in world.shared.kvm_defined
+    assert world.where() == ON_XEN
+
+
+@pytest.mark.parametrize("earlier_prompt", [False, True])
+def test_rehearsal_without_a_prompt_fails_and_cleans_up(world, earlier_prompt):
+    """A prompt left in the log by an earlier trial does not count: the log starts empty."""
+    kvmhost = _rehearsal_world(world)
+    if earlier_prompt:
+        world.shared.files[("kvm1", CONSOLE)] = "logger login: "
+    world.shared.console["logger-rehearsal"] = "Kernel panic - not syncing: VFS: Unable to mount root fs\n"
+    with pytest.raises(Exception, match=f"no login prompt on logger-rehearsal's console in 1s; read {CONSOLE}"):
+        kvmhost.rehearse_vm(world.site(), world.inv, world.inv.vm("logger"), seconds=1, method="qcow2", login=True)
+    assert "logger-rehearsal" not in world.shared.kvm_defined | world.shared.kvm_running
