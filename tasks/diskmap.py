@@ -72,12 +72,14 @@ def _source_kind(disk) -> str:
 
 
 def _match(disk, vm: VM):
-    """The inventory disk a cfg disk stands for: by vdev, DRBD resource, device, backing or path."""
+    """The inventory disk a cfg disk stands for: by vdev, DRBD resource, device, backing or path.
+
+    The vdev is the cfg's name before or after `xenhost.prepare-cfg` (xvda2, then sda), so
+    a differing vdev does not rule out a disk that its path names.
+    """
     for entry in vm.disks:
-        if entry.vdev is not None:
-            if entry.vdev == disk.vdev:
-                return entry
-            continue
+        if entry.vdev is not None and entry.vdev == disk.vdev:
+            return entry
         if isinstance(entry, ReplicatedDisk):
             if disk.backend == "drbd" and disk.path == entry.resource:
                 return entry

@@ -416,12 +416,25 @@ def apply_fstab(guest: Remote, plan: FstabPlan) -> None:
     guest.edit_file(FSTAB, lambda text: convert_fstab(text, plan.renames, plan.uuids))
 
 
+# Runs "$3..." (grub-install) for the disk "$2" seen as a whole disk named in device.map "$1",
+# then puts the disk's node and the map back.  grub's Linux code reads a name like xvda2 as
+# partition 2 of xvda (xen-tools' disks have no partition table), so for the install the node
+# moves to a neutral name that the old name links to; and device.map holds KVM's names (sda),
+# which do not exist under Xen.
+WITH_WHOLE_DISK_NAME = (
+    'map=$1 dev=$2; shift 2; alias=/dev/xenkvm-grub-disk; '
+    'cp -p -- "$map" "$map.kvm" || exit 1; '
+    'if ! { mv -- "$dev" "$alias" && ln -s "${alias##*/}" "$dev"; }; then mv -f -- "$map.kvm" "$map"; exit 1; fi; '
+    'printf "(hd0) %s\\n" "$alias" > "$map"; "$@"; rc=$?; '
+    'rm -f -- "$dev"; mv -- "$alias" "$dev"; mv -f -- "$map.kvm" "$map"; exit $rc')
+
+
 def grub_install_argv(guest: Remote, device: str) -> list[str]:
     """grub 1.96-1.99 (Debian 5-7) has no --target; it only ever installs for i386-pc there."""
     version = guest.probe(["grub-install", "--version"]).stdout
     m = re.search(r"\(GRUB\)\s+(\d+)", version)
     target = [] if m and int(m.group(1)) < 2 else ["--target=i386-pc"]
-    return ["grub-install", "--force", *target, device]
+    return ["sh", "-c", WITH_WHOLE_DISK_NAME, "sh", DEVICE_MAP, device, "grub-install", "--force", *target, device]
 
 
 def apply_boot(guest: Remote, facts: GuestFacts, disk_map: list[MappedDisk], fstab_plan: FstabPlan,

@@ -16,6 +16,7 @@ WORK = LAB / ".work"            # everything a running lab owns (gitignored)
 CACHE = LAB / ".cache"          # guest image, libvirt's qemu probe: kept between runs (gitignored)
 INVENTORY = LAB / "hosts.yml"   # written by `up`: absolute paths differ per checkout
 STATE_DIR = WORK / "state"      # the simulators' shared state (contract with tests/lab/sim)
+HOST_FILE = "/etc/xenkvm-lab/host.json"   # a lab host's own settings, in its view (config.host_json)
 KEYS = WORK / "keys"
 KNOWN_HOSTS = KEYS / "known_hosts"
 CLIENT_KEY = KEYS / "id_ed25519"
@@ -47,6 +48,12 @@ RESOURCES = [
     {"resource": "logger-var", "minor": 6, "vdev": "xvda3", "port": 7791, "mount": "/srv/var"},
 ]
 SWAP = {"path": "/dev/vg_main/logger-swap", "vdev": "xvda1"}
+
+# The guest's image: "minbase" (debootstrap + xen-tools' hooks; runs as namespaces on both
+# sides), or a guest made by the real xen-create-image (realguest.py) that the KVM side
+# boots for real under qemu, with systemd or sysvinit.
+IMAGES = ("minbase", "systemd", "sysvinit")
+APT_PROXY_PORT = 3142     # tests/lab/mirror.py on the switch address, for guests that use apt
 
 # Light fleet VMs (Settings.fleet of them), for many VMs at once: each is a Xen domain
 # of the simulator and a real (diskless-booting) qemu domain on kvm1, over one small DRBD

@@ -12,7 +12,7 @@ import json
 import sys
 import time
 
-from . import GUEST, HOSTS
+from . import GUEST, HOSTS, IMAGES
 from .spaces import LabError
 
 
@@ -22,13 +22,17 @@ def _settings_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shutdown-delay", type=float, metavar="S",
                         help="seconds a Xen guest takes to shut down (default 1.0)")
     parser.add_argument("--fleet", type=int, metavar="N", help="light VMs fleet01..N beside the guest (default 0)")
+    parser.add_argument("--image", choices=IMAGES,
+                        help="the guest: minbase (default), or a real xen-create-image guest (systemd, "
+                             "sysvinit) that kvm1 boots under qemu")
 
 
 def _settings(args, base):
     from .config import Settings
 
     given = {k: v for k, v in (("drbd_style", args.drbd_style), ("toolstack", args.toolstack),
-                               ("shutdown_delay", args.shutdown_delay), ("fleet", args.fleet)) if v is not None}
+                               ("shutdown_delay", args.shutdown_delay), ("fleet", args.fleet),
+                               ("image", args.image)) if v is not None}
     return Settings(**{**base.as_dict(), **given})
 
 

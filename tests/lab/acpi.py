@@ -19,11 +19,10 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 
-from . import GUEST
+from . import GUEST, HOST_FILE
 from . import guest as lab_guest
 
 VIRSH = ["/usr/bin/virsh", "-c", "qemu:///system"]
-HOST_FILE = "/etc/xenkvm-lab/host.json"
 EVENT = re.compile(r"^event POWERDOWN at \S+ for domain '(?P<name>[^']+)'")
 SOFT_OFF = "o /w 0x604 0x2000"   # PM1a_CNT: SLP_EN with SLP_TYP 0 (S5) in qemu's DSDT
 
@@ -32,10 +31,10 @@ def _virsh(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*VIRSH, *args], capture_output=True, text=True, check=False)
 
 
-def _shutdown_delay() -> float:
-    """Read at every press, so a reset with another delay applies at once."""
+def _host_file() -> dict:
+    """Read at every press, so a reset with other settings applies at once."""
     with open(HOST_FILE, encoding="utf-8") as f:
-        return float(json.load(f).get("xen_shutdown_delay", 1.0))
+        return json.load(f)
 
 
 def _has_acpi(name: str) -> bool:
@@ -47,10 +46,13 @@ def _has_acpi(name: str) -> bool:
 
 
 def _power_off(host: str, name: str) -> None:
+    settings = _host_file()
+    if name == GUEST["name"] and settings.get("real_guest"):
+        return   # a real guest OS runs in this qemu and answers the button itself
     domid = _virsh("domid", name).stdout.strip()
     if not _has_acpi(name):
         return
-    time.sleep(_shutdown_delay())
+    time.sleep(float(settings.get("xen_shutdown_delay", 1.0)))
     if _virsh("domid", name).stdout.strip() != domid:
         return  # destroyed (and maybe started again) meanwhile: that instance was not asked
     if name == GUEST["name"]:

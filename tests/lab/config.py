@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from . import (CLIENT_KEY, FLEET_MAX, FLEET_MEMORY, GUEST, HOST_PYTHON, HOSTS, KNOWN_HOSTS, REPO, RESOURCES, STATE_DIR,
+from . import (CLIENT_KEY, FLEET_MAX, IMAGES, FLEET_MEMORY, GUEST, HOST_PYTHON, HOSTS, KNOWN_HOSTS, REPO, RESOURCES, STATE_DIR,
                SWAP, SWITCH_NS, fleet_vms)
 
 XEN_CFG = f"/etc/xen/auto/{GUEST['name']}.cfg"
@@ -31,6 +32,12 @@ class Settings:
     toolstack: str = "xl"
     shutdown_delay: float = 1.0
     fleet: int = 0             # light VMs beside the guest (fleet01...)
+    image: str = "minbase"     # the guest: see IMAGES
+
+    @property
+    def real_guest(self) -> bool:
+        """The KVM side boots the guest's own disk under qemu (no namespace stands in for it)."""
+        return self.image != "minbase"
 
     def __post_init__(self):
         if self.drbd_style not in ("9", "8.4"):
@@ -39,6 +46,8 @@ class Settings:
             raise ValueError(f"toolstack must be xl or xm, got {self.toolstack!r}")
         if self.shutdown_delay < 0:
             raise ValueError(f"shutdown delay must not be negative, got {self.shutdown_delay}")
+        if self.image not in IMAGES:
+            raise ValueError(f"image must be one of {', '.join(IMAGES)}, got {self.image!r}")
         if not 0 <= self.fleet <= FLEET_MAX:
             raise ValueError(f"fleet must be 0 to {FLEET_MAX} VMs, got {self.fleet}")
 
@@ -80,9 +89,22 @@ def host_json(host: str, settings: Settings) -> str:
         "xen_shutdown_delay": settings.shutdown_delay,
         "guest_start": guest_command(host, "start"),
         "guest_stop": guest_command(host, "stop"),
+        "guest_mounts": guest_mounts(settings),
+        "real_guest": settings.real_guest,
         "peers": {name: dict(spec) for name, spec in HOSTS.items() if name != host},
     }
     return json.dumps(data, indent=2) + "\n"
+
+
+def guest_mounts(settings: Settings) -> dict[str, str]:
+    """Where the guest's namespace boot mounts its DRBD disks, by Xen name (as its fstab says)."""
+    return {r["vdev"]: "/var" if r["mount"] != "/" and settings.real_guest else r["mount"] for r in RESOURCES}
+
+
+def real_xen_cfg(text: str) -> str:
+    """xen-create-image's own cfg with its image-file disks replaced by the lab's devices."""
+    disks = re.search(r"^disk\s*=\s*\[.*?\]\s*$", xen_cfg(), re.M | re.S).group(0)
+    return re.sub(r"^disk\s*=\s*\[.*?\]\s*$", lambda _: disks, text, count=1, flags=re.M | re.S)
 
 
 def xen_cfg() -> str:
@@ -200,7 +222,9 @@ def inventory(settings: Settings) -> str:
         "guest_address": GUEST["address"], "guest_proxy_command": proxy_command(GUEST["address"]),
         "guest_identity_file": str(CLIENT_KEY), "guest_known_hosts": str(KNOWN_HOSTS),
         "mac": GUEST["mac"], "memory": GUEST["memory"], "bridge": GUEST["bridge"], "bus": "ide",
-        "domain_type": "qemu", "machine": "pc", "boot": "grub",
+        "domain_type": "qemu", "machine": "pc",
+        # The sysvinit guest proves the other boot mode: its kernel copied to the KVM host.
+        "boot": "direct-kernel" if settings.image == "sysvinit" else "grub",
         "snapshot": "qcow2",   # no device-mapper here, so no LVM snapshots
         "disks": disks,
     }
@@ -216,5 +240,6 @@ def inventory(settings: Settings) -> str:
         }
     header = ("# The local lab's inventory, written by `python -m tests.lab up` and `reset`\n"
               "# (absolute paths of this checkout; do not edit). Settings: "
-              f"drbd {settings.drbd_style}, toolstack {settings.toolstack}, fleet {settings.fleet}.\n")
+              f"drbd {settings.drbd_style}, toolstack {settings.toolstack}, fleet {settings.fleet}, "
+              f"image {settings.image}.\n")
     return header + yaml.safe_dump({"hosts": hosts, "vms": vms}, sort_keys=False)

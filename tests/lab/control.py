@@ -15,9 +15,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import (CLIENT_KEY, FLEET_DISK_SIZE, GUEST, HOST_PYTHON, HOSTS, INVENTORY, KEYS, KNOWN_HOSTS, NETMASK,
+from . import (APT_PROXY_PORT, CLIENT_KEY, FLEET_DISK_SIZE, GUEST, HOST_PYTHON, HOSTS, INVENTORY, KEYS, KNOWN_HOSTS, NETMASK,
                RESOURCES, STATE_DIR, SWITCH_ADDRESS, SWITCH_BRIDGE, SWITCH_NS, WORK, fleet_vms, host_dir, netns)
-from . import config, guest, hosts, image, spaces
+from . import config, guest, hosts, image, mirror, realguest, spaces
 from .spaces import LabError, alive, enter, run
 
 STATE = WORK / "lab.json"
@@ -87,12 +87,12 @@ def ensure_keys() -> None:
             run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path])
 
 
-def write_known_hosts() -> None:
+def write_known_hosts(settings_: config.Settings) -> None:
     lines = []
     for host, spec in HOSTS.items():
         key = (KEYS / f"{host}_host_ed25519_key.pub").read_text().split()[:2]
         lines.append(f"{host},{spec['address']} {' '.join(key)}\n")
-    key = image.guest_host_key().split()[:2]
+    key = image.guest_host_key(settings_.image).split()[:2]
     lines.append(f"{GUEST['name']},{GUEST['address']} {' '.join(key)}\n")
     KNOWN_HOSTS.write_text("".join(lines))
 
@@ -150,7 +150,7 @@ def _boot_guests(settings_: config.Settings) -> None:
 
 
 def _publish(settings_: config.Settings) -> None:
-    write_known_hosts()
+    write_known_hosts(settings_)
     INVENTORY.write_text(config.inventory(settings_))
 
 
@@ -165,18 +165,22 @@ def up(settings_: config.Settings | None = None) -> None:
     if _load() or spaces.netns_names() or spaces.lab_pids():
         down()
     started = time.monotonic()
-    image.ensure(say)
+    image.ensure(say, settings_.image)
     ensure_keys()
     WORK.mkdir(parents=True, exist_ok=True)
     state = {"settings": settings_.as_dict(), "hosts": {}, "loops": {}, "up": False}
     _save(state)
-    disks = image.restore(HOSTS, CLIENT_KEY.with_suffix(".pub"))
+    disks = image.restore(HOSTS, CLIENT_KEY.with_suffix(".pub"), settings_.image)
     _attach_loops(state, disks, settings_.fleet)
     run(["ip", "netns", "add", SWITCH_NS])
     for argv in (["link", "set", "lo", "up"], ["link", "add", SWITCH_BRIDGE, "type", "bridge"],
                  ["addr", "add", f"{SWITCH_ADDRESS}/{NETMASK}", "dev", SWITCH_BRIDGE],
                  ["link", "set", SWITCH_BRIDGE, "up"]):
         run(["ip", "-n", SWITCH_NS, *argv])
+    if settings_.real_guest:
+        # The real guest's apt (its xen-tools apt_proxy) reaches the Debian mirror only here.
+        mirror.spawn(SWITCH_NS, SWITCH_ADDRESS, APT_PROXY_PORT, realguest.PROXY_CACHE,
+                     logfile=WORK / "apt-proxy.log", env=spaces.marked_env())
     for host in HOSTS:
         hosts.prepare(host, settings_)
         run(["ip", "netns", "add", netns(host)])

@@ -21,7 +21,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import GUEST, NETMASK, RESOURCES, SWAP, WORK
+from . import GUEST, HOST_FILE, NETMASK, RESOURCES, SWAP, WORK
 from .spaces import LabError, alive, child_of, listening, marked_env, run, wait_for
 
 RECORDS = WORK / "guests"
@@ -57,12 +57,18 @@ def _devices() -> dict[str, int]:
     return {vdev: os.stat(path).st_rdev for vdev, path in disks.items()}
 
 
+def _mounts() -> dict[str, str]:
+    """Mount point by Xen name, as this lab's guest image has them (host.json)."""
+    with open(HOST_FILE, encoding="utf-8") as f:
+        return json.load(f)["guest_mounts"]
+
+
 def _boot_script(name: str) -> str:
     """PID 1 of the guest: build its /dev and mounts, then become the guest's sshd."""
     nodes = "\n".join(f"mknod -m 660 /dev/{vdev} b {os.major(rdev)} {os.minor(rdev)}"
                       for vdev, rdev in _devices().items())
-    mounts = "\n".join(f"mount /dev/{r['vdev']} $R{'' if r['mount'] == '/' else r['mount']}"
-                       for r in sorted(RESOURCES, key=lambda r: r["mount"]))
+    mounts = "\n".join(f"mount /dev/{vdev} $R{'' if point == '/' else point}"
+                       for vdev, point in sorted(_mounts().items(), key=lambda item: item[1]))
     return f"""set -eu
 hostname {name}
 mount -t tmpfs -o mode=755,nosuid guest-dev /dev

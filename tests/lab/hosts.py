@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import (CACHE, GUEST, HOSTS, KEYS, LAB, REPO, RESOURCES, SWAP, SWITCH_BRIDGE, SWITCH_NS, NETMASK,
                fleet_vms, host_dir, netns)
-from . import config
+from . import config, image
 from .spaces import daemon, enter, run, wait_for
 
 SIM_BIN = LAB / "sim" / "bin"
@@ -75,14 +75,17 @@ def prepare(host: str, settings: config.Settings) -> None:
         if Path("/etc/xen").is_dir():
             shutil.copytree("/etc/xen", home / "xen")
         (home / "xen/auto").mkdir(parents=True, exist_ok=True)
-        (home / "xen/auto" / Path(config.XEN_CFG).name).write_text(config.xen_cfg())
+        cfg = config.real_xen_cfg(image.real_guest(settings.image).cfg.read_text()) if settings.real_guest \
+            else config.xen_cfg()
+        (home / "xen/auto" / Path(config.XEN_CFG).name).write_text(cfg)
         for vm in fleet_vms(settings.fleet):
             (home / "xen/auto" / f"{vm['name']}.cfg").write_text(config.fleet_cfg(vm))
     else:
         (etc / "libvirt/qemu.conf").write_text(config.QEMU_CONF)
-        hook = etc / "libvirt/hooks/qemu"
-        hook.write_text(config.libvirt_hook(host))
-        hook.chmod(0o755)
+        if not settings.real_guest:   # a real guest boots in qemu itself
+            hook = etc / "libvirt/hooks/qemu"
+            hook.write_text(config.libvirt_hook(host))
+            hook.chmod(0o755)
     link_sim_commands(host, settings.toolstack)
 
 

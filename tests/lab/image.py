@@ -18,7 +18,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from . import CACHE, GUEST, RESOURCES, SWAP, WORK
+from . import CACHE, GUEST, RESOURCES, SWAP, WORK, realguest
 from .spaces import LabError
 
 IMAGE_VERSION = 2            # bump when the build below changes
@@ -115,15 +115,29 @@ def build(log) -> None:
     shutil.rmtree(work)
 
 
-def ensure(log) -> None:
+def ensure(log, image: str = "minbase") -> None:
+    """The guest image, built once: ours (minbase), or xen-create-image's (realguest.py)."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    if not cached():
+    if image != "minbase":
+        realguest.ensure(image, log=log)
+    elif not cached():
         build(log)
 
 
-def guest_host_key() -> str:
-    """The guest's ed25519 host public key, read from the pristine image without mounting it."""
-    return _debugfs(PRISTINE, "cat /etc/ssh/ssh_host_ed25519_key.pub", write=False).strip()
+def real_guest(image: str) -> "realguest.Guest":
+    guest = realguest.cached(image)
+    if guest is None:
+        raise LabError(f"the {image} guest is not built (image.ensure builds it)")
+    return guest
+
+
+def root_image(image: str) -> Path:
+    return PRISTINE if image == "minbase" else real_guest(image).root
+
+
+def guest_host_key(image: str = "minbase") -> str:
+    """The guest's ed25519 host public key, read from its pristine root image without mounting it."""
+    return _debugfs(root_image(image), "cat /etc/ssh/ssh_host_ed25519_key.pub", write=False).strip()
 
 
 def _debugfs(image: Path, commands: str, write: bool) -> str:
@@ -142,7 +156,7 @@ def disk_paths(hosts) -> dict[str, Path]:
     return paths
 
 
-def restore(hosts, authorized_key: Path) -> dict[str, Path]:
+def restore(hosts, authorized_key: Path, image: str = "minbase") -> dict[str, Path]:
     """Write the guest's disks as freshly installed, in place (loop devices stay attached).
 
     The control side's public key becomes root's authorized_keys in the guest, written
@@ -153,10 +167,13 @@ def restore(hosts, authorized_key: Path) -> dict[str, Path]:
     for r in RESOURCES:
         path = paths[r["resource"]]
         if r["mount"] == "/":
-            subprocess.run(["cp", "--sparse=always", str(PRISTINE), str(path)], check=True)
-            _debugfs(path, f"cd /root/.ssh\nrm authorized_keys\nwrite {authorized_key} authorized_keys\n"
+            subprocess.run(["cp", "--sparse=always", str(root_image(image)), str(path)], check=True)
+            _debugfs(path, f"mkdir /root/.ssh\nsif /root/.ssh mode 040700\ncd /root/.ssh\nrm authorized_keys\n"
+                           f"write {authorized_key} authorized_keys\n"
                            "sif authorized_keys mode 0100600\nsif authorized_keys uid 0\n"
                            "sif authorized_keys gid 0\n", write=True)
+        elif image != "minbase":
+            subprocess.run(["cp", "--sparse=always", str(real_guest(image).var), str(path)], check=True)
         else:
             path.touch()
             subprocess.run(["mkfs.ext4", "-q", "-F", "-L", r["resource"], str(path), VAR_SIZE],

@@ -346,9 +346,11 @@ def guest_ctx(files: dict[str, str | None], probes: dict[str, Result]) -> MockCo
     run[WRITE] = Result()
     for change in ("telinit q", "update-grub", "update-initramfs -u -k all", "debconf-set-selections",
                    f"{APT} grub-pc", f"{APT} linux-image-2.6-amd64", f"{APT} linux-image-amd64",
-                   "systemctl enable serial-getty@hvc0.service", "systemctl enable serial-getty@ttyS0.service",
-                   "grub-install --force --target=i386-pc /dev/xvda2", "grub-install --force /dev/xvda2"):
+                   "systemctl enable serial-getty@hvc0.service", "systemctl enable serial-getty@ttyS0.service"):
         run[change] = Result()
+    for install in ("grub-install --force --target=i386-pc /dev/xvda2", "grub-install --force /dev/xvda2"):
+        run[shlex.join(["sh", "-c", stage.WITH_WHOLE_DISK_NAME, "sh", stage.DEVICE_MAP, "/dev/xvda2",
+                        *install.split()])] = Result()
     return MockContext(run=run)
 
 
@@ -447,8 +449,19 @@ def read_only(command: str) -> bool:
 
 
 def changes(ctx: MockContext) -> list[str]:
-    """The changing commands in order; a file write shows as `write PATH`."""
-    return [f"write {written_path(c)}" if WRITE.match(c) else c for c in sent(ctx) if not read_only(c)]
+    """The changing commands in order; a file write shows as `write PATH`, grub-install as itself."""
+    return [f"write {written_path(c)}" if WRITE.match(c) else grub_install_shown(c)
+            for c in sent(ctx) if not read_only(c)]
+
+
+def grub_install_shown(command: str) -> str:
+    """grub-install run with the Xen device in device.map (stage.WITH_WHOLE_DISK_NAME) shows as
+    the grub-install command alone, once the test has checked the map names the same device."""
+    argv = shlex.split(command)
+    if argv[:3] != ["sh", "-c", stage.WITH_WHOLE_DISK_NAME]:
+        return command
+    assert argv[4:6] == [stage.DEVICE_MAP, argv[-1]], "device.map maps (hd0) to the device installed to"
+    return shlex.join(argv[6:])
 
 
 def written_path(command: str) -> str:

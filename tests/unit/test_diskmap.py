@@ -80,6 +80,15 @@ def test_explicit_vdev_wins_over_path_matching():
     assert plan_disk_map(cfg, vm)[2].kvm_source == "/dev/vg_main/logger-swap"
 
 
+def test_vdevs_named_before_prepare_cfg_still_match_the_rewritten_cfg():
+    """The inventory's vdev: is the name the cfg had; after xenhost.prepare-cfg it says sda."""
+    vm = _seed_with(d0={"vdev": "xvda2"}, d1={"vdev": "xvda3"}, d2={"vdev": "xvda1"})
+    rewritten = (SEED_CFG.replace(",xvda2,", ",sda,").replace(",xvda3,", ",sdb,").replace(",xvda1,", ",sdc,")
+                 .replace("/dev/xvda2 ro", "/dev/sda ro"))
+    assert [(d.xen_vdev, d.target, d.kvm_source) for d in plan_disk_map(parse_xen_cfg(rewritten), vm)] == [
+        ("sda", "sda", "/dev/drbd5"), ("sdb", "sdb", "/dev/drbd6"), ("sdc", "sdc", "/dev/vg_main/logger-swap")]
+
+
 def test_a_cfg_disk_missing_from_the_inventory_is_refused():
     vm = load_inventory(REPO / "hosts.yml").vm("logger")
     cfg = parse_xen_cfg(SEED_CFG.replace("phy:/dev/drbd6", "phy:/dev/vg_main/elsewhere"))
