@@ -35,6 +35,12 @@ MENU_LST = "/boot/grub/menu.lst"
 INITRAMFS_MODULES = "/etc/initramfs-tools/modules"
 
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
+# Under Xen, `xl shutdown` reaches the guest's kernel through xenstore; under KVM, `virsh
+# shutdown` is an ACPI power button press, which only a daemon turns into a shutdown.  A
+# minimal xen-tools guest has none (no acpid, no dbus for logind) and would ignore it.
+POWER_BUTTON_PACKAGES = ("acpid", "acpi-support-base")
+POWER_BUTTON_SUMMARY = {"acpid": "acpid", "logind": "systemd-logind (dbus installed)",
+                        None: "nothing handles it (virsh shutdown would not stop the guest)"}
 # Newest name first; the 2.6- names are the only ones Debian 4 and 5 know.
 KERNEL_PACKAGES = {
     "amd64": ("linux-image-amd64", "linux-image-2.6-amd64"),
@@ -76,6 +82,7 @@ class GuestFacts:
     menu_lst: str | None                # pygrub guests
     default_grub: str | None
     initramfs_modules: str | None
+    power_button: str | None            # what acts on KVM's ACPI power button: "acpid", "logind", None
 
     @property
     def fstab_devices(self) -> list[str]:
@@ -176,6 +183,12 @@ def gather_facts(guest: Remote) -> GuestFacts:
     else:
         console = GuestConsoleFacts(init, has_securetty=securetty is not None)
     arch = guest.probe(["dpkg", "--print-architecture"])
+    if package_installed(guest, "acpid"):
+        power_button = "acpid"
+    elif init == "systemd" and package_installed(guest, "dbus"):
+        power_button = "logind"   # systemd-logind powers off on the key, and runs only with dbus
+    else:
+        power_button = None
     return GuestFacts(
         init=init,
         console=console,
@@ -189,6 +202,7 @@ def gather_facts(guest: Remote) -> GuestFacts:
         menu_lst=guest.read_file(MENU_LST),
         default_grub=guest.read_file(DEFAULT_GRUB),
         initramfs_modules=guest.read_file(INITRAMFS_MODULES),
+        power_button=power_button,
     )
 
 
@@ -225,7 +239,8 @@ def summary(name: str, facts: GuestFacts) -> list[str]:
             f"  fstab devices: {', '.join(facts.fstab_devices) or 'none'}",
             f"  kernels: {kernels}",
             f"  boot loader: {', '.join(loader)}",
-            f"  initramfs modules: {modules}"]
+            f"  initramfs modules: {modules}",
+            f"  power button: {POWER_BUTTON_SUMMARY[facts.power_button]}"]
 
 
 # -- checks: every refusal, before anything changes --------------------------------------------
@@ -384,6 +399,18 @@ def check_boot(guest: Remote, facts: GuestFacts, disk_map: list[MappedDisk], *, 
     return BootPlan(package, grub2, grub2 and not facts.grub_pc, device)
 
 
+def check_power_button(guest: Remote, facts: GuestFacts) -> bool:
+    """Whether acpid must be installed; refuses when nothing handles the button and apt cannot help."""
+    if facts.power_button is not None:
+        return False
+    missing = [p for p in POWER_BUTTON_PACKAGES if not apt_candidate(guest, p)]
+    if missing:
+        raise GuardError(f"{guest.name}: nothing in the guest acts on KVM's ACPI power button (no acpid, no "
+                         f"dbus for systemd-logind) and apt has no candidate for {', '.join(missing)}: "
+                         f"install acpid by hand, or `virsh shutdown` will not stop this guest")
+    return True
+
+
 def check_initramfs(guest: Remote, kernel_coming: bool = False) -> bool:
     """Whether initramfs-tools is there; refuses when no planned kernel install brings it."""
     present = _exists(guest, "/etc/initramfs-tools", "-d")
@@ -472,6 +499,13 @@ def apply_boot(guest: Remote, facts: GuestFacts, disk_map: list[MappedDisk], fst
         guest.edit_file(MENU_LST, lambda text: convert_menu_lst(text, fstab_plan.renames))
 
 
+def apply_power_button(guest: Remote, facts: GuestFacts, install: bool) -> None:
+    if install:
+        guest.change(["apt-get", "install", "-y", *POWER_BUTTON_PACKAGES], env=APT_ENV)
+    else:
+        say(f"* {guest.name}: power button handled by {POWER_BUTTON_SUMMARY[facts.power_button]} ... unchanged")
+
+
 def apply_initramfs(guest: Remote, present: bool, force: bool = False) -> None:
     """KVM's disk and network drivers in every initramfs; rebuilt only when the list changed."""
     from .formats.initramfs import plan_initramfs_modules
@@ -487,7 +521,7 @@ def apply_initramfs(guest: Remote, present: bool, force: bool = False) -> None:
 
 def prepare_guest(guest: Remote, disk_map: list[MappedDisk], *, boot: str = "grub", uuid: bool = False,
                   grub_install: bool = False, force: bool = False) -> None:
-    """All steps: facts, then every check, then console, fstab, boot loader, initramfs."""
+    """All steps: facts, then every check, then console, fstab, boot loader, power button, initramfs."""
     found = gather_facts(guest)
     for line in summary(guest.name, found):
         say(line)
@@ -495,9 +529,11 @@ def prepare_guest(guest: Remote, disk_map: list[MappedDisk], *, boot: str = "gru
     fstab_plan = check_fstab(guest, found, disk_map, uuid)
     boot_plan = check_boot(guest, found, disk_map, boot=boot, grub_install=grub_install)
     initramfs_tools = check_initramfs(guest, kernel_coming=boot_plan.kernel_package is not None)
+    install_acpid = check_power_button(guest, found)
     apply_console(guest, found, console_plan)
     apply_fstab(guest, fstab_plan)
     apply_boot(guest, found, disk_map, fstab_plan, boot_plan)
+    apply_power_button(guest, found, install_acpid)
     apply_initramfs(guest, initramfs_tools, force)
 
 

@@ -346,7 +346,8 @@ def guest_ctx(files: dict[str, str | None], probes: dict[str, Result]) -> MockCo
     run[WRITE] = Result()
     for change in ("telinit q", "update-grub", "update-initramfs -u -k all", "debconf-set-selections",
                    f"{APT} grub-pc", f"{APT} linux-image-2.6-amd64", f"{APT} linux-image-amd64",
-                   "systemctl enable serial-getty@hvc0.service", "systemctl enable serial-getty@ttyS0.service"):
+                   "systemctl enable serial-getty@hvc0.service", "systemctl enable serial-getty@ttyS0.service",
+                   f"{APT} acpid acpi-support-base"):
         run[change] = Result()
     for install in ("grub-install --force --target=i386-pc /dev/xvda2", "grub-install --force /dev/xvda2"):
         run[shlex.join(["sh", "-c", stage.WITH_WHOLE_DISK_NAME, "sh", stage.DEVICE_MAP, "/dev/xvda2",
@@ -382,6 +383,7 @@ def lenny(after_first_run: dict[str, str] | None = None, kernel_candidates=(None
         "env LANG=C apt-cache policy linux-image-amd64": policy("linux-image-amd64", kernel_candidates[0]),
         "env LANG=C apt-cache policy linux-image-2.6-amd64": policy("linux-image-2.6-amd64", kernel_candidates[1]),
         "env LANG=C apt-cache policy grub-pc": policy("grub-pc", grub_candidate),
+        **power_button_probes(installed=done),
     }
     if done:
         files.update(after_first_run)
@@ -391,6 +393,17 @@ def lenny(after_first_run: dict[str, str] | None = None, kernel_candidates=(None
         files.pop("/etc/default/grub")
         answers[read_cmd("/etc/default/grub")] = [Result(exited=66), Result(stdout=LENNY_DEFAULT_GRUB)]
     return guest_ctx(files, answers | (probes or {}))
+
+
+def power_button_probes(installed: bool) -> dict[str, Result]:
+    """Neither acpid nor dbus in the guest (as xen-tools leaves it), or acpid after a first run."""
+    absent = {p: Result(stderr=f"dpkg-query: no packages found matching {p}\n", exited=1) for p in ("acpid", "dbus")}
+    return {
+        "dpkg-query -W -f '${Status}' acpid": Result(stdout="install ok installed") if installed else absent["acpid"],
+        "dpkg-query -W -f '${Status}' dbus": absent["dbus"],
+        "env LANG=C apt-cache policy acpid": policy("acpid", "1:2.0.31-1"),
+        "env LANG=C apt-cache policy acpi-support-base": policy("acpi-support-base", "0.143-5.1"),
+    }
 
 
 def bookworm(enabled=("getty@tty1.service",), files: dict[str, str] | None = None,
@@ -411,6 +424,7 @@ def bookworm(enabled=("getty@tty1.service",), files: dict[str, str] | None = Non
         "test -d /etc/initramfs-tools": Result(),
         "test -b /dev/xvda2": Result(),
         "grub-install --version": Result(stdout="grub-install (GRUB) 2.06-13+deb12u1\n"),
+        **power_button_probes(installed=False),
     })
     guest_files = {
         "/etc/inittab": None,
@@ -552,6 +566,7 @@ def test_prepare_lenny_sends_exactly_these_changes():
         "write /etc/default/grub",
         "update-grub",
         "write /boot/grub/menu.lst",
+        f"{APT} acpid acpi-support-base",
         "write /etc/initramfs-tools/modules",
         "update-initramfs -u -k all",
     ]
@@ -653,7 +668,22 @@ def test_grub_install_only_with_the_flag_and_after_a_warning(capsys):
     out = capsys.readouterr().out
     assert "blocklists are fragile: a file move by the filesystem can break boot; rehearse first" in out
     assert out.index("blocklists are fragile") < out.index("grub-install --force --target=i386-pc /dev/xvda2 ... ok")
-    assert changes(ctx)[-4:-2] == ["update-grub", "grub-install --force --target=i386-pc /dev/xvda2"]
+    assert changes(ctx)[-5:-3] == ["update-grub", "grub-install --force --target=i386-pc /dev/xvda2"]
+
+
+def test_a_guest_nothing_can_power_off_is_refused_before_any_change():
+    ctx = bookworm(probes={"env LANG=C apt-cache policy acpid": policy("acpid", None)})
+    with pytest.raises(GuardError, match="nothing in the guest acts on KVM's ACPI power button .* no candidate "
+                                         "for acpid: install acpid by hand"):
+        run_prepare(ctx, cfg=WEB_CFG)
+    assert changes(ctx) == []
+
+
+def test_logind_with_dbus_handles_the_button_without_acpid(capsys):
+    ctx = bookworm(probes={"dpkg-query -W -f '${Status}' dbus": Result(stdout="install ok installed")})
+    run_prepare(ctx, cfg=WEB_CFG)
+    assert not any("acpid" in c for c in changes(ctx))
+    assert "power button handled by systemd-logind (dbus installed) ... unchanged" in capsys.readouterr().out
 
 
 def test_grub_install_on_grub_1_96_has_no_target_option():
@@ -681,6 +711,7 @@ def test_prepare_bookworm_sends_exactly_these_changes():
         "write /boot/grub/device.map",
         "write /etc/default/grub",
         "update-grub",
+        f"{APT} acpid acpi-support-base",
         "write /etc/initramfs-tools/modules",
         "update-initramfs -u -k all",
     ]
@@ -694,11 +725,13 @@ def test_prepare_bookworm_second_run_changes_nothing(capsys):
     first = bookworm()
     run_prepare(first, cfg=WEB_CFG)
     second = bookworm(enabled=("getty@tty1.service", "serial-getty@hvc0.service", "serial-getty@ttyS0.service"),
-                      files=written(first))
+                      files=written(first), probes=power_button_probes(installed=True))
     capsys.readouterr()
     run_prepare(second, cfg=WEB_CFG)
     assert changes(second) == []
-    assert "* guest:logger: getty units ... unchanged" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "* guest:logger: getty units ... unchanged" in out
+    assert "* guest:logger: power button handled by acpid ... unchanged" in out
 
 
 def test_uuid_flag_writes_uuids_from_blkid_on_the_current_names():
@@ -863,7 +896,7 @@ FACTS_WITH_KVM_KERNEL = stage.GuestFacts(
     init="systemd", console=GuestConsoleFacts("systemd"), inittab=None, securetty=None,
     fstab=BOOKWORM_FSTAB, kernels=(stage.Kernel("6.1.0-13-amd64", False),), architecture="amd64",
     grub_pc=True, grub_cfg=True, menu_lst=None, default_grub=BOOKWORM_DEFAULT_GRUB,
-    initramfs_modules=INITRAMFS_MODULES)
+    initramfs_modules=INITRAMFS_MODULES, power_button="logind")
 
 
 # -- offline tasks, as the operator runs them ------------------------------------------------------
