@@ -428,7 +428,13 @@ def apply_console(guest: Remote, facts: GuestFacts, plan: GettyPlan) -> None:
     from .formats.inittab import convert_inittab, convert_securetty
     if facts.init == "sysvinit":
         if guest.edit_file(INITTAB, convert_inittab):
-            guest.change(["telinit", "q"])
+            # Only a reload: the file is written, and init reads it at the next boot anyway.
+            reload = guest.change(["telinit", "q"], ok_codes=(0, 1), quiet=True)
+            if reload is not None and reload.exit_code:
+                say(f"! {guest.name}: telinit q failed ({(reload.stderr or reload.stdout).strip()}): init "
+                    f"reads the new {INITTAB} at the next boot")
+            elif reload is not None:
+                say(f"* {guest.name}: telinit q ... ok")
     else:
         for argv in commands(plan):
             guest.change(argv)

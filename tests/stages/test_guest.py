@@ -342,7 +342,6 @@ def guest_ctx(files: dict[str, str | None], probes: dict[str, Result]) -> MockCo
     """
     run = {read_cmd(path): Result(stdout=text) if text is not None else Result(exited=66)
            for path, text in files.items()}
-    run.update(probes)
     run[WRITE] = Result()
     for change in ("telinit q", "update-grub", "update-initramfs -u -k all", "debconf-set-selections",
                    f"{APT} grub-pc", f"{APT} linux-image-2.6-amd64", f"{APT} linux-image-amd64",
@@ -352,6 +351,7 @@ def guest_ctx(files: dict[str, str | None], probes: dict[str, Result]) -> MockCo
     for install in ("grub-install --force --target=i386-pc /dev/xvda2", "grub-install --force /dev/xvda2"):
         run[shlex.join(["sh", "-c", stage.WITH_WHOLE_DISK_NAME, "sh", stage.DEVICE_MAP, "/dev/xvda2",
                         *install.split()])] = Result()
+    run.update(probes)   # last: a test may make any command answer otherwise
     return MockContext(run=run)
 
 
@@ -669,6 +669,14 @@ def test_grub_install_only_with_the_flag_and_after_a_warning(capsys):
     assert "blocklists are fragile: a file move by the filesystem can break boot; rehearse first" in out
     assert out.index("blocklists are fragile") < out.index("grub-install --force --target=i386-pc /dev/xvda2 ... ok")
     assert changes(ctx)[-5:-3] == ["update-grub", "grub-install --force --target=i386-pc /dev/xvda2"]
+
+
+def test_a_failed_telinit_q_is_a_warning_the_inittab_is_read_at_next_boot(capsys):
+    ctx = lenny(probes={"telinit q": Result(stderr="telinit: /run/initctl: No such file or directory\n", exited=1)})
+    run_prepare(ctx)
+    assert changes(ctx)[-1] == "update-initramfs -u -k all", "prepare went on"
+    assert ("! guest:logger: telinit q failed (telinit: /run/initctl: No such file or directory): init reads "
+            "the new /etc/inittab at the next boot") in capsys.readouterr().out
 
 
 def test_a_guest_nothing_can_power_off_is_refused_before_any_change():

@@ -37,8 +37,14 @@ def write_vms(state_dir, vms):
 
 def note_kvm_domain(state_dir, host, name, running):
     """Record that KVM domain `name` is (not) running on `host` (after virsh changed it)."""
+    note_kvm_domains(state_dir, host, {name: running})
+
+
+def note_kvm_domains(state_dir, host, running):
+    """note_kvm_domain for every {name: running} in one transaction (a `virsh list` of a fleet)."""
     with model.transaction(state_dir, host) as st:
-        model.note_kvm(st, host, name, bool(running), "noted")
+        for name, up in running.items():
+            model.note_kvm(st, host, name, bool(up), "noted")
 
 
 def lab_state(state_dir, kvm_running=None):

@@ -47,8 +47,9 @@ def main(argv=None):
         sys.stdout.flush()
         rc = done.returncode
         if rc == 0:
-            for dom, running in parse_states(cmd, domain, done.stdout.decode(errors="replace")):
-                control.note_kvm_domain(host.state_dir, host.name, dom, running)
+            states = dict(parse_states(cmd, domain, done.stdout.decode(errors="replace")))
+            if states:
+                control.note_kvm_domains(host.state_dir, host.name, states)
     store.record_call(host.state_dir, host.name, argv, rc)
     return rc
 
