@@ -9,6 +9,7 @@ for one resource leaves all of them as they were.
 from __future__ import annotations
 
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -291,13 +292,15 @@ def fs_type(remote: Remote, device: str) -> str | None:
 
 
 def _wait_for(remote: Remote, vm: VM, host_name: str, ready, *, what: str, timeout: float, poll: float,
-              progress) -> dict[str, DrbdState]:
+              progress, on_poll=None) -> dict[str, DrbdState]:
     """Poll the states until `ready` holds for every resource; refuse on timeout or a state that
-    cannot change by itself."""
+    cannot change by itself.  on_poll(states), if given, sees every poll (progress bars)."""
     deadline = time.monotonic() + timeout
     reported = None
     while True:
         states = resource_states(remote, vm, host_name)
+        if on_poll is not None:
+            on_poll(states)
         waiting = [s for s in states.values() if not ready(s)]
         if not waiting:
             return states
@@ -316,10 +319,14 @@ def _wait_for(remote: Remote, vm: VM, host_name: str, ready, *, what: str, timeo
 
 
 def wait_sync(remote: Remote, vm: VM, host_name: str, *, timeout: float, poll: float = 2.0,
-              progress=say) -> dict[str, DrbdState]:
-    """Until every resource is Connected and UpToDate on both sides: the only state to move a guest in."""
+              progress=say, bars=None) -> dict[str, DrbdState]:
+    """Until every resource is Connected and UpToDate on both sides: the only state to move a guest in.
+
+    `bars` (progress.SyncBars) shows each resource's resync on a terminal.
+    """
     states = _wait_for(remote, vm, host_name, lambda s: s.is_connected and s.is_uptodate_pair,
-                       what="waiting for sync", timeout=timeout, poll=poll, progress=progress)
+                       what="waiting for sync", timeout=timeout, poll=poll, progress=progress,
+                       on_poll=bars.update if bars is not None else None)
     say(f"* {host_name}: {', '.join(states)} UpToDate/UpToDate ... ok")
     return states
 
@@ -512,7 +519,13 @@ def demote_task(c, vm, host, dry_run=False):
 def wait_sync_task(c, vm, timeout=DEFAULT_SYNC_TIMEOUT):
     """Wait until every DRBD resource of the VM is Connected and UpToDate on both sides."""
     _, model, site = _context(c, vm)
-    wait_sync(site.host(model.xen_host), model, model.xen_host, timeout=float(timeout))
+    remote = site.host(model.xen_host)
+    if not sys.stdout.isatty():
+        wait_sync(remote, model, model.xen_host, timeout=float(timeout))
+        return
+    from .progress import SyncBars
+    with SyncBars([d.resource for d in model.resources]) as bars:
+        wait_sync(remote, model, model.xen_host, timeout=float(timeout), progress=lambda _line: None, bars=bars)
 
 
 @task(help={"vm": "VM name from the inventory",

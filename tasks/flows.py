@@ -257,7 +257,7 @@ def plan_move(ctx: Ctx, target_side: str, xml: str | None) -> list[Step]:
         steps.append(Step(f"define {vm.name} on {dst}", dst,
                           [f"upload {kvmhost.XML_DIR}/{vm.name}.xml",
                            f"virsh define --validate {kvmhost.XML_DIR}/{vm.name}.xml"],
-                          lambda: kvmhost.define_domain(target, target_host, vm.name, xml),
+                          lambda: kvmhost.define_domain(target, target_host, vm.name, xml, was_new=is_new),
                           undo={"op": "undefine", "side": "kvm"} if is_new else None))
     steps += [
         Step(f"shut {vm.name} down on {src}", src,
@@ -288,17 +288,20 @@ def _verify(ctx: Ctx, side: str) -> None:
 
 # -- checks ----------------------------------------------------------------------------------------
 
-def check_move(ctx: Ctx, target_side: str) -> str | None:
-    """Every read-only check of a move, on both hosts; returns the domain XML for a move to KVM."""
+def check_move(ctx: Ctx, target_side: str, runs_on: list[str]) -> str | None:
+    """Every read-only check of a move, on both hosts; returns the domain XML for a move to KVM.
+
+    `runs_on` is where the VM was just seen running (resolve_target, under the VM's lock).
+    """
     vm, inv, site = ctx.vm, ctx.inv, ctx.site
     source_side = other(target_side)
     src, dst = vm.host_for(source_side), vm.host_for(target_side)
     for host in (src, dst):
         site.host(host)
     say(f"  ok: {src} and {dst} reachable")
-    if running_on(site, inv, vm, target_side):
+    if dst in runs_on:
         raise GuardError(f"{vm.name} already runs on {dst}: refusing to start it twice")
-    if not running_on(site, inv, vm, source_side):
+    if src not in runs_on:
         raise GuardError(f"{vm.name} is not running on {src}: nothing to move (start it there first)")
     say(f"  ok: {vm.name} runs on {src}, not on {dst}")
     for host, role in ((src, "Primary"), (dst, "Secondary")):
@@ -362,15 +365,14 @@ def move(ctx: Ctx, to: str | None, journals: Path, locks: Path, dry_run: bool = 
     vm = ctx.vm
     with VmLock(locks, vm.name):
         refuse_unfinished(journals, vm.name)   # first: after a crash the VM may run nowhere
-        target_side = resolve_target(ctx.site, ctx.inv, vm, to)
+        target_side, runs_on = resolve_target(ctx.site, ctx.inv, vm, to)
         if target_side is None:
-            runs_on = where_running(ctx.site, ctx.inv, vm)
             return Outcome(vm.name, True, runs_on, f"{vm.name}: already on {', '.join(runs_on)}")
         src, dst = vm.host_for(other(target_side)), vm.host_for(target_side)
         say(f"== {vm.name}: {src} -> {dst}{' (dry run)' if dry_run else ''}")
         say("checks:")
         ctx.on_step("checks")
-        xml = check_move(ctx, target_side)
+        xml = check_move(ctx, target_side, runs_on)
         steps = plan_move(ctx, target_side, xml)
         say("plan:")
         for number, step in enumerate(steps, 1):
@@ -457,16 +459,16 @@ def select_vms(inv: Inventory, vm: str | None, all_vms: bool, from_host: str | N
     return inv.select(None if all_vms else vm)
 
 
-def resolve_target(site: Site, inv: Inventory, vm: VM, to: str | None) -> str | None:
-    """Which side the VM goes to; None when it is already there."""
+def resolve_target(site: Site, inv: Inventory, vm: VM, to: str | None) -> tuple[str | None, list[str]]:
+    """Which side the VM goes to (None when it is already there), and where it runs now."""
     runs_on = where_running(site, inv, vm)
     if len(runs_on) == 2:
         raise GuardError(f"{vm.name} runs on BOTH {' and '.join(runs_on)}: stop one by hand now")
     if to is None:
         if not runs_on:
             raise GuardError(f"{vm.name} runs on no host: cannot tell which way to move it (give --to)")
-        return "kvm" if runs_on[0] == vm.xen_host else "xen"
-    return None if runs_on == [vm.host_for(to)] else to
+        return ("kvm" if runs_on[0] == vm.xen_host else "xen"), runs_on
+    return (None if runs_on == [vm.host_for(to)] else to), runs_on
 
 
 class HostSlots:

@@ -147,12 +147,14 @@ def vm_spec(site, inv: Inventory, vm: VM):
     return plan_spec(*read_vm_cfg(site, vm), vm)
 
 
-def define_domain(remote: Remote, host: Host, name: str, xml: str) -> bool:
+def define_domain(remote: Remote, host: Host, name: str, xml: str, *, was_new: bool | None = None) -> bool:
     """Upload the XML (diff shown, backup kept) and `virsh define --validate` it.
 
-    Returns whether the domain was new, so that the undo knows to undefine it.
+    Returns whether the domain was new, so that the undo knows to undefine it; a caller that
+    has just looked (a migration's plan, under the VM's lock) passes what it saw.
     """
-    was_new = domain_state(remote, host, name) == "not found"
+    if was_new is None:
+        was_new = domain_state(remote, host, name) == "not found"
     path = f"{XML_DIR}/{name}.xml"
     remote.change(["mkdir", "-p", XML_DIR], quiet=True)
     changed = remote.edit_file(path, lambda _old: xml, create=True)

@@ -89,6 +89,7 @@ def host_json(host: str, settings: Settings) -> str:
         "xen_shutdown_delay": settings.shutdown_delay,
         "guest_start": guest_command(host, "start"),
         "guest_stop": guest_command(host, "stop"),
+        "guests": [GUEST["name"]],
         "guest_mounts": guest_mounts(settings),
         "real_guest": settings.real_guest,
         "peers": {name: dict(spec) for name, spec in HOSTS.items() if name != host},
@@ -190,6 +191,7 @@ def libvirt_hook(host: str) -> str:
     stop = " ".join(guest_command(host, "stop"))
     return ("#!/bin/sh\n"
             "# libvirt runs: qemu DOMAIN OPERATION SUB-OPERATION EXTRA (domain XML on stdin)\n"
+            f'[ "$1" = {GUEST["name"]} ] || exit 0   # fleet VMs have no guest OS\n'
             'case "$2" in\n'
             f'    started) exec {start} "$1" </dev/null ;;\n'
             f'    stopped) exec {stop} "$1" </dev/null ;;\n'

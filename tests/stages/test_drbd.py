@@ -446,6 +446,21 @@ def test_wait_sync_reports_progress_until_uptodate():
     assert all(s.is_uptodate_pair for s in states.values())
 
 
+def test_wait_sync_feeds_the_bars_every_poll():
+    syncing = both(drbd9("logger-system", role="Primary"),
+                   drbd9("logger-var", role="Primary", peer_disk="Inconsistent", replication="SyncSource", done=45.2))
+    done = both(drbd9("logger-system", role="Primary"), drbd9("logger-var", role="Primary"))
+    r = remote("xen1", {STATUS: [syncing, done]})
+    seen = []
+
+    class Bars:
+        def update(self, states):
+            seen.append({n: (s.is_uptodate_pair, s.sync_percent) for n, s in states.items()})
+
+    drbd.wait_sync(r, VM_, "xen1", timeout=60, poll=0, progress=lambda _: None, bars=Bars())
+    assert [polled["logger-var"] for polled in seen] == [(False, 45.2), (True, None)]
+
+
 def test_wait_sync_times_out_naming_what_still_syncs():
     r = remote("kvm1", {STATUS: both(drbd9("logger-system"), drbd9("logger-var", disk="Inconsistent",
                                                                    replication="SyncTarget", done=12.0))})

@@ -28,3 +28,19 @@ def test_plain_output_adds_nothing(capsys):
         view.step("logger", "checks")
         view.finish("logger", True, "kvm1")
     assert capsys.readouterr().out == ""
+
+
+def test_sync_bars_show_each_resources_resync_and_done_as_full():
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from tasks.progress import SyncBars
+
+    out = io.StringIO()
+    with SyncBars(["logger-system", "logger-var"], console=Console(file=out, force_terminal=True, width=100)) as bars:
+        bars.update({"logger-system": SimpleNamespace(is_uptodate_pair=False, sync_percent=42.5),
+                     "logger-var": SimpleNamespace(is_uptodate_pair=True, sync_percent=None)})
+    last = out.getvalue().rsplit("logger-system", 1)[-1]
+    assert "42.5%" in last and "100.0%" in last

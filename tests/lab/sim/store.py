@@ -22,7 +22,8 @@ HOOK_TIMEOUT = 600
 
 # One lab host as its own /etc view describes it (host.json).  A namedtuple, not a dataclass:
 # every simulated command starts a Python, and dataclasses' imports would double its start-up.
-Host = namedtuple("Host", "name role state_dir drbd_style xen_shutdown_delay drbd_sync_delay guest_start guest_stop")
+Host = namedtuple("Host", "name role state_dir drbd_style xen_shutdown_delay drbd_sync_delay guest_start guest_stop "
+                         "guests")
 
 
 def load_host(path=None):
@@ -44,6 +45,7 @@ def load_host(path=None):
         drbd_sync_delay=float(data.get("drbd_sync_delay", 1.0)),
         guest_start=tuple(data.get("guest_start") or ()),
         guest_stop=tuple(data.get("guest_stop") or ()),
+        guests=tuple(data.get("guests") or ()),
     )
 
 

@@ -261,7 +261,7 @@ class Toolstack:
             rc, domid = self._start(st, name, path, cfg, disks)
         if rc:
             return rc
-        if self.host.guest_start:
+        if self._has_hooks(name):
             started = store.run_hook(self.host.state_dir, list(self.host.guest_start) + [name])
             if started:
                 with model.transaction(self.host.state_dir, self.host.name) as st:
@@ -322,10 +322,16 @@ class Toolstack:
         hx["domains"][name] = {
             "id": domid, "memory": int(cfg.get("memory", 128)), "vcpus": int(cfg.get("vcpus", 1)),
             "cfg": os.path.abspath(path), "started": time.time(), "shutdown_at": None, "drbd": held,
-            "guest_stop": list(self.host.guest_stop) or None}
+            "guest_stop": list(self.host.guest_stop) if self._has_hooks(name) else None}
         st.event("xen.domain_created", self.host.name, domain=name, domid=domid, cfg=os.path.abspath(path),
                  drbd=[h["resource"] for h in held])
         return 0, domid
+
+    def _has_hooks(self, name):
+        """The guest hooks run for the lab's guests only (host.json "guests"; all when it names none):
+        a fleet VM has no OS, and a hook is a Python start-up per create and shutdown."""
+        return bool(self.host.guest_start or self.host.guest_stop) and (
+            not self.host.guests or name in self.host.guests)
 
     def _disk_missing(self, domid, index, disk):
         if self.xm:
