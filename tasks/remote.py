@@ -329,6 +329,8 @@ def _proxy(command: str):
     from paramiko.ssh_exception import ProxyCommandFailure
 
     class Proxy(paramiko.ProxyCommand):
+        connected = False   # once the session is up, end of stream is the connection's end, quietly
+
         def recv(self, size):
             buffer = b""
             deadline = None if self.timeout is None else time.monotonic() + self.timeout
@@ -342,7 +344,7 @@ def _proxy(command: str):
                 if ready:
                     chunk = os.read(self.process.stdout.fileno(), size - len(buffer))
                     if not chunk:
-                        if buffer:
+                        if buffer or self.connected:
                             return buffer
                         raise ProxyCommandFailure(" ".join(self.cmd), "the proxy command exited")
                     buffer += chunk
@@ -360,8 +362,9 @@ def open_connection(label: str, address: str, user: str, port: int, *, proxy_com
     kwargs = {}
     if identity_file:
         kwargs["key_filename"] = [str(Path(identity_file).expanduser())]
-    if proxy_command:
-        kwargs["sock"] = _proxy(proxy_command)
+    proxy = _proxy(proxy_command) if proxy_command else None
+    if proxy:
+        kwargs["sock"] = proxy
     conn = Connection(address, user=user, port=port, gateway=False, connect_timeout=timeout,
                       connect_kwargs=kwargs)
     known = Path(known_hosts or "~/.ssh/known_hosts").expanduser()
@@ -372,6 +375,8 @@ def open_connection(label: str, address: str, user: str, port: int, *, proxy_com
         conn.open()
     except Exception as exc:
         raise ToolError(f"{label}: cannot connect to {user}@{address}:{port}: {describe_ssh_error(exc)}") from None
+    if proxy:
+        proxy.connected = True   # closing the connection ends the proxy: no "proxy exited" then
     return conn
 
 

@@ -113,3 +113,16 @@ def test_a_proxy_command_whose_output_ends_fails_the_connection_at_once(tmp_path
                         known_hosts=str(tmp_path / "known_hosts"), accept_new=False, timeout=60)
     assert "xen1: cannot connect to root@10.77.0.11:22" in str(info.value)
     assert "the proxy command exited" in str(info.value)
+
+
+def test_once_connected_the_proxys_end_is_a_quiet_end_of_stream():
+    """Closing a connection ends its proxy: that must not print paramiko's 'Exception (client)'."""
+    from paramiko.ssh_exception import ProxyCommandFailure
+
+    from tasks.remote import _proxy
+
+    connecting, connected = _proxy("true"), _proxy("true")
+    connected.connected = True
+    with pytest.raises(ProxyCommandFailure, match="the proxy command exited"):
+        connecting.recv(10)
+    assert connected.recv(10) == b""
