@@ -25,6 +25,7 @@ class MappedDisk:
     resource: str | None     # DRBD resource when replicated
     readonly: bool = False
     format: str | None = None
+    per_host: bool = False   # an inventory `local:` disk: each host has its own (another UUID there)
 
 
 def disk_name(index: int, prefix: str = "sd") -> str:
@@ -100,7 +101,7 @@ def plan_disk_map(cfg, vm: VM | None = None) -> list[MappedDisk]:
     mapped: list[MappedDisk] = []
     used = set()
     for disk in _disks(cfg):
-        resource = None
+        resource, per_host = None, False
         if vm is None:
             kvm_source = f"/dev/drbd/by-res/{disk.path}" if disk.backend == "drbd" else disk.path
         else:
@@ -113,7 +114,7 @@ def plan_disk_map(cfg, vm: VM | None = None) -> list[MappedDisk]:
                 resource = entry.resource
                 kvm_source = entry.device[vm.kvm_host]
             else:
-                kvm_source = entry.path[vm.kvm_host]
+                kvm_source, per_host = entry.path[vm.kvm_host], True
         mapped.append(MappedDisk(
             xen_vdev=disk.vdev,
             target=names[disk.vdev],
@@ -123,6 +124,7 @@ def plan_disk_map(cfg, vm: VM | None = None) -> list[MappedDisk]:
             resource=resource,
             readonly=disk.mode == "r",
             format=disk.format,
+            per_host=per_host,
         ))
     if vm is not None:
         for i, entry in enumerate(vm.disks):

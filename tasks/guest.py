@@ -250,6 +250,7 @@ class FstabPlan:
     renames: dict[str, str]     # old name -> new name, partitions of whole disks included
     uuids: dict[str, str]       # new name -> UUID (with --uuid)
     root: str                   # root= the kernel gets: /dev/sda, UUID=..., LABEL=...
+    per_host: frozenset[str] = frozenset()   # new names of disks each host has its own of
 
 
 @dataclass(frozen=True)
@@ -329,15 +330,18 @@ def check_fstab(guest: Remote, facts: GuestFacts, disk_map: list[MappedDisk], uu
     from .formats.fstab import convert_fstab
     if facts.fstab is None:
         raise GuardError(f"{guest.name}: {FSTAB} does not exist")
+    local = [d.target for d in disk_map if d.per_host]
     try:
         renames, root = plan_renames(facts.fstab, disk_map)
+        per_host = frozenset(new for new in renames.values()
+                             if any(new == t or (new.startswith(t) and new[len(t):].isdigit()) for t in local))
         uuids = device_uuids(guest, renames) if uuid else {}
-        convert_fstab(facts.fstab, renames, uuids)
+        convert_fstab(facts.fstab, renames, uuids, per_host)
     except InputError as exc:
         raise GuardError(f"{guest.name}: {FSTAB}: {exc.text}") from None
     if root.startswith("/dev/") and root[5:] in uuids:
         root = f"UUID={uuids[root[5:]]}"
-    return FstabPlan(renames, uuids, root)
+    return FstabPlan(renames, uuids, root, per_host)
 
 
 def check_console(guest: Remote, facts: GuestFacts) -> GettyPlan:
@@ -446,7 +450,7 @@ def apply_console(guest: Remote, facts: GuestFacts, plan: GettyPlan) -> None:
 
 def apply_fstab(guest: Remote, plan: FstabPlan) -> None:
     from .formats.fstab import convert_fstab
-    guest.edit_file(FSTAB, lambda text: convert_fstab(text, plan.renames, plan.uuids))
+    guest.edit_file(FSTAB, lambda text: convert_fstab(text, plan.renames, plan.uuids, plan.per_host))
 
 
 # Runs "$3..." (grub-install) for the disk "$2" seen as a whole disk named in device.map "$1",

@@ -68,11 +68,14 @@ def _entry_device(line: str) -> re.Match | None:
     return m
 
 
-def convert_fstab(text: str, renames: dict[str, str], uuids: dict[str, str] | None = None) -> str:
+def convert_fstab(text: str, renames: dict[str, str], uuids: dict[str, str] | None = None,
+                  per_host: frozenset[str] = frozenset()) -> str:
     """Rename /dev/OLD in the device field only, so the rest of each line stays as written.
 
     With `uuids` (keyed by the new name) a known UUID is written instead of the new name: a UUID
-    survives any later change of bus or order, a name does not.
+    survives any later change of bus or order, a name does not.  `per_host` names (new names)
+    are disks each host has its own of (a local swap LV): their UUID differs on the other side,
+    so their UUID entries get `nofail`, else the boot there waits for the device (systemd: 90 s).
     """
     check_renames(renames)
     uuids = uuids or {}
@@ -84,8 +87,18 @@ def convert_fstab(text: str, renames: dict[str, str], uuids: dict[str, str] | No
             new = renames[m.group(2)[5:]]
             device = f"UUID={uuids[new]}" if new in uuids else f"/dev/{new}"
             line = line[:m.start(2)] + device + line[m.end(2):]
+            if new in per_host and new in uuids:
+                line = _with_option(line, "nofail")
         out.append(line)
     return "".join(out)
+
+
+def _with_option(line: str, option: str) -> str:
+    """The line with `option` added to its fourth field (the mount options), if it has one."""
+    m = re.match(r"([ \t]*\S+[ \t]+\S+[ \t]+\S+[ \t]+)(\S+)", line)
+    if m is None or option in m.group(2).split(","):
+        return line
+    return line[:m.end(2)] + "," + option + line[m.end(2):]
 
 
 def fstab_devices(text: str) -> list[str]:

@@ -55,6 +55,7 @@ def test_seed_vm_map_names_drbd_devices_and_the_local_swap():
         ("xvda3", "sdb", "logger-var", "/dev/drbd6", "block"),
         ("xvda1", "sdc", None, "/dev/vg_main/logger-swap", "block"),
     ]
+    assert [d.per_host for d in dm] == [False, False, True], "the local swap LV is each host's own"
     assert renames(dm) == {"xvda2": "sda", "xvda3": "sdb", "xvda1": "sdc"}
 
 

@@ -68,6 +68,18 @@ def test_uuids_replace_known_names_only():
     assert convert_fstab(out, RENAMES, uuids) == out
 
 
+def test_a_per_host_disk_by_uuid_gets_nofail_once():
+    """A local swap LV has another UUID on the other host: without nofail that boot waits for it."""
+    uuids = {"sda": "0f3e8a1c-6d2b-4f7e-9a51-3b8c2d4e5f60", "sdb": "7c2d1e9f-0a3b-4c5d-8e6f-1a2b3c4d5e6f"}
+    out = convert_fstab(XEN_TOOLS, RENAMES, uuids, per_host=frozenset({"sdb", "sdc"}))
+    assert out.splitlines()[5:] == [
+        "UUID=0f3e8a1c-6d2b-4f7e-9a51-3b8c2d4e5f60 / ext4 errors=remount-ro 0 1",
+        "UUID=7c2d1e9f-0a3b-4c5d-8e6f-1a2b3c4d5e6f none swap sw,nofail 0 0",
+        "/dev/sdc /var ext4 defaults 0 1",   # a name, not a UUID: the same on both sides
+    ]
+    assert convert_fstab(out, RENAMES, uuids, per_host=frozenset({"sdb", "sdc"})) == out
+
+
 def test_operator_fstab_keeps_spacing_and_stable_names():
     assert convert_fstab(OPERATOR, RENAMES) == """\
 # /etc/fstab: static file system information.
