@@ -34,7 +34,7 @@ def test_eight_in_parallel_one_fault_rolls_back_alone(lab, fab):
     moved = fab("migrate", "--vm", ",".join(EVERY), "--parallel", "8", timeout=300)
 
     assert moved.returncode == 1, moved.stdout + moved.stderr
-    assert f"1 of 8 VMs failed: {FAILING}" in moved.stderr
+    assert f"1 of 8 VMs failed: {FAILING}" in moved.stderr, moved.stdout
     assert "== 7 of 8 VMs done" in moved.stdout
     assert f"FAILED {FAILING}: step 'promote DRBD on kvm1' failed" in moved.stdout
     assert placement(lab) == {name: ON_XEN if name == FAILING else ON_KVM for name in EVERY}
