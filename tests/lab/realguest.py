@@ -42,35 +42,30 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import APT_PROXY_PORT, GUEST, SWITCH_ADDRESS
+from . import CACHE as LAB_CACHE
 from . import mirror as apt_proxy
 
 BUILD_VERSION = 1                 # bump when the build below changes
-LAB = Path(__file__).resolve().parent
-CACHE = LAB / ".cache" / "realguest"
-PROXY_CACHE = LAB / ".cache" / "apt-proxy"
+CACHE = LAB_CACHE / "realguest"
+PROXY_CACHE = LAB_CACHE / "apt-proxy"
 
 SUITE = "bookworm"
-HOSTNAME = "logger"
-ADDRESS = "10.77.0.50"
+HOSTNAME = GUEST["name"]
+ADDRESS = GUEST["address"]
 NETMASK = "255.255.255.0"
-GATEWAY = "10.77.0.1"
-MAC = "00:16:3e:37:d0:70"
-BRIDGE = "br0"
+GATEWAY = SWITCH_ADDRESS
+MAC = GUEST["mac"]
+BRIDGE = GUEST["bridge"]
 MEMORY = "256M"
 PASSWORD = "logger"               # root's, for a console login while debugging
-PROXY_ADDRESS = "10.77.0.1"       # the lab switch's address: the guest's apt proxy later
-PROXY_PORT = 3142
+PROXY_ADDRESS = SWITCH_ADDRESS     # the guest keeps it as its apt proxy: the lab serves it there
+PROXY_PORT = APT_PROXY_PORT
 # Sizes: sparse files.  /var holds apt's lists with deb-src (xen-tools' sources.list),
 # the .debs being installed and mkinitramfs' temporary tree: 128M and 512M are too small
 # (update-initramfs fails with ENOSPC); root needs ~750M with the kernel installed.
 SIZES = {"swap": "64M", "root": "1G", "var": "1G"}
 VARIANTS = ("systemd", "sysvinit")
-BOOTS = ("pygrub", "kernel")
-# boot="kernel": the cfg names a dom0-side kernel and ramdisk (paths on the simulated Xen
-# host, which must provide them) instead of pygrub; the guest then has no kernel at all.
-DOMU_KERNEL = "/boot/vmlinuz-6.1.0-domu"
-DOMU_RAMDISK = "/boot/initrd.img-6.1.0-domu"
-DISTRIBUTIONS = Path("/etc/xen-tools/distributions.conf")
 BUILD_NETNS = "xkrg-build"        # a private netns for the build: only lo, with the proxy
 XEN_TOOLS_HOOKS = Path("/usr/share/xen-tools/debian.d")
 PACKAGES = ("xen-tools", "debootstrap")
@@ -158,8 +153,8 @@ def mirror_url() -> str:
     return "http://deb.debian.org/debian"
 
 
-def cache_key(variant: str, mirror: str, boot: str = "pygrub") -> dict:
-    return {"build_version": BUILD_VERSION, "variant": variant, "boot": boot, "suite": SUITE, "mirror": mirror,
+def cache_key(variant: str, mirror: str) -> dict:
+    return {"build_version": BUILD_VERSION, "variant": variant, "suite": SUITE, "mirror": mirror,
             "sizes": SIZES, "xen_tools": _xen_tools_version(), "hostname": HOSTNAME, "address": ADDRESS}
 
 
@@ -167,35 +162,31 @@ def _digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _name(variant: str, boot: str) -> str:
-    return variant if boot == "pygrub" else f"{variant}-{boot}"
-
-
-def _guest(variant: str, meta: dict, boot: str = "pygrub") -> Guest:
-    d = CACHE / _name(variant, boot)
+def _guest(variant: str, meta: dict) -> Guest:
+    d = CACHE / variant
     return Guest(variant, d, d / "root.img", d / "var.img", d / "swap.img", d / f"{HOSTNAME}.cfg", meta)
 
 
-def cached(variant: str, boot: str = "pygrub") -> Guest | None:
+def cached(variant: str) -> Guest | None:
     """The cached guest of the variant when its key matches the current inputs."""
-    d = CACHE / _name(variant, boot)
+    d = CACHE / variant
     try:
         meta = json.loads((d / "meta.json").read_text())
     except (OSError, ValueError):
         return None
-    if meta.get("digest") != _digest(cache_key(variant, mirror_url(), boot)):
+    if meta.get("digest") != _digest(cache_key(variant, mirror_url())):
         return None
-    g = _guest(variant, meta, boot)
+    g = _guest(variant, meta)
     return g if all(p.is_file() for p in (g.root, g.var, g.swap, g.cfg)) else None
 
 
-def ensure(variant: str = "systemd", log=print, netns: str = BUILD_NETNS, boot: str = "pygrub") -> Guest:
+def ensure(variant: str = "systemd", log=print, netns: str = BUILD_NETNS) -> Guest:
     """The paths of the variant's images and cfg, building them once (then cached)."""
-    if variant not in VARIANTS or boot not in BOOTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, boot one of {BOOTS}")
-    g = cached(variant, boot)
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}")
+    g = cached(variant)
     if g is None:
-        g = build(variant, log=log, netns=netns, boot=boot)
+        g = build(variant, log=log, netns=netns)
     return g
 
 
@@ -231,14 +222,14 @@ def _trim(image: Path) -> None:
     _run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "trim", str(image)])
 
 
-def build(variant: str = "systemd", log=print, netns: str = BUILD_NETNS, boot: str = "pygrub") -> Guest:
+def build(variant: str = "systemd", log=print, netns: str = BUILD_NETNS) -> Guest:
     """Run xen-create-image for the variant in a private netns whose only way out is the
-    apt proxy; store images, cfg, build log and meta.json under CACHE/variant[-kernel]."""
+    apt proxy; store images, cfg, build log and meta.json under CACHE/variant."""
     ensure_packages(log)
     mirror = mirror_url()
-    key = cache_key(variant, mirror, boot)
-    final = CACHE / _name(variant, boot)
-    work = CACHE / f".build-{_name(variant, boot)}"
+    key = cache_key(variant, mirror)
+    final = CACHE / variant
+    work = CACHE / f".build-{variant}"
     shutil.rmtree(work, ignore_errors=True)
     (work / "out").mkdir(parents=True)
     (work / "partitions").write_text(PARTITIONS)
@@ -246,17 +237,12 @@ def build(variant: str = "systemd", log=print, netns: str = BUILD_NETNS, boot: s
             # xen-create-image loop-mounts the images and binds /proc, /dev/pts: a private
             # mount namespace makes sure none of it outlives the build.
             "unshare", "--mount", "--propagation", "private", "--",
-            *_kernel_boot_wrapper(work, boot),
             "xen-create-image", f"--hostname={HOSTNAME}", f"--dist={SUITE}", "--arch=amd64",
             f"--mirror={mirror}", f"--apt_proxy=http://{PROXY_ADDRESS}:{PROXY_PORT}/", "--cache=no",
             f"--dir={work}", f"--output={work / 'out'}", f"--partitions={work / 'partitions'}",
             f"--ip={ADDRESS}", f"--netmask={NETMASK}", f"--gateway={GATEWAY}", f"--nameserver={GATEWAY}",
             f"--mac={MAC}", f"--bridge={BRIDGE}", f"--memory={MEMORY}", "--vcpus=1",
             "--nohosts", "--noboot", "--nocopyhosts", f"--password={PASSWORD}", "--force", "--verbose"]
-    if boot == "kernel":
-        # Read after the command line and not checked for existence (--kernel must exist here).
-        (work / "kernel.conf").write_text(f"kernel = {DOMU_KERNEL}\ninitrd = {DOMU_RAMDISK}\n")
-        argv.append(f"--config={work / 'kernel.conf'}")
     if variant == "sysvinit":
         role = work / "role-sysvinit"
         role.write_text(SYSVINIT_ROLE)
@@ -312,27 +298,4 @@ def build(variant: str = "systemd", log=print, netns: str = BUILD_NETNS, boot: s
     (final / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     log(f"built the {variant} guest in {seconds:.0f} s (apt proxy: {stats})")
-    return _guest(variant, meta, boot)
-
-
-def _kernel_boot_wrapper(work: Path, boot: str) -> list[str]:
-    """For boot="kernel": xen-tools 4.9.2 forces pygrub for dists marked so in
-    distributions.conf (bookworm is); bind a copy without the mark over it, only in the
-    build's private mount namespace."""
-    if boot == "pygrub":
-        return []
-    text = re.sub(rf"^({SUITE}\s*=\s*\S+)\s+pygrub\b", r"\1", DISTRIBUTIONS.read_text(), flags=re.M)
-    (work / "distributions.conf").write_text(text)
-    return ["sh", "-c", 'mount --bind "$0" "$1" && shift && exec "$@"',
-            str(work / "distributions.conf"), str(DISTRIBUTIONS)]
-
-
-def copy_to(guest: Guest, dest: Path) -> dict[str, Path]:
-    """Fresh copies of the guest's images in dest (sparse), by xvda name."""
-    dest.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for vdev, src in guest.disks().items():
-        target = dest / src.name
-        subprocess.run(["cp", "--sparse=always", str(src), str(target)], check=True)
-        out[vdev] = target
-    return out
+    return _guest(variant, meta)
