@@ -22,7 +22,7 @@ from typing import Callable
 
 from invoke import task
 
-from . import drbd, inventory, kvmhost, xenhost
+from . import drbd, inventory, kvmhost, localdisk, xenhost
 from .errors import GuardError, InputError, ToolError
 from .inventory import VM, Inventory
 from .progress import FleetView
@@ -241,8 +241,8 @@ class Step:
 def plan_move(ctx: Ctx, target_side: str, xml: str | None) -> list[Step]:
     """The steps of one move, mirror images for the two directions.
 
-    The KVM domain is defined before the guest stops (defining starts nothing),
-    so the guest's downtime holds only the shutdown, the DRBD switch and the start.
+    The KVM domain is defined and the target's swap matched before the guest stops, so
+    the guest's downtime holds only the shutdown, the DRBD switch and the start.
     """
     vm, inv, site = ctx.vm, ctx.inv, ctx.site
     source_side = other(target_side)
@@ -259,6 +259,10 @@ def plan_move(ctx: Ctx, target_side: str, xml: str | None) -> list[Step]:
                            f"virsh define --validate {kvmhost.XML_DIR}/{vm.name}.xml"],
                           lambda: kvmhost.define_domain(target, target_host, vm.name, xml, was_new=is_new),
                           undo={"op": "undefine", "side": "kvm"} if is_new else None))
+    for swap in localdisk.plan_swap_matches(site, vm, src, dst):
+        steps.append(Step(f"give {dst}:{swap.path} the UUID of {vm.name}'s swap", dst,
+                          [f"mkswap -U {swap.uuid} {swap.path}"],
+                          lambda swap=swap: localdisk.format_swap(target, swap)))
     steps += [
         Step(f"shut {vm.name} down on {src}", src,
              [stop_cmd, f"wait until gone (up to {ctx.timeout:.0f}s{', then destroy' if ctx.force else ''})"],

@@ -40,6 +40,7 @@ class Shared:
     disks_of: dict[str, list[str]] = field(default_factory=dict)  # domain -> its resources (default: all)
     snapshots: list[list[str]] = field(default_factory=list)   # lvcreate / qemu-img / removal argv
     console: dict[str, str] = field(default_factory=dict)   # domain -> what its serial console prints once started
+    signatures: dict[tuple[str, str], dict] = field(default_factory=dict)   # (host, path) -> blkid's TYPE, UUID
     fail_halfway: tuple | None = None    # (host, verb, resource): drbdadm fails there, once, after the ones before
 
     def resources_of(self, domain: str) -> list[str]:
@@ -144,6 +145,12 @@ class FakeHost:
         if argv[:3] == ["grep", "-q", "-E"]:
             text = self.shared.files.get((self.name, argv[4]))
             return Result(exited=0 if text is not None and re.search(argv[3], text, re.M) else 1)
+        if argv[:4] == ["blkid", "-p", "-o", "export"]:
+            found = self.shared.signatures.get((self.name, argv[4]))
+            return Result(stdout="".join(f"{k}={v}\n" for k, v in found.items())) if found else Result(exited=2)
+        if argv[:2] == ["mkswap", "-U"]:
+            self.shared.signatures[(self.name, argv[3])] = {"TYPE": "swap", "UUID": argv[2]}
+            return Result()
         if tool == "rm":
             for path in argv[3:]:
                 self.shared.files.pop((self.name, path), None)

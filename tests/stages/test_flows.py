@@ -112,6 +112,51 @@ def test_dry_run_sends_no_change_and_prints_the_plan(world, capsys):
     assert "would run on kvm1:" in out and "+++ kvm1:/var/lib/xenkvm/logger.xml (new)" in out
 
 
+SWAP = "/dev/vg_main/logger-swap"
+XEN_SWAP = {"TYPE": "swap", "UUID": "5d1c0b4e-0000-4000-8000-00000000a001"}
+
+
+@pytest.mark.parametrize("kvm_swap", [{"TYPE": "swap", "UUID": "5d1c0b4e-0000-4000-8000-00000000b002"}, None])
+def test_kvm_hosts_swap_gets_the_guests_swap_uuid_before_the_shutdown(world, kvm_swap):
+    """fstab names the swap by UUID: the KVM host's own swap LV (or a blank one) must carry it."""
+    world.shared.signatures[("xen1", SWAP)] = dict(XEN_SWAP)
+    if kvm_swap:
+        world.shared.signatures[("kvm1", SWAP)] = kvm_swap
+    assert world.move("kvm").ok
+    assert world.changes() == [TO_KVM[0], f"kvm1: mkswap -U {XEN_SWAP['UUID']} {SWAP}", *TO_KVM[1:]]
+    assert world.shared.signatures[("kvm1", SWAP)] == XEN_SWAP
+    world.audit.unlink()
+    assert world.move("xen").ok
+    assert world.changes() == TO_XEN, "the swaps match now: nothing to format on the way back"
+
+
+def test_failed_mkswap_stops_the_move_before_the_guest_stops(world):
+    world.shared.signatures[("xen1", SWAP)] = dict(XEN_SWAP)
+    world.shared.faults[f"kvm1:mkswap -U {XEN_SWAP['UUID']} {SWAP}"] = 1
+    outcome = world.move("kvm")
+    assert not outcome.ok and "mkswap" in outcome.message
+    assert world.where() == ON_XEN
+    assert not any("shutdown" in line for line in world.changes())
+
+
+def test_kvm_hosts_local_disk_that_is_not_swap_is_left_alone(world, capsys):
+    world.shared.signatures[("xen1", SWAP)] = dict(XEN_SWAP)
+    world.shared.signatures[("kvm1", SWAP)] = {"TYPE": "ext4", "UUID": "0e0e"}
+    assert world.move("kvm").ok
+    assert world.changes() == TO_KVM
+    assert world.shared.signatures[("kvm1", SWAP)]["TYPE"] == "ext4"
+    assert f"kvm1:{SWAP} holds ext4, not swap: left as it is" in capsys.readouterr().out
+
+
+def test_dry_run_shows_the_swap_step_and_formats_nothing(world, capsys):
+    world.shared.signatures[("xen1", SWAP)] = dict(XEN_SWAP)
+    assert world.move("kvm", dry_run=True).ok
+    assert ("kvm1", SWAP) not in world.shared.signatures
+    out = capsys.readouterr().out
+    assert f"2. give kvm1:{SWAP} the UUID of logger's swap: mkswap -U {XEN_SWAP['UUID']} {SWAP}" in out
+    assert f"would run on kvm1: mkswap -U {XEN_SWAP['UUID']} {SWAP}" not in out
+
+
 @pytest.mark.parametrize("setup, message", [
     (lambda s: s.kvm_running.add("logger") or s.kvm_defined.add("logger"), "runs on BOTH xen1 and kvm1"),
     (lambda s: s.xen_running.clear(), "is not running on xen1"),
