@@ -3,7 +3,8 @@ libvirt/qemu (TCG) from its own disk, through its own boot loader or kernel, and
 
 Nothing is done by hand between the tool's commands: the guest installs what it needs from
 the Debian mirror through the lab's restricted apt proxy.  Each guest goes to KVM and back
-twice.  `make e2e` prints one line per guest from REPORT at its end.
+twice.  `make e2e` prints one line per guest from REPORT at its end; each KVM boot's serial
+console is kept beside it (e2e-GUEST-console-ROUND.log).
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def test_xen_tools_guest_boots_on_kvm_and_returns(lab, fab, image, boot):
         ok(fab("migrate", "--vm", "logger", timeout=300))
         wait_for_login(lab, since, started)
         to_kvm.append(time.monotonic() - started)
+        (WORK / f"e2e-{name}-console-{round_}.log").write_text(
+            lab.exec("kvm1", ["tail", "-c", f"+{since + 1}", CONSOLE]).stdout)
         assert where(lab) == ON_KVM
         on_kvm = ssh(f"cat /sys/class/net/eth0/address /root/e2e-xen; systemd-detect-virt || true; "
                      f"echo round-{round_} > /root/e2e-kvm; sync")
