@@ -20,7 +20,6 @@ NOTHING_FOUND = 2   # blkid's exit code when the device holds no known signature
 
 @dataclass(frozen=True)
 class SwapMatch:
-    host: str
     path: str     # the target host's own swap device or file
     uuid: str     # the UUID of the swap the guest used on the source host
 
@@ -53,7 +52,7 @@ def plan_swap_matches(site: Site, vm: VM, src: str, dst: str) -> list[SwapMatch]
             say(f"  note: {dst}:{path} holds {target['TYPE']}, not swap: left as it is, so "
                 f"{vm.name} runs there without the swap it has on {src}")
         else:
-            matches.append(SwapMatch(dst, path, source["UUID"]))
+            matches.append(SwapMatch(path, source["UUID"]))
     return matches
 
 
