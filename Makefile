@@ -30,7 +30,7 @@ $(BIN)/fab: pyproject.toml
 
 E2E_REPORT := tests/lab/.work/e2e-report.txt
 
-# Every test, the real-guest boots included (about 15 of its 20 minutes on 2 cores).
+# Every test, the real-guest boots included (about 12 of its 16 minutes on 2 cores).
 test: deps
 	rm -f $(E2E_REPORT)
 	$(BIN)/pytest -q
