@@ -47,7 +47,16 @@ def running_on(site: Site, inv: Inventory, vm: VM, side: str) -> bool:
 
 def where_running(site: Site, inv: Inventory, vm: VM) -> list[str]:
     """The hosts where the VM's domain runs now (probes both)."""
-    return [vm.host_for(side) for side in SIDES if running_on(site, inv, vm, side)]
+    return where_seen(site, inv, vm)[0]
+
+
+def where_seen(site: Site, inv: Inventory, vm: VM) -> tuple[list[str], str]:
+    """The hosts where the VM's domain runs now, and its state on the KVM host (`not found`
+    when undefined there), from one listing per host: a move needs both before it plans."""
+    kvm = inv.host(vm.kvm_host)
+    kvm_state = kvmhost.domain_state(site.host(kvm.name), kvm, vm.name)
+    running = {"xen": running_on(site, inv, vm, "xen"), "kvm": kvm_state not in kvmhost.STOPPED}
+    return [vm.host_for(side) for side in SIDES if running[side]], kvm_state
 
 
 # -- journal and lock ---------------------------------------------------------------------------
@@ -238,8 +247,9 @@ class Step:
     undo: dict | None = None             # {"op": ..., "side": ...}, recorded before the step runs
 
 
-def plan_move(ctx: Ctx, target_side: str, xml: str | None) -> list[Step]:
-    """The steps of one move, mirror images for the two directions.
+def plan_move(ctx: Ctx, target_side: str, xml: str | None, kvm_state: str) -> list[Step]:
+    """The steps of one move, mirror images for the two directions; `kvm_state` is the domain's
+    state on the KVM host as resolve_target just saw it, under the VM's lock.
 
     The KVM domain is defined and the target's swap matched before the guest stops, so
     the guest's downtime holds only the shutdown, the DRBD switch and the start.
@@ -252,8 +262,7 @@ def plan_move(ctx: Ctx, target_side: str, xml: str | None) -> list[Step]:
     stop_cmd = (f"xl|xm shutdown {vm.name}" if source_side == "xen" else f"virsh shutdown {vm.name}")
     steps = []
     if target_side == "kvm":
-        # Undefine on undo only if this run creates the definition.
-        is_new = kvmhost.domain_state(target, target_host, vm.name) == "not found"
+        is_new = kvm_state == "not found"   # undefine on undo only if this run creates the definition
         steps.append(Step(f"define {vm.name} on {dst}", dst,
                           [f"upload {kvmhost.XML_DIR}/{vm.name}.xml",
                            f"virsh define --validate {kvmhost.XML_DIR}/{vm.name}.xml"],
@@ -369,7 +378,7 @@ def move(ctx: Ctx, to: str | None, journals: Path, locks: Path, dry_run: bool = 
     vm = ctx.vm
     with VmLock(locks, vm.name):
         refuse_unfinished(journals, vm.name)   # first: after a crash the VM may run nowhere
-        target_side, runs_on = resolve_target(ctx.site, ctx.inv, vm, to)
+        target_side, runs_on, kvm_state = resolve_target(ctx.site, ctx.inv, vm, to)
         if target_side is None:
             return Outcome(vm.name, True, runs_on, f"{vm.name}: already on {', '.join(runs_on)}")
         src, dst = vm.host_for(other(target_side)), vm.host_for(target_side)
@@ -377,14 +386,14 @@ def move(ctx: Ctx, to: str | None, journals: Path, locks: Path, dry_run: bool = 
         say("checks:")
         ctx.on_step("checks")
         xml = check_move(ctx, target_side, runs_on)
-        steps = plan_move(ctx, target_side, xml)
+        steps = plan_move(ctx, target_side, xml, kvm_state)
         say("plan:")
         for number, step in enumerate(steps, 1):
             say(f"  {number}. {step.name}: " + "; ".join(step.shows))
         if dry_run:
             if xml is not None:
                 host = ctx.inv.host(dst)
-                kvmhost.define_domain(ctx.site.host(dst), host, vm.name, xml)
+                kvmhost.define_domain(ctx.site.host(dst), host, vm.name, xml, was_new=kvm_state == "not found")
             return Outcome(vm.name, True, [src], "dry run: nothing changed")
         return _execute(ctx, steps, Journal.start(journals, vm, target_side), dst)
 
@@ -463,16 +472,17 @@ def select_vms(inv: Inventory, vm: str | None, all_vms: bool, from_host: str | N
     return inv.select(None if all_vms else vm)
 
 
-def resolve_target(site: Site, inv: Inventory, vm: VM, to: str | None) -> tuple[str | None, list[str]]:
-    """Which side the VM goes to (None when it is already there), and where it runs now."""
-    runs_on = where_running(site, inv, vm)
+def resolve_target(site: Site, inv: Inventory, vm: VM, to: str | None) -> tuple[str | None, list[str], str]:
+    """Which side the VM goes to (None when it is already there), where it runs now, and its
+    state on the KVM host."""
+    runs_on, kvm_state = where_seen(site, inv, vm)
     if len(runs_on) == 2:
         raise GuardError(f"{vm.name} runs on BOTH {' and '.join(runs_on)}: stop one by hand now")
     if to is None:
         if not runs_on:
             raise GuardError(f"{vm.name} runs on no host: cannot tell which way to move it (give --to)")
-        return ("kvm" if runs_on[0] == vm.xen_host else "xen"), runs_on
-    return (None if runs_on == [vm.host_for(to)] else to), runs_on
+        return ("kvm" if runs_on[0] == vm.xen_host else "xen"), runs_on, kvm_state
+    return (None if runs_on == [vm.host_for(to)] else to), runs_on, kvm_state
 
 
 class HostSlots:

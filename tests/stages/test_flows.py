@@ -91,6 +91,17 @@ def test_to_kvm_sends_exactly_the_seed_procedure(world):
     assert "00:16:3e:37:d0:70" in xml and "/dev/drbd5" in xml
 
 
+def test_to_kvm_lists_each_host_only_where_it_must(world):
+    """Where the VM runs and whether libvirt knows it come from one look per host; the only
+    other listings are the shutdown wait's and the check that the domain runs after start."""
+    assert world.move("kvm").ok
+    probes = [json.loads(line) for line in world.audit.read_text().splitlines()]
+    listings = [(e["host"], e["command"].split()[-2:]) for e in probes if e["kind"] == "probe"
+                and e["command"].endswith(("list --all", "xl list"))]
+    assert listings.count(("kvm1", ["list", "--all"])) == 2
+    assert listings[:2] == [("kvm1", ["list", "--all"]), ("xen1", ["xl", "list"])]
+
+
 def test_and_back_to_xen(world):
     assert world.move("kvm").ok
     world.audit.unlink()
