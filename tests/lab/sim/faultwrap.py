@@ -1,9 +1,10 @@
 """Wrapper for a REAL command in the lab (virsh): installed under the command's own name earlier
 in PATH, it applies injected faults, then runs the real binary found later in PATH.
 
-For virsh it also keeps the lab's record of running KVM domains true: after
-start/create/destroy/shutdown/undefine/reboot it asks `virsh domstate` for the truth, and
-whenever the caller itself reads domstate, dominfo or list, it notes what virsh answered.
+For virsh it also keeps the lab's record of running KVM domains true: a successful start or
+create is running; after any other change (destroy, shutdown, undefine, reboot) or a failure it
+asks `virsh domstate` for the truth; and whenever the caller itself reads domstate, dominfo
+or list, it notes what virsh answered.
 """
 
 import os
@@ -16,6 +17,7 @@ from . import control, faults, store
 GLOBAL_VALUE_OPTIONS = {"-c", "--connect", "-d", "--debug", "-l", "--log", "-k", "--keepalive-interval",
                         "-K", "--keepalive-count", "-e", "--escape"}
 CHANGES = {"start", "create", "destroy", "shutdown", "undefine", "reboot"}
+STARTS = {"start", "create"}
 READS = {"domstate", "dominfo", "list"}
 STOPPED = {"shut off", "crashed"}
 
@@ -40,7 +42,10 @@ def main(argv=None):
         os.execv(real, [real] + argv[1:])
     if cmd in CHANGES:
         rc = subprocess.call([real] + argv[1:])
-        control.note_kvm_domain(host.state_dir, host.name, domain, domstate(real, glob_opts, domain))
+        # A start libvirt reports done is a running domain (a later listing notes any crash);
+        # every other change, or a failure, is asked about.
+        running = True if rc == 0 and cmd in STARTS else domstate(real, glob_opts, domain)
+        control.note_kvm_domain(host.state_dir, host.name, domain, running)
     else:
         done = subprocess.run([real] + argv[1:], stdout=subprocess.PIPE, check=False)
         sys.stdout.buffer.write(done.stdout)
