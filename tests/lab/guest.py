@@ -131,7 +131,9 @@ def start(host: str, name: str) -> None:
         return listening(pid, 22)
 
     try:
-        wait_for(f"guest {name}'s sshd", sshd_up, 15)
+        # Generous: beside eight qemu starts on 2 cores sshd may take a while; a guest that
+        # dies ends the wait at once (sshd_up).
+        wait_for(f"guest {name}'s sshd", sshd_up, 60)
     except LabError:
         stop(host, name)
         raise
