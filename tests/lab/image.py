@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
-from . import CACHE, GUEST, RESOURCES, SWAP, WORK, realguest
+from . import CACHE, GUEST, RESOURCES, SWAP, WORK, mirror, realguest
 from .spaces import LabError
 
 IMAGE_VERSION = 2            # bump when the build below changes
@@ -36,22 +35,9 @@ PRISTINE_META = CACHE / "logger-system.json"
 
 def apt_mirror() -> str:
     """The Debian mirror apt uses on this machine for the suite (the guest must come from it)."""
-    sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
-    for path in sources:
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        if path.suffix == ".sources":
-            for stanza in re.split(r"\n\s*\n", text):
-                fields = dict(re.findall(r"^(\w[\w-]*):\s*(.*)$", stanza, re.M))
-                if SUITE in fields.get("Suites", "").split() and "deb" in fields.get("Types", "").split():
-                    return fields["URIs"].split()[0].rstrip("/")
-        else:
-            for line in text.splitlines():
-                words = re.sub(r"\[[^]]*\]", "", line.split("#")[0]).split()
-                if len(words) >= 3 and words[0] == "deb" and words[2] == SUITE:
-                    return words[1].rstrip("/")
+    for uri, suites in mirror.apt_sources():
+        if SUITE in suites:
+            return uri.rstrip("/")
     return DEFAULT_MIRROR
 
 
@@ -86,14 +72,14 @@ def build(log) -> None:
     shutil.rmtree(work, ignore_errors=True)
     rootfs = work / "rootfs"
     rootfs.mkdir(parents=True)
-    mirror = apt_mirror()
-    log(f"building the guest image: debootstrap {SUITE} from {mirror} (once; cached in {CACHE})")
+    mirror_url = apt_mirror()
+    log(f"building the guest image: debootstrap {SUITE} from {mirror_url} (once; cached in {CACHE})")
     logfile = CACHE / "build.log"
     steps = [
         # debootstrap mounts /proc and /sys in the target: a private mount namespace
         # makes sure those mounts die with it even if the build is interrupted.
         (["unshare", "--mount", "--propagation", "private", "--", "debootstrap", "--variant=minbase",
-          "--include=openssh-server,systemd-sysv,initramfs-tools", SUITE, str(rootfs), mirror], None),
+          "--include=openssh-server,systemd-sysv,initramfs-tools", SUITE, str(rootfs), mirror_url], None),
         *((["sh", str(XEN_TOOLS_HOOKS / hook), str(rootfs)], _xen_tools_env())
           for hook in ("40-setup-networking", "50-setup-hostname", "90-make-fstab")),
     ]
@@ -111,7 +97,7 @@ def build(log) -> None:
     subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "logger-root", "-d", str(rootfs), str(image), SYSTEM_SIZE],
                    check=True, capture_output=True)
     os.replace(image, PRISTINE)
-    PRISTINE_META.write_text(json.dumps({"version": IMAGE_VERSION, "suite": SUITE, "mirror": mirror}) + "\n")
+    PRISTINE_META.write_text(json.dumps({"version": IMAGE_VERSION, "suite": SUITE, "mirror": mirror_url}) + "\n")
     shutil.rmtree(work)
 
 

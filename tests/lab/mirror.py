@@ -75,7 +75,22 @@ def apt_archives(codename: str | None = None) -> list[tuple[str, str]]:
     (``nodistro``, ``cloud-sdk-bookworm``) do not.
     """
     codename = codename if codename is not None else os_codename()
-    entries: list[tuple[str, list[str]]] = []          # (uri, suites)
+    archives: list[tuple[str, str]] = []
+    for uri, suites in apt_sources():
+        if codename and not any(s == codename or s.startswith(codename + "-") for s in suites):
+            continue
+        u = urllib.parse.urlsplit(uri)
+        if u.scheme != "http" or not u.hostname:
+            continue
+        item = (u.hostname.lower(), "/" + u.path.strip("/") + "/" if u.path.strip("/") else "/")
+        if item not in archives:
+            archives.append(item)
+    return archives
+
+
+def apt_sources() -> list[tuple[str, list[str]]]:
+    """(URI, suites) of every enabled `deb` source in this machine's apt sources, in apt's order."""
+    entries: list[tuple[str, list[str]]] = []
     paths = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
     for path in paths:
         try:
@@ -93,17 +108,7 @@ def apt_archives(codename: str | None = None) -> list[tuple[str, str]]:
                 words = re.sub(r"\[[^]]*\]", "", line.split("#")[0]).split()
                 if len(words) >= 3 and words[0] == "deb":
                     entries.append((words[1], [words[2]]))
-    archives: list[tuple[str, str]] = []
-    for uri, suites in entries:
-        if codename and not any(s == codename or s.startswith(codename + "-") for s in suites):
-            continue
-        u = urllib.parse.urlsplit(uri)
-        if u.scheme != "http" or not u.hostname:
-            continue
-        item = (u.hostname.lower(), "/" + u.path.strip("/") + "/" if u.path.strip("/") else "/")
-        if item not in archives:
-            archives.append(item)
-    return archives
+    return entries
 
 
 # ---------------------------------------------------------------------------------------
