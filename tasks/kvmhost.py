@@ -1,8 +1,8 @@
 """Stage: the KVM host. Render and define the libvirt domain, start, stop, rehearse, and keep
 the copy of the guest's kernel that a direct-kernel domain boots.
 
-Domain state is read as the Pacemaker VirtualDomain agent does: `LANG=C virsh
-domstate`, where "shut off" or a missing domain means stopped.
+Domain state is read from `LANG=C virsh list --all`, shared by concurrent callers; as in the
+Pacemaker VirtualDomain agent, "shut off" or a missing domain means stopped.
 """
 
 from __future__ import annotations
@@ -455,7 +455,7 @@ def define(c, vm, dry_run=False):
 
 @task(help={"vm": "VM name from the inventory"})
 def state(c, vm):
-    """Print the VM's domain state on its KVM host (LANG=C virsh domstate), and for a
+    """Print the VM's domain state on its KVM host (LANG=C virsh list --all), and for a
     direct-kernel VM the kernel it boots there."""
     _, model, site, host = _context(c, vm)
     remote = site.host(host.name)
