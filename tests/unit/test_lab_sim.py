@@ -52,12 +52,20 @@ class Lab:
                 "guest_start": [str(self.hook), "start"], "guest_stop": [str(self.hook), "stop"],
                 "peers": {peer: "kvm" if role == "xen" else "xen"}}))
 
-    def run(self, host, *argv, path=None):
+    def env(self, host, path=None):
         env = {**os.environ, store.HOST_FILE_ENV: str(self.tmp / f"{host}.json")}
         if path:
             env["PATH"] = path
-        return subprocess.run([str(BIN / argv[0]), *argv[1:]], capture_output=True, text=True, env=env,
-                              timeout=30, check=False)
+        return env
+
+    def run(self, host, *argv, path=None):
+        return subprocess.run([str(BIN / argv[0]), *argv[1:]], capture_output=True, text=True,
+                              env=self.env(host, path), timeout=30, check=False)
+
+    def start(self, host, *argv):
+        """A simulator call left running, for races."""
+        return subprocess.Popen([str(BIN / argv[0]), *argv[1:]], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=self.env(host))
 
     def seed(self, primary="xen1", uptodate=True, name=RES, hosts=None):
         hosts = hosts or {h: str(d) for h, d in self.dev.items()}
@@ -188,7 +196,8 @@ def test_demote_is_refused_while_a_process_holds_the_device_by_its_real_path(lab
     assert refused.returncode == 11
     assert refused.stderr == (f"{RES}: State change failed: (-12) Device is held open by someone\n"
                               f"Command 'drbdsetup secondary {RES}' terminated with exit code 11\n")
-    assert [e["holder"] for e in lab.events("drbd.refused")] == [f"pid {holder.pid} (python3)"]
+    comm = os.path.basename(sys.executable)[:15]  # python3 under .venv/bin/pytest, python under python -m
+    assert [e["holder"] for e in lab.events("drbd.refused")] == [f"pid {holder.pid} ({comm})"]
     assert (released.returncode, released.stderr) == (0, "")
     assert sim.lab_state(lab.state)["violations"] == []
 
@@ -362,6 +371,65 @@ def test_xl_shutdown_wait_and_destroy(lab):
     assert destroyed.returncode == 0
     assert (again.returncode, again.stderr) == (1, "logger is an invalid domain identifier (rc=-6)\n")
     assert lab.hooks() == ["start logger", "stop logger", "start logger", "stop logger"]
+
+
+def gate_guest_stop(lab):
+    """Make the guest_stop hook wait for a gate file; returns the gate."""
+    gate = lab.tmp / "gate"
+    lab.hook.write_text(f'#!/bin/sh\necho "$*" >> {lab.hook_calls}\n'
+                        f'if [ "$1" = stop ]; then while [ ! -e {gate} ]; do sleep 0.01; done; fi\n')
+    return gate
+
+
+def stop_hook_running(lab):
+    deadline = time.monotonic() + 20
+    while "stop logger" not in lab.hooks():
+        assert time.monotonic() < deadline, "the guest_stop hook never started"
+        time.sleep(0.01)
+
+
+def test_a_domain_stays_listed_as_dying_until_its_guest_stop_hook_has_run(lab):
+    """Another process must not see the domain gone while its guest still holds the disks:
+    with eight VMs moving at once, a concurrent `xl list` finished logger's shutdown, and
+    the tool's `drbdadm secondary` met the guest's mounts (exit 11)."""
+    gate = gate_guest_stop(lab)
+    lab.seed(primary="xen1")
+    lab.run("xen1", "xl", "create", lab.cfg(f"phy:{lab.dev['xen1']},xvda2,w"))
+    lab.run("xen1", "xl", "shutdown", "logger")
+    time.sleep(DELAY)
+    settler = lab.start("xen1", "xl", "list")  # finishes the shutdown and runs the hook
+    stop_hook_running(lab)
+
+    during = lab.run("xen1", "xl", "list", "logger")
+    held = lab.run("xen1", "drbdadm", "secondary", RES)
+    gate.touch()
+    settler.wait(timeout=30)
+    after = lab.run("xen1", "xl", "list", "logger")
+    demoted = lab.run("xen1", "drbdadm", "secondary", RES)
+
+    assert during.returncode == 0 and during.stdout.splitlines()[1].split()[:5] == \
+        ["logger", "1", "256", "1", "---s-d"]
+    assert held.returncode == 11 and "(-12) Device is held open by someone" in held.stderr
+    assert settler.returncode == 0
+    assert after.returncode == 1
+    assert demoted.returncode == 0
+    assert [e["domain"] for e in lab.events("xen.domain_dying")] == ["logger"]
+    assert [e["domain"] for e in lab.events("xen.domain_gone")] == ["logger"]
+
+
+def test_a_teardown_whose_runner_died_ends_at_the_next_look(lab):
+    gate_guest_stop(lab)
+    lab.seed(primary="xen1")
+    lab.run("xen1", "xl", "create", lab.cfg(f"phy:{lab.dev['xen1']},xvda2,w"))
+    lab.run("xen1", "xl", "shutdown", "logger")
+    time.sleep(DELAY)
+    settler = lab.start("xen1", "xl", "list")
+    stop_hook_running(lab)
+    settler.kill()
+    settler.wait(timeout=30)
+
+    assert lab.run("xen1", "xl", "list", "logger").returncode == 1
+    assert lab.run("xen1", "drbdadm", "secondary", RES).returncode == 0
 
 
 def test_xm_speaks_xend(lab):

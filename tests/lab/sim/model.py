@@ -4,7 +4,8 @@ Documents (JSON files in state_dir, see store.py):
   drbd.json        {"resources": {NAME: {"minor": N, "sync": null|{...},
                      "hosts": {HOST: {"device", "disk", "md", "up", "connect", "role", "dstate"}}}}}
   xen.json         {"hosts": {HOST: {"next_id": N, "domains": {NAME: {"id", "memory", "vcpus", "cfg",
-                     "started", "shutdown_at", "drbd": [{"resource", "script"}], "guest_stop"}}}}}
+                     "started", "shutdown_at", "drbd": [{"resource", "script"}], "guest_stop",
+                     "teardown": null|{"lock", "ts", "why"}}}}}}
   kvm.json         {"hosts": {HOST: {NAME: {"running": bool, "ts": float}}}}
   vms.json         written by the infra side: {VM: {"xen_host", "kvm_host", "resources": [...]}}
   violations.json  {"active": [text], "log": [{"ts", "text"}]}
@@ -15,6 +16,7 @@ results do not depend on scheduling.
 """
 
 import contextlib
+import fcntl
 import os
 import stat
 import time
@@ -31,16 +33,21 @@ def transaction(state_dir, actor):
     """Lock the lab, catch up with time, yield the store, then check safety.
 
     If settling finished a guest's shutdown, its guest_stop hook runs (outside the lock)
-    before the caller's work starts, so the caller never sees a domain gone whose guest is
-    still holding its disks.
+    before the caller's work starts. Until that hook has run the domain stays listed as
+    dying (see finish_domain), so no process sees a domain gone whose guest still holds
+    its disks. A teardown the caller's own work began (xl destroy) is over on return.
     """
+    caller_done = False
     while True:
         with store.locked(state_dir, actor) as st:
             settle(st, time.time())
-            if not st.hooks:
+            if not st.hooks and not caller_done:
                 yield st
                 check_violations(st)
-                return
+                caller_done = True
+        _end_teardowns()  # leaving the lock ran every hook queued above
+        if caller_done and not st.hooks:
+            return
 
 
 def tamper(state_dir, change):
@@ -264,20 +271,61 @@ def xen_domains(st, host):
 
 
 def finish_domain(st, host, name, ts, why, stop_guest=True):
-    """A Xen domain is gone: release its disks; block-drbd's `remove` demotes its drbd: disks
-    (ignoring a refusal, as the script does); then the guest namespace is stopped."""
+    """A Xen domain is gone, or, while its lab guest's namespaces are still being stopped,
+    dying: a real domain too stays in `xl list` until its backends have closed its disks.
+    The guest_stop hook runs in this process once the lock is released, holding the
+    teardown's lock file; the domain is released when that lock is free (settle)."""
+    d = xen_host(st, host)["domains"][name]
+    if not (stop_guest and d.get("guest_stop")):
+        release_domain(st, host, name, ts, why)
+    elif d.get("teardown") is None:
+        lock = os.path.join(st.state_dir, f"teardown-{host}-{name}-{d['id']}.lock")
+        held = open(lock, "a", encoding="utf-8")  # close-on-exec: the hook does not inherit it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        _TEARDOWN_LOCKS.append(held)
+        d["teardown"] = {"lock": lock, "ts": ts, "why": why}
+        st.changed("xen")
+        st.event("xen.domain_dying", host, ts=ts, domain=name, domid=d["id"], why=why)
+        st.after(d["guest_stop"] + [name])
+
+
+_TEARDOWN_LOCKS = []  # lock files of teardowns this process began and whose hooks have not yet run
+
+
+def _end_teardowns():
+    while _TEARDOWN_LOCKS:
+        _TEARDOWN_LOCKS.pop().close()
+
+
+def teardown_over(teardown):
+    """True once nobody holds the teardown's lock: its hook has run, or its runner died."""
+    try:
+        f = open(teardown["lock"], "a", encoding="utf-8")
+    except OSError:
+        return True
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+    return True
+
+
+def release_domain(st, host, name, ts, why):
+    """The domain leaves the list: block-drbd's `remove` demotes its drbd: disks (ignoring a
+    refusal, as the script does)."""
     d = xen_host(st, host)["domains"].pop(name)
     st.changed("xen")
     st.event("xen.domain_gone", host, ts=ts, domain=name, domid=d["id"], why=why)
-    # Only other domains count as holders here: the lab's guest stand-in may still hold the
-    # device until guest_stop runs, but the real domain's blkback has closed it by now.
+    if d.get("teardown"):
+        with contextlib.suppress(OSError):
+            os.unlink(d["teardown"]["lock"])
+    # Only other domains count as holders here: the real domain's blkback has closed it by now.
     for disk in d["drbd"]:
         if disk["script"] and resources(st)[disk["resource"]]["hosts"][host]["up"]:
             refused = demote(st, disk["resource"], host, None)
             if refused:
                 st.event("xen.block_drbd_demote_failed", host, ts=ts, resource=disk["resource"])
-    if stop_guest and d.get("guest_stop"):
-        st.after(d["guest_stop"] + [name])
 
 
 def kvm_notes(st):
@@ -325,10 +373,14 @@ def local_role(st, name, host):
 
 
 def settle(st, now):
-    """Apply everything that has fallen due: finished guest shutdowns, finished resyncs."""
+    """Apply everything that has fallen due: finished guest shutdowns and teardowns, finished resyncs."""
     for host, hx in list(st.doc("xen").get("hosts", {}).items()):
         for name, d in list(hx["domains"].items()):
-            if d["shutdown_at"] is not None and d["shutdown_at"] <= now:
+            teardown = d.get("teardown")
+            if teardown is not None:
+                if teardown_over(teardown):
+                    release_domain(st, host, name, teardown["ts"], teardown["why"])
+            elif d["shutdown_at"] is not None and d["shutdown_at"] <= now:
                 finish_domain(st, host, name, d["shutdown_at"], "shutdown")
     for name, res in resources(st).items():
         sync = res.get("sync")

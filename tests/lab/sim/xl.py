@@ -26,6 +26,7 @@ DOM0_MEMORY = 1024
 CREATE_FAILED = 3  # xl exits with -ERROR_FAIL when libxl cannot create a domain
 DISK_KEYS = ("target", "vdev", "format", "access", "devtype", "script", "backendtype", "backend")
 RUNNING_FLAGS = "-b----"
+DYING_FLAGS = "---s-d"  # shut down, its devices still being torn down
 FILE_PREFIXES = ("file", "tap", "aio", "qcow", "vhd", "raw")
 IDE_MAJORS = (3, 22, 33, 34, 56, 57, 88, 89, 90, 91)  # hda/hdb, hdc/hdd, ...
 _VDEV = re.compile(r"(?:ioemu:)?((?:xvd|hd|sd)[a-z]+\d*)(:cdrom)?")
@@ -181,7 +182,8 @@ class Toolstack:
             domains = dict(model.xen_domains(st, self.host.name))
         now = time.time()
         rows = [("Domain-0", 0, DOM0_MEMORY, os.cpu_count() or 1, "r-----", _uptime() / 10)]
-        rows += [(n, d["id"], d["memory"], d["vcpus"], RUNNING_FLAGS, (now - d["started"]) / 50)
+        rows += [(n, d["id"], d["memory"], d["vcpus"], DYING_FLAGS if d.get("teardown") else RUNNING_FLAGS,
+                  (now - d["started"]) / 50)
                  for n, d in sorted(domains.items(), key=lambda kv: kv[1]["id"])]
         if names:
             wanted = names[0]
