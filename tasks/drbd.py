@@ -29,6 +29,8 @@ DOWN = "Unconfigured"                 # DRBD's word for a resource that is defin
 DEFAULT_SYNC_TIMEOUT = 6 * 3600.0     # an initial sync of a large disk takes hours
 CONNECT_TIMEOUT = 60.0
 PROGRESS_EVERY = 10.0
+HELD_OPEN = "Device is held open by someone"   # the kernel's state-change refusal -12
+HELD_OPEN_PAUSES = (0.25, 0.5, 1.0, 2.0, 2.0, 2.0, 2.0)   # about 10 s in all, then the refusal stands
 
 
 # --- pure: guards and plans -----------------------------------------------------
@@ -372,8 +374,31 @@ def demote(remote: Remote, vm: VM, host_name: str, *, domain_running: bool) -> l
     for name, state in states.items():
         if name not in todo:
             say(f"* {host_name}: {name} already {'down' if state.connection == DOWN else state.role} ... ok")
-    _apply(remote, ["secondary"], todo)
+    _secondary(remote, todo)
     return todo
+
+
+def _secondary(remote: Remote, names: list[str]) -> None:
+    """`drbdadm secondary`, tried again for a while as long as the kernel says "held open".
+
+    A device just closed by its domain can be held for a moment by something else: udev
+    probing it on the change event that close sends, or a backend still letting go. LINSTOR
+    and other DRBD managers retry for the same reason. The guard that the domain is gone
+    ran before; a holder that stays (a mount, a process) still fails after about 10 s.
+    """
+    for pause in (*HELD_OPEN_PAUSES, None):
+        try:
+            _apply(remote, ["secondary"], names)
+            return
+        except RemoteError as exc:
+            if HELD_OPEN not in exc.output:
+                raise
+            if pause is None:   # name the refusal, not drbdadm's closing "terminated with exit code 11"
+                refusal = next(line for line in exc.output.splitlines() if HELD_OPEN in line).strip()
+                raise RemoteError(exc.host, exc.command, exc.exit_code,
+                                  f"{exc.output}\n{refusal} (still after {sum(HELD_OPEN_PAUSES):g}s)") from None
+            say(f"  {remote.name}: {', '.join(names)} held open by someone, trying again in {pause:g}s")
+            time.sleep(pause)
 
 
 @dataclass

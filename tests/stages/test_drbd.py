@@ -422,6 +422,47 @@ def test_demote_sends_secondary_naming_only_the_primary_resource():
     assert sent(r) == [STATUS, "drbdadm secondary logger-system"]
 
 
+HELD = Result(stderr="logger-system: State change failed: (-12) Device is held open by someone\n"
+                     "Command 'drbdsetup secondary logger-system' terminated with exit code 11\n", exited=11)
+BOTH_SECONDARY = "drbdadm secondary logger-system logger-var"
+
+
+def primaries():
+    return both(drbd9("logger-system", role="Primary"), drbd9("logger-var", role="Primary"))
+
+
+def test_demote_tries_again_while_a_device_is_held_open_for_a_moment(monkeypatch, capsys):
+    pauses = []
+    monkeypatch.setattr(drbd.time, "sleep", pauses.append)
+    r = remote("xen1", {STATUS: primaries(), BOTH_SECONDARY: [HELD, HELD, Result()]})
+    assert drbd.demote(r, VM_, "xen1", domain_running=False) == list(RES)
+    assert sent(r) == [STATUS] + [BOTH_SECONDARY] * 3
+    assert pauses == list(drbd.HELD_OPEN_PAUSES[:2])
+    assert "xen1: logger-system, logger-var held open by someone, trying again in 0.25s" in capsys.readouterr().out
+
+
+def test_demote_gives_up_when_the_device_stays_held_open(monkeypatch):
+    pauses = []
+    monkeypatch.setattr(drbd.time, "sleep", pauses.append)
+    tries = len(drbd.HELD_OPEN_PAUSES) + 1
+    r = remote("xen1", {STATUS: primaries(), BOTH_SECONDARY: [HELD] * tries})
+    with pytest.raises(RemoteError) as info:
+        drbd.demote(r, VM_, "xen1", domain_running=False)
+    assert str(info.value) == (f"xen1: `{BOTH_SECONDARY}` failed (exit 11): logger-system: State change failed: "
+                               f"(-12) Device is held open by someone (still after 9.75s)")
+    assert sent(r) == [STATUS] + [BOTH_SECONDARY] * tries
+    assert 8 <= sum(pauses) <= 12
+
+
+def test_demote_fails_at_once_on_any_other_refusal(monkeypatch):
+    monkeypatch.setattr(drbd.time, "sleep", lambda s: pytest.fail("no retry expected"))
+    r = remote("xen1", {STATUS: primaries(),
+                        BOTH_SECONDARY: Result(stderr="logger-system: No such resource\n", exited=10)})
+    with pytest.raises(RemoteError):
+        drbd.demote(r, VM_, "xen1", domain_running=False)
+    assert sent(r) == [STATUS, BOTH_SECONDARY]
+
+
 def test_demote_dry_run_sends_only_the_probe(capsys):
     r = remote("xen1", {STATUS: both(drbd9("logger-system", role="Primary"), drbd9("logger-var", role="Primary"))},
                dry_run=True)
