@@ -114,9 +114,24 @@ def res_path(resource: str) -> str:
     return f"{DRBD_DIR}/{resource}.res"
 
 
+def _major_minor(version: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", version)[:2])
+
+
 def oldest_version(versions: list[str]) -> str:
     """The userland version both hosts can read (resource file spelling differs before 8.4)."""
-    return min(versions, key=lambda v: tuple(int(n) for n in re.findall(r"\d+", v)[:2]))
+    return min(versions, key=_major_minor)
+
+
+def forced(verb: str, version: str) -> list[str]:
+    """`drbdadm` arguments for create-md or primary with force, as that userland spells it.
+
+    Before 8.4 force is a backend option given after `--` ahead of the command, and
+    primary's is called --overwrite-data-of-peer; 8.4 and 9 take --force after the verb.
+    """
+    if _major_minor(version) >= (8, 4):
+        return [verb, "--force"]
+    return ["--", "--force" if verb == "create-md" else "--overwrite-data-of-peer", verb]
 
 
 def describe(state: DrbdState) -> str:
@@ -442,9 +457,9 @@ def setup(site: Site, vm: VM, hosts: dict[str, Host], *, force_initial_sync: boo
     from .formats.drbdconf import render_drbd_resource
     pair = (vm.xen_host, vm.kvm_host)
     remotes = {h: site.host(h) for h in pair}
-    version = oldest_version([userland_version(remotes[h]) for h in pair])
+    versions = {h: userland_version(remotes[h]) for h in pair}
     try:
-        files = render_drbd_resource(vm, hosts, version)
+        files = render_drbd_resource(vm, hosts, oldest_version(list(versions.values())))
     except ValueError as exc:
         raise InputError(str(exc)) from None
     paths = {name: res_path(name) for name in files}
@@ -457,7 +472,7 @@ def setup(site: Site, vm: VM, hosts: dict[str, Host], *, force_initial_sync: boo
             say(line)
     for h in pair:
         for name in work[h].create_md:
-            remotes[h].change(["drbdadm", "create-md", "--force", name])
+            remotes[h].change(["drbdadm", *forced("create-md", versions[h]), name])
     for h in pair:
         for name in work[h].up:
             remotes[h].change(["drbdadm", "up", name])
@@ -468,8 +483,8 @@ def setup(site: Site, vm: VM, hosts: dict[str, Host], *, force_initial_sync: boo
         return
     states = _wait_for(xen, vm, vm.xen_host, lambda s: s.is_connected, what="waiting for the peer to connect",
                        timeout=CONNECT_TIMEOUT, poll=1.0, progress=say)
-    forced = [n for n, s in states.items() if plan_initial_sync(s, vm.xen_host, force_initial_sync)]
-    _apply(xen, ["primary", "--force"], forced)
+    sync_from_xen = [n for n, s in states.items() if plan_initial_sync(s, vm.xen_host, force_initial_sync)]
+    _apply(xen, forced("primary", versions[vm.xen_host]), sync_from_xen)
     if xen.dry_run:
         say(f"  would then wait for the sync on {vm.xen_host}")
         return

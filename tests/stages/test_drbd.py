@@ -758,11 +758,25 @@ def test_setup_for_real_refuses_a_resource_drbdadm_does_not_know_after_writing()
 
 
 def test_setup_renders_the_legacy_spelling_for_an_old_host():
-    old = {"drbdadm --version": Result(stderr="drbdadm: unrecognized option '--version'\n", exited=20)}
+    old = {"drbdadm --version": Result(stderr="drbdadm: unrecognized option '--version'\n", exited=20),
+           re.compile(r"^drbdadm -- --(force create-md|overwrite-data-of-peer primary) "): Result()}
     site = make_site({"xen1": host_run([DOWN, FRESH, SYNCED], extra=old), "kvm1": host_run(DOWN)})
     drbd.setup(site, VM_, HOSTS, force_initial_sync=True)
     for h in ("xen1", "kvm1"):
         assert written(site.host(h)) == list(render_drbd_resource(VM_, HOSTS, "8.3").values())
+    forcing = [c for c in sent(site.host("xen1")) if "force" in c or "overwrite" in c]
+    assert forcing == ["drbdadm -- --force create-md logger-system", "drbdadm -- --force create-md logger-var",
+                       "drbdadm -- --overwrite-data-of-peer primary logger-system logger-var"]
+    assert "drbdadm create-md --force logger-var" in sent(site.host("kvm1"))   # each host in its own words
+
+
+@pytest.mark.parametrize("version, create_md, primary", [
+    ("8.3.13", ["--", "--force", "create-md"], ["--", "--overwrite-data-of-peer", "primary"]),
+    ("8.4.11", ["create-md", "--force"], ["primary", "--force"]),
+    ("9.22.0", ["create-md", "--force"], ["primary", "--force"]),
+])
+def test_force_is_spelled_as_each_userland_wants(version, create_md, primary):
+    assert (drbd.forced("create-md", version), drbd.forced("primary", version)) == (create_md, primary)
 
 
 # --- tasks --------------------------------------------------------------------------

@@ -295,6 +295,23 @@ def test_new_resource_from_config_needs_meta_data_then_syncs_after_forced_primar
     assert (busy.returncode, busy.stderr.splitlines()[0]) == (20, "Device '9' is configured!")
 
 
+@pytest.mark.parametrize("style, version", [("9", "9.22.0"), ("8.4", "8.4.11"), ("8.3", "8.3.13")])
+def test_each_drbdadm_takes_the_tools_force_spelling(lab, style, version):
+    """drbd.setup's forced create-md and primary, as spelled for each userland (tasks.drbd.forced)."""
+    from tasks.drbd import forced
+    lab.set_style(style)
+    lab.seed(primary=None, uptodate=False)
+
+    down = lab.run("kvm1", "drbdadm", "down", RES)
+    made = lab.run("kvm1", "drbdadm", *forced("create-md", version), RES)
+    primary = lab.run("xen1", "drbdadm", *forced("primary", version), RES)
+
+    assert down.returncode == 0
+    assert made.returncode == 0 and "*** confirmation forced via --force option ***" in made.stderr
+    assert primary.returncode == 0, primary.stderr
+    assert lab.roles()["xen1"] == "Primary"
+
+
 # ---------------------------------------------------------------- xl / xm
 
 
