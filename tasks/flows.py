@@ -26,7 +26,7 @@ from . import drbd, inventory, kvmhost, localdisk, xenhost
 from .errors import GuardError, InputError, ToolError
 from .inventory import VM, Inventory
 from .progress import FleetView
-from .remote import Site, say, set_output_prefix, site_from_context, state_dir
+from .remote import Site, concurrently, say, set_output_prefix, site_from_context, state_dir
 
 SIDES = ("xen", "kvm")
 ROLLBACK_TIMEOUT = 120.0
@@ -54,8 +54,9 @@ def where_seen(site: Site, inv: Inventory, vm: VM) -> tuple[list[str], str]:
     """The hosts where the VM's domain runs now, and its state on the KVM host (`not found`
     when undefined there), from one listing per host: a move needs both before it plans."""
     kvm = inv.host(vm.kvm_host)
-    kvm_state = kvmhost.domain_state(site.host(kvm.name), kvm, vm.name)
-    running = {"xen": running_on(site, inv, vm, "xen"), "kvm": kvm_state not in kvmhost.STOPPED}
+    kvm_state, on_xen = concurrently(lambda: kvmhost.domain_state(site.host(kvm.name), kvm, vm.name),
+                                     lambda: running_on(site, inv, vm, "xen"))
+    running = {"xen": on_xen, "kvm": kvm_state not in kvmhost.STOPPED}
     return [vm.host_for(side) for side in SIDES if running[side]], kvm_state
 
 
@@ -317,8 +318,9 @@ def check_move(ctx: Ctx, target_side: str, runs_on: list[str]) -> str | None:
     if src not in runs_on:
         raise GuardError(f"{vm.name} is not running on {src}: nothing to move (start it there first)")
     say(f"  ok: {vm.name} runs on {src}, not on {dst}")
-    for host, role in ((src, "Primary"), (dst, "Secondary")):
-        states = drbd.resource_states(site.host(host), vm, host)
+    both_states = concurrently(*(lambda host=host: drbd.resource_states(site.host(host), vm, host)
+                                 for host in (src, dst)))
+    for host, role, states in zip((src, dst), ("Primary", "Secondary"), both_states):
         for disk in vm.resources:
             st = states[disk.resource]
             if st.role != role:

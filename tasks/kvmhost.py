@@ -156,7 +156,6 @@ def define_domain(remote: Remote, host: Host, name: str, xml: str, *, was_new: b
     if was_new is None:
         was_new = domain_state(remote, host, name) == "not found"
     path = f"{XML_DIR}/{name}.xml"
-    remote.change(["mkdir", "-p", XML_DIR], quiet=True)
     changed = remote.edit_file(path, lambda _old: xml, create=True)
     if changed or was_new:
         remote.change(virsh(host, "define", "--validate", path), env={"LANG": "C"})

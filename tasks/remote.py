@@ -17,12 +17,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 from .errors import ToolError
 from .inventory import VM, Host, Inventory
 
 BACKUP_SUFFIX = ".xenkvm-"
+T = TypeVar("T")
 _print_lock = threading.Lock()
 _output = threading.local()          # .prefix: the VM a fleet worker thread is moving
 _sink: Callable[[str], None] = lambda line: print(line, flush=True)
@@ -37,6 +38,23 @@ def say(line: str) -> None:
 
 def set_output_prefix(prefix: str) -> None:
     _output.prefix = prefix
+
+
+def concurrently(*calls: Callable[[], T]) -> list[T]:
+    """Run the calls at once (probes of different hosts), results in call order; the first call
+    that failed, in that order, raises. Lines they print keep the caller's VM tag."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    prefix = getattr(_output, "prefix", "")
+
+    def tagged(call: Callable[[], T]) -> T:
+        set_output_prefix(prefix)
+        return call()
+
+    with ThreadPoolExecutor(max_workers=max(1, len(calls) - 1)) as pool:
+        others = [pool.submit(tagged, call) for call in calls[1:]]
+        first = calls[0]()
+        return [first, *(future.result() for future in others)]
 
 
 def set_sink(sink: Callable[[str], None] | None) -> None:
@@ -209,8 +227,11 @@ class Remote:
             raise RemoteError(self.name, f"cat {path}", outcome.exit_code, outcome.stderr)
         return outcome.stdout
 
-    def write_file(self, path: str, text: str) -> None:
-        """Atomic replace: timestamped backup of the old file, temp file beside it, rename."""
+    def write_file(self, path: str, text: str, *, make_parent: bool = False) -> None:
+        """Atomic replace: timestamped backup of the old file, temp file beside it, rename.
+
+        `make_parent` creates a missing directory first (in the same command: no extra round trip).
+        """
         stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
         backup = f"{path}{BACKUP_SUFFIX}{stamp}"
         if self.dry_run:
@@ -219,7 +240,8 @@ class Remote:
         started = time.monotonic()
         staged = self._stage(text)
         script = (
-            'set -e; tmp=$(mktemp "$1.tmp.XXXXXX"); '
+            'set -e; ' + ('mkdir -p -- "$(dirname -- "$1")"; ' if make_parent else '')
+            + 'tmp=$(mktemp "$1.tmp.XXXXXX"); '
             'if [ -n "$3" ]; then cat -- "$3" > "$tmp"; rm -f -- "$3"; else cat > "$tmp"; fi; '
             'if [ -e "$1" ]; then cp -p -- "$1" "$1$2"; chmod --reference="$1" "$tmp"; fi; '
             'mv -f -- "$tmp" "$1"'
@@ -261,6 +283,8 @@ class Remote:
     def edit_file(self, path: str, transform: Callable[[str], str], *, create: bool = False) -> bool:
         """Read, transform with a pure function, show the diff, write if it differs.
 
+        With `create`, a missing file is written, and its missing directory made.
+
         Returns whether the file changed (or would change, in a dry run).
         """
         old = self.read_file(path)
@@ -271,7 +295,7 @@ class Remote:
             say(f"* {self.name}: {path} ... unchanged")
             return False
         say(unified_diff(old or "", new, f"{self.name}:{path}"))
-        self.write_file(path, new)
+        self.write_file(path, new, make_parent=old is None)
         return True
 
 

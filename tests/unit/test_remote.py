@@ -92,6 +92,21 @@ def test_write_file_without_sftp_streams_on_stdin(mocker):
     assert spy.call_args.kwargs["in_stream"].getvalue() == "x\n"
 
 
+def test_edit_file_creates_a_missing_file_and_its_directory_in_a_real_shell(tmp_path):
+    """The write script run by sh here, as on a host: a new file in a new directory, then a
+    replacement that keeps a backup of the old content."""
+    from invoke import Context
+    path = tmp_path / "lib dir" / "my vm.xml"
+    remote = Remote("local", Context())
+
+    assert remote.edit_file(str(path), lambda old: "<domain/>\n", create=True)
+    assert remote.edit_file(str(path), lambda old: old.replace("domain", "domain type='kvm'"))
+
+    assert path.read_text() == "<domain type='kvm'/>\n"
+    backups = [f for f in path.parent.iterdir() if f.name.startswith("my vm.xml.xenkvm-")]
+    assert [b.read_text() for b in backups] == ["<domain/>\n"]
+
+
 def test_dry_run_write_sends_nothing(mocker):
     conn = SftpConn(run={}, repeat=True)
     spy = mocker.spy(conn, "run")
@@ -126,3 +141,29 @@ def test_once_connected_the_proxys_end_is_a_quiet_end_of_stream():
     with pytest.raises(ProxyCommandFailure, match="the proxy command exited"):
         connecting.recv(10)
     assert connected.recv(10) == b""
+
+
+def test_concurrently_overlaps_the_calls_and_keeps_order_tag_and_first_failure():
+    import threading
+
+    from tasks.remote import concurrently, say, set_output_prefix, set_sink
+
+    meet = threading.Barrier(3, timeout=30)   # passes only if all three calls run at the same time
+    lines = []
+    set_sink(lines.append)
+    set_output_prefix("logger")
+    try:
+        def call(value):
+            meet.wait()
+            say(f"probe {value}")
+            return value
+        assert concurrently(lambda: call("a"), lambda: call("b"), lambda: call("c")) == ["a", "b", "c"]
+
+        def fail(text):
+            raise ToolError(text)
+        with pytest.raises(ToolError, match="^second$"):
+            concurrently(lambda: "ok", lambda: fail("second"), lambda: fail("third"))
+    finally:
+        set_output_prefix("")
+        set_sink(None)
+    assert sorted(lines) == ["[logger] probe a", "[logger] probe b", "[logger] probe c"]
