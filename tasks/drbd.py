@@ -393,6 +393,11 @@ def demote(remote: Remote, vm: VM, host_name: str, *, domain_running: bool) -> l
     return todo
 
 
+def demote_stopped(remote: Remote, vm: VM) -> None:
+    """Every resource of the VM Secondary, on a host where its domain was just seen gone."""
+    _secondary(remote, [disk.resource for disk in vm.resources])
+
+
 def _secondary(remote: Remote, names: list[str]) -> None:
     """`drbdadm secondary`, tried again for a while as long as the kernel says "held open".
 

@@ -209,11 +209,16 @@ def _promote(ctx: Ctx, side: str) -> None:
 def _demote(ctx: Ctx, side: str, stopped_just_now: bool = False) -> None:
     """Demote on one side; the domain is probed unless the step before saw it gone.
 
-    Skipping that one probe keeps it out of the guest's downtime; DRBD itself still
+    After that step the demotion is a bare `drbdadm secondary`, keeping a probe and a
+    status read out of the guest's downtime: making a resource Secondary cannot cause
+    two Primaries, it changes nothing where it is Secondary already, and DRBD itself
     refuses to demote a device that is held open.
     """
     host = ctx.vm.host_for(side)
-    running = False if stopped_just_now else running_on(ctx.site, ctx.inv, ctx.vm, side)
+    if stopped_just_now:
+        drbd.demote_stopped(ctx.site.host(host), ctx.vm)
+        return
+    running = running_on(ctx.site, ctx.inv, ctx.vm, side)
     drbd.demote(ctx.site.host(host), ctx.vm, host, domain_running=running)
 
 

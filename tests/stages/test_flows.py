@@ -99,7 +99,20 @@ def test_to_kvm_lists_each_host_only_where_it_must(world):
     listings = [(e["host"], e["command"].split()[-2:]) for e in probes if e["kind"] == "probe"
                 and e["command"].endswith(("list --all", "xl list"))]
     assert listings.count(("kvm1", ["list", "--all"])) == 2
-    assert listings[:2] == [("kvm1", ["list", "--all"]), ("xen1", ["xl", "list"])]
+    assert sorted(listings[:2]) == [("kvm1", ["list", "--all"]), ("xen1", ["xl", "list"])]   # at once
+
+
+def test_the_downtime_holds_the_switch_and_the_promotion_guard_only(world):
+    """From the listing that saw the guest gone to the start: demote, the target's DRBD
+    status (the guard against two Primaries), promote; no other probe."""
+    assert world.move("kvm").ok
+    entries = [json.loads(line) for line in world.audit.read_text().splitlines()]
+    sent = [f"{e['host']}: {e['command']}" for e in entries]
+    gone = max(i for i, c in enumerate(sent) if c == "xen1: xl list")
+    start = sent.index("kvm1: env LANG=C virsh -c qemu:///system start logger")
+    assert sent[gone + 1:start] == ["xen1: drbdadm secondary logger-system logger-var",
+                                    "kvm1: drbdadm status logger-system logger-var",
+                                    "kvm1: drbdadm primary logger-system logger-var"]
 
 
 def test_and_back_to_xen(world):
