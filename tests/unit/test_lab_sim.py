@@ -435,6 +435,24 @@ def test_a_domain_stays_listed_as_dying_until_its_guest_stop_hook_has_run(lab):
     assert [e["domain"] for e in lab.events("xen.domain_gone")] == ["logger"]
 
 
+def test_only_the_guests_own_host_finishes_its_shutdown(lab):
+    """kvm1 cannot reach xen1's guest namespaces, so its look leaves the shutdown to xen1."""
+    lab.seed(primary="xen1")
+    lab.run("xen1", "xl", "create", lab.cfg(f"phy:{lab.dev['xen1']},xvda2,w"))
+    lab.run("xen1", "xl", "shutdown", "logger")
+    time.sleep(DELAY)
+
+    kvm_look = lab.run("kvm1", "drbdadm", "role", RES)
+    hooks_after_kvm_look = lab.hooks()
+    xen_look = lab.run("xen1", "xl", "list", "logger")
+
+    assert kvm_look.returncode == 0
+    assert hooks_after_kvm_look == ["start logger"]
+    assert xen_look.returncode == 1
+    assert lab.hooks() == ["start logger", "stop logger"]
+    assert [(e["by"], e["argv"][-2]) for e in lab.events("hook")] == [("xen1", "stop")]
+
+
 def test_a_teardown_whose_runner_died_ends_at_the_next_look(lab):
     gate = gate_guest_stop(lab)
     lab.seed(primary="xen1")

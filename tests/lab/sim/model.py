@@ -373,14 +373,21 @@ def local_role(st, name, host):
 
 
 def settle(st, now):
-    """Apply everything that has fallen due: finished guest shutdowns and teardowns, finished resyncs."""
+    """Apply everything that has fallen due: finished guest shutdowns and teardowns, finished resyncs.
+
+    A lab guest's shutdown is finished only by a process on its own host: the guest_stop
+    hook can reach the guest's namespaces from there alone (run from kvm1 it failed, and
+    the guest kept its disks open after its domain had gone). Until the host next looks,
+    the domain is still listed, as a real domain is until its toolstack has torn it down.
+    """
     for host, hx in list(st.doc("xen").get("hosts", {}).items()):
         for name, d in list(hx["domains"].items()):
             teardown = d.get("teardown")
             if teardown is not None:
                 if teardown_over(teardown):
                     release_domain(st, host, name, teardown["ts"], teardown["why"])
-            elif d["shutdown_at"] is not None and d["shutdown_at"] <= now:
+            elif d["shutdown_at"] is not None and d["shutdown_at"] <= now \
+                    and (not d.get("guest_stop") or st.actor == host):
                 finish_domain(st, host, name, d["shutdown_at"], "shutdown")
     for name, res in resources(st).items():
         sync = res.get("sync")
