@@ -643,4 +643,35 @@ def status(c, vm=None):
         print(note)
 
 
-tasks = (migrate, migrate_to_kvm, migrate_to_xen, rollback, status)
+def match_swaps(site: Site, inv: Inventory, vm: VM, to: str) -> list[localdisk.SwapMatch]:
+    """Before a guest boots on the `to` side by hand: that host's own swap gets the UUID of
+    the swap the guest used on the other side, as `migrate` does in its plan."""
+    src, dst = vm.host_for(other(to)), vm.host_for(to)
+    if running_on(site, inv, vm, to):
+        raise GuardError(f"{vm.name} runs on {dst}: its swap there is one of its disks; "
+                         f"match it before the guest starts there")
+    matches = localdisk.plan_swap_matches(site, vm, src, dst)
+    for swap in matches:
+        localdisk.format_swap(site.host(dst), swap)
+    return matches
+
+
+@task(help={"vm": "VM name from the inventory",
+            "to": "kvm or xen: the side the guest is about to start on",
+            "dry_run": "show the mkswap it would run, change nothing"})
+def match_swap(c, vm, to, dry_run=False):
+    """Give the target host's own swap (an inventory `local:` disk) the UUID of the swap the guest
+    used on the other host, for moves made stage by stage (`migrate` does this itself)."""
+    if to not in SIDES:
+        raise InputError(f"--to must be kvm or xen, got {to!r}")
+    inv = inventory.from_context(c)
+    model = inv.vm(vm)
+    site = site_from_context(c, inv, dry_run)
+    try:
+        if not match_swaps(site, inv, model, to):
+            say(f"* {model.host_for(to)}: no swap of {model.name} to format there ... ok")
+    finally:
+        site.close()
+
+
+tasks = (migrate, migrate_to_kvm, migrate_to_xen, rollback, status, match_swap)

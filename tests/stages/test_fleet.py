@@ -160,3 +160,15 @@ def test_host_slots_limit_concurrent_vms_per_host():
     for t in threads:
         t.join()
     assert peak[0] == 1
+
+
+def test_every_root_task_has_a_docstring_and_help_for_every_argument():
+    for task in flows.tasks:
+        assert task.__doc__, task.name
+        assert all(arg.help for arg in task.get_arguments()), task.name
+
+
+def test_match_swap_refuses_a_side_it_does_not_know_before_reading_anything():
+    c = Context(Config(overrides={"inventory": "/nonexistent/hosts.yml"}))
+    with pytest.raises(InputError, match="--to must be kvm or xen, got 'lxc'"):
+        flows.match_swap(c, vm="logger", to="lxc")

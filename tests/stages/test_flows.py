@@ -181,6 +181,32 @@ def test_dry_run_shows_the_swap_step_and_formats_nothing(world, capsys):
     assert f"would run on kvm1: mkswap -U {XEN_SWAP['UUID']} {SWAP}" not in out
 
 
+def test_match_swap_by_hand_formats_the_kvm_hosts_swap_once(world, capsys):
+    world.shared.signatures[("xen1", SWAP)] = dict(XEN_SWAP)
+    logger = world.inv.vm("logger")
+    first = flows.match_swaps(world.site(), world.inv, logger, "kvm")
+    again = flows.match_swaps(world.site(), world.inv, logger, "kvm")
+    assert first == [flows.localdisk.SwapMatch(SWAP, XEN_SWAP["UUID"])] and again == []
+    assert world.changes() == [f"kvm1: mkswap -U {XEN_SWAP['UUID']} {SWAP}"]
+    assert world.shared.signatures[("kvm1", SWAP)] == XEN_SWAP
+    assert f"ok: kvm1:{SWAP} is swap with the UUID the guest's fstab names" in capsys.readouterr().out
+
+
+def test_match_swap_dry_run_shows_the_mkswap_only(world, capsys):
+    world.shared.signatures[("xen1", SWAP)] = dict(XEN_SWAP)
+    assert flows.match_swaps(world.site(dry_run=True), world.inv, world.inv.vm("logger"), "kvm")
+    assert world.changes() == [] and ("kvm1", SWAP) not in world.shared.signatures
+    assert f"would run on kvm1: mkswap -U {XEN_SWAP['UUID']} {SWAP}" in capsys.readouterr().out
+
+
+def test_match_swap_refuses_on_the_side_where_the_guest_runs(world):
+    world.shared.signatures[("xen1", SWAP)] = dict(XEN_SWAP)
+    world.shared.signatures[("kvm1", SWAP)] = {"TYPE": "swap", "UUID": "5d1c0b4e-0000-4000-8000-00000000b002"}
+    with pytest.raises(GuardError, match="logger runs on xen1: its swap there is one of its disks"):
+        flows.match_swaps(world.site(), world.inv, world.inv.vm("logger"), "xen")
+    assert world.changes() == []
+
+
 @pytest.mark.parametrize("setup, message", [
     (lambda s: s.kvm_running.add("logger") or s.kvm_defined.add("logger"), "runs on BOTH xen1 and kvm1"),
     (lambda s: s.xen_running.clear(), "is not running on xen1"),
