@@ -377,6 +377,14 @@ def test_rehearsal_boots_on_snapshots_and_cleans_up(world, method, create, remov
     assert world.where() == ON_XEN, "the real guest was never touched"
 
 
+def test_rehearsal_names_a_kvm_swap_without_the_guests_uuid_and_formats_nothing(world, capsys):
+    kvmhost = _rehearsal_world(world)
+    world.shared.signatures[("xen1", SWAP)] = dict(XEN_SWAP)
+    kvmhost.rehearse_vm(world.site(), world.inv, world.inv.vm("logger"), seconds=0.1, method="qcow2")
+    assert f"note: kvm1:{SWAP} lacks the UUID of logger's swap" in capsys.readouterr().out
+    assert not any("mkswap" in line for line in world.changes()) and ("kvm1", SWAP) not in world.shared.signatures
+
+
 def test_rehearsal_failure_still_cleans_up(world):
     kvmhost = _rehearsal_world(world)
     world.shared.faults["kvm1:virsh -c qemu:///system start logger-rehearsal"] = 1
