@@ -20,6 +20,7 @@ from . import inventory
 from .errors import GuardError, InputError, ToolError
 from .formats.domainxml import BOOT_DIR, console_log
 from .inventory import VM, Host, Inventory, ReplicatedDisk
+from .localdisk import plan_swap_matches
 from .remote import Remote, RemoteError, describe_ssh_error, say, site_from_context
 from .xenhost import DEFAULT_SHUTDOWN_TIMEOUT, cfg_errors, read_local, read_vm_cfg, wait_until
 
@@ -234,7 +235,6 @@ def rehearse_vm(site, inv: Inventory, vm: VM, *, seconds: float = 20.0, method: 
     snapper = snapper(snapshot_size) if snapper is LvmSnapshot else snapper()
     if vm.boot == "direct-kernel":
         say(f"* {host.name}: {vm.name} boots kernel {require_fetched_kernel(remote, vm)} ... ok")
-    from .localdisk import plan_swap_matches
     for swap in plan_swap_matches(site, vm, vm.xen_host, host.name):
         say(f"  note: {host.name}:{swap.path} lacks the UUID of {vm.name}'s swap, so the trial may wait for it "
             f"at boot (systemd: 90 s); `fab match-swap --vm {vm.name} --to kvm` gives it that UUID")

@@ -398,6 +398,14 @@ def gate_guest_stop(lab):
     return gate
 
 
+def shutdown_fallen_due(lab):
+    """logger created on xen1 and asked to shut down; its shutdown is due, not yet settled."""
+    lab.seed(primary="xen1")
+    lab.run("xen1", "xl", "create", lab.cfg(f"phy:{lab.dev['xen1']},xvda2,w"))
+    lab.run("xen1", "xl", "shutdown", "logger")
+    time.sleep(DELAY)
+
+
 def stop_hook_running(lab):
     deadline = time.monotonic() + 20
     while "stop logger" not in lab.hooks():
@@ -410,10 +418,7 @@ def test_a_domain_stays_listed_as_dying_until_its_guest_stop_hook_has_run(lab):
     with eight VMs moving at once, a concurrent `xl list` finished logger's shutdown, and
     the tool's `drbdadm secondary` met the guest's mounts (exit 11)."""
     gate = gate_guest_stop(lab)
-    lab.seed(primary="xen1")
-    lab.run("xen1", "xl", "create", lab.cfg(f"phy:{lab.dev['xen1']},xvda2,w"))
-    lab.run("xen1", "xl", "shutdown", "logger")
-    time.sleep(DELAY)
+    shutdown_fallen_due(lab)
     settler = lab.start("xen1", "xl", "list")  # finishes the shutdown and runs the hook
     try:
         stop_hook_running(lab)
@@ -437,10 +442,7 @@ def test_a_domain_stays_listed_as_dying_until_its_guest_stop_hook_has_run(lab):
 
 def test_only_the_guests_own_host_finishes_its_shutdown(lab):
     """kvm1 cannot reach xen1's guest namespaces, so its look leaves the shutdown to xen1."""
-    lab.seed(primary="xen1")
-    lab.run("xen1", "xl", "create", lab.cfg(f"phy:{lab.dev['xen1']},xvda2,w"))
-    lab.run("xen1", "xl", "shutdown", "logger")
-    time.sleep(DELAY)
+    shutdown_fallen_due(lab)
 
     kvm_look = lab.run("kvm1", "drbdadm", "role", RES)
     hooks_after_kvm_look = lab.hooks()
@@ -455,10 +457,7 @@ def test_only_the_guests_own_host_finishes_its_shutdown(lab):
 
 def test_a_teardown_whose_runner_died_ends_at_the_next_look(lab):
     gate = gate_guest_stop(lab)
-    lab.seed(primary="xen1")
-    lab.run("xen1", "xl", "create", lab.cfg(f"phy:{lab.dev['xen1']},xvda2,w"))
-    lab.run("xen1", "xl", "shutdown", "logger")
-    time.sleep(DELAY)
+    shutdown_fallen_due(lab)
     settler = lab.start("xen1", "xl", "list")
     try:
         stop_hook_running(lab)
