@@ -199,6 +199,7 @@ def up(settings_: config.Settings | None = None) -> None:
         _save(state)
         hosts.network(host)
         hosts.build_view(host, pid, state["loops"][host], settings_.fleet)
+        hosts.start_sim_server(pid)
         hosts.start_sshd(pid)
         if HOSTS[host]["role"] == "kvm":
             hosts.start_libvirt(pid)

@@ -16,9 +16,10 @@ import shutil
 import stat
 from pathlib import Path
 
-from . import (CACHE, GUEST, HOSTS, KEYS, LAB, REPO, RESOURCES, SWAP, SWITCH_BRIDGE, SWITCH_NS, NETMASK,
+from . import (CACHE, GUEST, HOST_PYTHON, HOSTS, KEYS, LAB, REPO, RESOURCES, SWAP, SWITCH_BRIDGE, SWITCH_NS, NETMASK,
                fleet_vms, host_dir, netns)
 from . import config, image
+from .sim import server
 from .spaces import daemon, enter, run, wait_for
 
 SIM_BIN = LAB / "sim" / "bin"
@@ -166,6 +167,13 @@ def network(host: str) -> None:
 
 def build_view(host: str, pid: int, loops: dict[str, str], fleet: int) -> None:
     run(enter(pid, ["sh", "-c", view_script(host, loops, fleet)]))
+
+
+def start_sim_server(pid: int) -> None:
+    """The host's simulator server (sim/server.py), before anything can call a simulator."""
+    daemon(pid, [HOST_PYTHON, "-I", "-S", str(SIM_BIN.parent), "--serve", server.SOCKET],
+           "/var/log/xenkvm-lab-sim.log")
+    wait_for("the simulator server's socket", lambda: _is_socket(Path(f"/proc/{pid}/root{server.SOCKET}")), 10)
 
 
 def start_sshd(pid: int) -> None:

@@ -1,9 +1,13 @@
 """The common life of one simulator call: know the host, honour faults, work, log the call."""
 
+import importlib
 import os
 import sys
 
 from . import faults, store
+
+# The command names bin/sim answers to, and the module whose main() each one runs.
+COMMANDS = {"xl": "xl", "xm": "xl", "drbdadm": "drbdadm", "virsh": "faultwrap"}
 
 
 def run(argv, body):
@@ -26,3 +30,12 @@ def out(text=""):
 
 def err(text):
     print(text, file=sys.stderr)
+
+
+def module_for(name):
+    return importlib.import_module(f"{__package__}.{name}")
+
+
+def hand_off(path, argv):
+    """Become the real command; the simulator server replaces this (the caller's shell execs it)."""
+    os.execv(path, argv)

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
-from . import control, faults, store
+from . import cli, control, faults, store
 
 GLOBAL_VALUE_OPTIONS = {"-c", "--connect", "-d", "--debug", "-l", "--log", "-k", "--keepalive-interval",
                         "-K", "--keepalive-count", "-e", "--escape"}
@@ -39,7 +39,7 @@ def main(argv=None):
     if host is None or (cmd not in READS and not (cmd in CHANGES and domain)):
         if host:
             store.record_call(host.state_dir, host.name, argv, None)
-        os.execv(real, [real] + argv[1:])
+        cli.hand_off(real, [real] + argv[1:])
     if cmd in CHANGES:
         rc = subprocess.call([real] + argv[1:])
         # A start libvirt reports done is a running domain (a later listing notes any crash);
