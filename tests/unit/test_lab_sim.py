@@ -1,6 +1,6 @@
 """The lab's simulators (tests/lab/sim): real output formats, real refusals, one shared state.
 
-They run the way lab hosts run them: the entry script as subprocesses, each told which host it
+They run the way lab hosts run them: the entry script run as subprocesses, each told which host it
 is by a host.json (xen1 and kvm1 here) naming one shared state directory. DRBD devices are
 plain files standing behind symlinks, as /dev/drbdN stands for a loop device in the lab.
 Every test runs twice: each call its own Python ("started"), and each call answered by a

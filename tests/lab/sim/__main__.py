@@ -13,5 +13,4 @@ from sim import cli  # noqa: E402
 if sys.argv[1:2] == ["--serve"]:
     from sim import server
     server.serve(sys.argv[2])
-argv = sys.argv[1:]
-sys.exit(cli.module_for(cli.COMMANDS[os.path.basename(argv[0])]).main(argv))
+sys.exit(cli.call(sys.argv[1:]))

@@ -36,6 +36,11 @@ def module_for(name):
     return importlib.import_module(f"{__package__}.{name}")
 
 
+def call(argv):
+    """The simulator argv[0] names, run on argv: its exit code."""
+    return module_for(COMMANDS[os.path.basename(argv[0])]).main(argv)
+
+
 def hand_off(path, argv):
     """Become the real command; the simulator server replaces this (the caller's shell execs it)."""
     os.execv(path, argv)

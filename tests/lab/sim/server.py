@@ -71,7 +71,7 @@ def answer(request):
     cli.hand_off = _hand_off
     ending = "exit 1"
     try:
-        ending = f"exit {_exit_code(cli.module_for(cli.COMMANDS[os.path.basename(argv[0])]).main(argv))}"
+        ending = f"exit {_exit_code(cli.call(argv))}"
     except SystemExit as e:
         ending = f"exit {_exit_code(e.code)}"
     except HandOff as h:
