@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from tests.lab import INVENTORY, control, fleet_vms
-from tests.lab.config import Settings
+from tests.lab.config import KVM_MAX_STARTS, Settings
 
 from .common import fab, report
 
@@ -51,5 +51,5 @@ def _measure() -> None:
            f"median over {len(ratios)} fleet moves (both directions) of ideal ({VMS}/{PARALLEL} x one VM's "
            f"`fab migrate`, median {statistics.median(singles):.2f}s) over the wall time of `fab migrate` of "
            f"{VMS} lab VMs with --parallel {PARALLEL} (median {statistics.median(fleets):.2f}s), "
-           f"{SHUTDOWN_S:g}s guest shutdown each; to KVM {statistics.median(by_direction['kvm']):.2f}, "
+           f"{SHUTDOWN_S:g}s guest shutdown each, kvm1's max_starts {KVM_MAX_STARTS}; to KVM {statistics.median(by_direction['kvm']):.2f}, "
            f"to Xen {statistics.median(by_direction['xen']):.2f}")

@@ -14,7 +14,7 @@ import json
 import os
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -183,17 +183,25 @@ class Ctx:
     timeout: float = xenhost.DEFAULT_SHUTDOWN_TIMEOUT
     force: bool = False
     on_step: Callable[[str], None] = lambda name: None    # live progress of a fleet run
+    start_gate: Callable[[str], AbstractContextManager] = lambda host: nullcontext()   # HostSlots.starting
 
 
 def _start(ctx: Ctx, side: str) -> None:
+    if running_on(ctx.site, ctx.inv, ctx.vm, side):
+        say(f"* {ctx.vm.host_for(side)}: {ctx.vm.name} already running ... ok")
+    else:
+        _launch(ctx, side)
+
+
+def _launch(ctx: Ctx, side: str) -> None:
+    """Start the domain, within its host's `max_starts` (a fleet run's other VMs share it)."""
     host = ctx.inv.host(ctx.vm.host_for(side))
     remote = ctx.site.host(host.name)
-    if running_on(ctx.site, ctx.inv, ctx.vm, side):
-        say(f"* {host.name}: {ctx.vm.name} already running ... ok")
-    elif side == "xen":
-        xenhost.start_domain(remote, host, ctx.vm)
-    else:
-        kvmhost.start_domain(remote, host, ctx.vm.name)
+    with ctx.start_gate(host.name):
+        if side == "xen":
+            xenhost.start_domain(remote, host, ctx.vm)
+        else:
+            kvmhost.start_domain(remote, host, ctx.vm.name)
 
 
 def _stop(ctx: Ctx, side: str, timeout: float, force: bool) -> None:
@@ -288,13 +296,9 @@ def plan_move(ctx: Ctx, target_side: str, xml: str | None, kvm_state: str) -> li
         Step(f"promote DRBD on {dst}", dst, [f"drbdadm primary {resources}"],
              lambda: _promote(ctx, target_side), undo={"op": "secondary", "side": target_side}),
     ]
-    if target_side == "kvm":
-        steps.append(Step(f"start {vm.name} on {dst}", dst, [f"virsh start {vm.name}"],
-                          lambda: kvmhost.start_domain(target, target_host, vm.name),
-                          undo={"op": "stop", "side": "kvm"}))
-    else:
-        steps.append(Step(f"start {vm.name} on {dst}", dst, [f"xl|xm create {vm.cfg}"],
-                          lambda: xenhost.start_domain(target, target_host, vm), undo={"op": "stop", "side": "xen"}))
+    start_cmd = f"virsh start {vm.name}" if target_side == "kvm" else f"xl|xm create {vm.cfg}"
+    steps.append(Step(f"start {vm.name} on {dst}", dst, [start_cmd], lambda: _launch(ctx, target_side),
+                      undo={"op": "stop", "side": target_side}))
     steps.append(Step(f"verify {vm.name} runs on {dst}", dst, ["domain state probe"],
                       lambda: _verify(ctx, target_side)))
     return steps
@@ -493,10 +497,32 @@ def resolve_target(site: Site, inv: Inventory, vm: VM, to: str | None) -> tuple[
 
 
 class HostSlots:
-    """At most `max_parallel` VMs of each host on the move at once (inventory, per host)."""
+    """At most `max_parallel` VMs of each host on the move at once, and at most `max_starts`
+    domains starting on it at once (inventory, per host).
+
+    A start is a burst of the host's CPU (qemu and libvirt's handshake with it); on a host
+    with few cores, eight at once each take several times as long as one alone.  Queued,
+    most guests are up sooner; waiting for a start slot is downtime, so it is opt-in.
+    """
 
     def __init__(self, inv: Inventory):
         self._slots = {name: threading.BoundedSemaphore(h.max_parallel) for name, h in inv.hosts.items()}
+        self._starts = {name: (threading.BoundedSemaphore(h.max_starts), h.max_starts)
+                        for name, h in inv.hosts.items() if h.max_starts}
+
+    @contextmanager
+    def starting(self, host: str):
+        if host not in self._starts:
+            yield
+            return
+        gate, limit = self._starts[host]
+        if not gate.acquire(blocking=False):
+            say(f"* {host}: waiting for a start slot (max_starts {limit}) ...")
+            gate.acquire()
+        try:
+            yield
+        finally:
+            gate.release()
 
     @contextmanager
     def hold(self, vm: VM):
@@ -528,7 +554,8 @@ def run_fleet(c, inv: Inventory, vms: list[VM], *, to: str | None, from_host: st
         set_output_prefix(vm.name if tag else "")
         try:
             with slots.hold(vm):
-                ctx = Ctx(site, inv, vm, timeout, force, on_step=lambda name: view.step(vm.name, name))
+                ctx = Ctx(site, inv, vm, timeout, force, on_step=lambda name: view.step(vm.name, name),
+                          start_gate=slots.starting)
                 outcome = move(ctx, side, journal_dir(c), lock_dir(c), dry_run)
         except ToolError as exc:
             outcome = Outcome(vm.name, False, [], f"{vm.name}: {exc}")

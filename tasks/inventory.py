@@ -50,6 +50,7 @@ class Host:
     hostname: str = ""
     drbd_address: str = ""
     max_parallel: int = 4
+    max_starts: int | None = None    # domains it starts at once in a fleet run (None: no limit)
 
     @property
     def needs_sudo(self) -> bool:
@@ -215,7 +216,8 @@ class _Checker:
 
 
 _HOST_KEYS = {"address", "role", "user", "port", "toolstack", "libvirt_uri", "known_hosts",
-              "accept_new_host_key", "proxy_command", "identity_file", "hostname", "drbd_address", "max_parallel"}
+              "accept_new_host_key", "proxy_command", "identity_file", "hostname", "drbd_address", "max_parallel",
+              "max_starts"}
 _VM_KEYS = {"xen_host", "kvm_host", "cfg", "guest_address", "guest_user", "guest_port",
             "guest_proxy_command", "guest_identity_file", "guest_known_hosts", "mac",
             "memory", "vcpus", "bridge", "bus", "domain_type", "machine", "boot", "snapshot",
@@ -253,6 +255,7 @@ def _parse_host(check: _Checker, name: str, raw: Any) -> Host | None:
         hostname=hostname,
         drbd_address=check.get(data, "drbd_address", where, str, default=address or ""),
         max_parallel=check.get(data, "max_parallel", where, int, default=4),
+        max_starts=check.get(data, "max_starts", where, int),
     )
     return host if role and address else None
 

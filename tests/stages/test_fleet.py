@@ -20,10 +20,11 @@ from tests.stages.fakehosts import FakeHost, Shared
 NAMES = ("logger", "web", "mail")
 
 
-def fleet_inventory(max_parallel: int = 4):
+def fleet_inventory(max_parallel: int = 4, max_starts: int | None = None):
     data = yaml.safe_load((REPO / "hosts.yml").read_text())
     for host in data["hosts"].values():
         host["max_parallel"] = max_parallel
+        host["max_starts"] = max_starts
     seed = data["vms"]["logger"]
     for n, name in enumerate(NAMES[1:], 1):
         vm = yaml.safe_load(yaml.safe_dump(seed))
@@ -49,8 +50,8 @@ def cfg_of(name: str, n: int) -> str:
 
 
 @pytest.fixture
-def fleet(tmp_path, monkeypatch):
-    inv = fleet_inventory()
+def fleet(tmp_path, monkeypatch, request):
+    inv = fleet_inventory(max_starts=getattr(request, "param", None))
     resources = {vm.name: [d.resource for d in vm.resources] for vm in inv.vms.values()}
     every = [r for rs in resources.values() for r in rs]
     shared = Shared(roles={r: {"xen1": "Primary", "kvm1": "Secondary"} for r in every},
@@ -160,6 +161,72 @@ def test_host_slots_limit_concurrent_vms_per_host():
     for t in threads:
         t.join()
     assert peak[0] == 1
+
+
+def test_a_start_beyond_max_starts_says_it_waits_and_waits(capsys):
+    slots = flows.HostSlots(fleet_inventory(max_starts=1))
+    first_in, first_may_leave = threading.Event(), threading.Event()
+
+    def first():
+        with slots.starting("kvm1"):
+            first_in.set()
+            first_may_leave.wait(10)
+
+    def second():
+        with slots.starting("kvm1"):
+            pass
+
+    holder, waiter = threading.Thread(target=first), threading.Thread(target=second)
+    holder.start()
+    assert first_in.wait(10)
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive(), "the second start must wait for the first"
+    first_may_leave.set()
+    holder.join(10)
+    waiter.join(10)
+    assert not waiter.is_alive()
+    assert capsys.readouterr().out.count("* kvm1: waiting for a start slot (max_starts 1) ...") == 1
+    with slots.starting("xen1"):   # no limit on xen1: never waits
+        pass
+
+
+def _count_overlapping_starts(monkeypatch, hold) -> list[int]:
+    """Each KVM start calls hold() before it runs; returns [peak of starts at once]."""
+    inside, peak = [0], [0]
+    lock = threading.Lock()
+    real_start = flows.kvmhost.start_domain
+
+    def held_start(*args, **kwargs):
+        with lock:
+            inside[0] += 1
+            peak[0] = max(peak[0], inside[0])
+        hold()
+        with lock:
+            inside[0] -= 1
+        return real_start(*args, **kwargs)
+
+    monkeypatch.setattr(flows.kvmhost, "start_domain", held_start)
+    return peak
+
+
+def test_without_max_starts_a_fleet_starts_its_domains_together(fleet, monkeypatch):
+    inv, shared, run, _ = fleet
+    all_three = threading.Barrier(len(NAMES), timeout=10)   # broken, and the starts fail, unless together
+    peak = _count_overlapping_starts(monkeypatch, all_three.wait)
+    assert all(o.ok for o in run(parallel=3))
+    assert peak[0] == len(NAMES)
+
+
+@pytest.mark.parametrize("fleet", [1], indirect=True)
+def test_max_starts_queues_the_starts_of_a_host_and_every_vm_lands(fleet, monkeypatch):
+    inv, shared, run, _ = fleet
+    assert inv.host("kvm1").max_starts == 1
+    peak = _count_overlapping_starts(monkeypatch, lambda: time.sleep(0.1))
+    outcomes = run(parallel=3)
+    assert [(o.vm, o.ok, o.runs_on) for o in outcomes] == [(n, True, ["kvm1"]) for n in NAMES]
+    assert peak[0] == 1
+    assert shared.violations == []
 
 
 def test_every_root_task_has_a_docstring_and_help_for_every_argument():

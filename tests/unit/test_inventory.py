@@ -42,6 +42,13 @@ def test_seed_inventory_is_the_seeds_site():
     assert isinstance(swap, LocalDisk) and swap.path["kvm1"] == "/dev/vg_main/logger-swap"
 
 
+def test_max_starts_is_no_limit_unless_given():
+    data = seed_data()
+    data["hosts"]["kvm1"]["max_starts"] = 2
+    inv = parse_inventory(yaml.safe_dump(data))
+    assert inv.host("kvm1").max_starts == 2 and inv.host("xen1").max_starts is None
+
+
 def test_cfg_path_defaults_to_xen_auto():
     data = seed_data()
     del data["vms"]["logger"]["cfg"]
@@ -60,6 +67,8 @@ def test_per_host_device_mapping():
     (lambda d: d["hosts"]["xen1"].update(port="22"), "inv.yml: hosts.xen1.port: expected int, got str '22'"),
     (lambda d: d["hosts"]["xen1"].update(role="hyperv"), "inv.yml: hosts.xen1.role: must be one of xen, kvm"),
     (lambda d: d["hosts"]["kvm1"].update(toolstack="xl"), "inv.yml: hosts.kvm1.toolstack: only Xen hosts"),
+    (lambda d: d["hosts"]["kvm1"].update(max_starts=0), "inv.yml: hosts.kvm1.max_starts: must be positive, got 0"),
+    (lambda d: d["hosts"]["kvm1"].update(max_starts=True), "inv.yml: hosts.kvm1.max_starts: expected int, got bool"),
     (lambda d: d["vms"]["logger"].update(xen_host="xen9"), "inv.yml: vms.logger.xen_host: names undefined host 'xen9'"),
     (lambda d: d["vms"]["logger"].update(xen_host="kvm1"), "inv.yml: vms.logger.xen_host: host 'kvm1' has role kvm"),
     (lambda d: d["vms"]["logger"].update(mac="00:16:3E:37:D0"), "inv.yml: vms.logger.mac: not a MAC address"),
