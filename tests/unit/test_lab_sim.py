@@ -413,6 +413,20 @@ def test_xl_shutdown_wait_and_destroy(lab):
     assert lab.hooks() == ["start logger", "stop logger", "start logger", "stop logger"]
 
 
+def test_a_failed_guest_stop_hook_is_a_violation(lab):
+    lab.hook.write_text(f'#!/bin/sh\necho "$*" >> {lab.hook_calls}\n[ "$1" = stop ] && exit 4\nexit 0\n')
+    lab.seed(primary="xen1")
+    lab.run("xen1", "xl", "create", lab.cfg(f"phy:{lab.dev['xen1']},xvda2,w"))
+    assert sim.lab_state(lab.state)["violations"] == []
+    lab.run("xen1", "xl", "shutdown", "logger")
+    time.sleep(DELAY)
+    lab.run("xen1", "xl", "list")   # settles the shutdown: the hook runs and fails
+
+    assert lab.hooks() == ["start logger", "stop logger"]
+    assert sim.lab_state(lab.state)["violations"] == [
+        "guest_stop hook for logger on xen1 exited 4: its guest may still hold its disks (see hooks.log)"]
+
+
 def gate_guest_stop(lab):
     """Make the guest_stop hook wait for a gate file; returns the gate."""
     gate = lab.tmp / "gate"

@@ -60,6 +60,7 @@ class Store:
         self.state_dir = state_dir
         self.actor = actor
         self.hooks = []
+        self.failed_hooks = []   # events of this transaction's hooks that exited non-zero
         self._docs = {}
         self._dirty = set()
         self._events = []
@@ -114,6 +115,7 @@ def locked(state_dir, actor):
         ran = [{"ts": time.time(), "event": "hook", "host": actor, "by": actor, "argv": argv,
                 "rc": run_hook(state_dir, argv)} for argv in st.hooks]
         append_events(state_dir, ran)
+        st.failed_hooks = [e for e in ran if e["rc"] != 0]
 
 
 def run_hook(state_dir, argv):
