@@ -21,7 +21,8 @@ HOOK_TIMEOUT = 600
 
 
 # One lab host as its own /etc view describes it (host.json).  A namedtuple, not a dataclass:
-# every simulated command starts a Python, and dataclasses' imports would double its start-up.
+# a simulated command with no server to fork from (unit tests, a terminal) starts a Python,
+# and dataclasses' imports would double its start-up.
 Host = namedtuple("Host", "name role state_dir drbd_style xen_shutdown_delay drbd_sync_delay guest_start guest_stop "
                          "guests")
 
