@@ -501,7 +501,7 @@ class HostSlots:
     domains starting on it at once (inventory, per host).
 
     A start is a burst of the host's CPU (qemu and libvirt's handshake with it); on a host
-    with few cores, eight at once each take several times as long as one alone.  Queued,
+    with few cores, starts at once each take twice as long as one alone or more.  Queued,
     most guests are up sooner; waiting for a start slot is downtime, so it is opt-in.
     """
 
