@@ -51,5 +51,5 @@ def _measure() -> None:
            f"median over {len(ratios)} fleet moves (both directions) of ideal ({VMS}/{PARALLEL} x one VM's "
            f"`fab migrate`, median {statistics.median(singles):.2f}s) over the wall time of `fab migrate` of "
            f"{VMS} lab VMs with --parallel {PARALLEL} (median {statistics.median(fleets):.2f}s), "
-           f"{SHUTDOWN_S:g}s guest shutdown each, kvm1's max_starts {KVM_MAX_STARTS}; to KVM {statistics.median(by_direction['kvm']):.2f}, "
-           f"to Xen {statistics.median(by_direction['xen']):.2f}")
+           f"{SHUTDOWN_S:g}s guest shutdown each, kvm1's max_starts {KVM_MAX_STARTS}; "
+           f"to KVM {statistics.median(by_direction['kvm']):.2f}, to Xen {statistics.median(by_direction['xen']):.2f}")

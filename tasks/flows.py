@@ -512,6 +512,7 @@ class HostSlots:
 
     @contextmanager
     def starting(self, host: str):
+        """Hold one of the host's start slots, saying so when a start has to wait for one."""
         if host not in self._starts:
             yield
             return
