@@ -22,7 +22,7 @@ from .formats.domainxml import BOOT_DIR, console_log
 from .inventory import VM, Host, Inventory, ReplicatedDisk
 from .localdisk import plan_swap_matches
 from .remote import Remote, RemoteError, describe_ssh_error, say, site_from_context
-from .xenhost import DEFAULT_SHUTDOWN_TIMEOUT, cfg_errors, read_local, read_vm_cfg, wait_until
+from .xenhost import DEFAULT_SHUTDOWN_TIMEOUT, SHUTDOWN_POLL, cfg_errors, read_local, read_vm_cfg, wait_until
 
 XML_DIR = "/var/lib/xenkvm"
 STOPPED = ("shut off", "not found")
@@ -64,21 +64,22 @@ def parse_domain_states(text: str) -> dict[str, str]:
     return states
 
 
-def domain_state(remote: Remote, host: Host, name: str) -> str:
+def domain_state(remote: Remote, host: Host, name: str, max_age: float = 0.0) -> str:
     """`running`, `shut off`, `paused`, ... or `not found` when libvirt has no such domain.
 
-    From one `virsh list --all` that concurrent callers share (Remote.shared_probe).
+    From one `virsh list --all` that concurrent callers share (Remote.shared_probe), begun
+    at most max_age seconds ago.
     """
-    outcome = remote.shared_probe(virsh(host, "list", "--all"), env={"LANG": "C"})
+    outcome = remote.shared_probe(virsh(host, "list", "--all"), env={"LANG": "C"}, max_age=max_age)
     if not outcome.ok:
         raise ToolError(f"{host.name}: `virsh list --all` failed (exit {outcome.exit_code}): "
                         f"{(outcome.stderr or outcome.stdout).strip()}")
     return parse_domain_states(outcome.stdout).get(name, "not found")
 
 
-def domain_running(remote: Remote, host: Host, name: str) -> bool:
+def domain_running(remote: Remote, host: Host, name: str, max_age: float = 0.0) -> bool:
     """Anything but stopped counts as running: a paused or crashed domain still holds its disks."""
-    return domain_state(remote, host, name) not in STOPPED
+    return domain_state(remote, host, name, max_age) not in STOPPED
 
 
 def start_domain(remote: Remote, host: Host, name: str) -> None:
@@ -95,7 +96,7 @@ def destroy_domain(remote: Remote, host: Host, name: str) -> None:
 
 
 def shutdown_domain(remote: Remote, host: Host, name: str, *, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
-                    force: bool = False, poll: float = 1.0) -> None:
+                    force: bool = False, poll: float = SHUTDOWN_POLL) -> None:
     """ACPI shutdown, wait until shut off; destroy after the wait only if forced."""
     if not remote.dry_run and not domain_running(remote, host, name):
         say(f"* {host.name}: {name} is not running ... ok")
@@ -103,7 +104,7 @@ def shutdown_domain(remote: Remote, host: Host, name: str, *, timeout: float = D
     remote.change(virsh(host, "shutdown", name), env={"LANG": "C"})
     if remote.dry_run:
         return
-    gone = wait_until(lambda: not domain_running(remote, host, name), timeout, poll,
+    gone = wait_until(lambda max_age: not domain_running(remote, host, name, max_age), timeout, poll,
                       f"{host.name}: waiting for {name} to shut down")
     if not gone:
         if not force:

@@ -119,12 +119,12 @@ class AuditLog:
 
 @dataclass
 class _Listing:
-    """Runs of one shared listing command: numbered as they start, the last one's outcome kept."""
+    """One shared listing command: whether a run is in flight, the last run's outcome and
+    when that run began (time.monotonic())."""
 
-    next_run: int = 0
-    finished_run: int = -1
     running: bool = False
     outcome: Outcome | None = None
+    outcome_began: float = float("-inf")
 
 
 class Remote:
@@ -171,23 +171,25 @@ class Remote:
         """Read-only: always runs, even in a dry run; the caller judges the exit code."""
         return self._run(argv, kind="probe", env=env, timeout=timeout)
 
-    def shared_probe(self, argv: Sequence[str], *, env: dict[str, str] | None = None) -> Outcome:
+    def shared_probe(self, argv: Sequence[str], *, env: dict[str, str] | None = None,
+                     max_age: float = 0.0) -> Outcome:
         """A read-only listing (`xl list`) run once for every thread asking at the same time.
 
-        Each caller gets the output of a run that began after it asked, never an older
-        one, so the answer is as fresh as its own probe would be; a fleet of VMs polling
+        Each caller gets the output of a run begun at most `max_age` seconds before it
+        asked (by default: after it asked), never an older one; a fleet of VMs polling
         one host costs that host one listing per round instead of one per VM.
         """
         key = self.command(argv, env)
+        oldest = time.monotonic() - max_age
         with self._listings_changed:
             listing = self._listings.setdefault(key, _Listing())
-            wanted = listing.next_run
-            while listing.finished_run < wanted and listing.running:
-                self._listings_changed.wait()
-            if listing.finished_run >= wanted:
-                return listing.outcome
-            mine, listing.running = listing.next_run, True
-            listing.next_run += 1
+            while True:
+                if listing.outcome is not None and listing.outcome_began >= oldest:
+                    return listing.outcome
+                if not listing.running:
+                    break
+                self._listings_changed.wait()   # that run may be fresh enough; if not, ours follows it
+            listing.running, began = True, time.monotonic()
         outcome = None
         try:
             outcome = self.probe(argv, env=env)
@@ -196,7 +198,7 @@ class Remote:
             with self._listings_changed:
                 listing.running = False
                 if outcome is not None:
-                    listing.outcome, listing.finished_run = outcome, mine
+                    listing.outcome, listing.outcome_began = outcome, began
                 self._listings_changed.notify_all()
 
     def change(self, argv: Sequence[str], *, env: dict[str, str] | None = None, stdin: str | None = None,

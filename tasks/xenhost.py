@@ -19,6 +19,10 @@ from .inventory import VM, Host
 from .remote import Remote, say, site_from_context
 
 DEFAULT_SHUTDOWN_TIMEOUT = 300.0
+# A gone guest is noticed within this (and one listing), so it bounds what polling adds to the
+# downtime; waits on one host share their listings, so a fleet's waits cost the host a few
+# listings a second, not a few per VM.
+SHUTDOWN_POLL = 0.25
 
 
 def parse_domain_list(text: str) -> dict[str, str]:
@@ -46,18 +50,19 @@ def toolstack(remote: Remote, host: Host) -> str:
     return remote.facts["toolstack"]
 
 
-def list_domains(remote: Remote, host: Host) -> dict[str, str]:
+def list_domains(remote: Remote, host: Host, max_age: float = 0.0) -> dict[str, str]:
+    """From an `xl list` begun at most max_age seconds ago (Remote.shared_probe)."""
     tool = toolstack(remote, host)
-    outcome = remote.shared_probe([tool, "list"])
+    outcome = remote.shared_probe([tool, "list"], max_age=max_age)
     if not outcome.ok:
         raise ToolError(f"{host.name}: `{tool} list` failed (exit {outcome.exit_code}): "
                         f"{(outcome.stderr or outcome.stdout).strip()}")
     return parse_domain_list(outcome.stdout)
 
 
-def domain_running(remote: Remote, host: Host, name: str) -> bool:
+def domain_running(remote: Remote, host: Host, name: str, max_age: float = 0.0) -> bool:
     """Any state counts as running until the domain leaves the list: its disks are still held."""
-    return name in list_domains(remote, host)
+    return name in list_domains(remote, host, max_age)
 
 
 def start_domain(remote: Remote, host: Host, vm: VM) -> None:
@@ -71,7 +76,7 @@ def destroy_domain(remote: Remote, host: Host, name: str) -> None:
 
 
 def shutdown_domain(remote: Remote, host: Host, name: str, *, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
-                    force: bool = False, poll: float = 1.0) -> None:
+                    force: bool = False, poll: float = SHUTDOWN_POLL) -> None:
     """Graceful shutdown, then wait until the domain is gone; destroy after the wait only if forced."""
     if not remote.dry_run and not domain_running(remote, host, name):
         say(f"* {host.name}: {name} is not running ... ok")
@@ -81,7 +86,7 @@ def shutdown_domain(remote: Remote, host: Host, name: str, *, timeout: float = D
         if force:
             say(f"  would run on {host.name} after {timeout:.0f}s: {toolstack(remote, host)} destroy {name}")
         return
-    gone = wait_until(lambda: not domain_running(remote, host, name), timeout, poll,
+    gone = wait_until(lambda max_age: not domain_running(remote, host, name, max_age), timeout, poll,
                       f"{host.name}: waiting for {name} to shut down")
     if not gone:
         if not force:
@@ -92,10 +97,14 @@ def shutdown_domain(remote: Remote, host: Host, name: str, *, timeout: float = D
 
 
 def wait_until(done, timeout: float, poll: float, label: str, every: float = 10.0) -> bool:
-    """Poll `done()` until true or the timeout; a progress line every `every` seconds."""
+    """Poll `done(max_age)` until true or the timeout; a progress line every `every` seconds.
+
+    `max_age` is how old a shared listing may be: up to one poll, never older than the
+    wait, so waits on one host share listings and each answer postdates the command waited on.
+    """
     started = time.monotonic()
     next_report = started + every
-    while not done():
+    while not done(min(poll, time.monotonic() - started)):
         now = time.monotonic()
         if now - started >= timeout:
             return False

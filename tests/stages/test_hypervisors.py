@@ -94,6 +94,37 @@ def test_kvm_domain_states_from_one_listing():
     assert kvmhost.domain_running(r, KVM, "paused")
 
 
+def test_a_listing_up_to_max_age_old_is_shared_and_an_older_one_is_not():
+    calls = []
+
+    class CountingList:
+        def run(self, command, **kw):
+            calls.append(command)
+            return Result(VIRSH_LIST, exited=0)
+
+    r = Remote("kvm1", CountingList())
+    kvmhost.domain_state(r, KVM, "logger")
+    assert kvmhost.domain_state(r, KVM, "paused", max_age=60) == "paused"   # the same listing
+    assert len(calls) == 1
+    kvmhost.domain_state(r, KVM, "logger")   # by default: only a run begun after asking
+    assert len(calls) == 2
+
+
+def test_a_wait_takes_listings_up_to_one_poll_old_but_never_older_than_the_wait(monkeypatch):
+    clock, ages = [100.0], []
+
+    def done(max_age):
+        ages.append(max_age)
+        clock[0] += 0.3          # each listing takes a while
+        return len(ages) == 3
+
+    monkeypatch.setattr(xenhost, "time", type("Clock", (), {
+        "monotonic": staticmethod(lambda: clock[0]),
+        "sleep": staticmethod(lambda s: clock.__setitem__(0, clock[0] + s))}))
+    assert xenhost.wait_until(done, timeout=10, poll=1.0, label="waiting")
+    assert ages == [0.0, 1.0, 1.0]
+
+
 def test_virsh_error_is_reported():
     r, _ = remote({re.compile(".*virsh.*"): Result(stderr="error: failed to connect to the hypervisor\n", exited=1)})
     with pytest.raises(ToolError, match="kvm1: `virsh list --all` failed .*connect to the hypervisor"):
