@@ -59,9 +59,14 @@ def record_failed_hooks(st, failed):
     for hook in failed:
         text = (f"guest_stop hook for {hook['argv'][-1]} on {hook['host']} exited {hook['rc']}: "
                 f"its guest may still hold its disks (see {store.HOOKS_LOG})")
-        st.doc("violations").setdefault("log", []).append({"ts": hook["ts"], "text": text})
-        st.changed("violations")
-        st.event("violation", None, text=text)
+        log_violation(st, text, hook["ts"])
+
+
+def log_violation(st, text, ts):
+    """One entry in the record of every unsafe condition (lab_state's violations) and in the events."""
+    st.doc("violations").setdefault("log", []).append({"ts": ts, "text": text})
+    st.changed("violations")
+    st.event("violation", None, text=text)
 
 
 def tamper(state_dir, change):
@@ -438,8 +443,7 @@ def check_violations(st):
     now = time.time()
     for text in found:
         if text not in active:
-            record.setdefault("log", []).append({"ts": now, "text": text})
-            st.event("violation", None, text=text)
+            log_violation(st, text, now)
     if found != record.get("active", []):
         record["active"] = found
         st.changed("violations")
