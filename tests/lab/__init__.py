@@ -8,6 +8,7 @@ without the venv.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 LAB = Path(__file__).resolve().parent
@@ -25,7 +26,9 @@ CLIENT_KEY = KEYS / "id_ed25519"
 HOST_PYTHON = "/usr/bin/python3"
 # Every process the lab starts carries this variable, so `down` finds them after a crash.
 MARKER = "XENKVM_LAB"
-PREFIX = "xkl-"                 # the lab's named network namespaces
+# The lab's named network namespaces; another prefix lets a second checkout run its own lab
+# beside this one (everything else a lab owns is under its checkout's .work).
+PREFIX = os.environ.get("XENKVM_LAB_PREFIX", "xkl-")
 SWITCH_NS = PREFIX + "net"      # the lab's switch; the control side's only way in
 SWITCH_BRIDGE = "xklsw"
 SWITCH_ADDRESS = "10.77.0.1"
