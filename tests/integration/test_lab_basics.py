@@ -16,6 +16,7 @@ import pytest
 from tasks.errors import ToolError
 from tasks.inventory import load_inventory
 from tasks.remote import Site, open_connection
+from tests.lab import SWITCH_NS
 from tests.lab.spaces import LabError
 
 pytestmark = pytest.mark.lab
@@ -200,7 +201,7 @@ def test_up_and_down_are_idempotent_and_down_leaves_nothing(lab):
     xen1 = inventory.host("xen1")
     started = time.monotonic()
     proxy = subprocess.run(shlex.split(xen1.proxy_command), input=b"", capture_output=True, timeout=5)
-    assert proxy.returncode != 0 and b"xkl-net" in proxy.stderr
+    assert proxy.returncode != 0 and SWITCH_NS.encode() in proxy.stderr
     assert time.monotonic() - started < 1
     # The tool's connection fails too.  (paramiko notices a proxy that died only after the
     # connect timeout when it has already written its banner, hence the short timeout here.)
