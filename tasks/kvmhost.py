@@ -21,7 +21,8 @@ from .errors import GuardError, InputError, ToolError
 from .formats.domainxml import BOOT_DIR, console_log
 from .inventory import VM, Host, Inventory, ReplicatedDisk
 from .localdisk import plan_swap_matches
-from .remote import Remote, RemoteError, describe_ssh_error, say, site_from_context
+from .remote import START_TIMEOUT, Remote, RemoteError, say, site_from_context
+from .ssh import describe_ssh_error
 from .xenhost import DEFAULT_SHUTDOWN_TIMEOUT, SHUTDOWN_POLL, cfg_errors, read_local, read_vm_cfg, wait_until
 
 XML_DIR = "/var/lib/xenkvm"
@@ -83,7 +84,7 @@ def domain_running(remote: Remote, host: Host, name: str, max_age: float = 0.0) 
 
 
 def start_domain(remote: Remote, host: Host, name: str) -> None:
-    remote.change(virsh(host, "start", name), env={"LANG": "C"})
+    remote.change(virsh(host, "start", name), env={"LANG": "C"}, timeout=START_TIMEOUT)
 
 
 def destroy_domain(remote: Remote, host: Host, name: str) -> None:
@@ -96,16 +97,21 @@ def destroy_domain(remote: Remote, host: Host, name: str) -> None:
 
 
 def shutdown_domain(remote: Remote, host: Host, name: str, *, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
-                    force: bool = False, poll: float = SHUTDOWN_POLL) -> None:
-    """ACPI shutdown, wait until shut off; destroy after the wait only if forced."""
+                    force: bool = False, poll: float = SHUTDOWN_POLL, on_requested=None) -> None:
+    """ACPI shutdown, wait until shut off; destroy after the wait only if forced.
+
+    `on_requested` is called once the guest was asked to shut down: from then on it may go
+    down at any moment, and an undo must wait for that before starting it again."""
     if not remote.dry_run and not domain_running(remote, host, name):
         say(f"* {host.name}: {name} is not running ... ok")
         return
     remote.change(virsh(host, "shutdown", name), env={"LANG": "C"})
     if remote.dry_run:
         return
+    if on_requested:
+        on_requested()
     gone = wait_until(lambda max_age: not domain_running(remote, host, name, max_age), timeout, poll,
-                      f"{host.name}: waiting for {name} to shut down")
+                      f"{host.name}: waiting for {name} to shut down", remote.interruption)
     if not gone:
         if not force:
             raise ToolError(f"{host.name}: {name} still running after {timeout:.0f}s; "

@@ -62,10 +62,10 @@ def fleet(tmp_path, monkeypatch, request):
     hosts = {"xen1": FakeHost("xen1", "xen", "kvm1", shared), "kvm1": FakeHost("kvm1", "kvm", "xen1", shared)}
     opened = []
 
-    def site_for(c, inventory, dry_run=False):
+    def site_for(c, inventory, dry_run=False, interruption=None):
         opened.append(1)
         return Site(inventory, dry_run=dry_run, audit=AuditLog(tmp_path / "audit.jsonl"),
-                    connect=lambda label, *a, **k: hosts[label])
+                    connect=lambda label, *a, **k: hosts[label], interruption=interruption)
 
     monkeypatch.setattr(flows, "site_from_context", site_for)
     c = Context(Config(overrides={"state_dir": str(tmp_path / "state")}))
@@ -142,7 +142,7 @@ def test_selection_mistakes_are_one_line(vm, all_vms, from_host, message):
 
 def test_host_slots_limit_concurrent_vms_per_host():
     inv = fleet_inventory(max_parallel=1)
-    slots = flows.HostSlots(inv)
+    slots = flows.HostSlots(inv, flows.Interruption())
     inside, peak = [0], [0]
     lock = threading.Lock()
 
@@ -164,7 +164,7 @@ def test_host_slots_limit_concurrent_vms_per_host():
 
 
 def test_a_start_beyond_max_starts_says_it_waits_and_waits(capsys):
-    slots = flows.HostSlots(fleet_inventory(max_starts=1))
+    slots = flows.HostSlots(fleet_inventory(max_starts=1), flows.Interruption())
     first_in, first_may_leave = threading.Event(), threading.Event()
 
     def first():

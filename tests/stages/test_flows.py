@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from tasks import flows
-from tasks.errors import GuardError
+from tasks.errors import GuardError, ToolError
 from tasks.inventory import load_inventory
 from tasks.remote import AuditLog, Site
 from tests.conftest import REPO
@@ -42,7 +42,7 @@ def world(tmp_path):
 
         def move(self, to, dry_run=False, **kw):
             ctx = flows.Ctx(self.site(dry_run), inv, inv.vm("logger"), timeout=kw.pop("timeout", 0.2),
-                            force=kw.pop("force", False))
+                            force=kw.pop("force", False), rollback_timeout=kw.pop("rollback_timeout", 0.2))
             return flows.move(ctx, to, tmp_path / "journal", tmp_path / "locks", dry_run)
 
         def rollback(self):
@@ -417,3 +417,176 @@ def test_rehearsal_without_a_prompt_fails_and_cleans_up(world, earlier_prompt):
     with pytest.raises(Exception, match=f"no login prompt on logger-rehearsal's console in 1s; read {CONSOLE}"):
         kvmhost.rehearse_vm(world.site(), world.inv, world.inv.vm("logger"), seconds=1, method="qcow2", login=True)
     assert "logger-rehearsal" not in world.shared.kvm_defined | world.shared.kvm_running
+
+
+# -- stopping halfway: a stop request, a host that hangs, records that cannot be written ----------
+
+class _OnCommand:
+    """Wraps a fake host: `effect(command)` runs when a command ending with `command` is sent; it
+    may raise (as a hung or vanished host does) or return None to let the command run."""
+
+    def __init__(self, host, command, effect):
+        self.host, self.command, self.effect = host, command, effect
+
+    def run(self, command, **kw):
+        if command.endswith(self.command):
+            self.effect(command)
+        return self.host.run(command, **kw)
+
+    def sftp(self):
+        return self.host.sftp()
+
+
+def _site_with(world, host_name, command, effect, dry_run=False):
+    site = world.site(dry_run)
+    real = site._connect
+    site._connect = lambda label, *a, **k: (_OnCommand(real(label), command, effect) if label == host_name
+                                            else real(label))
+    return site
+
+
+def _move_on(world, site, to, **kw):
+    ctx = flows.Ctx(site, world.inv, world.inv.vm("logger"), timeout=kw.pop("timeout", 5),
+                    rollback_timeout=kw.pop("rollback_timeout", 5), **kw)
+    return flows.move(ctx, to, world.tmp / "journal", world.tmp / "locks")
+
+
+STOP_POINTS_TO_KVM = [(line.split(": ", 1)[0], line.split(": ", 1)[1]) for line in TO_KVM]
+STOP_POINTS_TO_XEN = [(line.split(": ", 1)[0], line.split(": ", 1)[1]) for line in TO_XEN]
+
+
+@pytest.mark.parametrize("host, command", STOP_POINTS_TO_KVM)
+def test_a_stop_request_at_any_step_to_kvm_undoes_what_ran(world, host, command):
+    """The request arrives while the step's command runs: that command finishes, no new step
+    starts, and the undo leaves logger running on xen1 with one Primary per resource."""
+    site = _site_with(world, host, command, lambda _c: site.interruption.request("interrupted by SIGINT", 130))
+    outcome = _move_on(world, site, "kvm")
+    assert not outcome.ok and outcome.runs_on == ["xen1"]
+    assert "interrupted by SIGINT" in outcome.message and "now runs on xen1" in outcome.message
+    assert world.where() == ON_XEN
+    assert world.shared.violations == []
+    started = world.changes()
+    assert started[:TO_KVM.index(f"{host}: {command}") + 1] == TO_KVM[:TO_KVM.index(f"{host}: {command}") + 1]
+    assert not (world.tmp / "journal" / "logger.json").exists(), "undone completely: no journal left"
+
+
+@pytest.mark.parametrize("host, command", STOP_POINTS_TO_XEN)
+def test_a_stop_request_at_any_step_to_xen_undoes_what_ran(world, host, command):
+    assert world.move("kvm").ok
+    site = _site_with(world, host, command, lambda _c: site.interruption.request("interrupted by SIGTERM", 143))
+    outcome = _move_on(world, site, "xen")
+    assert not outcome.ok and outcome.runs_on == ["kvm1"] and "interrupted by SIGTERM" in outcome.message
+    assert world.where() == ON_KVM
+    assert world.shared.violations == []
+
+
+def test_a_stop_during_the_shutdown_wait_restarts_the_guest_once_it_is_down(world):
+    """The guest was asked to shut down and is still going down when the wait is stopped: the
+    undo waits until it is gone, then starts it again (starting it while it still ran would
+    have been 'already running', and the guest would then have stopped for good)."""
+    world.shared.stubborn = True
+    listings = []
+
+    def on_listing(_command):
+        listings.append(1)
+        if len(listings) == 3:          # the wait's second listing: the guest is going down
+            site.interruption.request("interrupted by SIGINT", 130)
+        if len(listings) == 5:          # during the undo: it is down now
+            world.shared.xen_running.discard("logger")
+
+    site = _site_with(world, "xen1", "xl list", on_listing)
+    outcome = _move_on(world, site, "kvm")
+    assert not outcome.ok and outcome.runs_on == ["xen1"]
+    assert world.changes() == [TO_KVM[0], "xen1: xl shutdown logger", "xen1: xl create /etc/xen/auto/logger.cfg",
+                               "kvm1: env LANG=C virsh -c qemu:///system undefine logger"]
+    assert world.where() == ON_XEN
+    assert world.shared.violations == []
+
+
+def test_a_command_that_never_answers_fails_its_step_in_one_line_and_is_undone(world):
+    from invoke import Result
+    from invoke.exceptions import CommandTimedOut
+
+    def hang(command):
+        raise CommandTimedOut(Result(command=command), timeout=60)
+
+    site = _site_with(world, "kvm1", "drbdadm primary logger-system logger-var", hang)
+    outcome = _move_on(world, site, "kvm")
+    assert not outcome.ok and outcome.runs_on == ["xen1"]
+    assert ("kvm1: `drbdadm primary logger-system logger-var` gave no answer within 60s "
+            "(it may still be running there)") in outcome.message
+    assert world.where() == ON_XEN and world.shared.violations == []
+
+
+def test_a_host_that_stops_answering_is_not_asked_again_and_the_undo_goes_on(world):
+    """kvm1 cannot even open a session any more (frozen): its undo steps fail at once, the ones
+    on xen1 run as far as the guards allow, and the journal is kept for `fab rollback`."""
+    import paramiko
+
+    frozen = []
+
+    def freeze(_command):
+        frozen.append(1)
+        raise paramiko.SSHException("Timeout opening channel.")
+
+    site = _site_with(world, "kvm1", "virsh -c qemu:///system start logger", freeze)
+    sent_before = len(world.shared.log)
+    with pytest.raises(ToolError) as info:
+        _move_on(world, site, "kvm")
+    message = str(info.value)
+    assert "step 'start logger on kvm1' failed" in message
+    assert "it stopped answering earlier in this run" in message and "fab rollback --vm logger" in message
+    assert frozen == [1], "a host that stopped answering is asked nothing more"
+    kvm_after = [c for h, c in world.shared.log[sent_before:] if h == "kvm1"]
+    assert not any("start logger" in c for c in kvm_after)
+    assert (world.tmp / "journal" / "logger.json").exists()
+    assert world.shared.violations == []
+
+
+def test_a_start_refused_by_its_host_leaves_a_domain_someone_else_started(world):
+    """`virsh start` fails because the domain already runs there (another operator): this run
+    started nothing, so its undo must not stop that domain."""
+    def someone_else_starts_it(_command):
+        world.shared.kvm_running.add("logger")
+
+    site = _site_with(world, "kvm1", "virsh -c qemu:///system start logger", someone_else_starts_it)
+    with pytest.raises(ToolError):
+        _move_on(world, site, "kvm")
+    assert not any(("shutdown" in c or "destroy" in c) and h == "kvm1" for h, c in world.shared.log)
+    assert "logger" in world.shared.kvm_running
+
+
+def test_a_journal_that_cannot_be_written_stops_the_move_and_undoes_it(world, monkeypatch):
+    """A full disk on the control machine after the shutdown: the step after it cannot be
+    recorded, so it does not start; the undo runs without its records and says so."""
+    saves = []
+    real_save = flows.Journal.save
+
+    def save(journal):
+        saves.append(1)
+        if any("xl shutdown" in c for _h, c in world.shared.log):
+            raise flows.JournalError("the journal /state/journal/logger.json cannot be written "
+                                     "(No space left on device)")
+        real_save(journal)
+
+    monkeypatch.setattr(flows.Journal, "save", save)
+    site = world.site()
+    outcome = _move_on(world, site, "kvm")
+    assert not outcome.ok and outcome.runs_on == ["xen1"]
+    assert "No space left on device" in outcome.message
+    assert site.interruption.requested, "every other move of the run stops too"
+    assert world.where() == ON_XEN and world.shared.violations == []
+
+
+def test_an_audit_log_that_cannot_be_written_stops_the_move_and_the_undo_logs_to_stderr(world, capsys):
+    def disk_full(_command):
+        world.audit.unlink()
+        world.audit.mkdir()          # every later write of the log fails
+
+    site = _site_with(world, "xen1", "xl shutdown logger", disk_full)
+    outcome = _move_on(world, site, "kvm")
+    assert not outcome.ok and outcome.runs_on == ["xen1"]
+    assert "cannot be written" in outcome.message
+    assert world.where() == ON_XEN and world.shared.violations == []
+    err = capsys.readouterr().err
+    assert '"command": "xl create /etc/xen/auto/logger.cfg"' in err, "the undo's records went to stderr"

@@ -12,6 +12,7 @@ from invoke import MockContext, Result
 from tasks import kvmhost, xenhost
 from tasks.errors import ToolError
 from tasks.inventory import Host
+from tasks.interrupt import Interrupted, Interruption
 from tasks.remote import Remote
 
 XEN = Host(name="xen1", address="192.0.2.11", role="xen", toolstack="auto")
@@ -118,11 +119,35 @@ def test_a_wait_takes_listings_up_to_one_poll_old_but_never_older_than_the_wait(
         clock[0] += 0.3          # each listing takes a while
         return len(ages) == 3
 
-    monkeypatch.setattr(xenhost, "time", type("Clock", (), {
-        "monotonic": staticmethod(lambda: clock[0]),
-        "sleep": staticmethod(lambda s: clock.__setitem__(0, clock[0] + s))}))
-    assert xenhost.wait_until(done, timeout=10, poll=1.0, label="waiting")
+    def sleep(seconds):
+        clock[0] += seconds
+
+    monkeypatch.setattr(xenhost.time, "monotonic", lambda: clock[0])
+    interruption = Interruption()
+    monkeypatch.setattr(interruption, "sleep", sleep)
+    assert xenhost.wait_until(done, timeout=10, poll=1.0, label="waiting", interruption=interruption)
     assert ages == [0.0, 1.0, 1.0]
+
+
+def test_a_stop_request_ends_a_wait_at_once_but_not_inside_an_undo():
+    """Ctrl-C during a shutdown wait: the wait ends within one poll, raising Interrupted; the same
+    wait inside an undo (shielded) carries on to its end."""
+    interruption = Interruption()
+    polls = []
+
+    def done(_max_age):
+        polls.append(1)
+        if len(polls) == 2:
+            interruption.request("interrupted by SIGINT", 130)
+        return len(polls) == 4
+
+    with pytest.raises(Interrupted, match="interrupted by SIGINT") as info:
+        xenhost.wait_until(done, timeout=60, poll=0.01, label="waiting", interruption=interruption)
+    assert len(polls) == 2 and info.value.code == 130
+    polls.clear()
+    with interruption.shield():
+        assert xenhost.wait_until(done, timeout=60, poll=0.01, label="waiting", interruption=interruption)
+    assert len(polls) == 4
 
 
 def test_virsh_error_is_reported():

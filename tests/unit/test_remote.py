@@ -8,7 +8,8 @@ import pytest
 from invoke import MockContext, Result
 
 from tasks.errors import ToolError
-from tasks.remote import AuditLog, Remote, open_connection
+from tasks.remote import AuditLog, Remote
+from tasks.ssh import SshTarget, open_connection
 
 
 class FakeSftp:
@@ -123,9 +124,8 @@ def test_a_proxy_command_whose_output_ends_fails_the_connection_at_once(tmp_path
     """Its stdin stays open (the banner is sent), its stdout ends: paramiko's own ProxyCommand
     would spin on end-of-file until the 60 s timeout and then report a timeout."""
     with pytest.raises(ToolError) as info:
-        open_connection("xen1", "10.77.0.11", "root", 22, proxy_command="sh -c 'exec 1>&-; sleep 3'",
-                        identity_file=None,
-                        known_hosts=str(tmp_path / "known_hosts"), accept_new=False, timeout=60)
+        open_connection(SshTarget("xen1", "10.77.0.11", "root", 22, proxy_command="sh -c 'exec 1>&-; sleep 3'",
+                                  known_hosts=str(tmp_path / "known_hosts"), connect_timeout=60))
     assert "xen1: cannot connect to root@10.77.0.11:22" in str(info.value)
     assert "the proxy command exited" in str(info.value)
 
@@ -134,7 +134,7 @@ def test_once_connected_the_proxys_end_is_a_quiet_end_of_stream():
     """Closing a connection ends its proxy: that must not print paramiko's 'Exception (client)'."""
     from paramiko.ssh_exception import ProxyCommandFailure
 
-    from tasks.remote import _proxy
+    from tasks.ssh import _proxy
 
     connecting, connected = _proxy("true"), _proxy("true")
     connected.connected = True
