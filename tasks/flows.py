@@ -24,6 +24,7 @@ from invoke import task
 
 from . import drbd, inventory, kvmhost, localdisk, xenhost
 from .errors import GuardError, InputError, ToolError
+from .hostlock import holder, operator
 from .interrupt import Interrupted, Interruption
 from .inventory import VM, Inventory
 from .progress import FleetView
@@ -76,7 +77,7 @@ class Journal:
 
         data = {
             "vm": vm.name, "run": uuid.uuid4().hex[:12], "pid": os.getpid(),
-            "who": _who(),
+            "who": operator(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "source": vm.host_for(other(target_side)), "target": vm.host_for(target_side),
             "to": target_side, "status": "running", "steps": [],
@@ -163,13 +164,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _who() -> str:
-    import getpass
-    import socket
-
-    return f"{getpass.getuser()}@{socket.gethostname()}"
-
-
 class VmLock:
     """One run per VM at a time: an flock the kernel releases if the process dies."""
 
@@ -185,13 +179,12 @@ class VmLock:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            holder = fh.read().strip() or "another process"
+            who = fh.read().strip() or "another process"
             fh.close()
-            raise GuardError(f"{self.vm_name} is already being handled by {holder}; wait for it to finish") from None
+            raise GuardError(f"{self.vm_name} is already being handled by {who}; wait for it to finish") from None
         fh.seek(0)
         fh.truncate()
-        fh.write(f"pid {os.getpid()} ({_who()}) since "
-                 f"{datetime.now().isoformat(timespec='seconds')}\n")
+        fh.write(f"{holder()}\n")
         fh.flush()
         self.fh = fh
         return self
@@ -464,7 +457,7 @@ def move(ctx: Ctx, to: str | None, journals: Path, locks: Path, dry_run: bool = 
     `to` is "kvm" or "xen", or None for the side where the VM does not run.
     """
     vm = ctx.vm
-    with VmLock(locks, vm.name):
+    with VmLock(locks, vm.name), ctx.site.vm_lock(vm):
         refuse_unfinished(journals, vm.name)   # first: after a crash the VM may run nowhere
         target_side, runs_on, kvm_state = resolve_target(ctx.site, ctx.inv, vm, to)
         if target_side is None:
@@ -578,7 +571,7 @@ def _close(journal: Journal, status: str, keep: bool = False) -> None:
 def rollback_vm(ctx: Ctx, journals: Path, locks: Path) -> Outcome:
     """Bring a VM back to where an interrupted run found it, from the journal and live state."""
     vm = ctx.vm
-    with VmLock(locks, vm.name):
+    with VmLock(locks, vm.name), ctx.site.vm_lock(vm):
         journal = Journal.load(journals, vm.name)
         if journal is None:
             runs_on = where_running(ctx.site, ctx.inv, vm)

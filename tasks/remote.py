@@ -22,6 +22,7 @@ from typing import Callable, Sequence, TypeVar
 
 from . import ssh
 from .errors import ToolError
+from .hostlock import HostLocks, holder
 from .interrupt import Interruption
 from .inventory import VM, Host, Inventory
 
@@ -207,6 +208,20 @@ class Remote:
             self.interruption.request(self.audit.failure)
             self.interruption.check()
 
+    def open_session(self, argv: Sequence[str]):
+        """A command that keeps running beside the others, for a conversation over its stdin and
+        stdout (the host's VM locks); its channel, with reads bounded by `command_timeout`."""
+        command = self.command(argv)
+        if self.silent:
+            raise ToolError(f"{self.name}: `{argv[0]}` not started: {self.silent}")
+        try:
+            channel = self.conn.create_session()
+            channel.settimeout(self.command_timeout)
+            channel.exec_command(command)
+        except Exception as exc:
+            raise ToolError(f"{self.name}: cannot open a session: {ssh.describe_ssh_error(exc)}") from None
+        return channel
+
     def probe(self, argv: Sequence[str], *, env: dict[str, str] | None = None,
               timeout: float | None = None) -> Outcome:
         """Read-only: always runs, even in a dry run; the caller judges the exit code."""
@@ -377,6 +392,7 @@ class Site:
         self._remotes: dict[str, Remote] = {}
         self._lock = threading.Lock()
         self._host_locks: dict[str, threading.Lock] = {}
+        self._vm_locks: dict[str, HostLocks] = {}
 
     def _remote(self, key: str, target: ssh.SshTarget) -> Remote:
         with self._lock:
@@ -403,7 +419,28 @@ class Site:
             proxy_command=vm.guest_proxy_command, identity_file=vm.guest_identity_file,
             known_hosts=vm.guest_known_hosts))
 
+    @contextmanager
+    def vm_lock(self, vm: VM):
+        """The VM locked on its Xen host, where every control machine looks (hostlock)."""
+        with self._lock:
+            locks = self._vm_locks.get(vm.xen_host)
+        if locks is None:
+            remote = self.host(vm.xen_host)
+            with self._lock:
+                locks = self._vm_locks.setdefault(vm.xen_host, HostLocks(remote, holder()))
+        locks.acquire(vm.name)
+        try:
+            yield
+        finally:
+            try:
+                locks.release(vm.name)
+            except ToolError as exc:
+                say(f"! {exc}: the lock of {vm.name} is released when this run ends")
+
     def close(self) -> None:
+        for locks in self._vm_locks.values():
+            locks.close()
+        self._vm_locks.clear()
         for remote in self._remotes.values():
             close = getattr(remote.conn, "close", None)
             if close:

@@ -11,8 +11,12 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import os
 import re
+import select
 import shlex
+import subprocess
+import tempfile
 from dataclasses import dataclass, field
 
 from invoke import Result
@@ -42,6 +46,7 @@ class Shared:
     console: dict[str, str] = field(default_factory=dict)   # domain -> what its serial console prints once started
     signatures: dict[tuple[str, str], dict] = field(default_factory=dict)   # (host, path) -> blkid's TYPE, UUID
     fail_halfway: tuple | None = None    # (host, verb, resource): drbdadm fails there, once, after the ones before
+    lock_root: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="xenkvm-locks-"))   # hosts' lock dirs
 
     def resources_of(self, domain: str) -> list[str]:
         return self.disks_of.get(domain, list(self.roles))
@@ -111,6 +116,9 @@ class FakeHost:
 
     def sftp(self) -> FakeSftp:
         return FakeSftp(self)
+
+    def create_session(self) -> "LocalSession":
+        return LocalSession(self)
 
     def run(self, command: str, **kwargs) -> Result:
         self.shared.log.append((self.name, command))
@@ -286,3 +294,42 @@ class FakeHost:
             s.kvm_defined.discard(name)
             return Result()
         raise AssertionError(f"virsh {args}")
+
+
+class LocalSession:
+    """A session channel whose command really runs here, with its paths under the host's own
+    directory in `lock_root`: the hosts' VM-lock manager is a shell script, and flock, kill and
+    wait are the real ones."""
+
+    def __init__(self, host: FakeHost):
+        self.host = host
+        self.proc: subprocess.Popen | None = None
+        self.timeout: float | None = None
+        self.closed = False
+
+    def settimeout(self, timeout: float) -> None:
+        self.timeout = timeout
+
+    def exec_command(self, command: str) -> None:
+        from tasks.hostlock import LOCK_DIR
+        own = os.path.join(self.host.shared.lock_root, self.host.name)
+        argv = [own if arg == LOCK_DIR else arg for arg in shlex.split(command)]
+        self.host.shared.log.append((self.host.name, f"session {argv[0]}"))
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def sendall(self, data: bytes) -> None:
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def recv(self, size: int) -> bytes:
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
+        if not ready:
+            raise TimeoutError("timed out")
+        return os.read(self.proc.stdout.fileno(), size)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.proc.stdin.close()
+            self.proc.wait(timeout=10)
+            self.proc.stdout.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import pytest
@@ -43,11 +44,17 @@ def world(tmp_path):
         def move(self, to, dry_run=False, **kw):
             ctx = flows.Ctx(self.site(dry_run), inv, inv.vm("logger"), timeout=kw.pop("timeout", 0.2),
                             force=kw.pop("force", False), rollback_timeout=kw.pop("rollback_timeout", 0.2))
-            return flows.move(ctx, to, tmp_path / "journal", tmp_path / "locks", dry_run)
+            try:
+                return flows.move(ctx, to, tmp_path / "journal", tmp_path / "locks", dry_run)
+            finally:
+                ctx.site.close()
 
         def rollback(self):
             ctx = flows.Ctx(self.site(), inv, inv.vm("logger"), timeout=0.2)
-            return flows.rollback_vm(ctx, tmp_path / "journal", tmp_path / "locks")
+            try:
+                return flows.rollback_vm(ctx, tmp_path / "journal", tmp_path / "locks")
+            finally:
+                ctx.site.close()
 
         def changes(self):
             if not self.audit.exists():
@@ -288,6 +295,9 @@ class _KillOn:
             raise Killed()
         return self.host.run(command, **kw)
 
+    def __getattr__(self, name):
+        return getattr(self.host, name)
+
 
 @pytest.mark.parametrize("command", ["drbdadm primary logger-system logger-var", "virsh -c qemu:///system start logger"])
 def test_killed_run_then_rollback(world, command):
@@ -433,8 +443,8 @@ class _OnCommand:
             self.effect(command)
         return self.host.run(command, **kw)
 
-    def sftp(self):
-        return self.host.sftp()
+    def __getattr__(self, name):   # sftp, create_session: the wrapped host's
+        return getattr(self.host, name)
 
 
 def _site_with(world, host_name, command, effect, dry_run=False):
@@ -445,10 +455,14 @@ def _site_with(world, host_name, command, effect, dry_run=False):
     return site
 
 
-def _move_on(world, site, to, **kw):
+def _move_on(world, site, to, state="", **kw):
+    """A move over `site`; `state` names another control machine's state dir."""
     ctx = flows.Ctx(site, world.inv, world.inv.vm("logger"), timeout=kw.pop("timeout", 5),
                     rollback_timeout=kw.pop("rollback_timeout", 5), **kw)
-    return flows.move(ctx, to, world.tmp / "journal", world.tmp / "locks")
+    try:
+        return flows.move(ctx, to, world.tmp / state / "journal", world.tmp / state / "locks")
+    finally:
+        site.close()
 
 
 STOP_POINTS_TO_KVM = [(line.split(": ", 1)[0], line.split(": ", 1)[1]) for line in TO_KVM]
@@ -590,3 +604,32 @@ def test_an_audit_log_that_cannot_be_written_stops_the_move_and_the_undo_logs_to
     assert world.where() == ON_XEN and world.shared.violations == []
     err = capsys.readouterr().err
     assert '"command": "xl create /etc/xen/auto/logger.cfg"' in err, "the undo's records went to stderr"
+
+
+def test_a_second_control_machine_is_refused_by_the_lock_on_the_xen_host(world):
+    """Each machine has its own state dir, so only the lock held on xen1 keeps them apart; it
+    names who holds it, and is free again once the first run is done."""
+    refused = []
+
+    def second_machine(_command):
+        with pytest.raises(GuardError) as info:
+            _move_on(world, world.site(), "kvm", state="other-machine")
+        refused.append(str(info.value))
+
+    site = _site_with(world, "xen1", "xl shutdown logger", second_machine)
+    assert _move_on(world, site, "kvm").ok
+    assert len(refused) == 1
+    assert re.fullmatch(r"logger is already being handled by pid \d+ \(\S+@\S+\) since \S+ \(its lock on xen1, "
+                        r"/var/lock/xenkvm/logger.lock\); wait for it to finish", refused[0])
+    assert world.where() == ON_KVM and world.shared.violations == []
+    assert _move_on(world, world.site(), "xen", state="other-machine").ok, "free once the first run is done"
+
+
+def test_the_host_releases_the_lock_when_the_session_of_a_dead_run_ends(world):
+    """A run that dies (SIGKILL, a lost link) holds nothing: its session's end frees the lock."""
+    site = world.site()
+    with site.vm_lock(world.inv.vm("logger")):
+        with pytest.raises(GuardError, match="already being handled"):
+            world.move("kvm")
+        site._vm_locks["xen1"]._channel.close()     # what the host sees when the run's process dies
+        assert world.move("kvm").ok

@@ -1,9 +1,13 @@
 """Where a connection goes: the inventory first, then ~/.ssh/config, then the defaults; never the agent."""
 
+import subprocess
+import sys
+
 import pytest
 
 from tasks import ssh
 from tasks.errors import ToolError
+from tests.conftest import REPO
 
 CONFIG = """\
 Host xen1
@@ -81,3 +85,22 @@ def test_the_agent_is_never_forwarded_and_fabric_reads_no_config_of_its_own():
     assert (conn.host, conn.user, conn.port) == ("10.0.0.11", "admin", 2222)
     assert proxy is not None and conn.connect_kwargs["sock"] is proxy
     proxy.close()
+
+
+def test_a_failing_proxy_command_is_one_line_without_paramikos_traceback(tmp_path):
+    """The proxy exits while paramiko writes its banner: paramiko's thread logs the failure with
+    a traceback before the caller gets it; the operator must see only the caller's line.
+    (A process of its own: pytest would capture the log records this is about.)"""
+    script = f"""
+from tasks import ssh
+from tasks.errors import ToolError
+target = ssh.SshTarget("xen1", "10.77.0.11", "root", 22, proxy_command="sh -c 'exit 3'",
+                       known_hosts={str(tmp_path / "known_hosts")!r})
+try:
+    ssh.open_connection(target)
+except ToolError as exc:
+    print(exc)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.stdout.startswith("xen1: cannot connect to root@10.77.0.11:22: ProxyCommand")
+    assert done.stderr == ""
