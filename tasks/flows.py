@@ -730,7 +730,7 @@ def _migrate(c, vm, to, all_vms, from_host, timeout, force, dry_run, parallel, f
         say(f"  {'ok    ' if outcome.ok else 'FAILED'} {outcome.message}")
     if failed or interruption.requested:
         stopped = f"{interruption.reason}: " if interruption.requested else ""
-        raise ToolError(f"{stopped}{len(failed)} of {len(outcomes)} VMs failed or not moved: "
+        raise ToolError(f"{stopped}{len(failed)} of {len(outcomes)} VMs failed: "
                         f"{', '.join(o.vm for o in failed) or 'none'}", code)
 
 

@@ -161,9 +161,12 @@ def _host_key_policy(known_hosts: Path, accept_new: bool, label: str, say):
 
 
 def _proxy(command: str):
-    """paramiko's ProxyCommand, except that a proxy that exits fails the connection at once
-    (paramiko's own spins on end-of-file until the connect timeout), and quietly: its failure
-    is this connection's one-line error, not a traceback from paramiko's thread."""
+    """paramiko's ProxyCommand, except that it runs in a session of its own, so that the Ctrl-C
+    a terminal sends to its whole foreground group does not cut the connections the undo then
+    needs, and that a proxy that exits fails the connection at once (paramiko's own spins on
+    end-of-file until the connect timeout)."""
+    import shlex
+    import subprocess
     from select import select
 
     import paramiko
@@ -171,6 +174,12 @@ def _proxy(command: str):
 
     class Proxy(paramiko.ProxyCommand):
         connected = False   # once the session is up, end of stream is the connection's end, quietly
+
+        def __init__(self, command_line):   # paramiko's, with start_new_session
+            self.cmd = shlex.split(command_line)
+            self.process = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, bufsize=0, start_new_session=True)
+            self.timeout = None
 
         def recv(self, size):
             buffer = b""

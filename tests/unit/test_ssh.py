@@ -104,3 +104,15 @@ except ToolError as exc:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert done.stdout.startswith("xen1: cannot connect to root@10.77.0.11:22: ProxyCommand")
     assert done.stderr == ""
+
+
+def test_the_proxy_command_runs_in_a_session_of_its_own():
+    """A terminal's Ctrl-C reaches its whole foreground group: a proxy in that group would die
+    with it and cut the connections the undo needs."""
+    import os
+
+    proxy = ssh._proxy("sleep 30")
+    try:
+        assert os.getsid(proxy.process.pid) == proxy.process.pid != os.getsid(0)
+    finally:
+        proxy.close()
