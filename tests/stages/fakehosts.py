@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from invoke import Result
 
 XL_HEADER = "Name                                        ID   Mem VCPUs\tState\tTime(s)\n"
+WIPEFS_OFFSETS = {"swap": "0xff6", "ext4": "0x438", "LVM2_member": "0x218"}
 DOM0 = "Domain-0                                     0  1024     2     r-----     100.0\n"
 
 
@@ -40,7 +41,8 @@ class Shared:
     disks_of: dict[str, list[str]] = field(default_factory=dict)  # domain -> its resources (default: all)
     snapshots: list[list[str]] = field(default_factory=list)   # lvcreate / qemu-img / removal argv
     console: dict[str, str] = field(default_factory=dict)   # domain -> what its serial console prints once started
-    signatures: dict[tuple[str, str], dict] = field(default_factory=dict)   # (host, path) -> blkid's TYPE, UUID
+    signatures: dict[tuple[str, str], dict] = field(default_factory=dict)   # (host, path) -> blkid's TYPE, UUID, PTTYPE
+    garbage: set = field(default_factory=set)   # (host, path): no signature, but not zeros in its first MiB
     fail_halfway: tuple | None = None    # (host, verb, resource): drbdadm fails there, once, after the ones before
 
     def resources_of(self, domain: str) -> list[str]:
@@ -149,6 +151,7 @@ class FakeHost:
             found = self.shared.signatures.get((self.name, argv[4]))
             return Result(stdout="".join(f"{k}={v}\n" for k, v in found.items())) if found else Result(exited=2)
         if argv[:2] == ["mkswap", "-U"]:
+            self.shared.garbage.discard((self.name, argv[3]))
             self.shared.signatures[(self.name, argv[3])] = {"TYPE": "swap", "UUID": argv[2]}
             return Result()
         if tool == "rm":
@@ -177,6 +180,8 @@ class FakeHost:
         if "cat --" in script and "exit 66" in script:
             text = files.get((self.name, args[0]))
             return Result(stdout=text) if text is not None else Result(exited=66)
+        if "wipefs -n -p" in script:
+            return self.survey(args[0])
         if "mktemp" in script:
             staged = args[2] if len(args) > 2 else ""
             files[(self.name, args[0])] = files.pop((self.name, staged)).decode() if staged else stdin
@@ -187,6 +192,15 @@ class FakeHost:
                 files[(self.name, f"{directory}/{name}")] = files.pop((self.name, staged))
             return Result()
         raise AssertionError(f"unexpected script {script!r}")
+
+    def survey(self, path):
+        """localdisk's survey: wipefs's lines as util-linux 2.38 prints them, then the first MiB's verdict."""
+        found = self.shared.signatures.get((self.name, path), {})
+        lines = [f"{WIPEFS_OFFSETS.get(found['TYPE'], '0x0')},{found.get('UUID', '')},,{found['TYPE']}"] \
+            if "TYPE" in found else []
+        lines += [f"0x1fe,,,{found['PTTYPE']}"] if "PTTYPE" in found else []
+        blank = not found and (self.name, path) not in self.shared.garbage
+        return Result(stdout="".join(line + "\n" for line in lines) + ("zeros\n" if blank else "data\n"))
 
     def xl(self, args):
         verb = args[0]

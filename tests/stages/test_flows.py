@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import pytest
@@ -163,13 +164,26 @@ def test_failed_mkswap_stops_the_move_before_the_guest_stops(world):
     assert not any("shutdown" in line for line in world.changes())
 
 
-def test_kvm_hosts_local_disk_that_is_not_swap_is_left_alone(world, capsys):
+@pytest.mark.parametrize("held, named", [
+    ({"PTTYPE": "dos"}, "holds dos (at 0x1fe)"),                        # a partition table and nothing else
+    ({"TYPE": "ext4", "UUID": "0e0e"}, "holds ext4 (at 0x438)"),
+    ({"TYPE": "LVM2_member", "UUID": "E1fGss"}, "holds LVM2_member (at 0x218)"),
+    ({"TYPE": "swap", "UUID": "5d1c0b4e-0000-4000-8000-00000000b002", "PTTYPE": "dos"},
+     "holds swap (at 0xff6), dos (at 0x1fe)"),
+    (None, "holds no signature wipefs knows, but its first 1 MiB is not zeros"),
+])
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_kvm_local_disk_holding_anything_but_swap_or_nothing_stops_the_move(world, held, named, dry_run):
+    """`mkswap -U` would destroy it: the move refuses before any change and names the volume."""
     world.shared.signatures[("xen1", SWAP)] = dict(XEN_SWAP)
-    world.shared.signatures[("kvm1", SWAP)] = {"TYPE": "ext4", "UUID": "0e0e"}
-    assert world.move("kvm").ok
-    assert world.changes() == TO_KVM
-    assert world.shared.signatures[("kvm1", SWAP)]["TYPE"] == "ext4"
-    assert f"kvm1:{SWAP} holds ext4, not swap: left as it is" in capsys.readouterr().out
+    if held:
+        world.shared.signatures[("kvm1", SWAP)] = dict(held)
+    else:
+        world.shared.garbage.add(("kvm1", SWAP))
+    with pytest.raises(GuardError, match=rf"^kvm1:{SWAP} {re.escape(named)}: refusing to format it"):
+        world.move("kvm", dry_run=dry_run)
+    assert world.changes() == [] and world.where() == ON_XEN
+    assert world.shared.signatures.get(("kvm1", SWAP)) == held
 
 
 def test_dry_run_shows_the_swap_step_and_formats_nothing(world, capsys):
@@ -383,6 +397,17 @@ def test_rehearsal_names_a_kvm_swap_without_the_guests_uuid_and_formats_nothing(
     kvmhost.rehearse_vm(world.site(), world.inv, world.inv.vm("logger"), seconds=0.1, method="qcow2")
     assert f"note: kvm1:{SWAP} lacks the UUID of logger's swap" in capsys.readouterr().out
     assert not any("mkswap" in line for line in world.changes()) and ("kvm1", SWAP) not in world.shared.signatures
+
+
+def test_rehearsal_notes_a_kvm_swap_it_may_not_format_and_goes_on(world, capsys):
+    """The trial boots a snapshot of that volume: nothing is written to it, so it is no refusal."""
+    kvmhost = _rehearsal_world(world)
+    world.shared.signatures[("xen1", SWAP)] = dict(XEN_SWAP)
+    world.shared.signatures[("kvm1", SWAP)] = {"PTTYPE": "dos"}
+    kvmhost.rehearse_vm(world.site(), world.inv, world.inv.vm("logger"), seconds=0.1, method="qcow2")
+    assert f"note: kvm1:{SWAP} holds dos (at 0x1fe): refusing to format it" in capsys.readouterr().out
+    assert world.shared.signatures[("kvm1", SWAP)] == {"PTTYPE": "dos"}
+    assert "logger-rehearsal" not in world.shared.kvm_defined
 
 
 def test_rehearsal_failure_still_cleans_up(world):
