@@ -26,7 +26,7 @@ from . import drbd, inventory, kvmhost, localdisk, xenhost
 from .errors import GuardError, InputError, ToolError
 from .inventory import VM, Inventory
 from .progress import FleetView
-from .remote import Site, concurrently, say, set_output_prefix, site_from_context, state_dir
+from .remote import Site, concurrently, make_private_dir, say, set_output_prefix, site_from_context, state_dir
 
 SIDES = ("xen", "kvm")
 ROLLBACK_TIMEOUT = 120.0
@@ -95,7 +95,7 @@ class Journal:
             raise ToolError(f"{path}: unreadable journal ({exc}); inspect it, then move it away") from None
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=1))
         os.replace(tmp, self.path)
@@ -115,8 +115,7 @@ class Journal:
         self.data["status"] = status
         self.data["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.save()
-        done = self.path.parent / "done"
-        done.mkdir(exist_ok=True)
+        done = make_private_dir(self.path.parent / "done")
         os.replace(self.path, done / f"{self.data['vm']}-{self.data['run']}.json")
 
     def summary(self) -> str:
@@ -137,8 +136,7 @@ class VmLock:
     """One run per VM at a time: an flock the kernel releases if the process dies."""
 
     def __init__(self, directory: Path, vm_name: str):
-        directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / f"{vm_name}.lock"
+        self.path = make_private_dir(directory) / f"{vm_name}.lock"
         self.vm_name = vm_name
         self.fh = None
 

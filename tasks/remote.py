@@ -16,6 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import takewhile
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
@@ -119,7 +120,8 @@ class Outcome:
 
 
 class AuditLog:
-    """JSON lines on the control machine: time, host, command, exit code, duration."""
+    """JSON lines on the control machine: time, host, command, exit code, duration; the file is
+    made 0600, in a directory made 0700."""
 
     def __init__(self, path: str | Path | None):
         self.path = Path(path).expanduser() if path else None
@@ -137,8 +139,8 @@ class AuditLog:
             "duration": round(duration, 3),
         }
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a") as fh:
+            make_private_dir(self.path.parent)
+            with open(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a") as fh:
                 fh.write(json.dumps(entry) + "\n")
 
 
@@ -480,6 +482,15 @@ class Site:
 
 def audit_path(c) -> Path:
     return Path(c.config.get("audit_log") or state_dir(c) / "audit.jsonl").expanduser()
+
+
+def make_private_dir(path: Path) -> Path:
+    """`mkdir -p` where every directory it makes is 0700: the state dir's journals, locks and audit
+    log name hosts, guests and operators. A directory that exists keeps its mode."""
+    missing = list(takewhile(lambda directory: not directory.exists(), (path, *path.parents)))
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
+    return path
 
 
 def state_dir(c) -> Path:

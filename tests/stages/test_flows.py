@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 
@@ -90,6 +91,27 @@ def test_to_kvm_sends_exactly_the_seed_procedure(world):
     assert world.shared.violations == []
     xml = world.shared.files[("kvm1", "/var/lib/xenkvm/logger.xml")]
     assert "00:16:3e:37:d0:70" in xml and "/dev/drbd5" in xml
+
+
+@pytest.fixture
+def umask_022():
+    """The common umask, under which plain mkdir/open make 0755 directories and 0644 files."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_the_state_dir_it_makes_is_private(world, tmp_path):
+    """Journals, locks and the audit log name hosts, guests and operators: 0700 dirs, a 0600 log."""
+    state = tmp_path / "home" / "state"
+    world.audit = state / "audit.jsonl"
+    ctx = flows.Ctx(world.site(), world.inv, world.inv.vm("logger"), timeout=0.2)
+    assert flows.move(ctx, "kvm", state / "journal", state / "locks").ok
+    made = [tmp_path / "home", state, state / "journal", state / "journal" / "done", state / "locks"]
+    assert [oct(d.stat().st_mode & 0o777) for d in made] == [oct(0o700)] * 5
+    assert oct(world.audit.stat().st_mode & 0o777) == oct(0o600)
+    assert world.changes() == TO_KVM, "the audit log was written"
 
 
 def test_to_kvm_lists_each_host_only_where_it_must(world):
