@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import sys
 import time
 import uuid
@@ -166,6 +167,31 @@ def define_domain(remote: Remote, host: Host, name: str, xml: str, *, was_new: b
 
 # -- rehearsal on snapshots -------------------------------------------------------------------
 
+# A VG or LV name as LVM allows it (lvm(8), VALID NAMES).
+LVM_NAME = re.compile(r"[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,127}")
+
+
+def parse_lvs_names(text: str) -> tuple[str, str]:
+    """`lvs --noheadings -o vg_name,lv_name PATH` -> (VG, LV); ValueError for anything else."""
+    rows = [line.split() for line in text.splitlines() if line.strip()]
+    if len(rows) != 1 or len(rows[0]) != 2 or not all(LVM_NAME.fullmatch(name) for name in rows[0]):
+        raise ValueError("not one VG and LV name")
+    return rows[0][0], rows[0][1]
+
+
+def logical_volume(remote: Remote, path: str) -> tuple[str, str]:
+    """The VG and LV of the volume at `path`, as LVM itself names them: a /dev/mapper/VG-LV name
+    doubles every dash inside VG and LV, so the path alone does not tell them apart."""
+    outcome = remote.probe(["lvs", "--noheadings", "-o", "vg_name,lv_name", path])
+    try:
+        if not outcome.ok:
+            raise ValueError(f"lvs exit {outcome.exit_code}")
+        return parse_lvs_names(outcome.stdout)
+    except ValueError as exc:
+        raise ToolError(f"{remote.name}: {path} is not a logical volume LVM can name ({exc}): "
+                        f"rehearse with --method qcow2") from None
+
+
 class LvmSnapshot:
     """An LVM snapshot of the backing LV: writes land in the snapshot, the LV stays as it was."""
 
@@ -175,8 +201,9 @@ class LvmSnapshot:
         self.size = size
 
     def create(self, remote: Remote, source: str, name: str) -> str:
-        remote.change(["lvcreate", "--snapshot", "--name", name, "--size", self.size, source])
-        return f"{source.rsplit('/', 1)[0]}/{name}"
+        vg, lv = logical_volume(remote, source)
+        remote.change(["lvcreate", "--snapshot", "--name", name, "--size", self.size, f"{vg}/{lv}"])
+        return f"/dev/{vg}/{name}"
 
     def remove(self, remote: Remote, path: str) -> None:
         remote.change(["lvremove", "-f", path])

@@ -43,6 +43,7 @@ class Shared:
     console: dict[str, str] = field(default_factory=dict)   # domain -> what its serial console prints once started
     signatures: dict[tuple[str, str], dict] = field(default_factory=dict)   # (host, path) -> blkid's TYPE, UUID, PTTYPE
     garbage: set = field(default_factory=set)   # (host, path): no signature, but not zeros in its first MiB
+    mapper_lvs: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # (host, /dev/mapper/..) -> VG, LV
     fail_halfway: tuple | None = None    # (host, verb, resource): drbdadm fails there, once, after the ones before
 
     def resources_of(self, domain: str) -> list[str]:
@@ -154,6 +155,8 @@ class FakeHost:
             self.shared.garbage.discard((self.name, argv[3]))
             self.shared.signatures[(self.name, argv[3])] = {"TYPE": "swap", "UUID": argv[2]}
             return Result()
+        if argv[:4] == ["lvs", "--noheadings", "-o", "vg_name,lv_name"]:
+            return self.lvs(argv[4])
         if tool == "rm":
             for path in argv[3:]:
                 self.shared.files.pop((self.name, path), None)
@@ -192,6 +195,14 @@ class FakeHost:
                 files[(self.name, f"{directory}/{name}")] = files.pop((self.name, staged))
             return Result()
         raise AssertionError(f"unexpected script {script!r}")
+
+    def lvs(self, path):
+        """/dev/VG/LV names its VG and LV; a /dev/mapper name only through `mapper_lvs`."""
+        names = self.shared.mapper_lvs.get((self.name, path))
+        direct = re.fullmatch(r"/dev/(?!mapper/)([^/]+)/([^/]+)", path)
+        if names is None and direct is None:
+            return Result(stderr=f'  Failed to find logical volume "{path}"\n', exited=5)
+        return Result(stdout="  {} {}\n".format(*(names or direct.groups())))
 
     def survey(self, path):
         """localdisk's survey: wipefs's lines as util-linux 2.38 prints them, then the first MiB's verdict."""

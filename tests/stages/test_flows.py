@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -10,7 +11,7 @@ import threading
 import pytest
 
 from tasks import flows
-from tasks.errors import GuardError
+from tasks.errors import GuardError, ToolError
 from tasks.inventory import load_inventory
 from tasks.remote import AuditLog, Site
 from tests.conftest import REPO
@@ -396,8 +397,7 @@ def _rehearsal_world(world):
     ("qcow2", ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/dev/vg_main/logger-system",
                "/var/lib/xenkvm/rehearsal/logger-sda-rehearsal.qcow2"],
      ["rm", "-f", "--", "/var/lib/xenkvm/rehearsal/logger-sda-rehearsal.qcow2"]),
-    ("lvm", ["lvcreate", "--snapshot", "--name", "logger-sda-rehearsal", "--size", "1G",
-             "/dev/vg_main/logger-system"],
+    ("lvm", ["lvcreate", "--snapshot", "--name", "logger-sda-rehearsal", "--size", "1G", "vg_main/logger-system"],
      ["lvremove", "-f", "/dev/vg_main/logger-sda-rehearsal"]),
 ])
 def test_rehearsal_boots_on_snapshots_and_cleans_up(world, method, create, remove):
@@ -411,6 +411,34 @@ def test_rehearsal_boots_on_snapshots_and_cleans_up(world, method, create, remov
     assert "/dev/drbd5" not in xml and "<interface" not in xml, "never the real disks, never the guest's MAC"
     assert "logger-rehearsal" not in world.shared.kvm_defined | world.shared.kvm_running
     assert world.where() == ON_XEN, "the real guest was never touched"
+
+
+def test_rehearsal_asks_lvm_for_the_vg_and_lv_of_a_dev_mapper_backing(world):
+    """/dev/mapper/vg--main-logger--system is VG vg-main, LV logger-system: dashes inside a name
+    are doubled there, so only LVM can split it."""
+    kvmhost = _rehearsal_world(world)
+    mapper = "/dev/mapper/vg--main-logger--system"
+    world.shared.mapper_lvs[("kvm1", mapper)] = ("vg-main", "logger-system")
+    vm = world.inv.vm("logger")
+    system = dataclasses.replace(vm.disks[0], backing={"xen1": mapper, "kvm1": mapper})
+    vm = dataclasses.replace(vm, disks=(system, *vm.disks[1:]))
+    kvmhost.rehearse_vm(world.site(), world.inv, vm, seconds=0.1, method="lvm")
+    snaps = world.shared.snapshots
+    assert ["lvcreate", "--snapshot", "--name", "logger-sda-rehearsal", "--size", "1G", "vg-main/logger-system"] in snaps
+    assert ["lvremove", "-f", "/dev/vg-main/logger-sda-rehearsal"] in snaps
+    xml = world.shared.files[("kvm1", "/var/lib/xenkvm/logger-rehearsal.xml")]
+    assert "<source dev='/dev/vg-main/logger-sda-rehearsal'/>" in xml
+
+
+def test_rehearsal_on_lvm_refuses_a_backing_lvm_does_not_know_before_any_snapshot(world):
+    kvmhost = _rehearsal_world(world)
+    vm = world.inv.vm("logger")
+    system = dataclasses.replace(vm.disks[0], backing={"xen1": "/dev/sdb", "kvm1": "/dev/mapper/nothing"})
+    vm = dataclasses.replace(vm, disks=(system, *vm.disks[1:]))
+    with pytest.raises(ToolError, match=r"^kvm1: /dev/mapper/nothing is not a logical volume LVM can name "
+                                        r"\(lvs exit 5\): rehearse with --method qcow2$"):
+        kvmhost.rehearse_vm(world.site(), world.inv, vm, seconds=0.1, method="lvm")
+    assert [a for a in world.shared.snapshots if a[0] == "lvcreate"] == []
 
 
 def test_rehearsal_names_a_kvm_swap_without_the_guests_uuid_and_formats_nothing(world, capsys):
