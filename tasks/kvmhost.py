@@ -53,15 +53,22 @@ DOMAIN_STATES = ("in shutdown", "pmsuspended", "shut off", "crashed", "running",
 
 
 def parse_domain_states(text: str) -> dict[str, str]:
-    """`virsh list --all`: domain name -> state (a name may hold spaces; the state ends the line)."""
+    """`virsh list --all`: domain name -> state (a name may hold spaces; the state ends the line).
+
+    A domain missing from the list counts as stopped, so a listing without its header, or with
+    a line that is no domain in a state virsh prints, is a ValueError rather than a guess.
+    """
+    lines = [(number, line.rstrip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if len(lines) < 2 or lines[0][1].split() != ["Id", "Name", "State"] or set(lines[1][1].strip()) != {"-"}:
+        raise ValueError("no `Id Name State` header")
     states = {}
-    lines = text.splitlines()
-    start = next((i + 1 for i, line in enumerate(lines) if line.strip().startswith("---")), len(lines))
-    for line in lines[start:]:
+    for number, line in lines[2:]:
         fields = line.split(None, 1)
-        state = next((st for st in DOMAIN_STATES if line.rstrip().endswith(" " + st)), None)
-        if len(fields) == 2 and state:
-            states[fields[1].rstrip()[:-len(state)].strip()] = state
+        state = next((st for st in DOMAIN_STATES if line.endswith(" " + st)), None)
+        name = fields[1][:-len(state)].strip() if state and len(fields) == 2 else ""
+        if not name or not (fields[0] == "-" or fields[0].isdigit()):
+            raise ValueError(f"line {number} is no domain in a state virsh prints")
+        states[name] = state
     return states
 
 
@@ -75,7 +82,11 @@ def domain_state(remote: Remote, host: Host, name: str, max_age: float = 0.0) ->
     if not outcome.ok:
         raise ToolError(f"{host.name}: `virsh list --all` failed (exit {outcome.exit_code}): "
                         f"{(outcome.stderr or outcome.stdout).strip()}")
-    return parse_domain_states(outcome.stdout).get(name, "not found")
+    try:
+        return parse_domain_states(outcome.stdout).get(name, "not found")
+    except ValueError as exc:
+        raise ToolError(f"{host.name}: `virsh list --all` printed a listing this tool does not recognise "
+                        f"({exc}): refusing to guess which domains run") from None
 
 
 def domain_running(remote: Remote, host: Host, name: str, max_age: float = 0.0) -> bool:
