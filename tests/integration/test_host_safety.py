@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.runner import ok
+from tests.integration.runner import ON_XEN, ok, where
 
 pytestmark = pytest.mark.lab
 
@@ -70,3 +70,19 @@ def test_status_reports_kvm1_while_xen1_does_not_answer_and_exits_non_zero(lab, 
     assert any(line.startswith("! xen1: cannot connect to root@") for line in lines), result.stdout
     # Before it, paramiko prints its own traceback of the failed proxy (issue 13 item 11, not this test's).
     assert (result.returncode, result.stderr.splitlines()[-1]) == (1, "error: status incomplete: xen1 unreachable")
+
+
+def test_a_move_refuses_to_format_a_kvm_swap_that_holds_only_a_partition_table(lab, fab):
+    """blkid shows a bare partition table as PTTYPE without TYPE: once taken for blank, and
+    formatted. Now the move refuses before any change and names the volume."""
+    swap = "/dev/vg_main/logger-swap"
+    lab.exec("kvm1", ["sh", "-c", f"wipefs -a -q {swap} && printf 'label: dos\\n,1M,L\\n' | sfdisk -q {swap}"],
+             check=True)
+    result = fab("migrate", "--vm", "logger")
+    assert result.returncode != 0, result.stdout   # migrate reports a guard's refusal with exit 1
+    assert result.stderr.splitlines()[-1] == (
+        f"error: logger: kvm1:{swap} holds dos (at 0x1fe): refusing to format it as the guest's swap; if it is meant "
+        f"to be that swap, wipe it first (wipefs -a), else fix the inventory's local: disk")
+    assert where(lab) == ON_XEN
+    assert lab.exec("kvm1", ["wipefs", "-n", "-p", swap], check=True).stdout == "0x1fe,,,dos\n"
+    assert not [entry for entry in fab.audit() if entry["kind"] == "change"], "nothing changed"
