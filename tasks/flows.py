@@ -671,7 +671,7 @@ def status_rows(site: Site, inv: Inventory, vm: VM, unreachable: set[str]) -> tu
                         + [f"{vm.host_for(side)}?" for side in SIDES if running[side] is None]) or "-"
     rows = []
     for host in (vm.xen_host, vm.kvm_host):
-        states = ask(host, lambda: drbd.resource_states(site.host(host), vm, host))
+        states = ask(host, lambda host=host: drbd.resource_states(site.host(host), vm, host))
         for disk in vm.resources:
             if states is None:
                 rows.append((vm.name, runs_on, disk.resource, host,
