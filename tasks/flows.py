@@ -28,7 +28,8 @@ from .hostlock import holder, operator
 from .interrupt import Interrupted, Interruption
 from .inventory import VM, Inventory
 from .progress import FleetView
-from .remote import RemoteError, Site, concurrently, say, set_output_prefix, site_from_context, state_dir
+from .remote import (RemoteError, Site, concurrently, make_private_dir, say, set_output_prefix, site_from_context,
+                     state_dir)
 
 SIDES = ("xen", "kvm")
 ROLLBACK_TIMEOUT = 120.0
@@ -100,7 +101,7 @@ class Journal:
         """A temp file, fsynced, renamed over the journal, the directory fsynced: what a step
         will do is on disk before it starts, whatever happens to this machine then."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.path.parent)
             tmp = self.path.with_suffix(".tmp")
             with tmp.open("w") as fh:
                 fh.write(json.dumps(self.data, indent=1))
@@ -137,9 +138,8 @@ class Journal:
         self.data["status"] = status
         self.data["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.save()
-        done = self.path.parent / "done"
         try:
-            done.mkdir(exist_ok=True)
+            done = make_private_dir(self.path.parent / "done")
             os.replace(self.path, done / f"{self.data['vm']}-{self.data['run']}.json")
             _fsync_dir(self.path.parent)
         except OSError as exc:
@@ -168,8 +168,7 @@ class VmLock:
     """One run per VM at a time: an flock the kernel releases if the process dies."""
 
     def __init__(self, directory: Path, vm_name: str):
-        directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / f"{vm_name}.lock"
+        self.path = make_private_dir(directory) / f"{vm_name}.lock"
         self.vm_name = vm_name
         self.fh = None
 
@@ -783,23 +782,68 @@ def rollback(c, vm):
     say(f"== {outcome.message}")
 
 
+STATUS_HEADER = ("VM", "runs on", "resource", "host", "role", "conn", "disk/peer", "sync")
+
+
+def _connect_error(site: Site, host: str) -> str | None:
+    """Why the host cannot be reached, or None once its connection is open."""
+    try:
+        site.host(host)
+    except ToolError as exc:
+        return str(exc)
+    return None
+
+
+def status_rows(site: Site, inv: Inventory, vm: VM, unreachable: set[str]) -> tuple[list[tuple], list[str]]:
+    """The VM's rows of `fab status` and what could not be read; a host in `unreachable`, or one
+    whose probe fails, shows as such (`HOST?` where it may run) instead of ending the report."""
+    problems = []
+
+    def ask(host: str, probe: Callable[[], object]):
+        if host in unreachable:
+            return None
+        try:
+            return probe()
+        except ToolError as exc:
+            problems.append(str(exc))
+            return None
+
+    running = {side: ask(vm.host_for(side), lambda side=side: running_on(site, inv, vm, side)) for side in SIDES}
+    runs_on = ", ".join([vm.host_for(side) for side in SIDES if running[side]]
+                        + [f"{vm.host_for(side)}?" for side in SIDES if running[side] is None]) or "-"
+    rows = []
+    for host in (vm.xen_host, vm.kvm_host):
+        states = ask(host, lambda host=host: drbd.resource_states(site.host(host), vm, host))
+        for disk in vm.resources:
+            if states is None:
+                rows.append((vm.name, runs_on, disk.resource, host,
+                             "unreachable" if host in unreachable else "unknown", "", "", ""))
+                continue
+            st = states[disk.resource]
+            sync = f"{st.sync_percent:.1f}%" if st.sync_percent is not None else ""
+            rows.append((vm.name, runs_on, disk.resource, host, st.role, st.connection,
+                         f"{st.disk}/{'/'.join(st.peer_disks) or '?'}", sync))
+    return rows, problems
+
+
 @task(help={"vm": "VM name (default: every VM in the inventory)"})
 def status(c, vm=None):
-    """Where each VM runs, its DRBD roles and states, and unfinished runs."""
+    """Where each VM runs, its DRBD roles and states, and unfinished runs. A host that does not
+    answer is shown so and the rest still reported; the exit code then says it was incomplete."""
     inv = inventory.from_context(c)
+    models = inv.select(vm)
     site = site_from_context(c, inv)
-    rows = [("VM", "runs on", "resource", "host", "role", "conn", "disk/peer", "sync")]
-    notes = []
+    rows, notes, failed = [STATUS_HEADER], [], []
     try:
-        for model in inv.select(vm):
-            runs_on = ", ".join(where_running(site, inv, model)) or "-"
-            for host in (model.xen_host, model.kvm_host):
-                states = drbd.resource_states(site.host(host), model, host)
-                for disk in model.resources:
-                    st = states[disk.resource]
-                    sync = f"{st.sync_percent:.1f}%" if st.sync_percent is not None else ""
-                    rows.append((model.name, runs_on, disk.resource, host, st.role, st.connection,
-                                 f"{st.disk}/{'/'.join(st.peer_disks) or '?'}", sync))
+        hosts = sorted({host for model in models for host in (model.xen_host, model.kvm_host)})
+        errors = concurrently(*(lambda host=host: _connect_error(site, host) for host in hosts)) if hosts else []
+        unreachable = [host for host, error in zip(hosts, errors) if error]
+        notes += [f"! {error}" for error in errors if error]
+        for model in models:
+            vm_rows, problems = status_rows(site, inv, model, set(unreachable))
+            rows += vm_rows
+            notes += [f"! {problem}" for problem in problems]
+            failed += problems
             pending = Journal.load(journal_dir(c), model.name)
             if pending is not None:
                 notes.append(f"! {model.name}: unfinished run ({pending.summary()}): `fab rollback --vm {model.name}`")
@@ -810,6 +854,9 @@ def status(c, vm=None):
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
     for note in notes:
         print(note)
+    if unreachable or failed:
+        missing = [f"{host} unreachable" for host in unreachable] + ([f"{len(failed)} probe(s) failed"] if failed else [])
+        raise ToolError(f"status incomplete: {', '.join(missing)}")
 
 
 def match_swaps(site: Site, inv: Inventory, vm: VM, to: str) -> list[localdisk.SwapMatch]:

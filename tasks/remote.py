@@ -17,11 +17,12 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import takewhile
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
 from . import ssh
-from .errors import ToolError
+from .errors import GuardError, ToolError
 from .hostlock import HostLocks, holder
 from .interrupt import Interruption
 from .inventory import VM, Host, Inventory
@@ -75,6 +76,31 @@ def join(argv: Sequence[str]) -> str:
     return shlex.join(str(a) for a in argv)
 
 
+_DANGLING = 67
+
+
+def _write_script(make_parent: bool) -> str:
+    """Remote.write_file on the host: "$1" the path, "$2" the backup suffix, "$3" the staged upload
+    (empty: the text comes on stdin). The file written is the one "$1" resolves to (readlink -f,
+    so a symlink keeps pointing at it); it prints that file when "$1" is not it. `sync FILE`
+    fsyncs the one file (coreutils 8.24 and later); an older sync says it ignores its argument
+    and syncs everything, which covers it too."""
+    return (
+        f'set -e; if [ -L "$1" ] && [ ! -e "$1" ]; then exit {_DANGLING}; fi; '
+        + ('mkdir -p -- "$(dirname -- "$1")"; ' if make_parent else '')
+        + 'file=$(readlink -f -- "$1"); tmp=$(mktemp "$file.tmp.XXXXXX"); '
+        'if [ -n "$3" ]; then cat -- "$3" > "$tmp"; rm -f -- "$3"; else cat > "$tmp"; fi; '
+        'if [ -e "$file" ]; then cp -p -- "$file" "$file$2"; chmod --reference="$file" "$tmp"; fi; '
+        'sync -- "$tmp"; mv -f -- "$tmp" "$file"; sync -- "$(dirname -- "$file")"; '
+        'if [ "$file" != "$1" ]; then printf %s "$file"; fi'
+    )
+
+
+def printable(text: str) -> str:
+    """Remote text for a line of output: every control character shown as `?`, so none splits it."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
 class RemoteError(ToolError):
     """A command on a host failed; the message names the host, the command and its output."""
 
@@ -101,7 +127,8 @@ class Outcome:
 
 
 class AuditLog:
-    """JSON lines on the control machine: time, host, command, exit code, duration.
+    """JSON lines on the control machine: time, host, command, exit code, duration; the file is
+    made 0600, in a directory made 0700.
 
     A record that cannot be written (a full disk) goes to stderr instead, and `failure` says
     why: the caller stops the run, since its journal cannot be kept either, and its undo
@@ -126,8 +153,8 @@ class AuditLog:
         }) + "\n"
         with self._lock:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with self.path.open("a") as fh:
+                make_private_dir(self.path.parent)
+                with open(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a") as fh:
                     fh.write(line)
             except OSError as exc:
                 self.failure = self.failure or f"the audit log {self.path} cannot be written ({exc.strerror})"
@@ -291,9 +318,12 @@ class Remote:
         return outcome.stdout
 
     def write_file(self, path: str, text: str, *, make_parent: bool = False) -> None:
-        """Atomic replace: timestamped backup of the old file, temp file beside it, rename.
+        """Atomic replace of the file `path` names: timestamped backup of the old file, temp file
+        beside it, fsync, rename, fsync of the directory; one command.
 
-        `make_parent` creates a missing directory first (in the same command: no extra round trip).
+        A symlink (/etc/xen/auto/NAME.cfg -> ../NAME.cfg) is resolved on the host and its target
+        edited, backup beside it: a rename over the link would leave the real file as it was.
+        A dangling link is refused (GuardError). `make_parent` creates a missing directory first.
         """
         stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
         backup = f"{path}{BACKUP_SUFFIX}{stamp}"
@@ -302,15 +332,15 @@ class Remote:
             return
         started = time.monotonic()
         staged = self._stage(text)
-        script = (
-            'set -e; ' + ('mkdir -p -- "$(dirname -- "$1")"; ' if make_parent else '')
-            + 'tmp=$(mktemp "$1.tmp.XXXXXX"); '
-            'if [ -n "$3" ]; then cat -- "$3" > "$tmp"; rm -f -- "$3"; else cat > "$tmp"; fi; '
-            'if [ -e "$1" ]; then cp -p -- "$1" "$1$2"; chmod --reference="$1" "$tmp"; fi; '
-            'mv -f -- "$tmp" "$1"'
-        )
-        self.change(["sh", "-c", script, "sh", path, f"{BACKUP_SUFFIX}{stamp}", staged or ""],
-                    stdin=None if staged else text, quiet=True)
+        outcome = self.change(["sh", "-c", _write_script(make_parent), "sh", path, f"{BACKUP_SUFFIX}{stamp}",
+                               staged or ""],
+                              stdin=None if staged else text, ok_codes=(0, _DANGLING), quiet=True)
+        if outcome.exit_code == _DANGLING:
+            raise GuardError(f"{self.name}: {path} is a symlink to a file that does not exist: refusing to "
+                             f"write through it; point it at the real file or remove it")
+        target = printable(outcome.stdout)   # the link's target, when path is a symlink
+        if target:
+            path, backup = f"{path} -> {target}", f"{target}{BACKUP_SUFFIX}{stamp}"
         say(f"* {self.name}: write {path} (backup {backup} if it existed) ... ok {time.monotonic() - started:.1f}s")
 
     @contextmanager
@@ -450,6 +480,15 @@ class Site:
 
 def audit_path(c) -> Path:
     return Path(c.config.get("audit_log") or state_dir(c) / "audit.jsonl").expanduser()
+
+
+def make_private_dir(path: Path) -> Path:
+    """`mkdir -p` where every directory it makes is 0700: the state dir's journals, locks and audit
+    log name hosts, guests and operators. A directory that exists keeps its mode."""
+    missing = list(takewhile(lambda directory: not directory.exists(), (path, *path.parents)))
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
+    return path
 
 
 def state_dir(c) -> Path:

@@ -27,13 +27,21 @@ SHUTDOWN_POLL = 0.25
 
 
 def parse_domain_list(text: str) -> dict[str, str]:
-    """`xl list` / `xm list` -> {name: state flags}; Domain-0 left out."""
+    """`xl list` / `xm list` -> {name: state flags}; Domain-0 left out.
+
+    A guard reads "not listed" as "stopped", so a listing without its header or Domain-0, or
+    with a line that is no domain, is a ValueError rather than a guess.
+    """
+    lines = [(number, line.split()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not lines or lines[0][1][:2] != ["Name", "ID"]:
+        raise ValueError("no `Name ID ...` header")
     domains = {}
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 5 or fields[0] in ("Name", "Domain-0") or not fields[1].isdigit():
-            continue
+    for number, fields in lines[1:]:
+        if len(fields) < 5 or not all(field.isdigit() for field in fields[1:4]):
+            raise ValueError(f"line {number} is no domain")
         domains[fields[0]] = fields[4] if len(fields) > 5 else ""
+    if domains.pop("Domain-0", None) is None:
+        raise ValueError("no Domain-0")
     return domains
 
 
@@ -58,7 +66,11 @@ def list_domains(remote: Remote, host: Host, max_age: float = 0.0) -> dict[str, 
     if not outcome.ok:
         raise ToolError(f"{host.name}: `{tool} list` failed (exit {outcome.exit_code}): "
                         f"{(outcome.stderr or outcome.stdout).strip()}")
-    return parse_domain_list(outcome.stdout)
+    try:
+        return parse_domain_list(outcome.stdout)
+    except ValueError as exc:
+        raise ToolError(f"{host.name}: `{tool} list` printed a listing this tool does not recognise ({exc}): "
+                        f"refusing to guess which domains run") from None
 
 
 def domain_running(remote: Remote, host: Host, name: str, max_age: float = 0.0) -> bool:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from invoke import Result
 
 XL_HEADER = "Name                                        ID   Mem VCPUs\tState\tTime(s)\n"
+WIPEFS_OFFSETS = {"swap": "0xff6", "ext4": "0x438", "LVM2_member": "0x218"}
 DOM0 = "Domain-0                                     0  1024     2     r-----     100.0\n"
 
 
@@ -44,7 +45,9 @@ class Shared:
     disks_of: dict[str, list[str]] = field(default_factory=dict)  # domain -> its resources (default: all)
     snapshots: list[list[str]] = field(default_factory=list)   # lvcreate / qemu-img / removal argv
     console: dict[str, str] = field(default_factory=dict)   # domain -> what its serial console prints once started
-    signatures: dict[tuple[str, str], dict] = field(default_factory=dict)   # (host, path) -> blkid's TYPE, UUID
+    signatures: dict[tuple[str, str], dict] = field(default_factory=dict)   # (host, path) -> blkid's TYPE, UUID, PTTYPE
+    garbage: set = field(default_factory=set)   # (host, path): no signature, but not zeros in its first MiB
+    mapper_lvs: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # (host, /dev/mapper/..) -> VG, LV
     fail_halfway: tuple | None = None    # (host, verb, resource): drbdadm fails there, once, after the ones before
     lock_root: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="xenkvm-locks-"))   # hosts' lock dirs
 
@@ -157,8 +160,11 @@ class FakeHost:
             found = self.shared.signatures.get((self.name, argv[4]))
             return Result(stdout="".join(f"{k}={v}\n" for k, v in found.items())) if found else Result(exited=2)
         if argv[:2] == ["mkswap", "-U"]:
+            self.shared.garbage.discard((self.name, argv[3]))
             self.shared.signatures[(self.name, argv[3])] = {"TYPE": "swap", "UUID": argv[2]}
             return Result()
+        if argv[:4] == ["lvs", "--noheadings", "-o", "vg_name,lv_name"]:
+            return self.lvs(argv[4])
         if tool == "rm":
             for path in argv[3:]:
                 self.shared.files.pop((self.name, path), None)
@@ -185,6 +191,8 @@ class FakeHost:
         if "cat --" in script and "exit 66" in script:
             text = files.get((self.name, args[0]))
             return Result(stdout=text) if text is not None else Result(exited=66)
+        if "wipefs -n -p" in script:
+            return self.survey(args[0])
         if "mktemp" in script:
             staged = args[2] if len(args) > 2 else ""
             files[(self.name, args[0])] = files.pop((self.name, staged)).decode() if staged else stdin
@@ -195,6 +203,23 @@ class FakeHost:
                 files[(self.name, f"{directory}/{name}")] = files.pop((self.name, staged))
             return Result()
         raise AssertionError(f"unexpected script {script!r}")
+
+    def lvs(self, path):
+        """/dev/VG/LV names its VG and LV; a /dev/mapper name only through `mapper_lvs`."""
+        names = self.shared.mapper_lvs.get((self.name, path))
+        direct = re.fullmatch(r"/dev/(?!mapper/)([^/]+)/([^/]+)", path)
+        if names is None and direct is None:
+            return Result(stderr=f'  Failed to find logical volume "{path}"\n', exited=5)
+        return Result(stdout="  {} {}\n".format(*(names or direct.groups())))
+
+    def survey(self, path):
+        """localdisk's survey: wipefs's lines as util-linux 2.38 prints them, then the first MiB's verdict."""
+        found = self.shared.signatures.get((self.name, path), {})
+        lines = [f"{WIPEFS_OFFSETS.get(found['TYPE'], '0x0')},{found.get('UUID', '')},,{found['TYPE']}"] \
+            if "TYPE" in found else []
+        lines += [f"0x1fe,,,{found['PTTYPE']}"] if "PTTYPE" in found else []
+        blank = not found and (self.name, path) not in self.shared.garbage
+        return Result(stdout="".join(line + "\n" for line in lines) + ("zeros\n" if blank else "data\n"))
 
     def xl(self, args):
         verb = args[0]

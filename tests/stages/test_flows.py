@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import re
 import threading
 
@@ -98,6 +100,27 @@ def test_to_kvm_sends_exactly_the_seed_procedure(world):
     assert "00:16:3e:37:d0:70" in xml and "/dev/drbd5" in xml
 
 
+@pytest.fixture
+def umask_022():
+    """The common umask, under which plain mkdir/open make 0755 directories and 0644 files."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_the_state_dir_it_makes_is_private(world, tmp_path):
+    """Journals, locks and the audit log name hosts, guests and operators: 0700 dirs, a 0600 log."""
+    state = tmp_path / "home" / "state"
+    world.audit = state / "audit.jsonl"
+    ctx = flows.Ctx(world.site(), world.inv, world.inv.vm("logger"), timeout=0.2)
+    assert flows.move(ctx, "kvm", state / "journal", state / "locks").ok
+    made = [tmp_path / "home", state, state / "journal", state / "journal" / "done", state / "locks"]
+    assert [oct(d.stat().st_mode & 0o777) for d in made] == [oct(0o700)] * 5
+    assert oct(world.audit.stat().st_mode & 0o777) == oct(0o600)
+    assert world.changes() == TO_KVM, "the audit log was written"
+
+
 def test_to_kvm_lists_each_host_only_where_it_must(world):
     """Where the VM runs and whether libvirt knows it come from one look per host; the only
     other listings are the shutdown wait's and the check that the domain runs after start."""
@@ -170,13 +193,26 @@ def test_failed_mkswap_stops_the_move_before_the_guest_stops(world):
     assert not any("shutdown" in line for line in world.changes())
 
 
-def test_kvm_hosts_local_disk_that_is_not_swap_is_left_alone(world, capsys):
+@pytest.mark.parametrize("held, named", [
+    ({"PTTYPE": "dos"}, "holds dos (at 0x1fe)"),                        # a partition table and nothing else
+    ({"TYPE": "ext4", "UUID": "0e0e"}, "holds ext4 (at 0x438)"),
+    ({"TYPE": "LVM2_member", "UUID": "E1fGss"}, "holds LVM2_member (at 0x218)"),
+    ({"TYPE": "swap", "UUID": "5d1c0b4e-0000-4000-8000-00000000b002", "PTTYPE": "dos"},
+     "holds swap (at 0xff6), dos (at 0x1fe)"),
+    (None, "holds no signature wipefs knows, but its first 1 MiB is not zeros"),
+])
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_kvm_local_disk_holding_anything_but_swap_or_nothing_stops_the_move(world, held, named, dry_run):
+    """`mkswap -U` would destroy it: the move refuses before any change and names the volume."""
     world.shared.signatures[("xen1", SWAP)] = dict(XEN_SWAP)
-    world.shared.signatures[("kvm1", SWAP)] = {"TYPE": "ext4", "UUID": "0e0e"}
-    assert world.move("kvm").ok
-    assert world.changes() == TO_KVM
-    assert world.shared.signatures[("kvm1", SWAP)]["TYPE"] == "ext4"
-    assert f"kvm1:{SWAP} holds ext4, not swap: left as it is" in capsys.readouterr().out
+    if held:
+        world.shared.signatures[("kvm1", SWAP)] = dict(held)
+    else:
+        world.shared.garbage.add(("kvm1", SWAP))
+    with pytest.raises(GuardError, match=rf"^kvm1:{SWAP} {re.escape(named)}: refusing to format it"):
+        world.move("kvm", dry_run=dry_run)
+    assert world.changes() == [] and world.where() == ON_XEN
+    assert world.shared.signatures.get(("kvm1", SWAP)) == held
 
 
 def test_dry_run_shows_the_swap_step_and_formats_nothing(world, capsys):
@@ -370,8 +406,7 @@ def _rehearsal_world(world):
     ("qcow2", ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/dev/vg_main/logger-system",
                "/var/lib/xenkvm/rehearsal/logger-sda-rehearsal.qcow2"],
      ["rm", "-f", "--", "/var/lib/xenkvm/rehearsal/logger-sda-rehearsal.qcow2"]),
-    ("lvm", ["lvcreate", "--snapshot", "--name", "logger-sda-rehearsal", "--size", "1G",
-             "/dev/vg_main/logger-system"],
+    ("lvm", ["lvcreate", "--snapshot", "--name", "logger-sda-rehearsal", "--size", "1G", "vg_main/logger-system"],
      ["lvremove", "-f", "/dev/vg_main/logger-sda-rehearsal"]),
 ])
 def test_rehearsal_boots_on_snapshots_and_cleans_up(world, method, create, remove):
@@ -387,12 +422,51 @@ def test_rehearsal_boots_on_snapshots_and_cleans_up(world, method, create, remov
     assert world.where() == ON_XEN, "the real guest was never touched"
 
 
+def test_rehearsal_asks_lvm_for_the_vg_and_lv_of_a_dev_mapper_backing(world):
+    """/dev/mapper/vg--main-logger--system is VG vg-main, LV logger-system: dashes inside a name
+    are doubled there, so only LVM can split it."""
+    kvmhost = _rehearsal_world(world)
+    mapper = "/dev/mapper/vg--main-logger--system"
+    world.shared.mapper_lvs[("kvm1", mapper)] = ("vg-main", "logger-system")
+    vm = world.inv.vm("logger")
+    system = dataclasses.replace(vm.disks[0], backing={"xen1": mapper, "kvm1": mapper})
+    vm = dataclasses.replace(vm, disks=(system, *vm.disks[1:]))
+    kvmhost.rehearse_vm(world.site(), world.inv, vm, seconds=0.1, method="lvm")
+    snaps = world.shared.snapshots
+    assert ["lvcreate", "--snapshot", "--name", "logger-sda-rehearsal", "--size", "1G", "vg-main/logger-system"] in snaps
+    assert ["lvremove", "-f", "/dev/vg-main/logger-sda-rehearsal"] in snaps
+    xml = world.shared.files[("kvm1", "/var/lib/xenkvm/logger-rehearsal.xml")]
+    assert "<source dev='/dev/vg-main/logger-sda-rehearsal'/>" in xml
+
+
+def test_rehearsal_on_lvm_refuses_a_backing_lvm_does_not_know_before_any_snapshot(world):
+    kvmhost = _rehearsal_world(world)
+    vm = world.inv.vm("logger")
+    system = dataclasses.replace(vm.disks[0], backing={"xen1": "/dev/sdb", "kvm1": "/dev/mapper/nothing"})
+    vm = dataclasses.replace(vm, disks=(system, *vm.disks[1:]))
+    with pytest.raises(ToolError, match=r"^kvm1: /dev/mapper/nothing is not a logical volume LVM can name "
+                                        r"\(lvs exit 5\): rehearse with --method qcow2$"):
+        kvmhost.rehearse_vm(world.site(), world.inv, vm, seconds=0.1, method="lvm")
+    assert [a for a in world.shared.snapshots if a[0] == "lvcreate"] == []
+
+
 def test_rehearsal_names_a_kvm_swap_without_the_guests_uuid_and_formats_nothing(world, capsys):
     kvmhost = _rehearsal_world(world)
     world.shared.signatures[("xen1", SWAP)] = dict(XEN_SWAP)
     kvmhost.rehearse_vm(world.site(), world.inv, world.inv.vm("logger"), seconds=0.1, method="qcow2")
     assert f"note: kvm1:{SWAP} lacks the UUID of logger's swap" in capsys.readouterr().out
     assert not any("mkswap" in line for line in world.changes()) and ("kvm1", SWAP) not in world.shared.signatures
+
+
+def test_rehearsal_notes_a_kvm_swap_it_may_not_format_and_goes_on(world, capsys):
+    """The trial boots a snapshot of that volume: nothing is written to it, so it is no refusal."""
+    kvmhost = _rehearsal_world(world)
+    world.shared.signatures[("xen1", SWAP)] = dict(XEN_SWAP)
+    world.shared.signatures[("kvm1", SWAP)] = {"PTTYPE": "dos"}
+    kvmhost.rehearse_vm(world.site(), world.inv, world.inv.vm("logger"), seconds=0.1, method="qcow2")
+    assert f"note: kvm1:{SWAP} holds dos (at 0x1fe): refusing to format it" in capsys.readouterr().out
+    assert world.shared.signatures[("kvm1", SWAP)] == {"PTTYPE": "dos"}
+    assert "logger-rehearsal" not in world.shared.kvm_defined
 
 
 def test_rehearsal_failure_still_cleans_up(world):

@@ -41,10 +41,29 @@ def sent(ctx: MockContext) -> list[str]:
     return [call.args[0] for call in ctx.run.call_args_list]
 
 
+DOM0_ONLY = "Domain-0                                     0  1024     2     r-----    6342.2\n"
+
+
 def test_parse_domain_list_both_toolstacks():
     assert xenhost.parse_domain_list(XL_LIST) == {"logger": "-b----", "web-01": "--p---"}
     assert xenhost.parse_domain_list(XM_LIST) == {"logger": "-b----"}
-    assert xenhost.parse_domain_list("") == {}
+    assert xenhost.parse_domain_list(XL_LIST.splitlines(keepends=True)[0] + DOM0_ONLY) == {}
+
+
+@pytest.mark.parametrize("listing, why", [
+    ("", "no `Name ID ...` header"),
+    ("libxl: error: cannot init xl context\n", "no `Name ID ...` header"),
+    (XL_LIST.split("\n", 1)[1], "no `Name ID ...` header"),                      # rows without their header
+    (XL_LIST.replace(DOM0_ONLY, ""), "no Domain-0"),
+    (XL_LIST + "Segmentation fault\n", "line 5 is no domain"),
+    (XL_LIST.replace(" 7  2048", " seven 2048"), "line 3 is no domain"),
+])
+def test_an_xl_listing_it_does_not_recognise_is_an_error_not_stopped(listing, why):
+    """Read as "logger is not listed", any of these would let a guard act on a guess."""
+    r, _ = remote({re.compile(r".*command -v.* xl$"): Result(), "xl list": Result(listing)})
+    with pytest.raises(ToolError, match=rf"^xen1: `xl list` printed a listing this tool does not recognise "
+                                        rf"\({re.escape(why)}\): refusing to guess which domains run$"):
+        xenhost.domain_running(r, XEN, "logger")
 
 
 def test_toolstack_auto_prefers_xl_and_is_probed_once(mocker):
@@ -93,6 +112,28 @@ def test_kvm_domain_states_from_one_listing():
     assert not kvmhost.domain_running(r, KVM, "off")
     assert not kvmhost.domain_running(r, KVM, "ghost")
     assert kvmhost.domain_running(r, KVM, "paused")
+
+
+@pytest.mark.parametrize("listing, why", [
+    ("", "no `Id Name State` header"),
+    (VIRSH_LIST.split("\n", 2)[2], "no `Id Name State` header"),                 # rows without their header
+    (" Id   Name     Status\n-----------------------\n 1    logger   laufend\n", "no `Id Name State` header"),
+    (VIRSH_LIST.replace("running", "rebooting"), "line 3 is no domain in a state virsh prints"),
+    (VIRSH_LIST + "error: failed to get domain 'x'\n", "line 8 is no domain in a state virsh prints"),
+])
+def test_a_virsh_listing_it_does_not_recognise_is_an_error_not_stopped(listing, why):
+    r, _ = remote({"env LANG=C virsh -c qemu:///system list --all": Result(listing)})
+    with pytest.raises(ToolError, match=rf"^kvm1: `virsh list --all` printed a listing this tool does not "
+                                        rf"recognise \({re.escape(why)}\): refusing to guess which domains run$"):
+        kvmhost.domain_running(r, KVM, "logger")
+
+
+NO_DOMAINS = " Id   Name   State\n--------------------\n\n"
+
+
+def test_an_empty_virsh_listing_is_no_domain():
+    r, _ = remote({"env LANG=C virsh -c qemu:///system list --all": Result(NO_DOMAINS)})
+    assert kvmhost.domain_state(r, KVM, "logger") == "not found"
 
 
 def test_a_listing_up_to_max_age_old_is_shared_and_an_older_one_is_not():
@@ -169,7 +210,7 @@ def test_concurrent_askers_share_one_listing_that_began_after_they_asked():
             if len(calls) == 1:
                 started.set()
                 release.wait(5)
-            return Result(VIRSH_LIST if len(calls) > 1 else "", exited=0)
+            return Result(VIRSH_LIST if len(calls) > 1 else NO_DOMAINS, exited=0)
 
     r = Remote("kvm1", SlowList())
     first = threading.Thread(target=kvmhost.domain_state, args=(r, KVM, "logger"))
