@@ -422,6 +422,7 @@ class Outcome:
     ok: bool
     runs_on: list[str]
     message: str
+    code: int = 1      # the exit code a failure gives when it is the run's only VM (3: a guard refused)
 
 
 def undo_steps(ctx: Ctx, journal: Journal) -> tuple[list[str], list[str]]:
@@ -689,7 +690,7 @@ def run_fleet(c, inv: Inventory, vms: list[VM], *, to: str | None, from_host: st
                           start_gate=slots.starting)
                 outcome = move(ctx, side, journal_dir(c), lock_dir(c), dry_run)
         except ToolError as exc:
-            outcome = Outcome(vm.name, False, [], f"{vm.name}: {exc}")
+            outcome = Outcome(vm.name, False, [], f"{vm.name}: {exc}", exc.code)
         finally:
             set_output_prefix("")
         if not outcome.ok and fail_fast:
@@ -720,7 +721,7 @@ def _migrate(c, vm, to, all_vms, from_host, timeout, force, dry_run, parallel, f
     code = interruption.code if interruption.requested else 1
     if len(outcomes) == 1:
         if failed:
-            raise ToolError(failed[0].message, code)
+            raise ToolError(failed[0].message, code if interruption.requested else failed[0].code)
         if interruption.requested:
             raise ToolError(f"{interruption.reason} after the move was done: {outcomes[0].message}", code)
         return

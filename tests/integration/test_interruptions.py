@@ -15,7 +15,7 @@ import yaml
 
 from tests.integration.runner import ON_KVM, ON_XEN, ok, where
 from tests.integration.test_fleet import EVERY, FLEET, placement
-from tests.lab import CLIENT_KEY, SWITCH_NS
+from tests.lab import CLIENT_KEY, STATE_DIR, SWITCH_NS
 
 pytestmark = pytest.mark.lab
 
@@ -163,14 +163,16 @@ def test_a_command_that_never_returns_fails_its_step_within_the_bound(lab, fab, 
 
 
 def test_an_sshd_that_freezes_mid_move_ends_the_move_within_its_bound_then_rollback(lab, fab, tmp_path):
-    """kvm1's sshd stops answering right after it started the guest: the start times out, kvm1 is
-    asked nothing more, the undo goes as far as xen1 allows (never a second Primary), the journal
-    is kept; once kvm1 answers again, `fab rollback` brings the guest home."""
+    """kvm1's sshd stops answering while it promotes: the promotion gets no answer, kvm1 cannot
+    even open a session after that and is asked nothing more, the undo goes as far as xen1
+    allows (never a second Primary), the journal is kept; once kvm1 answers again,
+    `fab rollback` brings the guest home."""
     fab.env["FABRIC_INVENTORY"] = str(fast_inventory(lab, tmp_path))
-    lab.fault_add("kvm1", "virsh start", exit_code=0, hang=HOLD, once=True)
+    lab.fault_add("kvm1", "drbdadm primary", exit_code=0, hang=HOLD, once=True)
     run = fab.start("migrate", "--vm", "logger")
     try:
-        wait_for(lambda: running_step(fab.state_dir) == "start logger on kvm1", "the start")
+        wait_for(lambda: not json.loads((STATE_DIR / "faults.json").read_text()).get("rules"),
+                 "the promotion to be running on kvm1")
         lab.exec("kvm1", ["pkill", "-STOP", "-x", "sshd"], check=True)
         started = time.monotonic()
         out, err = run.communicate(timeout=300)
@@ -180,8 +182,9 @@ def test_an_sshd_that_freezes_mid_move_ends_the_move_within_its_bound_then_rollb
             os.killpg(run.pid, signal.SIGKILL)
         lab.exec("kvm1", ["pkill", "-CONT", "-x", "sshd"])
     assert run.returncode == 1, out + err
-    assert "gave no answer within" in err and "fab rollback --vm logger" in err
-    assert took < 120, f"the move ended {took:.0f}s after the freeze"
+    assert "kvm1: `drbdadm primary logger-system logger-var` gave no answer within 5s" in err
+    assert "it stopped answering earlier in this run" in err and "fab rollback --vm logger" in err
+    assert took < 60, f"the move ended {took:.0f}s after the freeze"
     assert lab.state()["violations"] == []
     assert (fab.state_dir / "journal" / "logger.json").exists()
     fab.env["FABRIC_INVENTORY"] = str(lab.inventory)
