@@ -839,10 +839,13 @@ def test_prepare_of_a_direct_kernel_vm_ends_by_naming_fetch_kernel(monkeypatch, 
 
 
 def test_facts_task_prints_and_returns_the_facts(site_of, capsys):
+    site_of["xen1"] = MockContext(run={read_cmd("/etc/xen/auto/logger.cfg"): Result(stdout=LENNY_CFG)})
     site_of["logger (guest)"] = bookworm()
     found = stage.facts(Context(), vm="logger")
     assert found.init == "systemd" and found.bootable_kernels == ["6.1.0-13-amd64"]
-    assert capsys.readouterr().out.startswith("* guest:logger: systemd, amd64\n")
+    out = capsys.readouterr().out
+    assert out.startswith("* guest:logger: systemd, amd64\n")
+    assert "HVM" not in out
 
 
 def test_dry_run_task_changes_nothing(site_of):
@@ -885,7 +888,8 @@ def test_property_hostile_names_arrive_quoted(version, path, vdev):
     vm = VM("logger", "xen1", "kvm1", cfg, (ReplicatedDisk("r0", {"xen1": "/dev/drbd5", "kvm1": "/dev/drbd5"}),
                                            LocalDisk({"xen1": "/dev/vg/swap", "kvm1": "/dev/vg/swap"})))
     xen = MockContext(run={read_cmd(cfg): Result(stdout=LENNY_CFG.replace("/dev/vg_main/logger-swap", "/dev/vg/swap"))})
-    assert [d.target for d in stage.read_disk_map(Site(inv, connect=lambda *a, **k: xen), vm)] == ["sda", "sdb"]
+    disk_map, hvm = stage.read_disk_map(Site(inv, connect=lambda *a, **k: xen), vm)
+    assert [d.target for d in disk_map] == ["sda", "sdb"] and not hvm
     assert [shlex.split(c) for c in sent(xen)] == [["sh", "-c", READ, "sh", cfg]]
 
     # Device names from a disk map, probed in the guest.

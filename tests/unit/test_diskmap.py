@@ -106,6 +106,7 @@ def test_an_inventory_disk_missing_from_the_cfg_is_refused():
 
 
 def test_offline_map_uses_the_cfg_paths():
-    dm = plan_disk_map(parse_xen_cfg("root='/dev/xvda1'\ndisk=['file:/img/a.img,xvda1,w','drbd:r0,xvda2,r']\n"))
+    cfg = "name='web'\nroot='/dev/xvda1'\ndisk=['file:/img/a.img,xvda1,w','drbd:r0,xvda2,r']\n"
+    dm = plan_disk_map(parse_xen_cfg(cfg))
     assert [(d.target, d.kvm_source, d.source_kind, d.readonly) for d in dm] == [
-        ("sda", "/img/a.img", "file", False), ("sdb", "/dev/drbd/by-res/r0", "block", True)]
+        ("sda", "/img/a.img", "file", False), ("sdb", "/dev/drbd/by-res/r0/0", "block", True)]

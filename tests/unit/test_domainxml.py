@@ -228,12 +228,12 @@ def test_corpus_config_plans_like_libvirt(kind, case, corpus, schema_dirs):
     if not oracle.xpath("devices/disk[@device='disk']") or not macs:
         pytest.skip("no disk or no vif with a MAC")
     cfg = parse_xen_cfg((folder / f"{case}.cfg").read_text())
+    if oracle.xpath("devices/disk[@device='disk'][@type='network']"):
+        with pytest.raises(ValueError, match=r"^disk hdb: rbd:.* is not an absolute path"):
+            plan_disk_map(cfg)
+        return
     disk_map = plan_disk_map(cfg)
     spec = plan_domain_spec(cfg, disk_map)
-    if oracle.xpath("devices/disk[@device='disk'][@type='network']"):
-        with pytest.raises(DomainXmlError, match=r"is not an absolute path \(only block devices and files move\)"):
-            render_domain_xml(spec)
-        return
     if any(d.readonly for d in spec.disks) or len(spec.disks) > 4:
         spec = dataclasses.replace(spec, bus="scsi")  # what IDE cannot carry
     xml = render_domain_xml(spec)
@@ -273,12 +273,16 @@ def specs(draw, names=DNS_NAME, bridges=BRIDGE):
     bus = draw(st.sampled_from(BUSES))
     slots = range(4) if bus == "ide" else range(60)
     indices = draw(st.sets(st.sampled_from(slots), max_size=5))
+    # Each disk on the spec's bus or on one of its own (as an HVM guest's are).
+    own_buses = {i: draw(st.none() | st.sampled_from([b for b in BUSES if b != "ide" or i < 4])) for i in indices}
     disks = tuple(DomainDisk(
         target=disk_name(i),
         source=draw(PATH),
         kind=draw(st.sampled_from(("block", "file"))),
-        readonly=bus in ("scsi", "virtio") and draw(st.booleans()),
+        readonly=(own_buses[i] or bus) in ("scsi", "virtio") and draw(st.booleans()),
         format=draw(st.sampled_from(("raw", "qcow2"))),
+        bus=own_buses[i],
+        shareable=draw(st.booleans()),
     ) for i in indices)
     nics = tuple(DomainInterface(mac=draw(MAC), bridge=draw(bridges), model=draw(st.sampled_from(("virtio", "e1000"))))
                  for _ in range(draw(st.integers(0, 3))))
@@ -291,6 +295,8 @@ def specs(draw, names=DNS_NAME, bridges=BRIDGE):
         kernel=draw(PATH) if direct else None, initrd=draw(st.none() | PATH) if direct else None,
         cmdline=draw(st.none() | HOSTILE) if direct else None,
         emulator=draw(st.none() | PATH),
+        scsi_model=draw(st.sampled_from(("virtio-scsi", "lsilogic"))),
+        clock_offset=draw(st.sampled_from(("utc", "localtime"))),
     )
 
 
@@ -298,7 +304,7 @@ def assert_round_trip(xml: str, spec: DomainSpec) -> None:
     """Parsing the document back gives every string exactly as it went in."""
     doc = parse(xml)
     ordered = sorted(spec.disks, key=lambda d: (len(d.target), d.target))
-    prefix = "vd" if spec.bus == "virtio" else "sd"
+    buses = [d.bus or spec.bus for d in ordered]
     assert doc.findtext("name") == spec.name
     assert doc.findtext("uuid") == spec.uuid
     assert doc.findtext("os/kernel") == spec.kernel
@@ -308,12 +314,15 @@ def assert_round_trip(xml: str, spec: DomainSpec) -> None:
     assert (doc.find("os/boot") is None) == bool(spec.kernel)
     assert doc.xpath("devices/disk/source/@dev | devices/disk/source/@file") == [d.source for d in ordered]
     assert doc.xpath("devices/disk/@type") == [d.kind for d in ordered]
-    assert doc.xpath("devices/disk/target/@dev") == [prefix + d.target[2:] for d in ordered]
-    assert doc.xpath("devices/disk/target/@bus") == [spec.bus] * len(ordered)
+    assert doc.xpath("devices/disk/target/@dev") == [
+        ("vd" if bus == "virtio" else "sd") + d.target[2:] for d, bus in zip(ordered, buses)]
+    assert doc.xpath("devices/disk/target/@bus") == buses
     assert [d.find("readonly") is not None for d in doc.iterfind("devices/disk")] == [d.readonly for d in ordered]
+    assert [d.find("shareable") is not None for d in doc.iterfind("devices/disk")] == [d.shareable for d in ordered]
+    assert doc.xpath("clock/@offset") == [spec.clock_offset]
     assert doc.xpath("devices/interface/source/@bridge") == [n.bridge for n in spec.interfaces]
     assert doc.xpath("devices/interface/mac/@address") == [n.mac for n in spec.interfaces]
-    assert len(doc.xpath("devices/controller[@model='virtio-scsi']")) == (spec.bus == "scsi")
+    assert doc.xpath("devices/controller[@type='scsi']/@model") == [spec.scsi_model] * ("scsi" in buses)
 
 
 @settings(max_examples=150, deadline=None)
@@ -396,7 +405,7 @@ def test_default_schema_dir_takes_the_first_with_domain_rng(tmp_path, corpus):
     ({"disks": (DomainDisk("sda", "/dev/drbd5", "block"),) * 2}, "two disks have target sda"),
     ({"disks": (DomainDisk("sda", "/dev/drbd5", "network"),)}, "kind must be block or file, got 'network'"),
     ({"disks": (DomainDisk("sda", "rbd:pool/image", "file"),)}, "source 'rbd:pool/image' is not an absolute path"),
-    ({"disks": (DomainDisk("sde", "/dev/drbd5", "block"),)}, "IDE has room for sda-sdd only"),
+    ({"disks": (DomainDisk("sde", "/dev/drbd5", "block"),)}, "IDE has room for 4 disks"),
     ({"disks": (DomainDisk("sda", "/dev/drbd5", "block", readonly=True),)}, "qemu refuses a read-only IDE"),
     ({"bus": "sata", "disks": (DomainDisk("sda", "/dev/drbd5", "block", readonly=True),)},
      "qemu refuses a read-only SATA"),
@@ -435,7 +444,9 @@ def test_plan_takes_maxmem_without_memory():
 
 def test_plan_refuses_a_vif_without_mac():
     cfg = xen_cfg(vif="[ 'mac=00:16:3e:00:00:01', 'bridge=xenbr0' ]")
-    with pytest.raises(ValueError, match=r"^vif 1 has no mac=; KVM would invent one and the guest's network would change$"):
+    with pytest.raises(ValueError, match=r"^vif 1 has no mac=: Xen draws a random one at each start and KVM "
+                                         r"would invent another, so the guest's network would change: give "
+                                         r"every vif's MAC in macs: of its inventory entry \(and --vm\)$"):
         plan_domain_spec(cfg, [])
 
 
