@@ -463,6 +463,8 @@ def _parse_disk(spec: str) -> _DiskParse:
     if fmt and fmt not in _FORMATS:
         raise ValueError(f"unknown format {fmt!r}")
     backend = given["backendtype"][0] if "backendtype" in given else ":".join(prefixes)
+    if not backend and given.get("script", ("", 0))[0].rsplit("/", 1)[-1] == "block-drbd":
+        backend = "drbd"    # xl's spelling of drbd:RES: the target is a resource, not a path
     disk = XenDisk(spec=spec, backend=backend, path=path, vdev=vdev,
                    mode=_ACCESS.get(access) or ("r" if devtype == "cdrom" else "w"),
                    format=fmt or None, devtype=devtype, shared=access in _SHARED_ACCESS)

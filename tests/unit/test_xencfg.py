@@ -320,6 +320,9 @@ DISK_SPECS = {
     "/dev/vg/x,,hda,,backendtype=phy": ("phy", "/dev/vg/x", "hda", "w", None, None),
     "/srv/boot.iso,,hdc,,devtype=cdrom": ("", "/srv/boot.iso", "hdc", "r", None, "cdrom"),
     "qcow2:/srv/x.qcow2,xvda,w": ("qcow2", "/srv/x.qcow2", "xvda", "w", "qcow2", None),
+    "vdev=xvda,access=rw,script=block-drbd,target=web-root": ("drbd", "web-root", "xvda", "w", None, None),
+    "script=/etc/xen/scripts/block-drbd,vdev=hda,target=r0": ("drbd", "r0", "hda", "w", None, None),
+    "script=block-iscsi,vdev=xvda,target=/dev/sdx": ("", "/dev/sdx", "xvda", "w", None, None),
 }
 
 
