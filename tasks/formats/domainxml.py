@@ -250,7 +250,11 @@ def _hvm_disks(cfg, disks: tuple[DomainDisk, ...], vm) -> tuple[tuple[DomainDisk
             bus = "scsi"
         else:
             bus = "sata" if cfg.hdtype == "ahci" else "ide"
-        moved.append(dataclasses.replace(disk, target=("sd" if prefix == "sd" else "hd") + letters, bus=bus))
+        target = ("sd" if prefix == "sd" else "hd") + letters
+        if bus == "ide" and _disk_index(target) >= IDE_DISKS:
+            raise ValueError(f"disk {disk.target}: qemu-xen emulates IDE disks hda-hdd only (this one reaches "
+                             f"PV drivers only), and KVM cannot give the guest a fifth IDE disk")
+        moved.append(dataclasses.replace(disk, target=target, bus=bus))
     overridden = vm is not None and vm.bus != "ide"
     return tuple(moved), {} if overridden else {"scsi_model": "lsilogic"}
 
@@ -298,6 +302,9 @@ def plan_domain_spec(cfg, disk_map, vm=None) -> DomainSpec:
     )
     controllers = {}
     if cfg.hvm:
+        if cfg.hvm_kernel:
+            raise ValueError(f"kernel {shown(cfg.hvm_kernel)}: an HVM guest booted from a kernel on the Xen host "
+                             f"is not supported (its KVM domain boots its disk)")
         disks, controllers = _hvm_disks(cfg, disks, vm)
     boot = {}
     if vm is not None and vm.boot == "direct-kernel":

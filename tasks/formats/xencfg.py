@@ -87,7 +87,17 @@ class XenConfig:
     @property
     def hvm(self) -> bool:
         """Fully virtualised: xl's type= (or the builder= both toolstacks know), or xm's hvmloader."""
-        return self.builder == "hvm" or (self.kernel or "").rsplit("/", 1)[-1] == "hvmloader"
+        return self.builder == "hvm" or _hvmloader(self.kernel)
+
+    @property
+    def hvm_kernel(self) -> str | None:
+        """The kernel an HVM guest boots straight from the Xen host (xl), where xm named its firmware."""
+        return self.kernel if self.hvm and self.kernel and not _hvmloader(self.kernel) else None
+
+
+def _hvmloader(path: str | None) -> bool:
+    """xm's HVM firmware, which its cfgs give as kernel=: /usr/lib/xen/boot/hvmloader."""
+    return (path or "").rsplit("/", 1)[-1].startswith("hvmloader")
 
 
 # ---------------------------------------------------------------------------

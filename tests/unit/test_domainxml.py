@@ -233,6 +233,10 @@ def test_corpus_config_plans_like_libvirt(kind, case, corpus, schema_dirs):
             plan_disk_map(cfg)
         return
     disk_map = plan_disk_map(cfg)
+    if oracle.findtext("os/type") == "hvm" and oracle.findtext("os/kernel"):
+        with pytest.raises(ValueError, match=r"an HVM guest booted from a kernel on the Xen host is not supported"):
+            plan_domain_spec(cfg, disk_map)
+        return
     spec = plan_domain_spec(cfg, disk_map)
     if any(d.readonly for d in spec.disks) or len(spec.disks) > 4:
         spec = dataclasses.replace(spec, bus="scsi")  # what IDE cannot carry
@@ -534,3 +538,100 @@ def test_lifecycle_actions_qemu_can_carry_out(poweroff, reboot, crash, expected)
 def test_lifecycle_qemu_refuses_is_refused():
     with pytest.raises(ValueError, match="on_poweroff restart with on_reboot destroy"):
         plan_domain_spec(xen_cfg(on_poweroff="'restart'", on_reboot="'destroy'"), [])
+
+
+# --- HVM guests: the hardware they have under Xen -------------------------------------------
+
+def hvm_corpus_cases() -> list[tuple[str, str]]:
+    """libvirt's HVM cases with a disk and a MAC, at collection time (as corpus_cases); those that boot a
+    kernel from the Xen host are refused (test_corpus_config_plans_like_libvirt)."""
+    cases = []
+    for kind in ("xm", "xl"):
+        folder = REPO.parent / "shared" / "corpus" / f"libvirt-{kind}config"
+        for case in corpus_cases(kind):
+            oracle = etree.parse(str(folder / f"{case}.xml")).getroot()
+            if (oracle.findtext("os/type") == "hvm" and not oracle.findtext("os/kernel")
+                    and oracle.xpath("devices/disk[@device='disk']")
+                    and oracle.xpath("devices/interface/mac") and not oracle.xpath("devices/disk[@type='network']")):
+                cases.append((kind, case))
+    return cases
+
+
+@pytest.mark.parametrize("kind,case", hvm_corpus_cases())
+def test_corpus_hvm_guest_keeps_its_disk_buses_and_nic_models_as_libvirt_reads_them(kind, case, corpus):
+    """libvirt's own reading of the cfg is the oracle: the same target and bus for every disk, the
+    same NIC model (rtl8139, libxl's default, where libvirt names none or the PV-only netfront)."""
+    folder = corpus / f"libvirt-{kind}config"
+    oracle = etree.parse(str(folder / f"{case}.xml")).getroot()
+    cfg = parse_xen_cfg((folder / f"{case}.cfg").read_text())
+    models = [m if m != "netfront" else "rtl8139" for m in
+              (n.xpath("string(model/@type)") or "rtl8139" for n in oracle.iterfind("devices/interface"))]
+    if "fakemodel" in models:
+        with pytest.raises(ValueError, match=r"^vif 0: model=fakemodel is not a NIC qemu emulates"):
+            plan_domain_spec(cfg, plan_disk_map(cfg))
+        return
+    doc = parse(render_domain_xml(plan_domain_spec(cfg, plan_disk_map(cfg))))
+    assert doc.xpath("devices/disk/target/@dev") == oracle.xpath("devices/disk[@device='disk']/target/@dev")
+    assert doc.xpath("devices/disk/target/@bus") == oracle.xpath("devices/disk[@device='disk']/target/@bus")
+    assert doc.xpath("devices/interface/model/@type") == models
+
+
+def test_hvm_corpus_cases_were_collected():
+    assert len(hvm_corpus_cases()) >= 40
+
+
+HVM_CFG = """\
+type = 'hvm'
+name = 'mixed'
+memory = 1024
+disk = [ '/dev/vg/a,raw,hda,rw', '/dev/vg/b,raw,sdb,rw', '/dev/vg/c,raw,xvdc,rw' ]
+vif = [ 'mac=00:16:3e:00:00:01,model=virtio-net' ]
+"""
+
+
+def test_hvm_disks_keep_their_place_on_the_controller_qemu_xen_gave_them():
+    cfg = parse_xen_cfg(HVM_CFG)
+    spec = plan_domain_spec(cfg, plan_disk_map(cfg))
+    assert [(d.target, d.bus) for d in spec.disks] == [("hda", "ide"), ("sdb", "scsi"), ("hdc", "ide")]
+    assert spec.scsi_model == "lsilogic" and spec.interfaces[0].model == "virtio"
+
+
+def test_hdtype_ahci_puts_hd_and_xvd_disks_on_sata():
+    cfg = parse_xen_cfg(HVM_CFG + "hdtype = 'ahci'\n")
+    spec = plan_domain_spec(cfg, plan_disk_map(cfg))
+    assert [(d.target, d.bus) for d in spec.disks] == [("hda", "sata"), ("sdb", "scsi"), ("hdc", "sata")]
+
+
+@pytest.mark.parametrize("bus, devs", [("virtio", ["vda", "vdb", "vdc"]), ("sata", ["hda", "sdb", "hdc"]),
+                                       ("scsi", ["hda", "sdb", "hdc"])])
+def test_an_inventory_bus_other_than_ide_moves_every_hvm_disk_to_it(bus, devs, schema_dirs):
+    """For a guest given drivers for that bus; its SCSI controller is then the PV guests' virtio-scsi."""
+    cfg = parse_xen_cfg(HVM_CFG)
+    vm = dataclasses.replace(seed_vm(), name="mixed", bus=bus, disks=())
+    spec = plan_domain_spec(cfg, plan_disk_map(cfg), vm)
+    assert {d.bus for d in spec.disks} == {bus} and spec.scsi_model == "virtio-scsi"
+    xml = render_domain_xml(spec)
+    assert_valid(xml, schema_dirs)
+    assert parse(xml).xpath("devices/disk/target/@dev") == devs
+
+
+def test_an_hvm_guest_does_not_boot_direct_kernel():
+    cfg = parse_xen_cfg(HVM_CFG)
+    vm = dataclasses.replace(seed_vm(), name="mixed", boot="direct-kernel", disks=())
+    with pytest.raises(ValueError, match=r"^vms.mixed.boot is direct-kernel, but an HVM guest boots its own boot "
+                                         r"loader from its disk: use boot: grub$"):
+        plan_domain_spec(cfg, plan_disk_map(cfg), vm)
+
+
+def test_a_pv_guests_nics_are_virtio_whatever_model_says():
+    spec = plan_domain_spec(xen_cfg(vif="[ 'mac=00:16:3e:00:00:01,model=e1000' ]"), [])
+    assert [n.model for n in spec.interfaces] == ["virtio"]
+
+
+def test_a_shared_disk_is_shareable_and_uncached(schema_dirs):
+    disk_map = [MappedDisk("sdb1", "sdb", "/dev/drbd22", "/dev/drbd22", "block", "gfs", shared=True)]
+    spec = plan_domain_spec(xen_cfg(), disk_map)
+    xml = render_domain_xml(spec)
+    assert_valid(xml, schema_dirs)
+    disk = parse(xml).find("devices/disk")
+    assert disk.find("shareable") is not None and disk.find("driver").get("cache") == "none"
