@@ -546,7 +546,8 @@ def prepare_guest(guest: Remote, disk_map: list[MappedDisk], *, boot: str = "gru
         console_plan = check_console(guest, found)
         fstab_plan = check_fstab(guest, found, disk_map, uuid)
         boot_plan = check_boot(guest, found, disk_map, boot=boot, grub_install=grub_install)
-    initramfs_tools = check_initramfs(guest, kernel_coming=boot_plan is not None and boot_plan.kernel_package is not None)
+    kernel_coming = boot_plan is not None and boot_plan.kernel_package is not None
+    initramfs_tools = check_initramfs(guest, kernel_coming=kernel_coming)
     install_acpid = check_power_button(guest, found)
     if hvm:
         skip_for_hvm(guest, HVM_SKIPS)

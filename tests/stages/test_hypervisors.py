@@ -7,12 +7,12 @@ import shlex
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from invoke import MockContext, Result
+from invoke import Context, MockContext, Result
 
 from tasks import kvmhost, xenhost
 from tasks.errors import ToolError
-from tasks.inventory import Host
-from tasks.remote import Remote
+from tasks.inventory import Host, parse_inventory
+from tasks.remote import Remote, Site
 
 XEN = Host(name="xen1", address="192.0.2.11", role="xen", toolstack="auto")
 KVM = Host(name="kvm1", address="192.0.2.12", role="kvm", libvirt_uri="qemu:///system")
@@ -196,3 +196,55 @@ def test_hostile_values_arrive_as_single_arguments(name, cfg, uri):
     kvmhost.start_domain(r, kvm, name)
     assert shlex.split(commands[0]) == ["xl", "create", cfg]
     assert shlex.split(commands[1]) == ["env", "LANG=C", "virsh", "-c", uri, "start", name]
+
+
+# -- what a cfg becomes on a host: HVM cfgs stay, the KVM host says what a local disk is ----------------
+
+READ = 'if [ -e "$1" ]; then cat -- "$1"; else exit 66; fi'
+INVENTORY = parse_inventory("""\
+hosts:
+  xen1: {address: 192.0.2.11, role: xen}
+  kvm1: {address: 192.0.2.12, role: kvm}
+vms:
+  logger:
+    xen_host: xen1
+    kvm_host: kvm1
+    disks:
+      - {resource: logger-system, device: /dev/drbd5}
+      - local: {xen1: /dev/vg_main/logger-swap, kvm1: /srv/xen/logger-swap.img}
+""")
+PV_CFG = """\
+name = 'logger'
+memory = 512
+root = '/dev/xvda2 ro'
+disk = [ 'phy:/dev/drbd5,xvda2,w', 'phy:/dev/vg_main/logger-swap,xvda1,w' ]
+vif = [ 'mac=00:16:3e:37:d0:70' ]
+"""
+HVM_CFG = PV_CFG.replace("root = '/dev/xvda2 ro'", "type = 'hvm'").replace("xvda2", "hda").replace("xvda1", "hdb")
+
+
+def read_cfg(text: str) -> MockContext:
+    return MockContext(run={shlex.join(["sh", "-c", READ, "sh", "/etc/xen/auto/logger.cfg"]): Result(stdout=text)})
+
+
+def test_prepare_cfg_leaves_an_hvm_cfg_as_it_is_and_says_why(mocker, capsys):
+    xen = read_cfg(HVM_CFG)
+    mocker.patch.object(xenhost.inventory, "from_context", return_value=INVENTORY)
+    mocker.patch.object(xenhost, "site_from_context",
+                        lambda c, inv, dry_run=False: Site(inv, connect=lambda *a, **k: xen))
+    xenhost.prepare_cfg(Context(), vm="logger")
+    assert sent(xen) == [shlex.join(["sh", "-c", READ, "sh", "/etc/xen/auto/logger.cfg"])]
+    assert capsys.readouterr().out.splitlines() == [
+        f"* xen1:/etc/xen/auto/logger.cfg: {xenhost.HVM_CFG_NOTE}",
+        "* xen1: /etc/xen/auto/logger.cfg ... unchanged"]
+
+
+@pytest.mark.parametrize("answer, kind", [(Result(), "block"), (Result(exited=1), "file")])
+def test_the_kvm_host_says_whether_a_local_disk_is_a_file(answer, kind):
+    """One `test -b` per local disk; a DRBD device is a block device without asking."""
+    kvm = MockContext(run={"test -b /srv/xen/logger-swap.img": answer})
+    hosts = {"xen1": read_cfg(PV_CFG), "kvm1": kvm}
+    site = Site(INVENTORY, connect=lambda label, *a, **k: hosts[label])
+    spec = kvmhost.vm_spec(site, INVENTORY, INVENTORY.vm("logger"))
+    assert [(d.source, d.kind) for d in spec.disks] == [("/dev/drbd5", "block"), ("/srv/xen/logger-swap.img", kind)]
+    assert sent(kvm) == ["test -b /srv/xen/logger-swap.img"]
