@@ -17,6 +17,7 @@ from lxml import etree
 from tasks.formats.xencfg import (
     CfgSyntaxError,
     XenDisk,
+    check_movable,
     parse_disk_spec,
     parse_xen_cfg,
     rewrite_xen_cfg,
@@ -682,3 +683,36 @@ def test_property_odd_vdevs_and_paths_round_trip(data, quote, form):
     assert (moved.path, moved.vdev) == (path, new)
     assert out.split("\n")[1].startswith(f"disk = [ {quote}")
     assert rewrite_xen_cfg(out, {new: vdev}) == text
+
+
+# ---------------------------------------------------------------------------
+# 4. What no KVM domain can be made from (the table in test_wild_cfgs has every kind)
+
+def test_a_refusal_stays_one_line_whatever_the_cfg_holds():
+    cfg = parse_xen_cfg("name = 'a'\nkernel = '/srv/arm64/Image\\n'\ndisk = ['/dev/vg/a,,xvda']\n")
+    with pytest.raises(ValueError) as refusal:
+        check_movable(cfg)
+    assert str(refusal.value) == ("kernel /srv/arm64/Image\\n is an ARM or RISC-V image: "
+                                  "not a guest an x86_64 KVM host can run")
+    long = parse_xen_cfg(f"name = 'a'\nkernel = '/srv/{'x' * 100}/zImage'\ndisk = ['/dev/vg/a,,xvda']\n")
+    with pytest.raises(ValueError, match=r"^kernel /srv/x{52}\.\.\. is an ARM"):
+        check_movable(long)
+
+
+@pytest.mark.parametrize("kernel", ["/boot/vmlinuz-6.1.0-18-amd64", "/usr/lib/xen/boot/hvmloader",
+                                    "/srv/Images/vmlinuz", "/boot/bzImage"])
+def test_x86_kernels_are_movable(kernel):
+    check_movable(parse_xen_cfg(f"name = 'a'\nkernel = '{kernel}'\ndisk = ['/dev/vg/a,,xvda']\n"))
+
+
+@pytest.mark.parametrize("text, hvm, hvm_kernel", [
+    ("type = 'hvm'", True, None),
+    ("builder = 'hvm'\nkernel = '/usr/lib/xen/boot/hvmloader'", True, None),
+    ("kernel = '/usr/lib/xen/boot/hvmloader'", True, None),
+    ("type = 'hvm'\nkernel = '/srv/vmlinuz'", True, "/srv/vmlinuz"),
+    ("type = 'pvh'\nkernel = '/srv/vmlinuz'", False, None),
+    ("kernel = '/boot/vmlinuz'", False, None),
+])
+def test_hvm_guests_are_told_from_pv_ones(text, hvm, hvm_kernel):
+    cfg = parse_xen_cfg(text + "\n")
+    assert (cfg.hvm, cfg.hvm_kernel) == (hvm, hvm_kernel)
