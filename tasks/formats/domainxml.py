@@ -237,10 +237,10 @@ def _interfaces(cfg, vm) -> tuple[DomainInterface, ...]:
 
 def _hvm_disks(cfg, disks: tuple[DomainDisk, ...], vm) -> tuple[tuple[DomainDisk, ...], dict]:
     """An HVM guest's disks on the buses qemu-xen gives them under Xen, so that it keeps hardware it
-    has drivers for: sd* on SCSI behind an LSI 53C895A (the controller libxl adds for them, which
-    SeaBIOS boots from), hd* and xvd* on IDE, or on SATA with hdtype='ahci'; each in the same
-    place on its controller. An inventory bus other than the default ide moves every disk to it
-    (a guest given drivers for it), with the SCSI controller a PV guest gets."""
+    has drivers for: sd* on SCSI behind an LSI 53C895A (the controller libxl adds for them; SATA
+    could be one it has no driver for), hd* and xvd* on IDE, or on SATA with hdtype='ahci'; each
+    in the same place on its controller. An inventory bus other than the default ide moves every
+    disk to it (a guest given drivers for it), with the SCSI controller a PV guest gets."""
     moved = []
     for disk in disks:
         prefix, letters = re.fullmatch(r"(xvd|hd|sd)([a-z]+)", disk.target).groups()
