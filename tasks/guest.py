@@ -591,6 +591,16 @@ def _connect(c, vm_name: str, dry_run: bool):
     return vm, site, site.guest(vm)
 
 
+def _connect_pv(c, vm_name: str, dry_run: bool, steps: str):
+    """(VM, guest, disk map) for steps only a PV guest needs; None for an HVM guest, told it skips them."""
+    vm, site, guest = _connect(c, vm_name, dry_run)
+    disk_map, hvm = read_disk_map(site, vm)
+    if hvm:
+        skip_for_hvm(guest, steps)
+        return None
+    return vm, guest, disk_map
+
+
 VM_HELP = "VM name from the inventory"
 DRY_HELP = "run the probes and show the diffs and commands, change nothing"
 UUID_HELP = ("write UUID= from blkid (default; pvops Xen kernels show a `sda` vdev as xvde, so names "
@@ -615,41 +625,35 @@ def facts(c, vm, dry_run=False):
 def console(c, vm, dry_run=False):
     """Logins on Xen's hvc0, KVM's tty1 and ttyS0: inittab or getty units, and securetty
     (nothing for an HVM guest)."""
-    model, site, guest = _connect(c, vm, dry_run)
-    _, hvm = read_disk_map(site, model)
-    if hvm:
-        skip_for_hvm(guest, "console")
-        return
-    found = gather_facts(guest)
-    apply_console(guest, found, check_console(guest, found))
+    connected = _connect_pv(c, vm, dry_run, "console")
+    if connected:
+        _, guest, _ = connected
+        found = gather_facts(guest)
+        apply_console(guest, found, check_console(guest, found))
 
 
 @task(help={"vm": VM_HELP, "uuid": UUID_HELP, "dry_run": DRY_HELP})
 def fstab(c, vm, uuid=True, dry_run=False):
     """Rename the Xen devices in /etc/fstab to the names the disk map gives them under KVM
     (nothing for an HVM guest)."""
-    model, site, guest = _connect(c, vm, dry_run)
-    disk_map, hvm = read_disk_map(site, model)
-    if hvm:
-        skip_for_hvm(guest, "disk names")
-        return
-    apply_fstab(guest, check_fstab(guest, gather_facts(guest), disk_map, uuid))
+    connected = _connect_pv(c, vm, dry_run, "disk names")
+    if connected:
+        _, guest, disk_map = connected
+        apply_fstab(guest, check_fstab(guest, gather_facts(guest), disk_map, uuid))
 
 
 @task(help={"vm": VM_HELP, "uuid": UUID_HELP, "grub_install": GRUB_INSTALL_HELP, "dry_run": DRY_HELP})
 def bootloader(c, vm, uuid=True, grub_install=False, dry_run=False):
     """A kernel that boots under KVM, grub 2 set up for the new names, pygrub's menu.lst remapped
     (nothing for an HVM guest)."""
-    model, site, guest = _connect(c, vm, dry_run)
-    disk_map, hvm = read_disk_map(site, model)
-    if hvm:
-        skip_for_hvm(guest, "kernel and boot loader")
-        return
-    found = gather_facts(guest)
-    fstab_plan = check_fstab(guest, found, disk_map, uuid)
-    plan = check_boot(guest, found, disk_map, boot=model.boot, grub_install=grub_install)
-    apply_boot(guest, found, disk_map, fstab_plan, plan)
-    fetch_hint(model)
+    connected = _connect_pv(c, vm, dry_run, "kernel and boot loader")
+    if connected:
+        model, guest, disk_map = connected
+        found = gather_facts(guest)
+        fstab_plan = check_fstab(guest, found, disk_map, uuid)
+        plan = check_boot(guest, found, disk_map, boot=model.boot, grub_install=grub_install)
+        apply_boot(guest, found, disk_map, fstab_plan, plan)
+        fetch_hint(model)
 
 
 @task(help={"vm": VM_HELP, "force": FORCE_HELP, "dry_run": DRY_HELP})
