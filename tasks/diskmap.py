@@ -10,12 +10,8 @@ import re
 from dataclasses import dataclass
 
 from .errors import InputError, shown
-from .formats.xencfg import check_movable
+from .formats.xencfg import HVM_DISK, check_movable
 from .inventory import VM, ReplicatedDisk
-
-# Xen names of the disks qemu-xen emulates for an HVM guest: hd* and xvd* (IDE, or SATA with
-# hdtype='ahci'), sd* (SCSI); the letters give the position on the controller.
-_HVM_VDEV = re.compile(r"(xvd|hd|sd)([a-z]+)[0-9]*")
 
 
 @dataclass(frozen=True)
@@ -59,7 +55,7 @@ def _disks(cfg):
 def _hvm_target(vdev: str) -> str:
     """An HVM disk keeps its name (its whole disk's, for a partition): the guest boots from the
     emulated disk with its own boot loader on both sides, so nothing may rename it."""
-    match = _HVM_VDEV.fullmatch(vdev)
+    match = HVM_DISK.fullmatch(vdev)
     if match is None:
         raise ValueError(f"disk {shown(vdev)}: an HVM guest's disk needs a name qemu-xen emulates "
                          f"(hd*, sd* or xvd*)")

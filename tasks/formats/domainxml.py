@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from tasks.errors import shown
+from ..errors import shown
 from .bootloader import NIC_NAMES
+from .xencfg import HVM_DISK
 from .templating import template
 
 BUSES = ("ide", "sata", "scsi", "virtio")
@@ -241,10 +242,11 @@ def _hvm_disks(cfg, disks: tuple[DomainDisk, ...], vm) -> tuple[tuple[DomainDisk
     could be one it has no driver for), hd* and xvd* on IDE, or on SATA with hdtype='ahci'; each
     in the same place on its controller. An inventory bus other than the default ide moves every
     disk to it (a guest given drivers for it), with the SCSI controller a PV guest gets."""
+    overridden = vm is not None and vm.bus != "ide"
     moved = []
     for disk in disks:
-        prefix, letters = re.fullmatch(r"(xvd|hd|sd)([a-z]+)", disk.target).groups()
-        if vm is not None and vm.bus != "ide":
+        prefix, letters = HVM_DISK.fullmatch(disk.target).groups()
+        if overridden:
             bus = vm.bus
         elif prefix == "sd":
             bus = "scsi"
@@ -255,7 +257,6 @@ def _hvm_disks(cfg, disks: tuple[DomainDisk, ...], vm) -> tuple[tuple[DomainDisk
             raise ValueError(f"disk {disk.target}: qemu-xen emulates IDE disks hda-hdd only (this one reaches "
                              f"PV drivers only), and KVM cannot give the guest a fifth IDE disk")
         moved.append(dataclasses.replace(disk, target=target, bus=bus))
-    overridden = vm is not None and vm.bus != "ide"
     return tuple(moved), {} if overridden else {"scsi_model": "lsilogic"}
 
 

@@ -368,6 +368,9 @@ _PREFIXES = {"phy", "file", "tap", "tap2", "tapdisk", "aio", "ioemu", "drbd", "i
 _TAP_SUBTYPES = {"tapdisk", "ioemu", "aio", "sync", "vmdk", "ram", "qcow", "qcow2", "vhd", "qed", "raw", "remus"}
 _ACCESS = {"r": "r", "ro": "r", "w": "w", "rw": "w", "w!": "w", "rw!": "w"}
 _SHARED_ACCESS = ("w!", "rw!")
+# Xen names of the disks qemu-xen emulates for an HVM guest: hd* and xvd* (IDE, or SATA with
+# hdtype='ahci'), sd* (SCSI); the letters give the place on the controller, digits a partition.
+HVM_DISK = re.compile(r"(xvd|hd|sd)([a-z]+)[0-9]*")
 
 
 class _DiskParse(NamedTuple):
