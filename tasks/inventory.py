@@ -414,6 +414,14 @@ def _check_unique(check: _Checker, vms: dict[str, VM]) -> None:
                     claim(("device", host, dev), vm, f"device {dev} on {host}", shared)
             for host, path in (disk.path if isinstance(disk, LocalDisk) else disk.backing).items():
                 claim(("volume", host, path), vm, f"volume {path} on {host}", shared)
+    sharers: dict[str, list[str]] = {}
+    for vm in vms.values():
+        for disk in (d for d in vm.resources if d.shared):
+            sharers.setdefault(disk.resource, []).append(vm.name)
+    for resource, names in sharers.items():
+        if len(names) == 1:   # its other guests could never move with it
+            check.error(f"vms.{names[0]}", f"DRBD resource {resource} is shared: true but no other VM names it "
+                                           f"(every guest that shares it belongs in the inventory)")
     ports: dict[tuple[str, int], str] = {}
     for vm in vms.values():
         for disk in vm.resources:

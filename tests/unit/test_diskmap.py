@@ -165,10 +165,12 @@ def test_drbd_resource_offline_is_udevs_name_for_the_version(version, device):
 GFS_CFG = "name='gfs1'\nroot='/dev/sda1 ro'\ndisk=['phy:/dev/drbd20,sda1,w', 'phy:/dev/drbd22,sdb1,w!']\n"
 
 
-def gfs1(**own_disk):
-    """gfs1 of tests/data/cfgs/inventory.yml, its second disk changed (alone: gfs2 keeps gfs-data)."""
+def gfs1(alone: bool = False):
+    """gfs1 of tests/data/cfgs/inventory.yml; `alone`: gfs2 gone and the disk gfs1's own (not shared)."""
     data = yaml.safe_load((REPO / "tests" / "data" / "cfgs" / "inventory.yml").read_text())
-    data["vms"]["gfs1"]["disks"][1].update(own_disk)
+    if alone:
+        del data["vms"]["gfs2"]
+        del data["vms"]["gfs1"]["disks"][1]["shared"]
     return parse_inventory(yaml.safe_dump(data)).vm("gfs1")
 
 
@@ -179,9 +181,8 @@ def test_a_shared_disk_is_marked_in_the_map():
 
 def test_cfg_and_inventory_agree_on_sharing():
     with pytest.raises(InputError, match=r"^/etc/xen/gfs1.cfg: disk sdb1 is shared \(mode w!\) but "
-                                         r"vms.gfs1.disks\[1\] \(gfs1-data\) lacks shared: true$"):
-        plan_disk_map(parse_xen_cfg(GFS_CFG.replace("drbd22", "drbd23")),
-                      gfs1(resource="gfs1-data", device="/dev/drbd23", port=7823, shared=False))
+                                         r"vms.gfs1.disks\[1\] \(gfs-data\) lacks shared: true$"):
+        plan_disk_map(parse_xen_cfg(GFS_CFG), gfs1(alone=True))
     with pytest.raises(InputError, match=r"^/etc/xen/gfs1.cfg: vms.gfs1.disks\[1\] \(gfs-data\) says shared: true "
                                          r"but disk sdb1 has no mode w!$"):
         plan_disk_map(parse_xen_cfg(GFS_CFG.replace("w!", "w")), gfs1())

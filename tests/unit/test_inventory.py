@@ -213,7 +213,9 @@ def test_undeclared_sharing_is_still_refused_and_says_how_to_declare_it():
     hint = " (a disk several VMs use needs shared: true in each)"
     assert errors_of(data) == [f"inv.yml: vms.gfs2: DRBD resource gfs-data is also used by VM 'gfs1'{hint}",
                                f"inv.yml: vms.gfs2: device /dev/drbd22 on xen1 is also used by VM 'gfs1'{hint}",
-                               f"inv.yml: vms.gfs2: device /dev/drbd22 on kvm1 is also used by VM 'gfs1'{hint}"]
+                               f"inv.yml: vms.gfs2: device /dev/drbd22 on kvm1 is also used by VM 'gfs1'{hint}",
+                               "inv.yml: vms.gfs1: DRBD resource gfs-data is shared: true but no other VM names it "
+                               "(every guest that shares it belongs in the inventory)"]
 
 
 def test_sharers_describe_the_shared_disk_alike_on_the_same_hosts():
@@ -226,6 +228,14 @@ def test_sharers_describe_the_shared_disk_alike_on_the_same_hosts():
     data["vms"]["gfs2"]["kvm_host"] = "kvm2"
     assert errors_of(data) == ["inv.yml: vms.gfs2: shares DRBD resource gfs-data with VM 'gfs1', which runs on "
                                "other hosts"]
+
+
+def test_a_shared_disk_no_other_vm_names_is_refused():
+    """Its other guests are not in the inventory, so they could never move with it."""
+    data = sharing_data()
+    del data["vms"]["gfs2"]
+    assert errors_of(data) == ["inv.yml: vms.gfs1: DRBD resource gfs-data is shared: true but no other VM names it "
+                               "(every guest that shares it belongs in the inventory)"]
 
 
 def test_only_a_drbd_disk_can_be_declared_shared():
