@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
+from tasks.diskmap import plan_disk_map
 from tasks.formats.xencfg import (
     CfgSyntaxError,
     XenDisk,
@@ -702,7 +703,9 @@ def test_a_refusal_stays_one_line_whatever_the_cfg_holds():
 @pytest.mark.parametrize("kernel", ["/boot/vmlinuz-6.1.0-18-amd64", "/usr/lib/xen/boot/hvmloader",
                                     "/srv/Images/vmlinuz", "/boot/bzImage"])
 def test_x86_kernels_are_movable(kernel):
-    check_movable(parse_xen_cfg(f"name = 'a'\nkernel = '{kernel}'\ndisk = ['/dev/vg/a,,xvda']\n"))
+    """Their disk map is planned (plan_disk_map calls check_movable first)."""
+    cfg = parse_xen_cfg(f"name = 'a'\nkernel = '{kernel}'\ndisk = ['/dev/vg/a,,xvda']\n")
+    assert [(d.xen_vdev, d.kvm_source) for d in plan_disk_map(cfg)] == [("xvda", "/dev/vg/a")]
 
 
 @pytest.mark.parametrize("text, hvm, hvm_kernel", [
