@@ -9,10 +9,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import InputError
+from .errors import InputError, shown
+from .formats.xencfg import HVM_DISK, check_movable
 from .inventory import VM, ReplicatedDisk
-
-FILE_BACKENDS = ("file", "tap:aio", "tap:qcow2", "tap:vhd", "tap2:tapdisk:aio", "qdisk")
 
 
 @dataclass(frozen=True)
@@ -26,6 +25,7 @@ class MappedDisk:
     readonly: bool = False
     format: str | None = None
     per_host: bool = False   # an inventory `local:` disk: each host has its own (another UUID there)
+    shared: bool = False     # written by other guests too (w!): a cluster file system's disk
 
 
 def disk_name(index: int, prefix: str = "sd") -> str:
@@ -52,9 +52,22 @@ def _disks(cfg):
     return [d for d in cfg.disks if d.devtype != "cdrom"]
 
 
+def _hvm_target(vdev: str) -> str:
+    """An HVM disk keeps its name (its whole disk's, for a partition): the guest boots from the
+    emulated disk with its own boot loader on both sides, so nothing may rename it."""
+    match = HVM_DISK.fullmatch(vdev)
+    if match is None:
+        raise ValueError(f"disk {shown(vdev)}: an HVM guest's disk needs a name qemu-xen emulates "
+                         f"(hd*, sd* or xvd*)")
+    return match.group(1) + match.group(2)
+
+
 def plan_target_names(cfg) -> dict[str, str]:
-    """Old vdev -> new whole-disk name: the root disk is sda, the rest follow in cfg order."""
+    """Old vdev -> new whole-disk name: the root disk is sda, the rest follow in cfg order
+    (an HVM guest's disks keep their names)."""
     disks = _disks(cfg)
+    if cfg.hvm:
+        return {d.vdev: _hvm_target(d.vdev) for d in disks}
     root = root_vdev(cfg)
     first = next((d for d in disks if d.vdev == root), None)
     if first is None and root:
@@ -64,12 +77,20 @@ def plan_target_names(cfg) -> dict[str, str]:
     return {d.vdev: disk_name(i) for i, d in enumerate(ordered)}
 
 
-def _source_kind(disk) -> str:
-    if disk.backend in FILE_BACKENDS or disk.backend.startswith("tap"):
-        return "file"
-    if disk.backend == "" and not disk.path.startswith("/dev/"):
-        return "file"
-    return "block"
+def drbd_by_res(resource: str, drbd_version: str | None = None) -> str:
+    """The device udev names for a resource's volume 0: /dev/drbd/by-res/RES/0 since DRBD 8.4
+    (volumes), /dev/drbd/by-res/RES before; an unknown version is taken as 8.4 or later."""
+    old = drbd_version is not None and tuple(int(n) for n in re.findall(r"\d+", drbd_version)[:2]) < (8, 4)
+    return f"/dev/drbd/by-res/{resource}" if old else f"/dev/drbd/by-res/{resource}/0"
+
+
+def _source_kind(path: str, block_devices: frozenset[str] | None) -> str:
+    """What the path is, not what the cfg's prefix says: libxl takes phy: on a regular file
+    (and file: on a device), but libvirt needs the truth. With the KVM host's answer when
+    there is one, else by the name: a block device lives under /dev."""
+    if block_devices is not None:
+        return "block" if path in block_devices else "file"
+    return "block" if path.startswith("/dev/") else "file"
 
 
 def _match(disk, vm: VM):
@@ -91,25 +112,37 @@ def _match(disk, vm: VM):
     return None
 
 
-def plan_disk_map(cfg, vm: VM | None = None) -> list[MappedDisk]:
+def plan_disk_map(cfg, vm: VM | None = None, *, block_devices: frozenset[str] | None = None,
+                  drbd_version: str | None = None) -> list[MappedDisk]:
     """Map every cfg disk to its new name and its source on the KVM host, in target order.
 
-    Without a VM (offline previews) the KVM host is assumed to see the same paths.
-    With one, every cfg disk must be an inventory disk and every inventory disk in the cfg.
+    Without a VM (offline previews) the KVM host is assumed to see the same paths, `drbd:RES`
+    as udev names it for `drbd_version`. With one, every cfg disk must be an inventory disk and
+    every inventory disk in the cfg. `block_devices`: which of the VM's local disks the KVM
+    host has as block devices (its probe's answer); without it the names decide.
+    ValueError (the caller names the cfg) for a cfg no KVM domain can be made from
+    (xencfg.check_movable, relative paths), InputError where the cfg and the inventory disagree.
     """
+    check_movable(cfg)
     names = plan_target_names(cfg)
     mapped: list[MappedDisk] = []
     used = set()
     for disk in _disks(cfg):
+        if disk.backend != "drbd" and not disk.path.startswith("/"):
+            raise ValueError(f"disk {shown(disk.vdev)}: {shown(disk.path)} is not an absolute path: only block "
+                             f"devices and files named by one move (xl reads a relative one from its working "
+                             f"directory)")
         resource, per_host = None, False
         if vm is None:
-            kvm_source = f"/dev/drbd/by-res/{disk.path}" if disk.backend == "drbd" else disk.path
+            kvm_source = drbd_by_res(disk.path, drbd_version) if disk.backend == "drbd" else disk.path
         else:
             entry = _match(disk, vm)
             if entry is None:
                 raise InputError(f"{vm.cfg}: disk {disk.vdev} ({disk.spec}) matches no disk in "
                                  f"vms.{vm.name}.disks (give it a vdev: or fix the path)")
             used.add(id(entry))
+            if (isinstance(entry, ReplicatedDisk) and entry.shared) != disk.shared:
+                raise InputError(_shared_mismatch(vm, entry, disk))
             if isinstance(entry, ReplicatedDisk):
                 resource = entry.resource
                 kvm_source = entry.device[vm.kvm_host]
@@ -120,11 +153,12 @@ def plan_disk_map(cfg, vm: VM | None = None) -> list[MappedDisk]:
             target=names[disk.vdev],
             xen_source=disk.path,
             kvm_source=kvm_source,
-            source_kind="block" if resource else _source_kind(disk),
+            source_kind="block" if resource else _source_kind(kvm_source, block_devices),
             resource=resource,
             readonly=disk.mode == "r",
             format=disk.format,
             per_host=per_host,
+            shared=disk.shared,
         ))
     if vm is not None:
         for i, entry in enumerate(vm.disks):
@@ -132,6 +166,18 @@ def plan_disk_map(cfg, vm: VM | None = None) -> list[MappedDisk]:
                 what = entry.resource if isinstance(entry, ReplicatedDisk) else next(iter(entry.path.values()))
                 raise InputError(f"vms.{vm.name}.disks[{i}] ({what}) is not a disk of {vm.cfg}")
     return sorted(mapped, key=lambda d: (len(d.target), d.target))
+
+
+def _shared_mismatch(vm: VM, entry, disk) -> str:
+    """Xen lets several guests open a disk only in mode w!, so the cfg and the inventory agree,
+    and only a DRBD disk can be shared: a local one is another volume on each host."""
+    where = f"vms.{vm.name}.disks[{vm.disks.index(entry)}]"
+    if not isinstance(entry, ReplicatedDisk):
+        return f"{vm.cfg}: disk {shown(disk.vdev)} is shared (mode w!) but {where} is a local: disk, each host's own"
+    if disk.shared:
+        return (f"{vm.cfg}: disk {shown(disk.vdev)} is shared (mode w!) but {where} ({entry.resource}) "
+                f"lacks shared: true")
+    return f"{vm.cfg}: {where} ({entry.resource}) says shared: true but disk {shown(disk.vdev)} has no mode w!"
 
 
 def renames(disk_map: list[MappedDisk]) -> dict[str, str]:

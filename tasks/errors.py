@@ -30,3 +30,10 @@ class GuardError(ToolError):
 
     def __init__(self, message: str):
         super().__init__(message, code=3)
+
+
+def shown(value: str, limit: int = 60) -> str:
+    """A value read from a file, fit for a one-line error: control characters escaped (a newline
+    in it must not split the line) and a long one cut, since the file may hold anything."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

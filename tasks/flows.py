@@ -714,6 +714,7 @@ def _migrate(c, vm, to, all_vms, from_host, timeout, force, dry_run, parallel, f
         raise InputError(f"--parallel must be at least 1, got {parallel}")
     inv = inventory.from_context(c)
     vms = select_vms(inv, vm, all_vms, from_host)
+    inventory.check_sharers_selected(inv, vms)
     interruption = Interruption()
     outcomes = run_fleet(c, inv, vms, to=to, from_host=from_host, timeout=float(timeout), force=force,
                          dry_run=dry_run, parallel=int(parallel), fail_fast=fail_fast, interruption=interruption)

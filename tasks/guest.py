@@ -52,6 +52,10 @@ GRUB_PC_PRESEED = ("grub-pc grub-pc/install_devices multiselect \n"
                    "grub-pc grub-pc/install_devices_empty boolean true\n")
 BLOCKLIST_WARNING = ("blocklists are fragile: a file move by the filesystem can break boot; "
                      "rehearse first (fab kvmhost.rehearse)")
+# An HVM guest already boots from emulated disks with its own boot loader and consoles, on the
+# hardware it will have under KVM: only the power button and the initramfs steps concern it.
+HVM_SKIPS = "console, disk names, kernel and boot loader"
+HVM_REASON = "HVM guest: it boots from emulated disks with its own boot loader under Xen and KVM alike"
 
 _DISK_LIKE = re.compile(r"(?:xvd|hd|sd|vd)[a-z]+[0-9]*")
 _PARTITION = re.compile(r"(.*[^0-9])([0-9]+)")
@@ -217,8 +221,8 @@ def inittab_gettys(text: str) -> list[str]:
     return found
 
 
-def summary(name: str, facts: GuestFacts) -> list[str]:
-    """The facts as a person reads them."""
+def summary(name: str, facts: GuestFacts, hvm: bool = False) -> list[str]:
+    """The facts as a person reads them; for an HVM guest, which steps guest.prepare skips."""
     from .formats.initramfs import KVM_MODULES, plan_initramfs_modules
     if facts.init == "sysvinit":
         consoles = "inittab gettys " + (", ".join(inittab_gettys(facts.inittab or "")) or "none")
@@ -240,7 +244,8 @@ def summary(name: str, facts: GuestFacts) -> list[str]:
             f"  kernels: {kernels}",
             f"  boot loader: {', '.join(loader)}",
             f"  initramfs modules: {modules}",
-            f"  power button: {POWER_BUTTON_SUMMARY[facts.power_button]}"]
+            f"  power button: {POWER_BUTTON_SUMMARY[facts.power_button]}",
+            *([f"  {HVM_REASON}: guest.prepare leaves its {HVM_SKIPS} as they are"] if hvm else [])]
 
 
 # -- checks: every refusal, before anything changes --------------------------------------------
@@ -530,32 +535,45 @@ def apply_initramfs(guest: Remote, present: bool, force: bool = False) -> None:
 
 
 def prepare_guest(guest: Remote, disk_map: list[MappedDisk], *, boot: str = "grub", uuid: bool = False,
-                  grub_install: bool = False, force: bool = False) -> None:
-    """All steps: facts, then every check, then console, fstab, boot loader, power button, initramfs."""
+                  grub_install: bool = False, force: bool = False, hvm: bool = False) -> None:
+    """All steps: facts, then every check, then console, fstab, boot loader, power button, initramfs
+    (an HVM guest: the last two only)."""
     found = gather_facts(guest)
-    for line in summary(guest.name, found):
+    for line in summary(guest.name, found, hvm):
         say(line)
-    console_plan = check_console(guest, found)
-    fstab_plan = check_fstab(guest, found, disk_map, uuid)
-    boot_plan = check_boot(guest, found, disk_map, boot=boot, grub_install=grub_install)
-    initramfs_tools = check_initramfs(guest, kernel_coming=boot_plan.kernel_package is not None)
+    console_plan = fstab_plan = boot_plan = None
+    if not hvm:
+        console_plan = check_console(guest, found)
+        fstab_plan = check_fstab(guest, found, disk_map, uuid)
+        boot_plan = check_boot(guest, found, disk_map, boot=boot, grub_install=grub_install)
+    kernel_coming = boot_plan is not None and boot_plan.kernel_package is not None
+    initramfs_tools = check_initramfs(guest, kernel_coming=kernel_coming)
     install_acpid = check_power_button(guest, found)
-    apply_console(guest, found, console_plan)
-    apply_fstab(guest, fstab_plan)
-    apply_boot(guest, found, disk_map, fstab_plan, boot_plan)
+    if hvm:
+        skip_for_hvm(guest, HVM_SKIPS)
+    else:
+        apply_console(guest, found, console_plan)
+        apply_fstab(guest, fstab_plan)
+        apply_boot(guest, found, disk_map, fstab_plan, boot_plan)
     apply_power_button(guest, found, install_acpid)
     apply_initramfs(guest, initramfs_tools, force)
 
 
+def skip_for_hvm(guest: Remote, steps: str) -> None:
+    """Say that steps only a PV guest needs are left out."""
+    say(f"* {guest.name}: {steps} ... skipped ({HVM_REASON})")
+
+
 # -- tasks --------------------------------------------------------------------------------------
 
-def read_disk_map(site, vm: VM) -> list[MappedDisk]:
-    """The VM's disk map from its cfg as the Xen host has it now."""
+def read_disk_map(site, vm: VM) -> tuple[list[MappedDisk], bool]:
+    """The VM's disk map from its cfg as the Xen host has it now, and whether the guest is HVM."""
     from .diskmap import plan_disk_map
     from .formats.xencfg import parse_xen_cfg
     text, label = read_vm_cfg(site, vm)
     with cfg_errors(label):
-        return plan_disk_map(parse_xen_cfg(text, label), vm)
+        cfg = parse_xen_cfg(text, label)
+        return plan_disk_map(cfg, vm), cfg.hvm
 
 
 def fetch_hint(vm: VM) -> None:
@@ -573,6 +591,16 @@ def _connect(c, vm_name: str, dry_run: bool):
     return vm, site, site.guest(vm)
 
 
+def _connect_pv(c, vm_name: str, dry_run: bool, steps: str):
+    """(VM, guest, disk map) for steps only a PV guest needs; None for an HVM guest, told it skips them."""
+    vm, site, guest = _connect(c, vm_name, dry_run)
+    disk_map, hvm = read_disk_map(site, vm)
+    if hvm:
+        skip_for_hvm(guest, steps)
+        return None
+    return vm, guest, disk_map
+
+
 VM_HELP = "VM name from the inventory"
 DRY_HELP = "run the probes and show the diffs and commands, change nothing"
 UUID_HELP = ("write UUID= from blkid (default; pvops Xen kernels show a `sda` vdev as xvde, so names "
@@ -583,40 +611,49 @@ FORCE_HELP = "rebuild the initramfs even when the module list did not change"
 
 @task(help={"vm": VM_HELP, "dry_run": "accepted like every guest task; facts never change anything"})
 def facts(c, vm, dry_run=False):
-    """Show (and return, as GuestFacts) what the other guest steps decide on."""
-    _, _, guest = _connect(c, vm, dry_run)
+    """Show (and return, as GuestFacts) what the other guest steps decide on, and for an HVM
+    guest the steps they skip."""
+    model, site, guest = _connect(c, vm, dry_run)
+    _, hvm = read_disk_map(site, model)
     found = gather_facts(guest)
-    for line in summary(guest.name, found):
+    for line in summary(guest.name, found, hvm):
         say(line)
     return found
 
 
 @task(help={"vm": VM_HELP, "dry_run": DRY_HELP})
 def console(c, vm, dry_run=False):
-    """Logins on Xen's hvc0, KVM's tty1 and ttyS0: inittab or getty units, and securetty."""
-    _, _, guest = _connect(c, vm, dry_run)
-    found = gather_facts(guest)
-    apply_console(guest, found, check_console(guest, found))
+    """Logins on Xen's hvc0, KVM's tty1 and ttyS0: inittab or getty units, and securetty
+    (nothing for an HVM guest)."""
+    connected = _connect_pv(c, vm, dry_run, "console")
+    if connected:
+        _, guest, _ = connected
+        found = gather_facts(guest)
+        apply_console(guest, found, check_console(guest, found))
 
 
 @task(help={"vm": VM_HELP, "uuid": UUID_HELP, "dry_run": DRY_HELP})
 def fstab(c, vm, uuid=True, dry_run=False):
-    """Rename the Xen devices in /etc/fstab to the names the disk map gives them under KVM."""
-    model, site, guest = _connect(c, vm, dry_run)
-    disk_map = read_disk_map(site, model)
-    apply_fstab(guest, check_fstab(guest, gather_facts(guest), disk_map, uuid))
+    """Rename the Xen devices in /etc/fstab to the names the disk map gives them under KVM
+    (nothing for an HVM guest)."""
+    connected = _connect_pv(c, vm, dry_run, "disk names")
+    if connected:
+        _, guest, disk_map = connected
+        apply_fstab(guest, check_fstab(guest, gather_facts(guest), disk_map, uuid))
 
 
 @task(help={"vm": VM_HELP, "uuid": UUID_HELP, "grub_install": GRUB_INSTALL_HELP, "dry_run": DRY_HELP})
 def bootloader(c, vm, uuid=True, grub_install=False, dry_run=False):
-    """A kernel that boots under KVM, grub 2 set up for the new names, pygrub's menu.lst remapped."""
-    model, site, guest = _connect(c, vm, dry_run)
-    disk_map = read_disk_map(site, model)
-    found = gather_facts(guest)
-    fstab_plan = check_fstab(guest, found, disk_map, uuid)
-    plan = check_boot(guest, found, disk_map, boot=model.boot, grub_install=grub_install)
-    apply_boot(guest, found, disk_map, fstab_plan, plan)
-    fetch_hint(model)
+    """A kernel that boots under KVM, grub 2 set up for the new names, pygrub's menu.lst remapped
+    (nothing for an HVM guest)."""
+    connected = _connect_pv(c, vm, dry_run, "kernel and boot loader")
+    if connected:
+        model, guest, disk_map = connected
+        found = gather_facts(guest)
+        fstab_plan = check_fstab(guest, found, disk_map, uuid)
+        plan = check_boot(guest, found, disk_map, boot=model.boot, grub_install=grub_install)
+        apply_boot(guest, found, disk_map, fstab_plan, plan)
+        fetch_hint(model)
 
 
 @task(help={"vm": VM_HELP, "force": FORCE_HELP, "dry_run": DRY_HELP})
@@ -632,8 +669,8 @@ def initramfs(c, vm, force=False, dry_run=False):
 def prepare(c, vm, uuid=True, grub_install=False, force=False, dry_run=False):
     """Every guest step in order; checks all first, and a second run changes nothing."""
     model, site, guest = _connect(c, vm, dry_run)
-    prepare_guest(guest, read_disk_map(site, model), boot=model.boot, uuid=uuid,
-                  grub_install=grub_install, force=force)
+    disk_map, hvm = read_disk_map(site, model)
+    prepare_guest(guest, disk_map, boot=model.boot, uuid=uuid, grub_install=grub_install, force=force, hvm=hvm)
     fetch_hint(model)
 
 
@@ -654,11 +691,9 @@ def convert_fstab_file(c, fstab, cfg):
     """Print the converted fstab (offline preview; contacts nothing)."""
     from .diskmap import plan_disk_map
     from .formats.fstab import convert_fstab
-    from .formats.xencfg import CfgSyntaxError, parse_xen_cfg
-    try:
+    from .formats.xencfg import parse_xen_cfg
+    with cfg_errors(cfg):
         disk_map = plan_disk_map(parse_xen_cfg(read_local(cfg, "Xen cfg"), cfg))
-    except CfgSyntaxError as exc:
-        raise InputError(str(exc)) from None
     text = read_local(fstab, "fstab")
     try:
         sys.stdout.write(convert_fstab(text, plan_renames(text, disk_map)[0]))

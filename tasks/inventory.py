@@ -6,6 +6,7 @@ is reported as one line `FILE: key.path: what is wrong`.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 from invoke import Collection, task
 
-from .errors import InputError
+from .errors import GuardError, InputError
 
 DEFAULT_CFG_DIR = "/etc/xen/auto"
 ROLES = ("xen", "kvm")
@@ -65,6 +66,7 @@ class ReplicatedDisk:
     internal_meta: bool = False
     port: int = 7789
     vdev: str | None = None
+    shared: bool = False     # other VMs name it too (a cluster file system's disk, w! in each cfg)
 
     def device_on(self, host: str) -> str:
         return self.device[host]
@@ -92,6 +94,7 @@ class VM:
     guest_identity_file: str | None = None
     guest_known_hosts: str | None = None
     mac: str | None = None
+    macs: tuple[str, ...] = ()      # one per vif, in the cfg's order (vifs without mac=)
     memory: int | None = None
     vcpus: int | None = None
     bridge: str = "br0"
@@ -216,10 +219,10 @@ _HOST_KEYS = {"address", "role", "user", "port", "toolstack", "libvirt_uri", "kn
               "accept_new_host_key", "proxy_command", "identity_file", "hostname", "drbd_address", "max_parallel",
               "max_starts", "command_timeout"}
 _VM_KEYS = {"xen_host", "kvm_host", "cfg", "guest_address", "guest_user", "guest_port",
-            "guest_proxy_command", "guest_identity_file", "guest_known_hosts", "mac",
+            "guest_proxy_command", "guest_identity_file", "guest_known_hosts", "mac", "macs",
             "memory", "vcpus", "bridge", "bus", "domain_type", "machine", "boot", "snapshot",
             "disks"}
-_REPLICATED_KEYS = {"resource", "device", "backing", "meta_disk", "port", "vdev"}
+_REPLICATED_KEYS = {"resource", "device", "backing", "meta_disk", "port", "vdev", "shared"}
 _LOCAL_KEYS = {"local", "vdev"}
 
 
@@ -293,7 +296,29 @@ def _parse_disk(check: _Checker, raw: Any, where: str, hosts: tuple[str, str]):
         internal_meta=internal,
         port=check.get(data, "port", where, int, default=7789),
         vdev=vdev,
+        shared=check.get(data, "shared", where, bool, default=False),
     )
+
+
+def _parse_macs(check: _Checker, data: dict, where: str) -> tuple[str, ...]:
+    """macs: one MAC per vif; `mac:` (the first vif's) says part of the same, so not both."""
+    raw = data.get("macs")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        check.error(f"{where}.macs", "expected a non-empty list of MAC addresses, one per vif in the cfg's order")
+        return ()
+    if data.get("mac") is not None:
+        check.error(f"{where}.macs", "give mac: (the first vif's) or macs: (every vif's), not both")
+    macs = []
+    for i, mac in enumerate(raw):
+        if not isinstance(mac, str) or not _MAC.match(mac):
+            check.error(f"{where}.macs[{i}]", f"not a MAC address: {mac!r}")
+        elif mac.lower() in macs:
+            check.error(f"{where}.macs[{i}]", f"MAC {mac.lower()} is listed twice")
+        else:
+            macs.append(mac.lower())
+    return tuple(macs)
 
 
 def _parse_vm(check: _Checker, name: str, raw: Any, hosts: dict[str, Host]) -> VM | None:
@@ -316,6 +341,7 @@ def _parse_vm(check: _Checker, name: str, raw: Any, hosts: dict[str, Host]) -> V
     if mac is not None and not _MAC.match(mac):
         check.error(f"{where}.mac", f"not a MAC address: {mac!r}")
         mac = None
+    macs = _parse_macs(check, data, where)
     bridge = check.get(data, "bridge", where, str, default="br0")
     if not re.match(r"^[A-Za-z0-9_.-]{1,15}$", bridge or ""):
         check.error(f"{where}.bridge", f"not a valid bridge name: {bridge!r}")
@@ -343,6 +369,7 @@ def _parse_vm(check: _Checker, name: str, raw: Any, hosts: dict[str, Host]) -> V
         guest_identity_file=check.get(data, "guest_identity_file", where, str),
         guest_known_hosts=check.get(data, "guest_known_hosts", where, str),
         mac=mac.lower() if mac else None,
+        macs=macs,
         memory=check.get(data, "memory", where, int),
         vcpus=check.get(data, "vcpus", where, int),
         bridge=bridge,
@@ -355,24 +382,44 @@ def _parse_vm(check: _Checker, name: str, raw: Any, hosts: dict[str, Host]) -> V
 
 
 def _check_unique(check: _Checker, vms: dict[str, VM]) -> None:
-    """Two VMs must never share a DRBD resource, a device on a host, or a MAC."""
-    seen: dict[tuple, str] = {}
+    """Two VMs never share a MAC, nor a DRBD resource, a device on a host or a volume unless
+    each of them declares that disk `shared: true`, the same way, on the same two hosts."""
+    seen: dict[tuple, tuple[VM, ReplicatedDisk | None]] = {}
 
-    def claim(key: tuple, owner: str, what: str) -> None:
-        if key in seen and seen[key] != owner:
-            check.error(f"vms.{owner}", f"{what} is also used by VM {seen[key]!r}")
-        seen.setdefault(key, owner)
+    def claim(key: tuple, vm: VM, what: str, shared: ReplicatedDisk | None = None) -> None:
+        """`shared`: the disk, when this VM declares it shared."""
+        owner, owner_shared = seen.setdefault(key, (vm, shared))
+        if owner is vm:
+            return
+        if shared is None or owner_shared is None:
+            hint = " (a disk several VMs use needs shared: true in each)" if shared or owner_shared else ""
+            check.error(f"vms.{vm.name}", f"{what} is also used by VM {owner.name!r}{hint}")
+        elif key[0] == "resource" and (owner.xen_host, owner.kvm_host) != (vm.xen_host, vm.kvm_host):
+            check.error(f"vms.{vm.name}", f"shares {what} with VM {owner.name!r}, which runs on other hosts")
+        elif key[0] == "resource" and dataclasses.replace(shared, vdev=None) != dataclasses.replace(
+                owner_shared, vdev=None):
+            check.error(f"vms.{vm.name}", f"shares {what} with VM {owner.name!r} but describes it otherwise "
+                                          f"(device, backing, meta_disk and port must match)")
 
     for vm in vms.values():
-        if vm.mac:
-            claim(("mac", vm.mac), vm.name, f"MAC {vm.mac}")
+        for mac in filter(None, (vm.mac, *vm.macs)):
+            claim(("mac", mac), vm, f"MAC {mac}")
         for disk in vm.disks:
+            shared = disk if isinstance(disk, ReplicatedDisk) and disk.shared else None
             if isinstance(disk, ReplicatedDisk):
-                claim(("resource", disk.resource), vm.name, f"DRBD resource {disk.resource}")
+                claim(("resource", disk.resource), vm, f"DRBD resource {disk.resource}", shared)
                 for host, dev in disk.device.items():
-                    claim(("device", host, dev), vm.name, f"device {dev} on {host}")
+                    claim(("device", host, dev), vm, f"device {dev} on {host}", shared)
             for host, path in (disk.path if isinstance(disk, LocalDisk) else disk.backing).items():
-                claim(("volume", host, path), vm.name, f"volume {path} on {host}")
+                claim(("volume", host, path), vm, f"volume {path} on {host}", shared)
+    sharers: dict[str, list[str]] = {}
+    for vm in vms.values():
+        for disk in (d for d in vm.resources if d.shared):
+            sharers.setdefault(disk.resource, []).append(vm.name)
+    for resource, names in sharers.items():
+        if len(names) == 1:   # its other guests could never move with it
+            check.error(f"vms.{names[0]}", f"DRBD resource {resource} is shared: true but no other VM names it "
+                                           f"(every guest that shares it belongs in the inventory)")
     ports: dict[tuple[str, int], str] = {}
     for vm in vms.values():
         for disk in vm.resources:
@@ -381,6 +428,31 @@ def _check_unique(check: _Checker, vms: dict[str, VM]) -> None:
                 if holder != disk.resource:
                     check.error(f"vms.{vm.name}.disks[{vm.disks.index(disk)}].port",
                                 f"port {disk.port} on {host} is also used by DRBD resource {holder}")
+
+
+def missing_sharers(inv: Inventory, selected: list[VM]) -> dict[str, tuple[str, str]]:
+    """The VMs a selection leaves out that share a disk with one in it: name -> (the VM in the
+    selection, the shared DRBD resource). Empty when every sharer is in."""
+    names = {vm.name for vm in selected}
+    missing: dict[str, tuple[str, str]] = {}
+    for vm in selected:
+        for disk in (d for d in vm.resources if d.shared):
+            for other in inv.vms.values():
+                if other.name not in names and any(d.shared and d.resource == disk.resource
+                                                   for d in other.resources):
+                    missing.setdefault(other.name, (vm.name, disk.resource))
+    return missing
+
+
+def check_sharers_selected(inv: Inventory, selected: list[VM]) -> None:
+    """A guest that shares a disk moves only with every guest that shares it: the DRBD resource
+    is Primary on one side at a time, so they can only run on the same side."""
+    missing = missing_sharers(inv, selected)
+    if missing:
+        other, (vm, resource) = next(iter(missing.items()))
+        together = ",".join([v.name for v in selected] + list(missing))
+        raise GuardError(f"{vm} shares DRBD resource {resource} with {other}, which this move leaves out: "
+                         f"guests that share a disk move together (--vm {together})")
 
 
 def parse_inventory(text: str, path: str = "hosts.yml") -> Inventory:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from invoke import Collection, task
 
 from . import inventory
-from .errors import GuardError, InputError, ToolError
+from .errors import GuardError, InputError, ToolError, shown
 from .formats.domainxml import BOOT_DIR, console_log
-from .inventory import VM, Host, Inventory, ReplicatedDisk
+from .inventory import VM, Host, Inventory, LocalDisk, ReplicatedDisk
 from .localdisk import plan_swap_matches
 from .remote import START_TIMEOUT, Remote, RemoteError, say, site_from_context
 from .ssh import describe_ssh_error
@@ -137,15 +137,18 @@ def undefine_domain(remote: Remote, host: Host, name: str) -> None:
         remote.change(virsh(host, "undefine", name), env={"LANG": "C"})
 
 
-def plan_spec(cfg_text: str, cfg_name: str, vm: VM | None):
-    """DomainSpec from a Xen cfg's text, through the VM's one disk map."""
+def plan_spec(cfg_text: str, cfg_name: str, vm: VM | None, *, block_devices: frozenset[str] | None = None,
+              drbd_version: str | None = None):
+    """DomainSpec from a Xen cfg's text, through the VM's one disk map (plan_disk_map says what
+    block_devices and drbd_version change)."""
     from .diskmap import plan_disk_map
     from .formats.domainxml import plan_domain_spec
     from .formats.xencfg import parse_xen_cfg
 
     with cfg_errors(cfg_name):
         cfg = parse_xen_cfg(cfg_text, cfg_name)
-        return plan_domain_spec(cfg, plan_disk_map(cfg, vm), vm)
+        disk_map = plan_disk_map(cfg, vm, block_devices=block_devices, drbd_version=drbd_version)
+        return plan_domain_spec(cfg, disk_map, vm)
 
 
 def render_checked(spec) -> str:
@@ -162,9 +165,18 @@ def render_checked(spec) -> str:
     return xml
 
 
+def probe_block_devices(remote: Remote, paths) -> frozenset[str]:
+    """Which of the paths are block devices on the host (`test -b`, a probe): the domain XML
+    needs a file as a file, whatever the Xen cfg's prefix said."""
+    return frozenset(path for path in paths if remote.probe(["test", "-b", path]).ok)
+
+
 def vm_spec(site, inv: Inventory, vm: VM):
-    """The VM's domain spec, from the cfg as it is on its Xen host now."""
-    return plan_spec(*read_vm_cfg(site, vm), vm)
+    """The VM's domain spec, from the cfg as it is on its Xen host now; what its local disks are
+    on the KVM host, that host says (a DRBD device is a block device)."""
+    local = [d.path[vm.kvm_host] for d in vm.disks if isinstance(d, LocalDisk)]
+    block_devices = probe_block_devices(site.host(vm.kvm_host), local)
+    return plan_spec(*read_vm_cfg(site, vm), vm, block_devices=block_devices)
 
 
 def define_domain(remote: Remote, host: Host, name: str, xml: str, *, was_new: bool | None = None) -> bool:
@@ -490,11 +502,15 @@ def _context(c, vm_name: str, dry_run: bool = False):
 
 
 @task(help={"cfg": "path of a Xen guest cfg on this machine",
-            "vm": "VM name from the inventory: take disks, MAC, bus and type from it"})
-def render_xml(c, cfg, vm=None):
+            "vm": "VM name from the inventory: take disks, MACs, bus and type from it",
+            "drbd_version": "DRBD version on the KVM host, for drbd:RES disks without --vm "
+                            "(default 8.4 or later: /dev/drbd/by-res/RES/0; 8.3: /dev/drbd/by-res/RES)"})
+def render_xml(c, cfg, vm=None, drbd_version=None):
     """Print the libvirt domain XML for a Xen cfg (offline preview; contacts nothing)."""
+    if drbd_version is not None and not re.fullmatch(r"\d+(\.\d+)*", drbd_version):
+        raise InputError(f"--drbd-version must be a version such as 8.3, 8.4 or 9, got {shown(drbd_version)}")
     model = inventory.from_context(c).vm(vm) if vm else None
-    sys.stdout.write(render_checked(plan_spec(read_local(cfg, "Xen cfg"), cfg, model)))
+    sys.stdout.write(render_checked(plan_spec(read_local(cfg, "Xen cfg"), cfg, model, drbd_version=drbd_version)))
 
 
 @task(help={"vm": "VM name from the inventory", "dry_run": "show the XML diff, change nothing"})

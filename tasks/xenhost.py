@@ -154,14 +154,27 @@ def read_vm_cfg(site, vm: VM) -> tuple[str, str]:
     return text, label
 
 
-def converted_cfg(text: str, filename: str, vm: VM | None, console: bool) -> str:
-    """The dual-boot cfg: disks renamed sda.. (root first), root= follows, optional Xen console."""
+# Why an HVM guest's cfg is never rewritten: under qemu-xen its hd* and xvd* disks are IDE and
+# its sd* disks SCSI, so a rename would change its hardware and it might not boot back on Xen.
+HVM_CFG_NOTE = ("an HVM guest: its cfg stays as it is (it boots from emulated disks with its own boot "
+                "loader under Xen and KVM alike, and renamed disks would be other hardware under Xen)")
+
+
+def converted_cfg(text: str, filename: str, vm: VM | None, console: bool) -> str | None:
+    """The dual-boot cfg: disks renamed sda.. (root first), root= follows, optional Xen console.
+
+    None for an HVM guest's cfg, which stays as it is (HVM_CFG_NOTE); its disk map is still
+    planned, so that every refusal of the cfg comes here too.
+    """
     from .diskmap import plan_disk_map, renames
     from .formats.xencfg import parse_xen_cfg, rewrite_xen_cfg
 
     with cfg_errors(filename):
         cfg = parse_xen_cfg(text, filename)
-        return rewrite_xen_cfg(text, renames(plan_disk_map(cfg, vm)), add_console=console, filename=filename)
+        disk_map = plan_disk_map(cfg, vm)
+        if cfg.hvm:
+            return None
+        return rewrite_xen_cfg(text, renames(disk_map), add_console=console, filename=filename)
 
 
 def read_local(path: str, what: str) -> str:
@@ -184,18 +197,31 @@ def _context(c, vm_name: str, dry_run: bool = False):
 @task(help={"cfg": "path of a Xen guest cfg (xm or xl syntax) on this machine",
             "console": "also add `console=hvc0 xencons=tty` to extra="})
 def convert_cfg(c, cfg, console=False):
-    """Print the dual-boot version of a Xen cfg (offline preview; changes nothing)."""
-    sys.stdout.write(converted_cfg(read_local(cfg, "Xen cfg"), cfg, None, console))
+    """Print the dual-boot version of a Xen cfg (offline preview; changes nothing); an HVM
+    guest's cfg unchanged, and why on stderr."""
+    text = read_local(cfg, "Xen cfg")
+    converted = converted_cfg(text, cfg, None, console)
+    if converted is None:
+        print(f"note: {cfg}: {HVM_CFG_NOTE}", file=sys.stderr)
+    sys.stdout.write(text if converted is None else converted)
 
 
 @task(help={"vm": "VM name from the inventory",
             "console": "also add `console=hvc0 xencons=tty` to extra=",
             "dry_run": "show the diff, change nothing"})
 def prepare_cfg(c, vm, console=False, dry_run=False):
-    """Rewrite the VM's cfg on its Xen host for dual boot (backup kept, diff shown)."""
+    """Rewrite the VM's cfg on its Xen host for dual boot (backup kept, diff shown); an HVM
+    guest's cfg stays as it is."""
     _, model, site, host = _context(c, vm, dry_run)
-    remote = site.host(host.name)
-    remote.edit_file(model.cfg, lambda text: converted_cfg(text, f"{host.name}:{model.cfg}", model, console))
+    label = f"{host.name}:{model.cfg}"
+
+    def transform(text: str) -> str:
+        converted = converted_cfg(text, label, model, console)
+        if converted is None:
+            say(f"* {label}: {HVM_CFG_NOTE}")
+        return text if converted is None else converted
+
+    site.host(host.name).edit_file(model.cfg, transform)
 
 
 @task(help={"vm": "VM name from the inventory"})

@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from tasks.errors import shown
+
 
 class CfgSyntaxError(ValueError):
     """A cfg the tool cannot read, located so that the operator can fix it."""
@@ -41,6 +43,8 @@ class XenDisk:
     mode: str
     format: str | None
     devtype: str | None
+    # Mode w!: other guests write to it at the same time (a cluster file system's disk).
+    shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,22 @@ class XenConfig:
     maxvcpus: int | None = None
     # The kernel command line the guest gets: xl's cmdline= wins over root= and extra=.
     cmdline: str | None = None
+    hdtype: str | None = None    # HVM: "ahci" puts hd* and xvd* disks on SATA instead of IDE
+
+    @property
+    def hvm(self) -> bool:
+        """Fully virtualised: xl's type= (or the builder= both toolstacks know), or xm's hvmloader."""
+        return self.builder == "hvm" or _hvmloader(self.kernel)
+
+    @property
+    def hvm_kernel(self) -> str | None:
+        """The kernel an HVM guest boots straight from the Xen host (xl), where xm named its firmware."""
+        return self.kernel if self.hvm and self.kernel and not _hvmloader(self.kernel) else None
+
+
+def _hvmloader(path: str | None) -> bool:
+    """xm's HVM firmware, which its cfgs give as kernel=: /usr/lib/xen/boot/hvmloader."""
+    return (path or "").rsplit("/", 1)[-1].startswith("hvmloader")
 
 
 # ---------------------------------------------------------------------------
@@ -347,6 +367,10 @@ _PREFIXES = {"phy", "file", "tap", "tap2", "tapdisk", "aio", "ioemu", "drbd", "i
 # ... and what may follow tap:/tap2: (tap:aio:, tap:qcow2:, tap2:tapdisk:aio:).
 _TAP_SUBTYPES = {"tapdisk", "ioemu", "aio", "sync", "vmdk", "ram", "qcow", "qcow2", "vhd", "qed", "raw", "remus"}
 _ACCESS = {"r": "r", "ro": "r", "w": "w", "rw": "w", "w!": "w", "rw!": "w"}
+_SHARED_ACCESS = ("w!", "rw!")
+# Xen names of the disks qemu-xen emulates for an HVM guest: hd* and xvd* (IDE, or SATA with
+# hdtype='ahci'), sd* (SCSI); the letters give the place on the controller, digits a partition.
+HVM_DISK = re.compile(r"(xvd|hd|sd)([a-z]+)[0-9]*")
 
 
 class _DiskParse(NamedTuple):
@@ -452,9 +476,11 @@ def _parse_disk(spec: str) -> _DiskParse:
     if fmt and fmt not in _FORMATS:
         raise ValueError(f"unknown format {fmt!r}")
     backend = given["backendtype"][0] if "backendtype" in given else ":".join(prefixes)
+    if not backend and given.get("script", ("", 0))[0].rsplit("/", 1)[-1] == "block-drbd":
+        backend = "drbd"    # xl's spelling of drbd:RES: the target is a resource, not a path
     disk = XenDisk(spec=spec, backend=backend, path=path, vdev=vdev,
                    mode=_ACCESS.get(access) or ("r" if devtype == "cdrom" else "w"),
-                   format=fmt or None, devtype=devtype)
+                   format=fmt or None, devtype=devtype, shared=access in _SHARED_ACCESS)
     return _DiskParse(disk, (vdev_at, vdev_at + len(vdev)), xl_only)
 
 
@@ -568,12 +594,43 @@ class _Cfg:
             values=self.values,
             maxvcpus=self.integer("maxvcpus"),
             cmdline=cmdline,
+            hdtype=string("hdtype"),
         )
 
 
 def parse_xen_cfg(text: str, filename: str = "<cfg>") -> XenConfig:
     """Read an xm or xl cfg without executing it; CfgSyntaxError names the file and line."""
     return _Cfg(text, filename).config()
+
+
+# Settings only an ARM guest, or one handed host hardware, has: no x86_64 KVM domain carries them.
+_NOT_FOR_KVM = {
+    "device_tree": "an ARM guest's device tree",
+    "dtdev": "ARM device-tree nodes passed through",
+    "iomem": "host I/O memory passed through",
+    "irqs": "host interrupts passed through",
+}
+# ARM's kernel image names (arch/arm*/boot), or a path that names a foreign architecture.
+_FOREIGN_KERNEL = re.compile(r"(?:^|/)[zu]?Image(?:\.gz)?$|(?i:arm64|aarch64|armhf|armel|riscv)")
+
+
+def check_movable(cfg: XenConfig) -> None:
+    """Refuse, in one line (ValueError), a cfg that no x86_64 KVM domain can be made from.
+
+    A fragment (no name=: xl and xm refuse it too), a guest of another architecture or one
+    holding host hardware, and a guest with no disk (NFS root, unikernels): converting or
+    rendering any of them would give something that looks right and cannot boot.
+    """
+    if not cfg.name:
+        raise ValueError("no name=: a fragment of a guest cfg, not a whole guest")
+    for key, what in _NOT_FOR_KVM.items():
+        if key in cfg.values:
+            raise ValueError(f"{key}= ({what}): not a guest an x86_64 KVM host can run")
+    if cfg.kernel and _FOREIGN_KERNEL.search(cfg.kernel):
+        raise ValueError(f"kernel {shown(cfg.kernel)} is an ARM or RISC-V image: "
+                         f"not a guest an x86_64 KVM host can run")
+    if all(d.devtype == "cdrom" for d in cfg.disks):
+        raise ValueError("no disk to boot from (NFS root, or a unikernel): only guests with a disk move")
 
 
 # ---------------------------------------------------------------------------

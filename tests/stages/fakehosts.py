@@ -159,6 +159,9 @@ class FakeHost:
         if argv[:4] == ["blkid", "-p", "-o", "export"]:
             found = self.shared.signatures.get((self.name, argv[4]))
             return Result(stdout="".join(f"{k}={v}\n" for k, v in found.items())) if found else Result(exited=2)
+        if argv[:2] == ["test", "-b"]:   # the hosts' devices live under /dev; a file there is a file
+            block = argv[2].startswith("/dev/") and (self.name, argv[2]) not in self.shared.files
+            return Result(exited=0 if block else 1)
         if argv[:2] == ["mkswap", "-U"]:
             self.shared.garbage.discard((self.name, argv[3]))
             self.shared.signatures[(self.name, argv[3])] = {"TYPE": "swap", "UUID": argv[2]}

@@ -839,10 +839,13 @@ def test_prepare_of_a_direct_kernel_vm_ends_by_naming_fetch_kernel(monkeypatch, 
 
 
 def test_facts_task_prints_and_returns_the_facts(site_of, capsys):
+    site_of["xen1"] = MockContext(run={read_cmd("/etc/xen/auto/logger.cfg"): Result(stdout=LENNY_CFG)})
     site_of["logger (guest)"] = bookworm()
     found = stage.facts(Context(), vm="logger")
     assert found.init == "systemd" and found.bootable_kernels == ["6.1.0-13-amd64"]
-    assert capsys.readouterr().out.startswith("* guest:logger: systemd, amd64\n")
+    out = capsys.readouterr().out
+    assert out.startswith("* guest:logger: systemd, amd64\n")
+    assert "HVM" not in out
 
 
 def test_dry_run_task_changes_nothing(site_of):
@@ -885,7 +888,8 @@ def test_property_hostile_names_arrive_quoted(version, path, vdev):
     vm = VM("logger", "xen1", "kvm1", cfg, (ReplicatedDisk("r0", {"xen1": "/dev/drbd5", "kvm1": "/dev/drbd5"}),
                                            LocalDisk({"xen1": "/dev/vg/swap", "kvm1": "/dev/vg/swap"})))
     xen = MockContext(run={read_cmd(cfg): Result(stdout=LENNY_CFG.replace("/dev/vg_main/logger-swap", "/dev/vg/swap"))})
-    assert [d.target for d in stage.read_disk_map(Site(inv, connect=lambda *a, **k: xen), vm)] == ["sda", "sdb"]
+    disk_map, hvm = stage.read_disk_map(Site(inv, connect=lambda *a, **k: xen), vm)
+    assert [d.target for d in disk_map] == ["sda", "sdb"] and not hvm
     assert [shlex.split(c) for c in sent(xen)] == [["sh", "-c", READ, "sh", cfg]]
 
     # Device names from a disk map, probed in the guest.
@@ -974,3 +978,53 @@ def test_every_task_has_a_docstring_and_help_for_every_argument():
         assert all(arg.help for arg in task.get_arguments()), name
     for name in ("facts", "console", "fstab", "bootloader", "initramfs", "prepare"):
         assert {"vm", "dry_run"} <= {arg.name for arg in stage.ns[name].get_arguments()}, name
+
+
+# -- HVM guests: only the steps a KVM boot needs beyond what they have -------------------------------
+
+HVM_CFG = """\
+type = 'hvm'
+name = 'logger'
+memory = 1024
+disk = [ '/dev/drbd5,raw,hda,rw', '/dev/vg_main/logger-swap,raw,hdb,rw' ]
+vif = [ 'mac=00:16:3e:37:d0:70,model=e1000' ]
+"""
+HVM_SKIPPED = ("* guest:logger: console, disk names, kernel and boot loader ... skipped (HVM guest: it boots "
+               "from emulated disks with its own boot loader under Xen and KVM alike)")
+
+
+def test_prepare_hvm_guest_changes_only_the_power_button_and_the_initramfs(capsys):
+    ctx = bookworm()
+    run_prepare(ctx, cfg=HVM_CFG, hvm=True)
+    assert changes(ctx) == [f"{APT} acpid acpi-support-base", "write /etc/initramfs-tools/modules",
+                            "update-initramfs -u -k all"]
+    out = capsys.readouterr().out
+    assert HVM_SKIPPED in out
+    assert ("  HVM guest: it boots from emulated disks with its own boot loader under Xen and KVM alike: "
+            "guest.prepare leaves its console, disk names, kernel and boot loader as they are") in out
+
+
+def test_prepare_task_learns_hvm_from_the_cfg_on_the_xen_host(site_of):
+    site_of["xen1"] = MockContext(run={read_cmd("/etc/xen/auto/logger.cfg"): Result(stdout=HVM_CFG)})
+    guest = site_of["logger (guest)"] = bookworm()
+    stage.prepare(Context(), vm="logger")
+    assert "write /etc/fstab" not in changes(guest) and "update-grub" not in changes(guest)
+    assert changes(guest)[-1] == "update-initramfs -u -k all"
+
+
+def test_facts_task_says_what_an_hvm_guest_skips(site_of, capsys):
+    site_of["xen1"] = MockContext(run={read_cmd("/etc/xen/auto/logger.cfg"): Result(stdout=HVM_CFG)})
+    site_of["logger (guest)"] = bookworm()
+    stage.facts(Context(), vm="logger")
+    assert capsys.readouterr().out.rstrip("\n").endswith(
+        "guest.prepare leaves its console, disk names, kernel and boot loader as they are")
+
+
+@pytest.mark.parametrize("task, steps", [(stage.console, "console"), (stage.fstab, "disk names"),
+                                         (stage.bootloader, "kernel and boot loader")])
+def test_pv_only_tasks_leave_an_hvm_guest_alone(site_of, capsys, task, steps):
+    site_of["xen1"] = MockContext(run={read_cmd("/etc/xen/auto/logger.cfg"): Result(stdout=HVM_CFG)})
+    guest = site_of["logger (guest)"] = MockContext(run={})   # any command would fail
+    task(Context(), vm="logger")
+    assert sent(guest) == []
+    assert f"* guest:logger: {steps} ... skipped (HVM guest:" in capsys.readouterr().out

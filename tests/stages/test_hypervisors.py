@@ -3,17 +3,18 @@
 import re
 import time
 import shlex
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from invoke import MockContext, Result
+from invoke import Context, MockContext, Result
 
 from tasks import kvmhost, xenhost
 from tasks.errors import ToolError
-from tasks.inventory import Host
 from tasks.interrupt import Interrupted, Interruption
-from tasks.remote import Remote
+from tasks.inventory import Host, load_inventory
+from tasks.remote import Remote, Site
 
 XEN = Host(name="xen1", address="192.0.2.11", role="xen", toolstack="auto")
 KVM = Host(name="kvm1", address="192.0.2.12", role="kvm", libvirt_uri="qemu:///system")
@@ -262,3 +263,48 @@ def test_hostile_values_arrive_as_single_arguments(name, cfg, uri):
     kvmhost.start_domain(r, kvm, name)
     assert shlex.split(commands[0]) == ["xl", "create", cfg]
     assert shlex.split(commands[1]) == ["env", "LANG=C", "virsh", "-c", uri, "start", name]
+
+
+# -- what a cfg becomes on a host: HVM cfgs stay, the KVM host says what a local disk is ----------------
+
+READ = 'if [ -e "$1" ]; then cat -- "$1"; else exit 66; fi'
+CFGS = Path(__file__).resolve().parents[1] / "data" / "cfgs"
+INVENTORY = load_inventory(CFGS / "inventory.yml")
+
+
+def read_cfg(path: str, cfg: str) -> MockContext:
+    return MockContext(run={shlex.join(["sh", "-c", READ, "sh", path]): Result(stdout=(CFGS / cfg).read_text())})
+
+
+def test_prepare_cfg_leaves_an_hvm_cfg_as_it_is_and_says_why(mocker, capsys):
+    xen = read_cfg("/etc/xen/wincl1.cfg", "hvm-xm-windows-cluster.cfg")
+    mocker.patch.object(xenhost.inventory, "from_context", return_value=INVENTORY)
+    mocker.patch.object(xenhost, "site_from_context",
+                        lambda c, inv, dry_run=False: Site(inv, connect=lambda *a, **k: xen))
+    xenhost.prepare_cfg(Context(), vm="wincl1")
+    assert sent(xen) == [shlex.join(["sh", "-c", READ, "sh", "/etc/xen/wincl1.cfg"])]
+    assert capsys.readouterr().out.splitlines() == [
+        f"* xen1:/etc/xen/wincl1.cfg: {xenhost.HVM_CFG_NOTE}",
+        "* xen1: /etc/xen/wincl1.cfg ... unchanged"]
+
+
+@pytest.mark.parametrize("answer, kind", [(Result(), "block"), (Result(exited=1), "file")])
+def test_the_kvm_host_says_whether_a_local_disk_is_a_file(answer, kind):
+    """One `test -b` per local disk."""
+    paths = ("/srv/xen/web3/disk.img", "/srv/xen/web3-swap.img")
+    kvm = MockContext(run={f"test -b {path}": answer for path in paths})
+    hosts = {"xen1": read_cfg("/etc/xen/web3.cfg", "pv-xm-phy-file.cfg"), "kvm1": kvm}
+    site = Site(INVENTORY, connect=lambda label, *a, **k: hosts[label])
+    spec = kvmhost.vm_spec(site, INVENTORY, INVENTORY.vm("web3"))
+    assert [(d.source, d.kind) for d in spec.disks] == [(path, kind) for path in paths]
+    assert sent(kvm) == [f"test -b {path}" for path in paths]
+
+
+def test_drbd_devices_are_block_devices_without_asking():
+    kvm = MockContext(run={})
+    hosts = {"xen1": read_cfg("/etc/xen/gfs1.cfg", "pv-xm-gfs.cfg"), "kvm1": kvm}
+    site = Site(INVENTORY, connect=lambda label, *a, **k: hosts[label])
+    spec = kvmhost.vm_spec(site, INVENTORY, INVENTORY.vm("gfs1"))
+    assert [(d.source, d.kind, d.shareable) for d in spec.disks] == [("/dev/drbd20", "block", False),
+                                                                    ("/dev/drbd22", "block", True)]
+    assert sent(kvm) == []

@@ -228,12 +228,16 @@ def test_corpus_config_plans_like_libvirt(kind, case, corpus, schema_dirs):
     if not oracle.xpath("devices/disk[@device='disk']") or not macs:
         pytest.skip("no disk or no vif with a MAC")
     cfg = parse_xen_cfg((folder / f"{case}.cfg").read_text())
-    disk_map = plan_disk_map(cfg)
-    spec = plan_domain_spec(cfg, disk_map)
     if oracle.xpath("devices/disk[@device='disk'][@type='network']"):
-        with pytest.raises(DomainXmlError, match=r"is not an absolute path \(only block devices and files move\)"):
-            render_domain_xml(spec)
+        with pytest.raises(ValueError, match=r"^disk hdb: rbd:.* is not an absolute path"):
+            plan_disk_map(cfg)
         return
+    disk_map = plan_disk_map(cfg)
+    if oracle.findtext("os/type") == "hvm" and oracle.findtext("os/kernel"):
+        with pytest.raises(ValueError, match=r"an HVM guest booted from a kernel on the Xen host is not supported"):
+            plan_domain_spec(cfg, disk_map)
+        return
+    spec = plan_domain_spec(cfg, disk_map)
     if any(d.readonly for d in spec.disks) or len(spec.disks) > 4:
         spec = dataclasses.replace(spec, bus="scsi")  # what IDE cannot carry
     xml = render_domain_xml(spec)
@@ -273,12 +277,16 @@ def specs(draw, names=DNS_NAME, bridges=BRIDGE):
     bus = draw(st.sampled_from(BUSES))
     slots = range(4) if bus == "ide" else range(60)
     indices = draw(st.sets(st.sampled_from(slots), max_size=5))
+    # Each disk on the spec's bus or on one of its own (as an HVM guest's are).
+    own_buses = {i: draw(st.none() | st.sampled_from([b for b in BUSES if b != "ide" or i < 4])) for i in indices}
     disks = tuple(DomainDisk(
         target=disk_name(i),
         source=draw(PATH),
         kind=draw(st.sampled_from(("block", "file"))),
-        readonly=bus in ("scsi", "virtio") and draw(st.booleans()),
+        readonly=(own_buses[i] or bus) in ("scsi", "virtio") and draw(st.booleans()),
         format=draw(st.sampled_from(("raw", "qcow2"))),
+        bus=own_buses[i],
+        shareable=draw(st.booleans()),
     ) for i in indices)
     nics = tuple(DomainInterface(mac=draw(MAC), bridge=draw(bridges), model=draw(st.sampled_from(("virtio", "e1000"))))
                  for _ in range(draw(st.integers(0, 3))))
@@ -291,6 +299,8 @@ def specs(draw, names=DNS_NAME, bridges=BRIDGE):
         kernel=draw(PATH) if direct else None, initrd=draw(st.none() | PATH) if direct else None,
         cmdline=draw(st.none() | HOSTILE) if direct else None,
         emulator=draw(st.none() | PATH),
+        scsi_model=draw(st.sampled_from(("virtio-scsi", "lsilogic"))),
+        clock_offset=draw(st.sampled_from(("utc", "localtime"))),
     )
 
 
@@ -298,7 +308,7 @@ def assert_round_trip(xml: str, spec: DomainSpec) -> None:
     """Parsing the document back gives every string exactly as it went in."""
     doc = parse(xml)
     ordered = sorted(spec.disks, key=lambda d: (len(d.target), d.target))
-    prefix = "vd" if spec.bus == "virtio" else "sd"
+    buses = [d.bus or spec.bus for d in ordered]
     assert doc.findtext("name") == spec.name
     assert doc.findtext("uuid") == spec.uuid
     assert doc.findtext("os/kernel") == spec.kernel
@@ -308,12 +318,15 @@ def assert_round_trip(xml: str, spec: DomainSpec) -> None:
     assert (doc.find("os/boot") is None) == bool(spec.kernel)
     assert doc.xpath("devices/disk/source/@dev | devices/disk/source/@file") == [d.source for d in ordered]
     assert doc.xpath("devices/disk/@type") == [d.kind for d in ordered]
-    assert doc.xpath("devices/disk/target/@dev") == [prefix + d.target[2:] for d in ordered]
-    assert doc.xpath("devices/disk/target/@bus") == [spec.bus] * len(ordered)
+    assert doc.xpath("devices/disk/target/@dev") == [
+        ("vd" if bus == "virtio" else "sd") + d.target[2:] for d, bus in zip(ordered, buses)]
+    assert doc.xpath("devices/disk/target/@bus") == buses
     assert [d.find("readonly") is not None for d in doc.iterfind("devices/disk")] == [d.readonly for d in ordered]
+    assert [d.find("shareable") is not None for d in doc.iterfind("devices/disk")] == [d.shareable for d in ordered]
+    assert doc.xpath("clock/@offset") == [spec.clock_offset]
     assert doc.xpath("devices/interface/source/@bridge") == [n.bridge for n in spec.interfaces]
     assert doc.xpath("devices/interface/mac/@address") == [n.mac for n in spec.interfaces]
-    assert len(doc.xpath("devices/controller[@model='virtio-scsi']")) == (spec.bus == "scsi")
+    assert doc.xpath("devices/controller[@type='scsi']/@model") == [spec.scsi_model] * ("scsi" in buses)
 
 
 @settings(max_examples=150, deadline=None)
@@ -396,7 +409,7 @@ def test_default_schema_dir_takes_the_first_with_domain_rng(tmp_path, corpus):
     ({"disks": (DomainDisk("sda", "/dev/drbd5", "block"),) * 2}, "two disks have target sda"),
     ({"disks": (DomainDisk("sda", "/dev/drbd5", "network"),)}, "kind must be block or file, got 'network'"),
     ({"disks": (DomainDisk("sda", "rbd:pool/image", "file"),)}, "source 'rbd:pool/image' is not an absolute path"),
-    ({"disks": (DomainDisk("sde", "/dev/drbd5", "block"),)}, "IDE has room for sda-sdd only"),
+    ({"disks": (DomainDisk("sde", "/dev/drbd5", "block"),)}, "IDE has room for 4 disks"),
     ({"disks": (DomainDisk("sda", "/dev/drbd5", "block", readonly=True),)}, "qemu refuses a read-only IDE"),
     ({"bus": "sata", "disks": (DomainDisk("sda", "/dev/drbd5", "block", readonly=True),)},
      "qemu refuses a read-only SATA"),
@@ -435,7 +448,9 @@ def test_plan_takes_maxmem_without_memory():
 
 def test_plan_refuses_a_vif_without_mac():
     cfg = xen_cfg(vif="[ 'mac=00:16:3e:00:00:01', 'bridge=xenbr0' ]")
-    with pytest.raises(ValueError, match=r"^vif 1 has no mac=; KVM would invent one and the guest's network would change$"):
+    with pytest.raises(ValueError, match=r"^vif 1 has no mac=: Xen draws a random one at each start and KVM "
+                                         r"would invent another, so the guest's network would change: give "
+                                         r"every vif's MAC in macs: of its inventory entry \(and --vm\)$"):
         plan_domain_spec(cfg, [])
 
 
@@ -523,3 +538,100 @@ def test_lifecycle_actions_qemu_can_carry_out(poweroff, reboot, crash, expected)
 def test_lifecycle_qemu_refuses_is_refused():
     with pytest.raises(ValueError, match="on_poweroff restart with on_reboot destroy"):
         plan_domain_spec(xen_cfg(on_poweroff="'restart'", on_reboot="'destroy'"), [])
+
+
+# --- HVM guests: the hardware they have under Xen -------------------------------------------
+
+def hvm_corpus_cases() -> list[tuple[str, str]]:
+    """libvirt's HVM cases with a disk and a MAC, at collection time (as corpus_cases); those that boot a
+    kernel from the Xen host are refused (test_corpus_config_plans_like_libvirt)."""
+    cases = []
+    for kind in ("xm", "xl"):
+        folder = REPO.parent / "shared" / "corpus" / f"libvirt-{kind}config"
+        for case in corpus_cases(kind):
+            oracle = etree.parse(str(folder / f"{case}.xml")).getroot()
+            if (oracle.findtext("os/type") == "hvm" and not oracle.findtext("os/kernel")
+                    and oracle.xpath("devices/disk[@device='disk']")
+                    and oracle.xpath("devices/interface/mac") and not oracle.xpath("devices/disk[@type='network']")):
+                cases.append((kind, case))
+    return cases
+
+
+@pytest.mark.parametrize("kind,case", hvm_corpus_cases())
+def test_corpus_hvm_guest_keeps_its_disk_buses_and_nic_models_as_libvirt_reads_them(kind, case, corpus):
+    """libvirt's own reading of the cfg is the oracle: the same target and bus for every disk, the
+    same NIC model (rtl8139, libxl's default, where libvirt names none or the PV-only netfront)."""
+    folder = corpus / f"libvirt-{kind}config"
+    oracle = etree.parse(str(folder / f"{case}.xml")).getroot()
+    cfg = parse_xen_cfg((folder / f"{case}.cfg").read_text())
+    models = [m if m != "netfront" else "rtl8139" for m in
+              (n.xpath("string(model/@type)") or "rtl8139" for n in oracle.iterfind("devices/interface"))]
+    if "fakemodel" in models:
+        with pytest.raises(ValueError, match=r"^vif 0: model=fakemodel is not a NIC qemu emulates"):
+            plan_domain_spec(cfg, plan_disk_map(cfg))
+        return
+    doc = parse(render_domain_xml(plan_domain_spec(cfg, plan_disk_map(cfg))))
+    assert doc.xpath("devices/disk/target/@dev") == oracle.xpath("devices/disk[@device='disk']/target/@dev")
+    assert doc.xpath("devices/disk/target/@bus") == oracle.xpath("devices/disk[@device='disk']/target/@bus")
+    assert doc.xpath("devices/interface/model/@type") == models
+
+
+def test_hvm_corpus_cases_were_collected():
+    assert len(hvm_corpus_cases()) >= 40
+
+
+HVM_CFG = """\
+type = 'hvm'
+name = 'mixed'
+memory = 1024
+disk = [ '/dev/vg/a,raw,hda,rw', '/dev/vg/b,raw,sdb,rw', '/dev/vg/c,raw,xvdc,rw' ]
+vif = [ 'mac=00:16:3e:00:00:01,model=virtio-net' ]
+"""
+
+
+def test_hvm_disks_keep_their_place_on_the_controller_qemu_xen_gave_them():
+    cfg = parse_xen_cfg(HVM_CFG)
+    spec = plan_domain_spec(cfg, plan_disk_map(cfg))
+    assert [(d.target, d.bus) for d in spec.disks] == [("hda", "ide"), ("sdb", "scsi"), ("hdc", "ide")]
+    assert spec.scsi_model == "lsilogic" and spec.interfaces[0].model == "virtio"
+
+
+def test_hdtype_ahci_puts_hd_and_xvd_disks_on_sata():
+    cfg = parse_xen_cfg(HVM_CFG + "hdtype = 'ahci'\n")
+    spec = plan_domain_spec(cfg, plan_disk_map(cfg))
+    assert [(d.target, d.bus) for d in spec.disks] == [("hda", "sata"), ("sdb", "scsi"), ("hdc", "sata")]
+
+
+@pytest.mark.parametrize("bus, devs", [("virtio", ["vda", "vdb", "vdc"]), ("sata", ["hda", "sdb", "hdc"]),
+                                       ("scsi", ["hda", "sdb", "hdc"])])
+def test_an_inventory_bus_other_than_ide_moves_every_hvm_disk_to_it(bus, devs, schema_dirs):
+    """For a guest given drivers for that bus; its SCSI controller is then the PV guests' virtio-scsi."""
+    cfg = parse_xen_cfg(HVM_CFG)
+    vm = dataclasses.replace(seed_vm(), name="mixed", bus=bus, disks=())
+    spec = plan_domain_spec(cfg, plan_disk_map(cfg), vm)
+    assert {d.bus for d in spec.disks} == {bus} and spec.scsi_model == "virtio-scsi"
+    xml = render_domain_xml(spec)
+    assert_valid(xml, schema_dirs)
+    assert parse(xml).xpath("devices/disk/target/@dev") == devs
+
+
+def test_an_hvm_guest_does_not_boot_direct_kernel():
+    cfg = parse_xen_cfg(HVM_CFG)
+    vm = dataclasses.replace(seed_vm(), name="mixed", boot="direct-kernel", disks=())
+    with pytest.raises(ValueError, match=r"^vms.mixed.boot is direct-kernel, but an HVM guest boots its own boot "
+                                         r"loader from its disk: use boot: grub$"):
+        plan_domain_spec(cfg, plan_disk_map(cfg), vm)
+
+
+def test_a_pv_guests_nics_are_virtio_whatever_model_says():
+    spec = plan_domain_spec(xen_cfg(vif="[ 'mac=00:16:3e:00:00:01,model=e1000' ]"), [])
+    assert [n.model for n in spec.interfaces] == ["virtio"]
+
+
+def test_a_shared_disk_is_shareable_and_uncached(schema_dirs):
+    disk_map = [MappedDisk("sdb1", "sdb", "/dev/drbd22", "/dev/drbd22", "block", "gfs", shared=True)]
+    spec = plan_domain_spec(xen_cfg(), disk_map)
+    xml = render_domain_xml(spec)
+    assert_valid(xml, schema_dirs)
+    disk = parse(xml).find("devices/disk")
+    assert disk.find("shareable") is not None and disk.find("driver").get("cache") == "none"

@@ -7,8 +7,16 @@ import textwrap
 import pytest
 import yaml
 
-from tasks.errors import InputError
-from tasks.inventory import LocalDisk, ReplicatedDisk, is_domain_name, load_inventory, parse_inventory
+from tasks.errors import GuardError, InputError
+from tasks.inventory import (
+    LocalDisk,
+    ReplicatedDisk,
+    check_sharers_selected,
+    is_domain_name,
+    load_inventory,
+    missing_sharers,
+    parse_inventory,
+)
 from tests.conftest import REPO
 
 SEED = REPO / "hosts.yml"
@@ -144,3 +152,120 @@ def test_two_resources_may_not_listen_on_one_port():
     data["vms"]["logger"]["disks"][1]["port"] = 7790
     assert "inv.yml: vms.logger.disks[1].port: port 7790 on xen1 is also used by DRBD resource logger-system" \
         in errors_of(data)
+
+
+# -- macs: and shared: -----------------------------------------------------------------------------
+
+SHARING = REPO / "tests" / "data" / "cfgs" / "inventory.yml"
+
+
+def sharing_data() -> dict:
+    """Two GFS nodes sharing DRBD resource gfs-data, and VMs with macs:."""
+    return yaml.safe_load(SHARING.read_text())
+
+
+def test_macs_give_one_mac_per_vif_lowercased():
+    inv = parse_inventory(SHARING.read_text())
+    assert inv.vm("router1").macs == ("00:16:3e:10:30:01", "00:16:3e:10:30:02")
+    assert inv.vm("router1").mac is None and inv.vm("gfs1").macs == ()
+
+
+@pytest.mark.parametrize("macs, expected", [
+    ("00:16:3e:10:30:01", "inv.yml: vms.router1.macs: expected a non-empty list of MAC addresses, one per vif "
+                          "in the cfg's order"),
+    ([], "inv.yml: vms.router1.macs: expected a non-empty list of MAC addresses, one per vif in the cfg's order"),
+    (["00:16:3e:10:30:01", "nope"], "inv.yml: vms.router1.macs[1]: not a MAC address: 'nope'"),
+    (["00:16:3e:10:30:01", "00:16:3E:10:30:01"], "inv.yml: vms.router1.macs[1]: MAC 00:16:3e:10:30:01 is listed twice"),
+])
+def test_bad_macs_are_one_line_naming_the_entry(macs, expected):
+    data = sharing_data()
+    data["vms"]["router1"]["macs"] = macs
+    assert errors_of(data) == [expected]
+
+
+def test_mac_and_macs_are_not_both_given():
+    data = sharing_data()
+    data["vms"]["router1"]["mac"] = "00:16:3e:10:30:09"
+    assert errors_of(data) == ["inv.yml: vms.router1.macs: give mac: (the first vif's) or macs: (every vif's), not both"]
+
+
+@pytest.mark.parametrize("owner, key, mac, expected", [
+    ("gfs2", "mac", "00:16:3E:10:30:02", "vms.router1: MAC 00:16:3e:10:30:02 is also used by VM 'gfs2'"),
+    ("winfw", "macs", ["00:16:3e:10:31:01", "00:16:3e:10:30:02"],
+     "vms.winfw: MAC 00:16:3e:10:30:02 is also used by VM 'router1'"),
+])
+def test_macs_are_unique_across_vms_and_against_mac(owner, key, mac, expected):
+    """Reported at the VM listed second in the file."""
+    data = sharing_data()
+    data["vms"][owner][key] = mac
+    assert errors_of(data) == [f"inv.yml: {expected}"]
+
+
+def test_vms_that_declare_a_disk_shared_may_both_name_it():
+    inv = parse_inventory(SHARING.read_text())
+    assert [d.shared for d in inv.vm("gfs1").resources] == [False, True]
+    assert inv.vm("gfs1").disks[1] == inv.vm("gfs2").disks[1]
+
+
+def test_undeclared_sharing_is_still_refused_and_says_how_to_declare_it():
+    data = sharing_data()
+    del data["vms"]["gfs2"]["disks"][1]["shared"]
+    hint = " (a disk several VMs use needs shared: true in each)"
+    assert errors_of(data) == [f"inv.yml: vms.gfs2: DRBD resource gfs-data is also used by VM 'gfs1'{hint}",
+                               f"inv.yml: vms.gfs2: device /dev/drbd22 on xen1 is also used by VM 'gfs1'{hint}",
+                               f"inv.yml: vms.gfs2: device /dev/drbd22 on kvm1 is also used by VM 'gfs1'{hint}",
+                               "inv.yml: vms.gfs1: DRBD resource gfs-data is shared: true but no other VM names it "
+                               "(every guest that shares it belongs in the inventory)"]
+
+
+def test_sharers_describe_the_shared_disk_alike_on_the_same_hosts():
+    data = sharing_data()
+    data["vms"]["gfs2"]["disks"][1]["backing"] = "/dev/vg0/gfs-data"
+    assert errors_of(data) == ["inv.yml: vms.gfs2: shares DRBD resource gfs-data with VM 'gfs1' but describes it "
+                               "otherwise (device, backing, meta_disk and port must match)"]
+    data = sharing_data()
+    data["hosts"]["kvm2"] = {"address": "192.0.2.13", "role": "kvm"}
+    data["vms"]["gfs2"]["kvm_host"] = "kvm2"
+    assert errors_of(data) == ["inv.yml: vms.gfs2: shares DRBD resource gfs-data with VM 'gfs1', which runs on "
+                               "other hosts"]
+
+
+def test_a_shared_disk_no_other_vm_names_is_refused():
+    """Its other guests are not in the inventory, so they could never move with it."""
+    data = sharing_data()
+    del data["vms"]["gfs2"]
+    assert errors_of(data) == ["inv.yml: vms.gfs1: DRBD resource gfs-data is shared: true but no other VM names it "
+                               "(every guest that shares it belongs in the inventory)"]
+
+
+def test_only_a_drbd_disk_can_be_declared_shared():
+    data = sharing_data()
+    data["vms"]["router1"]["disks"].append({"local": "/dev/vg0/router1-swap", "shared": True})
+    assert errors_of(data)[0].startswith("inv.yml: vms.router1.disks[1].shared: unknown key")
+
+
+def test_a_move_names_the_sharers_it_leaves_out():
+    inv = parse_inventory(SHARING.read_text())
+    assert missing_sharers(inv, [inv.vm("gfs1")]) == {"gfs2": ("gfs1", "gfs-data")}
+    assert missing_sharers(inv, [inv.vm("gfs2"), inv.vm("gfs1")]) == {}
+    assert missing_sharers(inv, [inv.vm("router1"), inv.vm("wincl2")]) == {"wincl1": ("wincl2", "quorum")}
+    assert missing_sharers(inv, [inv.vm("router1")]) == {}
+
+
+def test_a_move_without_every_sharer_is_refused_in_one_line():
+    inv = parse_inventory(SHARING.read_text())
+    with pytest.raises(GuardError) as refusal:
+        check_sharers_selected(inv, [inv.vm("router1"), inv.vm("gfs1")])
+    assert str(refusal.value) == ("gfs1 shares DRBD resource gfs-data with gfs2, which this move leaves out: "
+                                  "guests that share a disk move together (--vm router1,gfs1,gfs2)")
+    assert refusal.value.code == 3
+    check_sharers_selected(inv, list(inv.vms.values()))
+
+
+def test_migrate_refuses_a_partial_group_before_contacting_any_host():
+    """The inventory's hosts are documentation addresses: a contact would fail, not refuse."""
+    result = _fab("migrate", "--vm", "gfs1", "--to", "kvm", env_extra={"FABRIC_INVENTORY": str(SHARING)})
+    assert result.returncode == 3
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == ["error: gfs1 shares DRBD resource gfs-data with gfs2, which this move "
+                                          "leaves out: guests that share a disk move together (--vm gfs1,gfs2)"]

@@ -14,9 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
+from tasks.diskmap import plan_disk_map
 from tasks.formats.xencfg import (
     CfgSyntaxError,
     XenDisk,
+    check_movable,
     parse_disk_spec,
     parse_xen_cfg,
     rewrite_xen_cfg,
@@ -305,7 +307,8 @@ DISK_SPECS = {
     "tap:qcow2:/srv/x.qcow2,xvda,r": ("tap:qcow2", "/srv/x.qcow2", "xvda", "r", "qcow2", None),
     "tap2:tapdisk:aio:/srv/x.img,xvda1,w": ("tap2:tapdisk:aio", "/srv/x.img", "xvda1", "w", None, None),
     "drbd:web1-disk,xvda2,w": ("drbd", "web1-disk", "xvda2", "w", None, None),
-    "drbd:r0,xvda1,w!": ("drbd", "r0", "xvda1", "w", None, None),
+    "drbd:r0,xvda1,w!": ("drbd", "r0", "xvda1", "w", None, None, True),
+    "phy:/dev/vg/gfs,sdb1,rw!": ("phy", "/dev/vg/gfs", "sdb1", "w", None, None, True),
     "phy:/dev/cdrom,hdc:cdrom,r": ("phy", "/dev/cdrom", "hdc", "r", None, "cdrom"),
     ",hdc:cdrom,r": ("", "", "hdc", "r", None, "cdrom"),
     "phy:/dev/vg/x,ioemu:hda,w": ("phy", "/dev/vg/x", "hda", "w", None, None),
@@ -319,6 +322,9 @@ DISK_SPECS = {
     "/dev/vg/x,,hda,,backendtype=phy": ("phy", "/dev/vg/x", "hda", "w", None, None),
     "/srv/boot.iso,,hdc,,devtype=cdrom": ("", "/srv/boot.iso", "hdc", "r", None, "cdrom"),
     "qcow2:/srv/x.qcow2,xvda,w": ("qcow2", "/srv/x.qcow2", "xvda", "w", "qcow2", None),
+    "vdev=xvda,access=rw,script=block-drbd,target=web-root": ("drbd", "web-root", "xvda", "w", None, None),
+    "script=/etc/xen/scripts/block-drbd,vdev=hda,target=r0": ("drbd", "r0", "hda", "w", None, None),
+    "script=block-iscsi,vdev=xvda,target=/dev/sdx": ("", "/dev/sdx", "xvda", "w", None, None),
 }
 
 
@@ -678,3 +684,38 @@ def test_property_odd_vdevs_and_paths_round_trip(data, quote, form):
     assert (moved.path, moved.vdev) == (path, new)
     assert out.split("\n")[1].startswith(f"disk = [ {quote}")
     assert rewrite_xen_cfg(out, {new: vdev}) == text
+
+
+# ---------------------------------------------------------------------------
+# 4. What no KVM domain can be made from (the table in test_wild_cfgs has every kind)
+
+def test_a_refusal_stays_one_line_whatever_the_cfg_holds():
+    cfg = parse_xen_cfg("name = 'a'\nkernel = '/srv/arm64/Image\\n'\ndisk = ['/dev/vg/a,,xvda']\n")
+    with pytest.raises(ValueError) as refusal:
+        check_movable(cfg)
+    assert str(refusal.value) == ("kernel /srv/arm64/Image\\n is an ARM or RISC-V image: "
+                                  "not a guest an x86_64 KVM host can run")
+    long = parse_xen_cfg(f"name = 'a'\nkernel = '/srv/{'x' * 100}/zImage'\ndisk = ['/dev/vg/a,,xvda']\n")
+    with pytest.raises(ValueError, match=r"^kernel /srv/x{52}\.\.\. is an ARM"):
+        check_movable(long)
+
+
+@pytest.mark.parametrize("kernel", ["/boot/vmlinuz-6.1.0-18-amd64", "/usr/lib/xen/boot/hvmloader",
+                                    "/srv/Images/vmlinuz", "/boot/bzImage"])
+def test_x86_kernels_are_movable(kernel):
+    """Their disk map is planned (plan_disk_map calls check_movable first)."""
+    cfg = parse_xen_cfg(f"name = 'a'\nkernel = '{kernel}'\ndisk = ['/dev/vg/a,,xvda']\n")
+    assert [(d.xen_vdev, d.kvm_source) for d in plan_disk_map(cfg)] == [("xvda", "/dev/vg/a")]
+
+
+@pytest.mark.parametrize("text, hvm, hvm_kernel", [
+    ("type = 'hvm'", True, None),
+    ("builder = 'hvm'\nkernel = '/usr/lib/xen/boot/hvmloader'", True, None),
+    ("kernel = '/usr/lib/xen/boot/hvmloader'", True, None),
+    ("type = 'hvm'\nkernel = '/srv/vmlinuz'", True, "/srv/vmlinuz"),
+    ("type = 'pvh'\nkernel = '/srv/vmlinuz'", False, None),
+    ("kernel = '/boot/vmlinuz'", False, None),
+])
+def test_hvm_guests_are_told_from_pv_ones(text, hvm, hvm_kernel):
+    cfg = parse_xen_cfg(text + "\n")
+    assert (cfg.hvm, cfg.hvm_kernel) == (hvm, hvm_kernel)
