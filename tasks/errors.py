@@ -1,18 +1,50 @@
 """Errors a person reads: one line, no traceback, a non-zero exit.
 
 invoke prints an Exit's message to stderr and exits with its code, so every
-error meant for the operator derives from it.
+error meant for the operator derives from it.  Every line of it is made safe
+here, whatever reached it (a VM name from the command line, a cfg value, a
+host's output): a control character is escaped, so it can neither split the
+line nor forge another, and a line is cut to MAX_LINE characters.
 """
 
 from invoke.exceptions import Exit
 
+MAX_LINE = 1000     # characters of one error line; a long one ends in CUT
+CUT = " [cut]"
+MAX_QUOTED = 60     # characters of a value quoted in a message
+
+
+def one_line(text: str) -> str:
+    """`text` as one printable line: control characters escaped (\\n, \\x1b, \\u2028), at
+    most MAX_LINE characters (a 500 MB value costs no more than a short one)."""
+    head = text[:MAX_LINE + 1]
+    if not head.isprintable():
+        head = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in head)
+    return head if len(head) <= MAX_LINE else head[:MAX_LINE] + CUT
+
+
+def quoted(value: object) -> str:
+    """A value for a message, like repr() but at most about MAX_QUOTED characters, and
+    without ever building the repr of a nested value (an alias bomb's is gigabytes)."""
+    if isinstance(value, (str, bytes)):
+        if len(value) <= MAX_QUOTED:
+            return repr(value)
+        return f"{value[:MAX_QUOTED]!r}... ({len(value)} {'bytes' if isinstance(value, bytes) else 'characters'})"
+    if isinstance(value, (dict, list, tuple, set)):
+        return f"<{type(value).__name__} of {len(value)}>"
+    text = repr(value)
+    return text if len(text) <= MAX_QUOTED else text[:MAX_QUOTED] + "..."
+
 
 class ToolError(Exit):
-    """A refusal or failure the operator can act on (exit 1)."""
+    """A refusal or failure the operator can act on (exit 1).
 
-    def __init__(self, message: str, code: int = 1):
-        super().__init__(message=f"error: {message}", code=code)
-        self.text = message
+    Each argument is one line of the message (inventory errors list one problem a line).
+    """
+
+    def __init__(self, *lines: str, code: int = 1):
+        self.text = "\n".join(one_line(line) for line in lines)
+        super().__init__(message=f"error: {self.text}", code=code)
 
     def __str__(self) -> str:
         return self.text
@@ -21,8 +53,8 @@ class ToolError(Exit):
 class InputError(ToolError):
     """Bad input (inventory, file, argument): nothing was contacted or changed (exit 2)."""
 
-    def __init__(self, message: str):
-        super().__init__(message, code=2)
+    def __init__(self, *lines: str):
+        super().__init__(*lines, code=2)
 
 
 class GuardError(ToolError):

@@ -409,7 +409,7 @@ def parse_inventory(text: str, path: str = "hosts.yml") -> Inventory:
            if isinstance(name, str) and (vm := _parse_vm(check, name, spec, hosts))}
     _check_unique(check, vms)
     if errors:
-        raise InputError("\n".join(errors))
+        raise InputError(*errors)
     return Inventory(path=path, hosts=hosts, vms=vms)
 
 
