@@ -10,7 +10,7 @@ import pytest
 from tasks import flows
 from tasks.errors import GuardError, ToolError
 from tasks.inventory import load_inventory
-from tasks.remote import AuditLog, Site
+from tasks.remote import AuditLog, RemoteError, Site
 from tests.conftest import REPO
 from tests.seed import SEED_CFG as CFG
 from tests.stages.fakehosts import FakeHost, Shared
@@ -478,7 +478,7 @@ def test_rehearsal_names_a_kvm_swap_without_the_guests_uuid_and_formats_nothing(
 def test_rehearsal_failure_still_cleans_up(world):
     kvmhost = _rehearsal_world(world)
     world.shared.faults["kvm1:virsh -c qemu:///system start logger-rehearsal"] = 1
-    with pytest.raises(Exception, match="start logger-rehearsal"):
+    with pytest.raises(RemoteError, match="start logger-rehearsal"):
         kvmhost.rehearse_vm(world.site(), world.inv, world.inv.vm("logger"), seconds=0.1, method="qcow2")
     removed = [a for a in world.shared.snapshots if a[0] == "rm" and a[-1].endswith(".qcow2")]
     assert len(removed) == 3
@@ -504,6 +504,7 @@ def test_rehearsal_without_a_prompt_fails_and_cleans_up(world, earlier_prompt):
     if earlier_prompt:
         world.shared.files[("kvm1", CONSOLE)] = "logger login: "
     world.shared.console["logger-rehearsal"] = "Kernel panic - not syncing: VFS: Unable to mount root fs\n"
-    with pytest.raises(Exception, match=f"no login prompt on logger-rehearsal's console in 1s; read {CONSOLE}"):
+    with pytest.raises(ToolError, match=f"no login prompt on logger-rehearsal's console in 1s; read {CONSOLE}") as info:
         kvmhost.rehearse_vm(world.site(), world.inv, world.inv.vm("logger"), seconds=1, method="qcow2", login=True)
+    assert type(info.value) is ToolError
     assert "logger-rehearsal" not in world.shared.kvm_defined | world.shared.kvm_running
