@@ -4,23 +4,33 @@ invoke prints an Exit's message to stderr and exits with its code, so every
 error meant for the operator derives from it.  Every line of it is made safe
 here, whatever reached it (a VM name from the command line, a cfg value, a
 host's output): a control character is escaped, so it can neither split the
-line nor forge another, and a line is cut to MAX_LINE characters.
+line nor forge another, and a line longer than MAX_LINE loses its middle.
 """
+
+from typing import Sequence
 
 from invoke.exceptions import Exit
 
-MAX_LINE = 1000     # characters of one error line; a long one ends in CUT
-CUT = " [cut]"
+MAX_LINE = 4000     # characters of one error line: a failed move and its undo can take 1000
+CUT = " [...] "     # where a longer line lost its middle (its end says what to do)
 MAX_QUOTED = 60     # characters of a value quoted in a message
 
 
+def _printable(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def one_line(text: str) -> str:
-    """`text` as one printable line: control characters escaped (\\n, \\x1b, \\u2028), at
-    most MAX_LINE characters (a 500 MB value costs no more than a short one)."""
-    head = text[:MAX_LINE + 1]
-    if not head.isprintable():
-        head = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in head)
-    return head if len(head) <= MAX_LINE else head[:MAX_LINE] + CUT
+    """`text` as one printable line: control characters escaped (\\n, \\x1b, \\u2028), at most
+    MAX_LINE characters kept, its beginning and its end (a 500 MB value costs no more than a
+    short one)."""
+    half = MAX_LINE // 2
+    if len(text) > MAX_LINE:
+        return _printable(text[:half])[:half] + CUT + _printable(text[-half:])[-half:]
+    line = _printable(text)
+    return line if len(line) <= MAX_LINE else line[:half] + CUT + line[-half:]
 
 
 def quoted(value: object) -> str:
@@ -39,11 +49,12 @@ def quoted(value: object) -> str:
 class ToolError(Exit):
     """A refusal or failure the operator can act on (exit 1).
 
-    Each argument is one line of the message (inventory errors list one problem a line).
+    `message` is one line; `more` are further lines, each one line too (the inventory's
+    errors list one problem a line).
     """
 
-    def __init__(self, *lines: str, code: int = 1):
-        self.text = "\n".join(one_line(line) for line in lines)
+    def __init__(self, message: str, code: int = 1, more: Sequence[str] = ()):
+        self.text = "\n".join(one_line(line) for line in (message, *more))
         super().__init__(message=f"error: {self.text}", code=code)
 
     def __str__(self) -> str:
@@ -53,8 +64,8 @@ class ToolError(Exit):
 class InputError(ToolError):
     """Bad input (inventory, file, argument): nothing was contacted or changed (exit 2)."""
 
-    def __init__(self, *lines: str):
-        super().__init__(*lines, code=2)
+    def __init__(self, message: str, *more: str):
+        super().__init__(message, 2, more)
 
 
 class GuardError(ToolError):

@@ -29,15 +29,18 @@ def test_each_argument_is_one_line_and_only_they_are_lines():
     error = InputError("inv.yml: vms.a: first\nsecond", "inv.yml: vms.b: third")
     assert str(error).splitlines() == ["inv.yml: vms.a: first\\nsecond", "inv.yml: vms.b: third"]
     assert error.code == 2 and GuardError("x").code == 3 and ToolError("x").code == 1
+    assert ToolError("stopped\n", 130).message == "error: stopped\\n"
 
 
-def test_a_huge_value_is_cut_and_costs_no_more_than_a_short_one():
-    error = ToolError("x" * 10_000_000)
-    assert error.message == "error: " + "x" * MAX_LINE + CUT
+def test_a_huge_value_loses_its_middle_and_costs_no_more_than_a_short_one():
+    error = ToolError("web: " + "x" * 10_000_000 + "; run `fab rollback --vm web`")
+    half = MAX_LINE // 2
+    assert error.message == "error: web: " + "x" * (half - 5) + CUT + "x" * (half - 29) + "; run `fab rollback --vm web`"
 
 
 def test_escaping_cannot_make_a_line_longer_than_the_bound():
-    assert one_line("\x00" * MAX_LINE) == "\\x00" * (MAX_LINE // 4) + CUT
+    assert one_line("\x00" * MAX_LINE) == "\\x00" * (MAX_LINE // 8) + CUT + "\\x00" * (MAX_LINE // 8)
+    assert one_line("\x00" * MAX_LINE * 2) == one_line("\x00" * MAX_LINE)
 
 
 @pytest.mark.parametrize("value, shown", [
@@ -64,7 +67,7 @@ def test_quoting_an_alias_bomb_does_not_walk_it():
 
 @given(st.lists(st.text(), min_size=1, max_size=4))
 def test_every_line_of_any_error_is_printable_and_bounded(lines):
-    error = ToolError(*lines)
+    error = InputError(*lines)
     printed = error.message.split("\n")
     assert len(printed) == len(lines)
     assert all(line.isprintable() and len(line) <= len("error: ") + MAX_LINE + len(CUT) for line in printed)
