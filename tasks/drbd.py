@@ -308,11 +308,11 @@ def fs_type(remote: Remote, device: str) -> str | None:
     raise RemoteError(remote.name, remote.command(argv), outcome.exit_code, outcome.stderr or outcome.stdout)
 
 
-def _wait_for(remote: Remote, vm: VM, host_name: str, ready, *, what: str, timeout: float, poll: float,
+def _wait_for(remote: Remote, vm: VM, host_name: str, ready, *, what: str, timeout: float | None, poll: float,
               progress, on_poll=None) -> dict[str, DrbdState]:
-    """Poll the states until `ready` holds for every resource; refuse on timeout or a state that
-    cannot change by itself.  on_poll(states), if given, sees every poll (progress bars)."""
-    deadline = time.monotonic() + timeout
+    """Poll the states until `ready` holds for every resource; refuse on timeout (None: no limit)
+    or a state that cannot change by itself.  on_poll(states), if given, sees every poll."""
+    deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
     reported = None
     while True:
         states = resource_states(remote, vm, host_name)
@@ -332,10 +332,10 @@ def _wait_for(remote: Remote, vm: VM, host_name: str, ready, *, what: str, timeo
         if reported is None or now - reported >= PROGRESS_EVERY:
             progress(f"  {host_name}: {what}: {', '.join(describe(s) for s in waiting)}")
             reported = now
-        time.sleep(max(0.0, min(poll, deadline - now)))
+        remote.interruption.sleep(max(0.0, min(poll, deadline - now)))
 
 
-def wait_sync(remote: Remote, vm: VM, host_name: str, *, timeout: float, poll: float = 2.0,
+def wait_sync(remote: Remote, vm: VM, host_name: str, *, timeout: float | None, poll: float = 2.0,
               progress=say, bars=None) -> dict[str, DrbdState]:
     """Until every resource is Connected and UpToDate on both sides: the only state to move a guest in.
 
@@ -418,7 +418,7 @@ def _secondary(remote: Remote, names: list[str]) -> None:
                 raise RemoteError(exc.host, exc.command, exc.exit_code,
                                   f"{exc.output}\n{refusal} (still after {sum(HELD_OPEN_PAUSES):g}s)") from None
             say(f"  {remote.name}: {', '.join(names)} held open by someone, trying again in {pause:g}s")
-            time.sleep(pause)
+            remote.interruption.sleep(pause)
 
 
 @dataclass
@@ -453,8 +453,11 @@ def _survey(remote: Remote, vm: VM, host_name: str) -> _HostWork:
 
 
 def setup(site: Site, vm: VM, hosts: dict[str, Host], *, force_initial_sync: bool,
-          sync_timeout: float = DEFAULT_SYNC_TIMEOUT) -> None:
+          sync_timeout: float | None = None) -> None:
     """The seed's first step: resource files on both hosts, metadata, up, the initial sync, wait.
+
+    The wait for the initial sync has no time limit unless given one: a large disk takes
+    hours, and stopping the wait (Ctrl-C) stops nothing on the hosts.
 
     Every check (metadata present? a filesystem where create-md would write?) runs
     on both hosts before any metadata is created; a second run changes nothing.
@@ -493,6 +496,9 @@ def setup(site: Site, vm: VM, hosts: dict[str, Host], *, force_initial_sync: boo
     if xen.dry_run:
         say(f"  would then wait for the sync on {vm.xen_host}")
         return
+    if sync_timeout is None:
+        say(f"  {vm.xen_host}: waiting for the initial sync without a time limit "
+            f"(Ctrl-C ends the wait; the sync goes on, and `fab drbd.wait-sync` waits again)")
     wait_sync(xen, vm, vm.xen_host, timeout=sync_timeout)
 
 
@@ -576,12 +582,13 @@ def wait_sync_task(c, vm, timeout=DEFAULT_SYNC_TIMEOUT):
 @task(help={"vm": "VM name from the inventory",
             "force_initial_sync": "where both sides are Inconsistent, make the Xen host's data the truth "
                                   "(primary --force there) and overwrite the KVM side",
-            "timeout": f"seconds to wait for the sync (default {DEFAULT_SYNC_TIMEOUT:.0f})",
+            "timeout": "seconds to wait for the initial sync (default: no limit)",
             "dry_run": "run the checks, show the file diffs and commands, change nothing"})
-def setup_task(c, vm, force_initial_sync=False, timeout=DEFAULT_SYNC_TIMEOUT, dry_run=False):
+def setup_task(c, vm, force_initial_sync=False, timeout=None, dry_run=False):
     """Create the VM's DRBD resources on both hosts: files, metadata, up, initial sync."""
     inv, model, site = _context(c, vm, dry_run)
-    setup(site, model, inv.hosts, force_initial_sync=force_initial_sync, sync_timeout=float(timeout))
+    setup(site, model, inv.hosts, force_initial_sync=force_initial_sync,
+          sync_timeout=None if timeout is None else float(timeout))
 
 
 ns = Collection("drbd")

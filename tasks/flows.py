@@ -25,9 +25,12 @@ from invoke import task
 
 from . import drbd, inventory, kvmhost, localdisk, xenhost
 from .errors import GuardError, InputError, ToolError, quoted
+from .hostlock import holder, operator
+from .interrupt import Interrupted, Interruption
 from .inventory import VM, Inventory
 from .progress import FleetView
-from .remote import Site, concurrently, say, set_output_prefix, site_from_context, state_dir
+from .remote import (RemoteError, Site, concurrently, make_private_dir, say, set_output_prefix, site_from_context,
+                     state_dir)
 
 SIDES = ("xen", "kvm")
 ROLLBACK_TIMEOUT = 120.0
@@ -41,9 +44,9 @@ def _stage(side: str):
     return xenhost if side == "xen" else kvmhost
 
 
-def running_on(site: Site, inv: Inventory, vm: VM, side: str) -> bool:
+def running_on(site: Site, inv: Inventory, vm: VM, side: str, max_age: float = 0.0) -> bool:
     host = inv.host(vm.host_for(side))
-    return _stage(side).domain_running(site.host(host.name), host, vm.name)
+    return _stage(side).domain_running(site.host(host.name), host, vm.name, max_age)
 
 
 def where_running(site: Site, inv: Inventory, vm: VM) -> list[str]:
@@ -76,7 +79,7 @@ class Journal:
 
         data = {
             "vm": vm.name, "run": uuid.uuid4().hex[:12], "pid": os.getpid(),
-            "who": _who(),
+            "who": operator(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "source": vm.host_for(other(target_side)), "target": vm.host_for(target_side),
             "to": target_side, "status": "running", "steps": [],
@@ -98,35 +101,62 @@ class Journal:
         return cls(path, parse_journal(raw, str(path), vm_name))
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        os.replace(tmp, self.path)
+        """A temp file, fsynced, renamed over the journal, the directory fsynced: what a step
+        will do is on disk before it starts, whatever happens to this machine then."""
+        try:
+            make_private_dir(self.path.parent)
+            tmp = self.path.with_suffix(".tmp")
+            with tmp.open("w") as fh:
+                fh.write(json.dumps(self.data, indent=1))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+            _fsync_dir(self.path.parent)
+        except OSError as exc:
+            raise JournalError(f"the journal {self.path} cannot be written ({exc.strerror})") from None
 
     def begin(self, step: "Step") -> dict:
         entry = {"name": step.name, "host": step.host, "status": "started", "undo": step.undo}
         self.data["steps"].append(entry)
-        self.save()
+        try:
+            self.save()
+        except JournalError:
+            self.data["steps"].remove(entry)   # not recorded, so not started: nothing of it to undo
+            raise
         return entry
 
     def mark(self, entry: dict, status: str) -> None:
         entry["status"] = status
         self.save()
 
+    def mark_in_undo(self, entry: dict, status: str) -> None:
+        """An undo goes on when its record cannot be written (a full disk): it says so instead."""
+        try:
+            self.mark(entry, status)
+        except JournalError as exc:
+            say(f"! {exc}: the undo goes on without it")
+
     def finish(self, status: str) -> None:
         """Close the run and move the journal to the history folder."""
         self.data["status"] = status
         self.data["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.save()
-        done = self.path.parent / "done"
-        done.mkdir(exist_ok=True)
-        os.replace(self.path, done / f"{self.data['vm']}-{self.data['run']}.json")
+        try:
+            done = make_private_dir(self.path.parent / "done")
+            os.replace(self.path, done / f"{self.data['vm']}-{self.data['run']}.json")
+            _fsync_dir(self.path.parent)
+        except OSError as exc:
+            raise JournalError(f"the journal {self.path} cannot be closed ({exc.strerror})") from None
 
     def summary(self) -> str:
         last = next((s for s in reversed(self.data["steps"])), None)
         at = f", last step '{last['name']}' ({last['status']})" if last else ""
         return (f"run {self.data['run']} by {self.data['who']} started {self.data['started']}, "
                 f"{self.data['source']} -> {self.data['target']}{at}")
+
+
+class JournalError(ToolError):
+    """The journal cannot be written: no step may start without its record."""
 
 
 MAX_JOURNAL_BYTES = 1 << 20    # a run's journal is a few kB
@@ -184,19 +214,19 @@ def parse_journal(raw: bytes, path: str, vm_name: str) -> dict:
     return data
 
 
-def _who() -> str:
-    import getpass
-    import socket
-
-    return f"{getpass.getuser()}@{socket.gethostname()}"
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class VmLock:
     """One run per VM at a time: an flock the kernel releases if the process dies."""
 
     def __init__(self, directory: Path, vm_name: str):
-        directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / f"{vm_name}.lock"
+        self.path = make_private_dir(directory) / f"{vm_name}.lock"
         self.vm_name = vm_name
         self.fh = None
 
@@ -206,13 +236,12 @@ class VmLock:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            holder = fh.read().strip() or "another process"
+            who = fh.read().strip() or "another process"
             fh.close()
-            raise GuardError(f"{self.vm_name} is already being handled by {holder}; wait for it to finish") from None
+            raise GuardError(f"{self.vm_name} is already being handled by {who}; wait for it to finish") from None
         fh.seek(0)
         fh.truncate()
-        fh.write(f"pid {os.getpid()} ({_who()}) since "
-                 f"{datetime.now().isoformat(timespec='seconds')}\n")
+        fh.write(f"{holder()}\n")
         fh.flush()
         self.fh = fh
         return self
@@ -242,11 +271,38 @@ class Ctx:
     force: bool = False
     on_step: Callable[[str], None] = lambda name: None    # live progress of a fleet run
     start_gate: Callable[[str], AbstractContextManager] = lambda host: nullcontext()   # HostSlots.starting
+    rollback_timeout: float = ROLLBACK_TIMEOUT
+    journal: "Journal | None" = None     # the running move's, while a step runs
+    entry: dict | None = None            # the running step's journal entry
+
+    @property
+    def interruption(self) -> Interruption:
+        return self.site.interruption
+
+    def note_undo(self, **facts) -> None:
+        """What the running step has done so far, for its undo (a shutdown already requested)."""
+        if self.journal is not None and self.entry is not None and self.entry.get("undo"):
+            self.entry["undo"].update(facts)
+            self.journal.save()
 
 
-def _start(ctx: Ctx, side: str) -> None:
+def _start(ctx: Ctx, undo: dict) -> None:
+    """Start the guest again where it ran. If its shutdown had been requested, it may still be
+    going down: wait for that first (up to rollback_timeout), or the start would find it running
+    and the guest would then stop for good."""
+    side = undo["side"]
+    host = ctx.vm.host_for(side)
+    if undo.get("shutdown_requested") and running_on(ctx.site, ctx.inv, ctx.vm, side):
+        gone = xenhost.wait_until(lambda max_age: not running_on(ctx.site, ctx.inv, ctx.vm, side, max_age),
+                                  ctx.rollback_timeout, xenhost.SHUTDOWN_POLL,
+                                  f"{host}: waiting for the shutdown already requested of {ctx.vm.name} to end",
+                                  ctx.interruption)
+        if not gone:
+            say(f"* {host}: {ctx.vm.name} still runs {ctx.rollback_timeout:.0f}s after its shutdown was "
+                f"requested: it ignored the request ... ok")
+            return
     if running_on(ctx.site, ctx.inv, ctx.vm, side):
-        say(f"* {ctx.vm.host_for(side)}: {ctx.vm.name} already running ... ok")
+        say(f"* {host}: {ctx.vm.name} already running ... ok")
     else:
         _launch(ctx, side)
 
@@ -264,7 +320,8 @@ def _launch(ctx: Ctx, side: str) -> None:
 
 def _stop(ctx: Ctx, side: str, timeout: float, force: bool) -> None:
     host = ctx.inv.host(ctx.vm.host_for(side))
-    _stage(side).shutdown_domain(ctx.site.host(host.name), host, ctx.vm.name, timeout=timeout, force=force)
+    _stage(side).shutdown_domain(ctx.site.host(host.name), host, ctx.vm.name, timeout=timeout, force=force,
+                                 on_requested=lambda: ctx.note_undo(shutdown_requested=True))
 
 
 def _promote(ctx: Ctx, side: str) -> None:
@@ -295,17 +352,17 @@ def _undefine(ctx: Ctx, side: str) -> None:
         kvmhost.undefine_domain(remote, host, ctx.vm.name)
 
 
-UNDO_OPS: dict[str, Callable[[Ctx, str], None]] = {
+UNDO_OPS: dict[str, Callable[[Ctx, dict], None]] = {
     "start": _start,
-    "stop": lambda ctx, side: _stop(ctx, side, ROLLBACK_TIMEOUT, True),
-    "primary": _promote,
-    "secondary": _demote,
-    "undefine": _undefine,
+    "stop": lambda ctx, undo: _stop(ctx, undo["side"], ctx.rollback_timeout, True),
+    "primary": lambda ctx, undo: _promote(ctx, undo["side"]),
+    "secondary": lambda ctx, undo: _demote(ctx, undo["side"]),
+    "undefine": lambda ctx, undo: _undefine(ctx, undo["side"]),
 }
 
 
 def run_undo(ctx: Ctx, undo: dict) -> None:
-    UNDO_OPS[undo["op"]](ctx, undo["side"])
+    UNDO_OPS[undo["op"]](ctx, undo)
 
 
 # -- the plan ------------------------------------------------------------------------------------
@@ -317,6 +374,9 @@ class Step:
     shows: list[str]                     # the commands, for the printed plan
     action: Callable[[], object]
     undo: dict | None = None             # {"op": ..., "side": ...}, recorded before the step runs
+    # False for a start: refused (its command failed, or a guard), it started nothing, and a
+    # domain running there now was started by someone else: the undo must not stop it.
+    undo_if_refused: bool = True
 
 
 def plan_move(ctx: Ctx, target_side: str, xml: str | None, kvm_state: str) -> list[Step]:
@@ -356,7 +416,7 @@ def plan_move(ctx: Ctx, target_side: str, xml: str | None, kvm_state: str) -> li
     ]
     start_cmd = f"virsh start {vm.name}" if target_side == "kvm" else f"xl|xm create {vm.cfg}"
     steps.append(Step(f"start {vm.name} on {dst}", dst, [start_cmd], lambda: _launch(ctx, target_side),
-                      undo={"op": "stop", "side": target_side}))
+                      undo={"op": "stop", "side": target_side}, undo_if_refused=False))
     steps.append(Step(f"verify {vm.name} runs on {dst}", dst, ["domain state probe"],
                       lambda: _verify(ctx, target_side)))
     return steps
@@ -422,21 +482,30 @@ class Outcome:
     message: str
 
 
-def undo_steps(ctx: Ctx, journal: Journal) -> list[str]:
-    """Undo every step that ran, even in part, in reverse order; returns what was undone.
+def undo_steps(ctx: Ctx, journal: Journal) -> tuple[list[str], list[str]]:
+    """Undo every step that ran, even in part, in reverse order: (what was undone, what failed).
 
-    A failed step may have half happened (one of two resources demoted), so it
-    is undone too; each undo looks at live state and skips what is not needed.
+    A failed step may have half happened (one of two resources demoted), so it is undone
+    too; each undo looks at live state and skips what is not needed.  An undo that fails
+    (its host stopped answering) does not end the others: the hosts that answer are put
+    back as far as the guards allow.
     """
-    undone = []
-    for entry in reversed(journal.data["steps"]):
-        if entry["status"] not in ("started", "done", "failed") or not entry.get("undo"):
-            continue
-        say(f"  undo: {entry['name']}")
-        run_undo(ctx, entry["undo"])
-        journal.mark(entry, "undone")
-        undone.append(entry["name"])
-    return undone
+    undone, failed = [], []
+    ctx.entry = None
+    with ctx.interruption.shield():
+        for entry in reversed(journal.data["steps"]):
+            if entry["status"] not in ("started", "done", "failed") or not entry.get("undo"):
+                continue
+            say(f"  undo: {entry['name']}")
+            try:
+                run_undo(ctx, entry["undo"])
+            except ToolError as exc:
+                say(f"! undo of '{entry['name']}' failed: {exc}")
+                failed.append(f"{entry['name']} ({exc})")
+                continue
+            journal.mark_in_undo(entry, "undone")
+            undone.append(entry["name"])
+    return undone, failed
 
 
 def move(ctx: Ctx, to: str | None, journals: Path, locks: Path, dry_run: bool = False) -> Outcome:
@@ -445,7 +514,7 @@ def move(ctx: Ctx, to: str | None, journals: Path, locks: Path, dry_run: bool = 
     `to` is "kvm" or "xen", or None for the side where the VM does not run.
     """
     vm = ctx.vm
-    with VmLock(locks, vm.name):
+    with VmLock(locks, vm.name), ctx.site.vm_lock(vm):
         refuse_unfinished(journals, vm.name)   # first: after a crash the VM may run nowhere
         target_side, runs_on, kvm_state = resolve_target(ctx.site, ctx.inv, vm, to)
         if target_side is None:
@@ -464,6 +533,9 @@ def move(ctx: Ctx, to: str | None, journals: Path, locks: Path, dry_run: bool = 
                 host = ctx.inv.host(dst)
                 kvmhost.define_domain(ctx.site.host(dst), host, vm.name, xml, was_new=kvm_state == "not found")
             return Outcome(vm.name, True, [src], "dry run: nothing changed")
+        if ctx.interruption.requested:
+            return Outcome(vm.name, False, [src], f"{vm.name}: {ctx.interruption.reason} before any change; "
+                                                  f"it runs on {src}")
         return _execute(ctx, steps, Journal.start(journals, vm, target_side), dst)
 
 
@@ -476,54 +548,99 @@ def refuse_unfinished(journals: Path, vm_name: str) -> None:
 
 
 def _execute(ctx: Ctx, steps: list[Step], journal: Journal, dst: str) -> Outcome:
+    """Each step recorded before it starts; a stop request (Ctrl-C, a journal or audit log that
+    cannot be written) is looked at before each one, and any failure undoes what ran."""
     vm = ctx.vm
     started = time.monotonic()
+    ctx.journal = journal
     for step in steps:
-        ctx.on_step(step.name)
-        entry = journal.begin(step)
+        ctx.entry = None
         try:
+            ctx.interruption.check()
+            ctx.on_step(step.name)
+            ctx.entry = journal.begin(step)
             step.action()
+            journal.mark(ctx.entry, "done")
         except (Exception, KeyboardInterrupt) as exc:
-            journal.mark(entry, "failed")
-            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
-            say(f"! step '{step.name}' failed: {reason}")
-            return _roll_back_after_failure(ctx, journal, step.name, reason)
-        journal.mark(entry, "done")
+            return _fail(ctx, journal, step, exc)
     journal.finish("done")
     message = f"{vm.name} now runs on {dst} ({time.monotonic() - started:.1f}s)"
     say(f"== {message}")
     return Outcome(vm.name, True, [dst], message)
 
 
-def _roll_back_after_failure(ctx: Ctx, journal: Journal, failed: str, reason: str) -> Outcome:
+def _fail(ctx: Ctx, journal: Journal, step: Step, exc: BaseException) -> Outcome:
+    """Record how the step ended, then undo what ran."""
+    if isinstance(exc, JournalError):   # no further record can be trusted: every move stops
+        ctx.interruption.request(str(exc))
+    reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
+    entry = ctx.entry
+    if isinstance(exc, Interrupted) and entry is None:
+        what = f"{reason} before step '{step.name}'"
+    elif entry is None:
+        what = f"step '{step.name}' not started: {reason}"
+    else:
+        if not step.undo_if_refused and isinstance(exc, (RemoteError, GuardError)):
+            entry["undo"] = None
+        if entry["status"] == "started":
+            journal.mark_in_undo(entry, "failed")
+        what = f"step '{step.name}' failed: {reason}"
+    say(f"! {what}")
+    return _roll_back_after_failure(ctx, journal, what)
+
+
+def _roll_back_after_failure(ctx: Ctx, journal: Journal, what: str) -> Outcome:
     vm = ctx.vm
-    try:
-        undone = undo_steps(ctx, journal)
-    except (Exception, KeyboardInterrupt) as exc:
-        journal.data["status"] = "rollback-failed"
-        journal.save()
-        raise ToolError(f"{vm.name}: step '{failed}' failed ({reason}) and the undo failed too ({exc}); "
+    undone, undo_failures = undo_steps(ctx, journal)
+    with ctx.interruption.shield():
+        runs_on = _where_now(ctx)
+    where = f"{vm.name} now runs on {', '.join(runs_on) or 'no host'}"
+    if undo_failures:
+        _close(journal, "rollback-failed", keep=True)
+        raise ToolError(f"{vm.name}: {what}; the undo failed too ({'; '.join(undo_failures)}); {where}; "
                         f"the journal is kept: fix the cause, then `fab rollback --vm {vm.name}`") from None
-    journal.finish("rolled-back")
-    runs_on = where_running(ctx.site, ctx.inv, vm)
-    message = (f"{vm.name}: step '{failed}' failed: {reason}; undone: {', '.join(undone) or 'nothing'}; "
-               f"{vm.name} now runs on {', '.join(runs_on) or 'no host'}")
-    return Outcome(vm.name, False, runs_on, message)
+    _close(journal, "rolled-back")
+    return Outcome(vm.name, False, runs_on, f"{vm.name}: {what}; undone: {', '.join(undone) or 'nothing'}; {where}")
+
+
+def _where_now(ctx: Ctx) -> list[str]:
+    """Where the guest runs after an undo, for the last line; '?' for a host that does not answer."""
+    def seen(side: str) -> list[str]:
+        try:
+            return [ctx.vm.host_for(side)] if running_on(ctx.site, ctx.inv, ctx.vm, side) else []
+        except ToolError:
+            return [f"{ctx.vm.host_for(side)}?"]
+    return [host for side in SIDES for host in seen(side)]
+
+
+def _close(journal: Journal, status: str, keep: bool = False) -> None:
+    """End the run's journal; one that cannot be written is left as it is, and said so."""
+    try:
+        if keep:
+            journal.data["status"] = status
+            journal.save()
+        else:
+            journal.finish(status)
+    except JournalError as exc:
+        say(f"! {exc}: `fab rollback --vm {journal.data['vm']}` will find nothing left to undo")
 
 
 def rollback_vm(ctx: Ctx, journals: Path, locks: Path) -> Outcome:
     """Bring a VM back to where an interrupted run found it, from the journal and live state."""
     vm = ctx.vm
-    with VmLock(locks, vm.name):
+    with VmLock(locks, vm.name), ctx.site.vm_lock(vm):
         journal = Journal.load(journals, vm.name)
         if journal is None:
             runs_on = where_running(ctx.site, ctx.inv, vm)
             return Outcome(vm.name, True, runs_on, f"{vm.name}: no unfinished run; it runs on "
                                                     f"{', '.join(runs_on) or 'no host'}")
         say(f"== rollback {vm.name}: {journal.summary()}")
-        undone = undo_steps(ctx, journal)
+        undone, failed = undo_steps(ctx, journal)
+        if failed:
+            raise ToolError(f"{vm.name}: the rollback could not finish ({'; '.join(failed)}); the journal is "
+                            f"kept: fix the cause, then run `fab rollback --vm {vm.name}` again")
         journal.finish("rolled-back")
-        runs_on = where_running(ctx.site, ctx.inv, vm)
+        runs_on = _where_now(ctx)
         return Outcome(vm.name, True, runs_on, f"{vm.name}: rolled back ({', '.join(undone) or 'nothing to undo'}); "
                                                f"runs on {', '.join(runs_on) or 'no host'}")
 
@@ -563,10 +680,11 @@ class HostSlots:
     most guests are up sooner; waiting for a start slot is downtime, so it is opt-in.
     """
 
-    def __init__(self, inv: Inventory):
+    def __init__(self, inv: Inventory, interruption: Interruption):
         self._slots = {name: threading.BoundedSemaphore(h.max_parallel) for name, h in inv.hosts.items()}
         self._starts = {name: (threading.BoundedSemaphore(h.max_starts), h.max_starts)
                         for name, h in inv.hosts.items() if h.max_starts}
+        self._interruption = interruption   # a stop request ends every wait for a slot
 
     @contextmanager
     def starting(self, host: str):
@@ -577,7 +695,7 @@ class HostSlots:
         gate, limit = self._starts[host]
         if not gate.acquire(blocking=False):
             say(f"* {host}: waiting for a start slot (max_starts {limit}) ...")
-            gate.acquire()
+            self._interruption.acquire(gate)
         try:
             yield
         finally:
@@ -586,30 +704,42 @@ class HostSlots:
     @contextmanager
     def hold(self, vm: VM):
         hosts = sorted({vm.xen_host, vm.kvm_host})   # one order everywhere: no deadlock
-        for host in hosts:
-            self._slots[host].acquire()
+        held = []
         try:
+            for host in hosts:
+                self._interruption.acquire(self._slots[host])
+                held.append(host)
             yield
         finally:
-            for host in reversed(hosts):
+            for host in reversed(held):
                 self._slots[host].release()
 
 
 def run_fleet(c, inv: Inventory, vms: list[VM], *, to: str | None, from_host: str | None, timeout: float,
-              force: bool, dry_run: bool, parallel: int, fail_fast: bool) -> list[Outcome]:
+              force: bool, dry_run: bool, parallel: int, fail_fast: bool,
+              interruption: Interruption | None = None) -> list[Outcome]:
     """Move every VM, `parallel` at a time over the shared per-host connections; each VM alone
-    is locked, journaled and rolled back, so one failure touches no other VM."""
-    site = site_from_context(c, inv, dry_run)
+    is locked, journaled and rolled back, so one failure touches no other VM.
+
+    Ctrl-C or SIGTERM starts no further VM and stops the moving ones at their next step or
+    wait; each undoes what it did (moves already done stay done).
+    """
+    interruption = interruption or Interruption()
+    site = site_from_context(c, inv, dry_run, interruption)
     side = other(inv.host(from_host).role) if from_host else to
-    slots = HostSlots(inv)
+    slots = HostSlots(inv, interruption)
     stop = threading.Event()
     tag = len(vms) > 1
     view = FleetView([vm.name for vm in vms], live=None if tag else False)
 
     def one(vm: VM) -> Outcome:
-        if stop.is_set():
-            view.finish(vm.name, False, "not started (--fail-fast)")
-            return Outcome(vm.name, False, [], f"{vm.name}: not started (--fail-fast after a failure)")
+        if stop.is_set() or interruption.requested:
+            why = "--fail-fast after a failure" if stop.is_set() else interruption.reason
+            with interruption.shield():
+                runs_on = _where_now(Ctx(site, inv, vm))
+            view.finish(vm.name, False, f"not started, on {', '.join(runs_on) or 'no host'}")
+            return Outcome(vm.name, False, runs_on, f"{vm.name}: not started ({why}); it runs on "
+                                                    f"{', '.join(runs_on) or 'no host'}")
         set_output_prefix(vm.name if tag else "")
         try:
             with slots.hold(vm):
@@ -628,7 +758,7 @@ def run_fleet(c, inv: Inventory, vms: list[VM], *, to: str | None, from_host: st
     from concurrent.futures import ThreadPoolExecutor
 
     try:
-        with view, ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        with interruption.on_signals(), view, ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
             return list(pool.map(one, vms))
     finally:
         site.close()
@@ -641,18 +771,24 @@ def _migrate(c, vm, to, all_vms, from_host, timeout, force, dry_run, parallel, f
         raise InputError(f"--parallel must be at least 1, got {parallel}")
     inv = inventory.from_context(c)
     vms = select_vms(inv, vm, all_vms, from_host)
+    interruption = Interruption()
     outcomes = run_fleet(c, inv, vms, to=to, from_host=from_host, timeout=float(timeout), force=force,
-                         dry_run=dry_run, parallel=int(parallel), fail_fast=fail_fast)
+                         dry_run=dry_run, parallel=int(parallel), fail_fast=fail_fast, interruption=interruption)
     failed = [o for o in outcomes if not o.ok]
+    code = interruption.code if interruption.requested else 1
     if len(outcomes) == 1:
         if failed:
-            raise ToolError(failed[0].message)
+            raise ToolError(failed[0].message, code)
+        if interruption.requested:
+            raise ToolError(f"{interruption.reason} after the move was done: {outcomes[0].message}", code)
         return
     say(f"== {len(outcomes) - len(failed)} of {len(outcomes)} VMs done")
     for outcome in outcomes:
         say(f"  {'ok    ' if outcome.ok else 'FAILED'} {outcome.message}")
-    if failed:
-        raise ToolError(f"{len(failed)} of {len(outcomes)} VMs failed: {', '.join(o.vm for o in failed)}")
+    if failed or interruption.requested:
+        stopped = f"{interruption.reason}: " if interruption.requested else ""
+        raise ToolError(f"{stopped}{len(failed)} of {len(outcomes)} VMs failed: "
+                        f"{', '.join(o.vm for o in failed) or 'none'}", code)
 
 
 _MOVE_HELP = {
@@ -690,33 +826,82 @@ def migrate_to_xen(c, vm=None, all=False, from_host=None, parallel=4, fail_fast=
 
 @task(help={"vm": "VM name from the inventory"})
 def rollback(c, vm):
-    """Undo an interrupted or failed run of a VM, from its journal and the live state."""
+    """Undo an interrupted or failed run of a VM, from its journal and the live state.
+
+    It is all undo: Ctrl-C or SIGTERM is answered with a line and does not stop it."""
     inv = inventory.from_context(c)
+    model = inv.vm(vm)
     site = site_from_context(c, inv)
     try:
-        outcome = rollback_vm(Ctx(site, inv, inv.vm(vm)), journal_dir(c), lock_dir(c))
+        with site.interruption.on_signals():
+            outcome = rollback_vm(Ctx(site, inv, model), journal_dir(c), lock_dir(c))
     finally:
         site.close()
     say(f"== {outcome.message}")
 
 
+STATUS_HEADER = ("VM", "runs on", "resource", "host", "role", "conn", "disk/peer", "sync")
+
+
+def _connect_error(site: Site, host: str) -> str | None:
+    """Why the host cannot be reached, or None once its connection is open."""
+    try:
+        site.host(host)
+    except ToolError as exc:
+        return str(exc)
+    return None
+
+
+def status_rows(site: Site, inv: Inventory, vm: VM, unreachable: set[str]) -> tuple[list[tuple], list[str]]:
+    """The VM's rows of `fab status` and what could not be read; a host in `unreachable`, or one
+    whose probe fails, shows as such (`HOST?` where it may run) instead of ending the report."""
+    problems = []
+
+    def ask(host: str, probe: Callable[[], object]):
+        if host in unreachable:
+            return None
+        try:
+            return probe()
+        except ToolError as exc:
+            problems.append(str(exc))
+            return None
+
+    running = {side: ask(vm.host_for(side), lambda side=side: running_on(site, inv, vm, side)) for side in SIDES}
+    runs_on = ", ".join([vm.host_for(side) for side in SIDES if running[side]]
+                        + [f"{vm.host_for(side)}?" for side in SIDES if running[side] is None]) or "-"
+    rows = []
+    for host in (vm.xen_host, vm.kvm_host):
+        states = ask(host, lambda host=host: drbd.resource_states(site.host(host), vm, host))
+        for disk in vm.resources:
+            if states is None:
+                rows.append((vm.name, runs_on, disk.resource, host,
+                             "unreachable" if host in unreachable else "unknown", "", "", ""))
+                continue
+            st = states[disk.resource]
+            sync = f"{st.sync_percent:.1f}%" if st.sync_percent is not None else ""
+            rows.append((vm.name, runs_on, disk.resource, host, st.role, st.connection,
+                         f"{st.disk}/{'/'.join(st.peer_disks) or '?'}", sync))
+    return rows, problems
+
+
 @task(help={"vm": "VM name (default: every VM in the inventory)"})
 def status(c, vm=None):
-    """Where each VM runs, its DRBD roles and states, and unfinished runs."""
+    """Where each VM runs, its DRBD roles and states, and unfinished runs. A host that does not
+    answer is shown so and the rest still reported; the exit code then says it was incomplete."""
     inv = inventory.from_context(c)
+    models = inv.select(vm)
     site = site_from_context(c, inv)
-    rows = [("VM", "runs on", "resource", "host", "role", "conn", "disk/peer", "sync")]
-    notes = []
+    rows, notes, failed = [STATUS_HEADER], [], []
     try:
-        for model in inv.select(vm):
-            runs_on = ", ".join(where_running(site, inv, model)) or "-"
-            for host in (model.xen_host, model.kvm_host):
-                states = drbd.resource_states(site.host(host), model, host)
-                for disk in model.resources:
-                    st = states[disk.resource]
-                    sync = f"{st.sync_percent:.1f}%" if st.sync_percent is not None else ""
-                    rows.append((model.name, runs_on, disk.resource, host, st.role, st.connection,
-                                 f"{st.disk}/{'/'.join(st.peer_disks) or '?'}", sync))
+        hosts = sorted({host for model in models for host in (model.xen_host, model.kvm_host)})
+        errors = concurrently(*(lambda host=host: _connect_error(site, host) for host in hosts)) if hosts else []
+        unreachable = [host for host, error in zip(hosts, errors) if error]
+        notes += [f"! {error}" for error in errors if error]
+        for model in models:
+            vm_rows, problems = status_rows(site, inv, model, set(unreachable))
+            rows += vm_rows
+            notes += [f"! {problem}" for problem in problems]
+            failed += problems
             pending = Journal.load(journal_dir(c), model.name)
             if pending is not None:
                 notes.append(f"! {model.name}: unfinished run ({pending.summary()}): `fab rollback --vm {model.name}`")
@@ -727,6 +912,9 @@ def status(c, vm=None):
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
     for note in notes:
         print(note)
+    if unreachable or failed:
+        missing = [f"{host} unreachable" for host in unreachable] + ([f"{len(failed)} probe(s) failed"] if failed else [])
+        raise ToolError(f"status incomplete: {', '.join(missing)}")
 
 
 def match_swaps(site: Site, inv: Inventory, vm: VM, to: str) -> list[localdisk.SwapMatch]:

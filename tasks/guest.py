@@ -17,7 +17,7 @@ from invoke import Collection, task
 from . import inventory
 from .errors import GuardError, InputError, ToolError
 from .inventory import VM
-from .remote import Remote, say, site_from_context
+from .remote import SLOW_TIMEOUT, Remote, say, site_from_context
 from .xenhost import cfg_errors, read_local, read_vm_cfg
 
 if TYPE_CHECKING:
@@ -479,7 +479,7 @@ def apply_boot(guest: Remote, facts: GuestFacts, disk_map: list[MappedDisk], fst
     """Kernel, grub 2 (device.map, defaults, update-grub, opt-in grub-install), pygrub's menu.lst."""
     from .formats.bootloader import convert_default_grub, convert_menu_lst, render_device_map
     if plan.kernel_package:
-        guest.change(["apt-get", "install", "-y", plan.kernel_package], env=APT_ENV)
+        guest.change(["apt-get", "install", "-y", plan.kernel_package], env=APT_ENV, timeout=SLOW_TIMEOUT)
     else:
         say(f"* {guest.name}: kernel {', '.join(facts.bootable_kernels)} boots under KVM ... unchanged")
     if not plan.grub2:
@@ -488,7 +488,7 @@ def apply_boot(guest: Remote, facts: GuestFacts, disk_map: list[MappedDisk], fst
         grub_changed = plan.kernel_package is not None
         if plan.install_grub_pc:
             guest.change(["debconf-set-selections"], stdin=GRUB_PC_PRESEED)
-            guest.change(["apt-get", "install", "-y", "grub-pc"], env=APT_ENV)
+            guest.change(["apt-get", "install", "-y", "grub-pc"], env=APT_ENV, timeout=SLOW_TIMEOUT)
             grub_changed = True
         device_map = render_device_map([d.target for d in disk_map])
         grub_changed |= guest.edit_file(DEVICE_MAP, lambda _: device_map, create=True)
@@ -498,20 +498,20 @@ def apply_boot(guest: Remote, facts: GuestFacts, disk_map: list[MappedDisk], fst
             grub_changed |= guest.edit_file(
                 DEFAULT_GRUB, lambda text: convert_default_grub(text, fstab_plan.renames, fstab_plan.root))
         if grub_changed or not facts.grub_cfg:
-            guest.change(["update-grub"])
+            guest.change(["update-grub"], timeout=SLOW_TIMEOUT)
         else:
             say(f"* {guest.name}: update-grub ... unchanged (nothing it reads changed)")
         if plan.grub_install_device:
             say(f"! {guest.name}: grub-install --force on {plan.grub_install_device}, a disk without a "
                 f"partition table: {BLOCKLIST_WARNING}")
-            guest.change(grub_install_argv(guest, plan.grub_install_device))
+            guest.change(grub_install_argv(guest, plan.grub_install_device), timeout=SLOW_TIMEOUT)
     if facts.menu_lst is not None:
         guest.edit_file(MENU_LST, lambda text: convert_menu_lst(text, fstab_plan.renames))
 
 
 def apply_power_button(guest: Remote, facts: GuestFacts, install: bool) -> None:
     if install:
-        guest.change(["apt-get", "install", "-y", *POWER_BUTTON_PACKAGES], env=APT_ENV)
+        guest.change(["apt-get", "install", "-y", *POWER_BUTTON_PACKAGES], env=APT_ENV, timeout=SLOW_TIMEOUT)
     else:
         say(f"* {guest.name}: power button handled by {POWER_BUTTON_SUMMARY[facts.power_button]} ... unchanged")
 
@@ -524,7 +524,7 @@ def apply_initramfs(guest: Remote, present: bool, force: bool = False) -> None:
         return
     changed = guest.edit_file(INITRAMFS_MODULES, lambda text: plan_initramfs_modules(text) or text, create=True)
     if changed or force:
-        guest.change(["update-initramfs", "-u", "-k", "all"])
+        guest.change(["update-initramfs", "-u", "-k", "all"], timeout=SLOW_TIMEOUT)
     else:
         say(f"* {guest.name}: update-initramfs ... unchanged")
 

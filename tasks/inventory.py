@@ -70,8 +70,8 @@ class Host:
     name: str
     address: str
     role: str
-    user: str = "root"
-    port: int = 22
+    user: str | None = None            # None: ~/.ssh/config's User for the address, else root
+    port: int | None = None            # None: ~/.ssh/config's Port, else 22
     toolstack: str = "auto"
     libvirt_uri: str = "qemu:///system"
     known_hosts: str | None = None
@@ -82,10 +82,7 @@ class Host:
     drbd_address: str = ""
     max_parallel: int = 4
     max_starts: int | None = None    # domains it starts at once in a fleet run (None: no limit)
-
-    @property
-    def needs_sudo(self) -> bool:
-        return self.user != "root"
+    command_timeout: float = 60.0    # seconds one probe or short change may take there
 
 
 @dataclass(frozen=True)
@@ -120,8 +117,8 @@ class VM:
     cfg: str
     disks: tuple[ReplicatedDisk | LocalDisk, ...]
     guest_address: str | None = None
-    guest_user: str = "root"
-    guest_port: int = 22
+    guest_user: str | None = None
+    guest_port: int | None = None
     guest_proxy_command: str | None = None
     guest_identity_file: str | None = None
     guest_known_hosts: str | None = None
@@ -252,7 +249,7 @@ class _Checker:
 
 _HOST_KEYS = {"address", "role", "user", "port", "toolstack", "libvirt_uri", "known_hosts",
               "accept_new_host_key", "proxy_command", "identity_file", "hostname", "drbd_address", "max_parallel",
-              "max_starts"}
+              "max_starts", "command_timeout"}
 _VM_KEYS = {"xen_host", "kvm_host", "cfg", "guest_address", "guest_user", "guest_port",
             "guest_proxy_command", "guest_identity_file", "guest_known_hosts", "mac",
             "memory", "vcpus", "bridge", "bus", "domain_type", "machine", "boot", "snapshot",
@@ -282,8 +279,8 @@ def _parse_host(check: _Checker, name: str, raw: Any) -> Host | None:
         name=name,
         address=address or "",
         role=role or "",
-        user=check.get(data, "user", where, str, default="root"),
-        port=check.get(data, "port", where, int, default=22, at_most=MAX_PORT),
+        user=check.get(data, "user", where, str),
+        port=check.get(data, "port", where, int, at_most=MAX_PORT),
         toolstack=check.get(data, "toolstack", where, str, default="auto", choices=TOOLSTACKS),
         libvirt_uri=check.get(data, "libvirt_uri", where, str, default="qemu:///system"),
         known_hosts=check.get(data, "known_hosts", where, str),
@@ -294,6 +291,7 @@ def _parse_host(check: _Checker, name: str, raw: Any) -> Host | None:
         drbd_address=drbd_address or address or "",
         max_parallel=check.get(data, "max_parallel", where, int, default=4),
         max_starts=check.get(data, "max_starts", where, int),
+        command_timeout=float(check.get(data, "command_timeout", where, int, default=60)),
     )
     return host if role and address else None
 
@@ -385,8 +383,8 @@ def _parse_vm(check: _Checker, name: str, raw: Any, hosts: dict[str, Host]) -> V
         cfg=cfg,
         disks=tuple(disks),
         guest_address=check.get(data, "guest_address", where, str),
-        guest_user=check.get(data, "guest_user", where, str, default="root"),
-        guest_port=check.get(data, "guest_port", where, int, default=22, at_most=MAX_PORT),
+        guest_user=check.get(data, "guest_user", where, str),
+        guest_port=check.get(data, "guest_port", where, int, at_most=MAX_PORT),
         guest_proxy_command=check.get(data, "guest_proxy_command", where, str),
         guest_identity_file=check.get(data, "guest_identity_file", where, str),
         guest_known_hosts=check.get(data, "guest_known_hosts", where, str),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import sys
 import time
 import uuid
@@ -21,7 +22,8 @@ from .errors import GuardError, InputError, ToolError
 from .formats.domainxml import BOOT_DIR, console_log
 from .inventory import VM, Host, Inventory, ReplicatedDisk
 from .localdisk import plan_swap_matches
-from .remote import Remote, RemoteError, describe_ssh_error, say, site_from_context
+from .remote import START_TIMEOUT, Remote, RemoteError, say, site_from_context
+from .ssh import describe_ssh_error
 from .xenhost import DEFAULT_SHUTDOWN_TIMEOUT, SHUTDOWN_POLL, cfg_errors, read_local, read_vm_cfg, wait_until
 
 XML_DIR = "/var/lib/xenkvm"
@@ -52,15 +54,22 @@ DOMAIN_STATES = ("in shutdown", "pmsuspended", "shut off", "crashed", "running",
 
 
 def parse_domain_states(text: str) -> dict[str, str]:
-    """`virsh list --all`: domain name -> state (a name may hold spaces; the state ends the line)."""
+    """`virsh list --all`: domain name -> state (a name may hold spaces; the state ends the line).
+
+    A domain missing from the list counts as stopped, so a listing without its header, or with
+    a line that is no domain in a state virsh prints, is a ValueError rather than a guess.
+    """
+    lines = [(number, line.rstrip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if len(lines) < 2 or lines[0][1].split() != ["Id", "Name", "State"] or set(lines[1][1].strip()) != {"-"}:
+        raise ValueError("no `Id Name State` header")
     states = {}
-    lines = text.splitlines()
-    start = next((i + 1 for i, line in enumerate(lines) if line.strip().startswith("---")), len(lines))
-    for line in lines[start:]:
+    for number, line in lines[2:]:
         fields = line.split(None, 1)
-        state = next((st for st in DOMAIN_STATES if line.rstrip().endswith(" " + st)), None)
-        if len(fields) == 2 and state:
-            states[fields[1].rstrip()[:-len(state)].strip()] = state
+        state = next((st for st in DOMAIN_STATES if line.endswith(" " + st)), None)
+        name = fields[1][:-len(state)].strip() if state and len(fields) == 2 else ""
+        if not name or not (fields[0] == "-" or fields[0].isdigit()):
+            raise ValueError(f"line {number} is no domain in a state virsh prints")
+        states[name] = state
     return states
 
 
@@ -74,7 +83,11 @@ def domain_state(remote: Remote, host: Host, name: str, max_age: float = 0.0) ->
     if not outcome.ok:
         raise ToolError(f"{host.name}: `virsh list --all` failed (exit {outcome.exit_code}): "
                         f"{(outcome.stderr or outcome.stdout).strip()}")
-    return parse_domain_states(outcome.stdout).get(name, "not found")
+    try:
+        return parse_domain_states(outcome.stdout).get(name, "not found")
+    except ValueError as exc:
+        raise ToolError(f"{host.name}: `virsh list --all` printed a listing this tool does not recognise "
+                        f"({exc}): refusing to guess which domains run") from None
 
 
 def domain_running(remote: Remote, host: Host, name: str, max_age: float = 0.0) -> bool:
@@ -83,7 +96,7 @@ def domain_running(remote: Remote, host: Host, name: str, max_age: float = 0.0) 
 
 
 def start_domain(remote: Remote, host: Host, name: str) -> None:
-    remote.change(virsh(host, "start", name), env={"LANG": "C"})
+    remote.change(virsh(host, "start", name), env={"LANG": "C"}, timeout=START_TIMEOUT)
 
 
 def destroy_domain(remote: Remote, host: Host, name: str) -> None:
@@ -96,16 +109,21 @@ def destroy_domain(remote: Remote, host: Host, name: str) -> None:
 
 
 def shutdown_domain(remote: Remote, host: Host, name: str, *, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
-                    force: bool = False, poll: float = SHUTDOWN_POLL) -> None:
-    """ACPI shutdown, wait until shut off; destroy after the wait only if forced."""
+                    force: bool = False, poll: float = SHUTDOWN_POLL, on_requested=None) -> None:
+    """ACPI shutdown, wait until shut off; destroy after the wait only if forced.
+
+    `on_requested` is called once the guest was asked to shut down: from then on it may go
+    down at any moment, and an undo must wait for that before starting it again."""
     if not remote.dry_run and not domain_running(remote, host, name):
         say(f"* {host.name}: {name} is not running ... ok")
         return
     remote.change(virsh(host, "shutdown", name), env={"LANG": "C"})
     if remote.dry_run:
         return
+    if on_requested:
+        on_requested()
     gone = wait_until(lambda max_age: not domain_running(remote, host, name, max_age), timeout, poll,
-                      f"{host.name}: waiting for {name} to shut down")
+                      f"{host.name}: waiting for {name} to shut down", remote.interruption)
     if not gone:
         if not force:
             raise ToolError(f"{host.name}: {name} still running after {timeout:.0f}s; "
@@ -166,6 +184,31 @@ def define_domain(remote: Remote, host: Host, name: str, xml: str, *, was_new: b
 
 # -- rehearsal on snapshots -------------------------------------------------------------------
 
+# A VG or LV name as LVM allows it (lvm(8), VALID NAMES).
+LVM_NAME = re.compile(r"[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,127}")
+
+
+def parse_lvs_names(text: str) -> tuple[str, str]:
+    """`lvs --noheadings -o vg_name,lv_name PATH` -> (VG, LV); ValueError for anything else."""
+    rows = [line.split() for line in text.splitlines() if line.strip()]
+    if len(rows) != 1 or len(rows[0]) != 2 or not all(LVM_NAME.fullmatch(name) for name in rows[0]):
+        raise ValueError("not one VG and LV name")
+    return rows[0][0], rows[0][1]
+
+
+def logical_volume(remote: Remote, path: str) -> tuple[str, str]:
+    """The VG and LV of the volume at `path`, as LVM itself names them: a /dev/mapper/VG-LV name
+    doubles every dash inside VG and LV, so the path alone does not tell them apart."""
+    outcome = remote.probe(["lvs", "--noheadings", "-o", "vg_name,lv_name", path])
+    try:
+        if not outcome.ok:
+            raise ValueError(f"lvs exit {outcome.exit_code}")
+        return parse_lvs_names(outcome.stdout)
+    except ValueError as exc:
+        raise ToolError(f"{remote.name}: {path} is not a logical volume LVM can name ({exc}): "
+                        f"rehearse with --method qcow2") from None
+
+
 class LvmSnapshot:
     """An LVM snapshot of the backing LV: writes land in the snapshot, the LV stays as it was."""
 
@@ -175,8 +218,9 @@ class LvmSnapshot:
         self.size = size
 
     def create(self, remote: Remote, source: str, name: str) -> str:
-        remote.change(["lvcreate", "--snapshot", "--name", name, "--size", self.size, source])
-        return f"{source.rsplit('/', 1)[0]}/{name}"
+        vg, lv = logical_volume(remote, source)
+        remote.change(["lvcreate", "--snapshot", "--name", name, "--size", self.size, f"{vg}/{lv}"])
+        return f"/dev/{vg}/{name}"
 
     def remove(self, remote: Remote, path: str) -> None:
         remote.change(["lvremove", "-f", path])
@@ -236,9 +280,12 @@ def rehearse_vm(site, inv: Inventory, vm: VM, *, seconds: float = 20.0, method: 
     snapper = snapper(snapshot_size) if snapper is LvmSnapshot else snapper()
     if vm.boot == "direct-kernel":
         say(f"* {host.name}: {vm.name} boots kernel {require_fetched_kernel(remote, vm)} ... ok")
-    for swap in plan_swap_matches(site, vm, vm.xen_host, host.name):
-        say(f"  note: {host.name}:{swap.path} lacks the UUID of {vm.name}'s swap, so the trial may wait for it "
-            f"at boot (systemd: 90 s); `fab match-swap --vm {vm.name} --to kvm` gives it that UUID")
+    try:
+        for swap in plan_swap_matches(site, vm, vm.xen_host, host.name):
+            say(f"  note: {host.name}:{swap.path} lacks the UUID of {vm.name}'s swap, so the trial may wait for "
+                f"it at boot (systemd: 90 s); `fab match-swap --vm {vm.name} --to kvm` gives it that UUID")
+    except GuardError as exc:   # the trial writes only a snapshot of it: a note, not a refusal
+        say(f"  note: {exc}")
     name = f"{vm.name}{REHEARSAL_SUFFIX}"
     if domain_state(remote, host, name) != "not found":
         raise ToolError(f"{host.name}: a domain {name} exists from an earlier rehearsal; "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import os
 import shlex
 import threading
@@ -16,13 +17,20 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import takewhile
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
-from .errors import ToolError
+from . import ssh
+from .errors import GuardError, ToolError
+from .hostlock import HostLocks, holder
+from .interrupt import Interruption
 from .inventory import VM, Host, Inventory
 
 BACKUP_SUFFIX = ".xenkvm-"
+COMMAND_TIMEOUT = 60.0   # one probe or short change (inventory: a host's command_timeout)
+START_TIMEOUT = 300.0    # a domain start: Xen scrubs a large guest's memory before it runs
+SLOW_TIMEOUT = 1800.0    # package installs, initramfs and grub in a guest
 T = TypeVar("T")
 _print_lock = threading.Lock()
 _output = threading.local()          # .prefix: the VM a fleet worker thread is moving
@@ -68,6 +76,31 @@ def join(argv: Sequence[str]) -> str:
     return shlex.join(str(a) for a in argv)
 
 
+_DANGLING = 67
+
+
+def _write_script(make_parent: bool) -> str:
+    """Remote.write_file on the host: "$1" the path, "$2" the backup suffix, "$3" the staged upload
+    (empty: the text comes on stdin). The file written is the one "$1" resolves to (readlink -f,
+    so a symlink keeps pointing at it); it prints that file when "$1" is not it. `sync FILE`
+    fsyncs the one file (coreutils 8.24 and later); an older sync says it ignores its argument
+    and syncs everything, which covers it too."""
+    return (
+        f'set -e; if [ -L "$1" ] && [ ! -e "$1" ]; then exit {_DANGLING}; fi; '
+        + ('mkdir -p -- "$(dirname -- "$1")"; ' if make_parent else '')
+        + 'file=$(readlink -f -- "$1"); tmp=$(mktemp "$file.tmp.XXXXXX"); '
+        'if [ -n "$3" ]; then cat -- "$3" > "$tmp"; rm -f -- "$3"; else cat > "$tmp"; fi; '
+        'if [ -e "$file" ]; then cp -p -- "$file" "$file$2"; chmod --reference="$file" "$tmp"; fi; '
+        'sync -- "$tmp"; mv -f -- "$tmp" "$file"; sync -- "$(dirname -- "$file")"; '
+        'if [ "$file" != "$1" ]; then printf %s "$file"; fi'
+    )
+
+
+def printable(text: str) -> str:
+    """Remote text for a line of output: every control character shown as `?`, so none splits it."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
 class RemoteError(ToolError):
     """A command on a host failed; the message names the host, the command and its output."""
 
@@ -94,36 +127,47 @@ class Outcome:
 
 
 class AuditLog:
-    """JSON lines on the control machine: time, host, command, exit code, duration."""
+    """JSON lines on the control machine: time, host, command, exit code, duration; the file is
+    made 0600, in a directory made 0700.
+
+    A record that cannot be written (a full disk) goes to stderr instead, and `failure` says
+    why: the caller stops the run, since its journal cannot be kept either, and its undo
+    goes on with its records on stderr.
+    """
 
     def __init__(self, path: str | Path | None):
         self.path = Path(path).expanduser() if path else None
+        self.failure: str | None = None
         self._lock = threading.Lock()
 
     def record(self, host: str, command: str, exit_code: int | None, duration: float, kind: str) -> None:
         if self.path is None:
             return
-        entry = {
+        line = json.dumps({
             "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "host": host,
             "kind": kind,
             "command": command,
             "exit": exit_code,
             "duration": round(duration, 3),
-        }
+        }) + "\n"
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a") as fh:
-                fh.write(json.dumps(entry) + "\n")
+            try:
+                make_private_dir(self.path.parent)
+                with open(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a") as fh:
+                    fh.write(line)
+            except OSError as exc:
+                self.failure = self.failure or f"the audit log {self.path} cannot be written ({exc.strerror})"
+                sys.stderr.write(f"audit: {line}")
 
 
 @dataclass
 class _Listing:
-    """One shared listing command: whether a run is in flight, the last run's outcome and
-    when that run began (time.monotonic())."""
+    """One shared listing command: whether a run is in flight, the last run's outcome (or
+    its failure, which its waiters share too) and when that run began (time.monotonic())."""
 
     running: bool = False
-    outcome: Outcome | None = None
+    outcome: Outcome | ToolError | None = None
     outcome_began: float = float("-inf")
 
 
@@ -131,16 +175,22 @@ class Remote:
     """One host as seen by the stages: run probes and changes, read and edit files.
 
     `conn` is anything with Fabric's `run(command, hide=, warn=, in_stream=, timeout=)`:
-    a fabric Connection in production, invoke's MockContext in tests.
+    a fabric Connection in production, invoke's MockContext in tests.  Every command has a
+    time limit (`command_timeout` unless the call gives its own): a host that stops
+    answering fails the step with one line, instead of holding the run forever.
     """
 
     def __init__(self, name: str, conn, *, sudo: bool = False, dry_run: bool = False,
-                 audit: AuditLog | None = None):
+                 audit: AuditLog | None = None, command_timeout: float = COMMAND_TIMEOUT,
+                 interruption: Interruption | None = None):
         self.name = name
         self.conn = conn
         self.sudo = sudo
         self.dry_run = dry_run
         self.audit = audit or AuditLog(None)
+        self.command_timeout = command_timeout
+        self.interruption = interruption or Interruption()
+        self.silent: str | None = None   # why the host is not asked again in this run
         self.facts: dict = {}   # probe results that hold for the whole run (toolstack, ...)
         self._sftp_lock = threading.Lock()
         self._listings: dict[str, _Listing] = {}
@@ -154,17 +204,50 @@ class Remote:
 
     def _run(self, argv, *, kind: str, env=None, stdin: str | None = None,
              timeout: float | None = None) -> Outcome:
+        from invoke.exceptions import CommandTimedOut
+
         command = self.command(argv, env)
+        if self.silent:
+            raise ToolError(f"{self.name}: `{command}` not sent: {self.silent}")
+        limit = timeout or self.command_timeout
         started = time.monotonic()
         try:
-            result = self.conn.run(command, hide=True, warn=True, timeout=timeout,
+            result = self.conn.run(command, hide=True, warn=True, timeout=limit,
                                    in_stream=io.StringIO(stdin) if stdin is not None else False)
-        except Exception as exc:  # connection loss, timeout: report it as this host's failure
-            self.audit.record(self.name, command, None, time.monotonic() - started, kind)
-            raise ToolError(f"{self.name}: `{command}` did not complete: {describe_ssh_error(exc)}") from None
+        except CommandTimedOut:
+            self._record(command, None, started, kind)
+            raise ToolError(f"{self.name}: `{command}` gave no answer within {limit:.0f}s "
+                            f"(it may still be running there)") from None
+        except Exception as exc:  # connection loss: report it as this host's failure
+            self._record(command, None, started, kind)
+            reason = ssh.describe_ssh_error(exc)
+            if ssh.host_stopped_answering(self.conn, exc):
+                self.silent = f"it stopped answering earlier in this run ({reason})"
+            raise ToolError(f"{self.name}: `{command}` did not complete: {reason}") from None
         outcome = Outcome(result.exited, result.stdout, result.stderr)
-        self.audit.record(self.name, command, outcome.exit_code, time.monotonic() - started, kind)
+        self._record(command, outcome.exit_code, started, kind)
         return outcome
+
+    def _record(self, command: str, exit_code: int | None, started: float, kind: str) -> None:
+        """Audit the command; a log that cannot be written stops the run (not its undo)."""
+        self.audit.record(self.name, command, exit_code, time.monotonic() - started, kind)
+        if self.audit.failure:
+            self.interruption.request(self.audit.failure)
+            self.interruption.check()
+
+    def open_session(self, argv: Sequence[str]):
+        """A command that keeps running beside the others, for a conversation over its stdin and
+        stdout (the host's VM locks); its channel, with reads bounded by `command_timeout`."""
+        command = self.command(argv)
+        if self.silent:
+            raise ToolError(f"{self.name}: `{argv[0]}` not started: {self.silent}")
+        try:
+            channel = self.conn.create_session()
+            channel.settimeout(self.command_timeout)
+            channel.exec_command(command)
+        except Exception as exc:
+            raise ToolError(f"{self.name}: cannot open a session: {ssh.describe_ssh_error(exc)}") from None
+        return channel
 
     def probe(self, argv: Sequence[str], *, env: dict[str, str] | None = None,
               timeout: float | None = None) -> Outcome:
@@ -185,15 +268,20 @@ class Remote:
             listing = self._listings.setdefault(key, _Listing())
             while True:
                 if listing.outcome is not None and listing.outcome_began >= oldest:
+                    if isinstance(listing.outcome, ToolError):
+                        raise listing.outcome
                     return listing.outcome
                 if not listing.running:
                     break
                 self._listings_changed.wait()   # that run may be fresh enough; if not, ours follows it
             listing.running, began = True, time.monotonic()
-        outcome = None
+        outcome: Outcome | ToolError | None = None
         try:
             outcome = self.probe(argv, env=env)
             return outcome
+        except ToolError as exc:   # a host that hangs fails every caller of this run at once
+            outcome = exc
+            raise
         finally:
             with self._listings_changed:
                 listing.running = False
@@ -230,9 +318,12 @@ class Remote:
         return outcome.stdout
 
     def write_file(self, path: str, text: str, *, make_parent: bool = False) -> None:
-        """Atomic replace: timestamped backup of the old file, temp file beside it, rename.
+        """Atomic replace of the file `path` names: timestamped backup of the old file, temp file
+        beside it, fsync, rename, fsync of the directory; one command.
 
-        `make_parent` creates a missing directory first (in the same command: no extra round trip).
+        A symlink (/etc/xen/auto/NAME.cfg -> ../NAME.cfg) is resolved on the host and its target
+        edited, backup beside it: a rename over the link would leave the real file as it was.
+        A dangling link is refused (GuardError). `make_parent` creates a missing directory first.
         """
         stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
         backup = f"{path}{BACKUP_SUFFIX}{stamp}"
@@ -241,27 +332,32 @@ class Remote:
             return
         started = time.monotonic()
         staged = self._stage(text)
-        script = (
-            'set -e; ' + ('mkdir -p -- "$(dirname -- "$1")"; ' if make_parent else '')
-            + 'tmp=$(mktemp "$1.tmp.XXXXXX"); '
-            'if [ -n "$3" ]; then cat -- "$3" > "$tmp"; rm -f -- "$3"; else cat > "$tmp"; fi; '
-            'if [ -e "$1" ]; then cp -p -- "$1" "$1$2"; chmod --reference="$1" "$tmp"; fi; '
-            'mv -f -- "$tmp" "$1"'
-        )
-        self.change(["sh", "-c", script, "sh", path, f"{BACKUP_SUFFIX}{stamp}", staged or ""],
-                    stdin=None if staged else text, quiet=True)
+        outcome = self.change(["sh", "-c", _write_script(make_parent), "sh", path, f"{BACKUP_SUFFIX}{stamp}",
+                               staged or ""],
+                              stdin=None if staged else text, ok_codes=(0, _DANGLING), quiet=True)
+        if outcome.exit_code == _DANGLING:
+            raise GuardError(f"{self.name}: {path} is a symlink to a file that does not exist: refusing to "
+                             f"write through it; point it at the real file or remove it")
+        target = printable(outcome.stdout)   # the link's target, when path is a symlink
+        if target:
+            path, backup = f"{path} -> {target}", f"{target}{BACKUP_SUFFIX}{stamp}"
         say(f"* {self.name}: write {path} (backup {backup} if it existed) ... ok {time.monotonic() - started:.1f}s")
 
     @contextmanager
     def sftp(self):
         """This host's one SFTP session, for one thread at a time (paramiko's SFTP client is not
-        thread-safe, and fleet runs share the connection); None if the connection has none."""
+        thread-safe, and fleet runs share the connection); None if the connection has none.
+        Each read or write waits for the host at most `command_timeout`."""
         open_sftp = getattr(self.conn, "sftp", None)
         if open_sftp is None:
             yield None
             return
         with self._sftp_lock:
-            yield open_sftp()
+            client = open_sftp()
+            channel = getattr(client, "get_channel", lambda: None)()
+            if channel is not None:
+                channel.settimeout(self.command_timeout)
+            yield client
 
     def _stage(self, text: str) -> str | None:
         """Upload the content over SFTP to a private temp file; None if the connection has no SFTP.
@@ -309,140 +405,72 @@ def unified_diff(old: str, new: str, label: str) -> str:
         fromfile=f"{label} (now)", tofile=f"{label} (new)")).rstrip("\n")
 
 
-def describe_ssh_error(exc: BaseException) -> str:
-    """One line for the usual SSH failures, without a traceback."""
-    import paramiko
-
-    if isinstance(exc, paramiko.BadHostKeyException):
-        return (f"HOST KEY CHANGED for {exc.hostname} (got {exc.key.get_name()} "
-                f"{exc.key.get_base64()[:16]}...): refusing; verify the host and fix known_hosts")
-    if isinstance(exc, UnknownHostKey):
-        return str(exc)
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text
-
-
-class UnknownHostKey(Exception):
-    pass
-
-
-def _host_key_policy(known_hosts: Path, accept_new: bool, label: str):
-    """Refuse unknown keys (Fabric's default silently accepts them); opt-in: record new ones."""
-    import paramiko
-
-    class Policy(paramiko.MissingHostKeyPolicy):
-        def missing_host_key(self, client, hostname, key):
-            if not accept_new:
-                raise UnknownHostKey(
-                    f"{label}: host key for {hostname} is not in {known_hosts}: refusing to connect; "
-                    f"verify it (ssh-keyscan) and add it, or set accept_new_host_key: true in the inventory")
-            client.get_host_keys().add(hostname, key.get_name(), key)
-            known_hosts.parent.mkdir(parents=True, exist_ok=True)
-            with known_hosts.open("a") as fh:
-                fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
-            say(f"* {label}: recorded new host key {key.get_name()} for {hostname} in {known_hosts}")
-
-    return Policy()
-
-
-def _proxy(command: str):
-    """paramiko's ProxyCommand, except that a proxy that exits fails the connection at once
-    (paramiko's own spins on end-of-file until the connect timeout)."""
-    import os
-    from select import select
-
-    import paramiko
-    from paramiko.ssh_exception import ProxyCommandFailure
-
-    class Proxy(paramiko.ProxyCommand):
-        connected = False   # once the session is up, end of stream is the connection's end, quietly
-
-        def recv(self, size):
-            buffer = b""
-            deadline = None if self.timeout is None else time.monotonic() + self.timeout
-            while len(buffer) < size:
-                wait = None if deadline is None else deadline - time.monotonic()
-                if wait is not None and wait <= 0:
-                    if buffer:
-                        return buffer
-                    raise TimeoutError("proxy command timed out")
-                ready, _, _ = select([self.process.stdout], [], [], wait)
-                if ready:
-                    chunk = os.read(self.process.stdout.fileno(), size - len(buffer))
-                    if not chunk:
-                        if buffer or self.connected:
-                            return buffer
-                        raise ProxyCommandFailure(" ".join(self.cmd), "the proxy command exited")
-                    buffer += chunk
-            return buffer
-
-    return Proxy(command)
-
-
-def open_connection(label: str, address: str, user: str, port: int, *, proxy_command: str | None,
-                    identity_file: str | None, known_hosts: str | None, accept_new: bool,
-                    timeout: float = 15):
-    """A connected fabric Connection with strict host key checking."""
-    from fabric import Connection
-
-    kwargs = {}
-    if identity_file:
-        kwargs["key_filename"] = [str(Path(identity_file).expanduser())]
-    proxy = _proxy(proxy_command) if proxy_command else None
-    if proxy:
-        kwargs["sock"] = proxy
-    conn = Connection(address, user=user, port=port, gateway=False, connect_timeout=timeout,
-                      connect_kwargs=kwargs)
-    known = Path(known_hosts or "~/.ssh/known_hosts").expanduser()
-    if known.exists():
-        conn.client.load_host_keys(str(known))
-    conn.client.set_missing_host_key_policy(_host_key_policy(known, accept_new, label))
-    try:
-        conn.open()
-    except Exception as exc:
-        raise ToolError(f"{label}: cannot connect to {user}@{address}:{port}: {describe_ssh_error(exc)}") from None
-    if proxy:
-        proxy.connected = True   # closing the connection ends the proxy: no "proxy exited" then
-    return conn
-
-
 class Site:
-    """The run's connections: one per host (and per guest), opened on first use, then reused."""
+    """The run's connections: one per host (and per guest), opened on first use, then reused.
+
+    `connect(label, target)` opens one (ssh.open_connection; tests pass a double). All the
+    run's hosts share one Interruption: a stop request reaches every move.
+    """
 
     def __init__(self, inventory: Inventory, *, dry_run: bool = False, audit: AuditLog | None = None,
-                 connect: Callable[..., object] = open_connection):
+                 connect: Callable[..., object] | None = None, interruption: Interruption | None = None):
         self.inventory = inventory
         self.dry_run = dry_run
         self.audit = audit or AuditLog(None)
-        self._connect = connect
+        self.interruption = interruption or Interruption()
+        self._connect = connect or (lambda _label, target: ssh.open_connection(target, say))
         self._remotes: dict[str, Remote] = {}
         self._lock = threading.Lock()
         self._host_locks: dict[str, threading.Lock] = {}
+        self._vm_locks: dict[str, HostLocks] = {}
 
-    def _remote(self, key: str, opener: Callable[[], object], sudo: bool) -> Remote:
+    def _remote(self, key: str, target: ssh.SshTarget) -> Remote:
         with self._lock:
             lock = self._host_locks.setdefault(key, threading.Lock())
         with lock:
             if key not in self._remotes:
-                self._remotes[key] = Remote(key, opener(), sudo=sudo, dry_run=self.dry_run, audit=self.audit)
+                self._remotes[key] = Remote(key, self._connect(target.label, target), sudo=target.user != "root",
+                                            dry_run=self.dry_run, audit=self.audit,
+                                            command_timeout=target.command_timeout, interruption=self.interruption)
             return self._remotes[key]
 
     def host(self, name: str) -> Remote:
         h: Host = self.inventory.host(name)
-        return self._remote(name, lambda: self._connect(
-            h.name, h.address, h.user, h.port, proxy_command=h.proxy_command,
-            identity_file=h.identity_file, known_hosts=h.known_hosts, accept_new=h.accept_new_host_key),
-            h.needs_sudo)
+        return self._remote(name, ssh.resolve(
+            h.name, h.address, user=h.user, port=h.port, proxy_command=h.proxy_command,
+            identity_file=h.identity_file, known_hosts=h.known_hosts, accept_new=h.accept_new_host_key,
+            command_timeout=h.command_timeout))
 
     def guest(self, vm: VM) -> Remote:
         if not vm.guest_address:
             raise ToolError(f"vms.{vm.name}.guest_address is not set: the guest stage needs SSH to the guest")
-        return self._remote(f"guest:{vm.name}", lambda: self._connect(
-            f"{vm.name} (guest)", vm.guest_address, vm.guest_user, vm.guest_port,
+        return self._remote(f"guest:{vm.name}", ssh.resolve(
+            f"{vm.name} (guest)", vm.guest_address, user=vm.guest_user, port=vm.guest_port,
             proxy_command=vm.guest_proxy_command, identity_file=vm.guest_identity_file,
-            known_hosts=vm.guest_known_hosts, accept_new=False), vm.guest_user != "root")
+            known_hosts=vm.guest_known_hosts))
+
+    @contextmanager
+    def vm_lock(self, vm: VM):
+        """The VM locked on its Xen host, where every control machine looks (hostlock)."""
+        with self._lock:
+            locks = self._vm_locks.get(vm.xen_host)
+        if locks is None:
+            remote = self.host(vm.xen_host)
+            with self._lock:
+                locks = self._vm_locks.setdefault(vm.xen_host, HostLocks(remote, holder()))
+        locks.acquire(vm.name)
+        try:
+            yield
+        finally:
+            try:
+                locks.release(vm.name)
+            except ToolError as exc:
+                say(f"! {exc}: the lock of {vm.name} is released when this run ends")
 
     def close(self) -> None:
+        for locks in self._vm_locks.values():
+            locks.close()
+        self._vm_locks.clear()
         for remote in self._remotes.values():
             close = getattr(remote.conn, "close", None)
             if close:
@@ -454,11 +482,21 @@ def audit_path(c) -> Path:
     return Path(c.config.get("audit_log") or state_dir(c) / "audit.jsonl").expanduser()
 
 
+def make_private_dir(path: Path) -> Path:
+    """`mkdir -p` where every directory it makes is 0700: the state dir's journals, locks and audit
+    log name hosts, guests and operators. A directory that exists keeps its mode."""
+    missing = list(takewhile(lambda directory: not directory.exists(), (path, *path.parents)))
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
 def state_dir(c) -> Path:
     """Where journals, locks and the audit log live on the control machine."""
     default = Path(os.environ.get("XDG_STATE_HOME", "~/.local/state")) / "xenkvm"
     return Path(c.config.get("state_dir") or default).expanduser()
 
 
-def site_from_context(c, inventory: Inventory, dry_run: bool = False) -> Site:
-    return Site(inventory, dry_run=dry_run, audit=AuditLog(audit_path(c)))
+def site_from_context(c, inventory: Inventory, dry_run: bool = False,
+                      interruption: Interruption | None = None) -> Site:
+    return Site(inventory, dry_run=dry_run, audit=AuditLog(audit_path(c)), interruption=interruption)

@@ -16,7 +16,8 @@ from invoke import Collection, task
 from . import inventory
 from .errors import InputError, ToolError
 from .inventory import VM, Host
-from .remote import Remote, say, site_from_context
+from .interrupt import Interruption
+from .remote import START_TIMEOUT, Remote, say, site_from_context
 
 DEFAULT_SHUTDOWN_TIMEOUT = 300.0
 # A gone guest is noticed within this (and one listing), so it bounds what polling adds to the
@@ -26,13 +27,21 @@ SHUTDOWN_POLL = 0.25
 
 
 def parse_domain_list(text: str) -> dict[str, str]:
-    """`xl list` / `xm list` -> {name: state flags}; Domain-0 left out."""
+    """`xl list` / `xm list` -> {name: state flags}; Domain-0 left out.
+
+    A guard reads "not listed" as "stopped", so a listing without its header or Domain-0, or
+    with a line that is no domain, is a ValueError rather than a guess.
+    """
+    lines = [(number, line.split()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not lines or lines[0][1][:2] != ["Name", "ID"]:
+        raise ValueError("no `Name ID ...` header")
     domains = {}
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 5 or fields[0] in ("Name", "Domain-0") or not fields[1].isdigit():
-            continue
+    for number, fields in lines[1:]:
+        if len(fields) < 5 or not all(field.isdigit() for field in fields[1:4]):
+            raise ValueError(f"line {number} is no domain")
         domains[fields[0]] = fields[4] if len(fields) > 5 else ""
+    if domains.pop("Domain-0", None) is None:
+        raise ValueError("no Domain-0")
     return domains
 
 
@@ -57,7 +66,11 @@ def list_domains(remote: Remote, host: Host, max_age: float = 0.0) -> dict[str, 
     if not outcome.ok:
         raise ToolError(f"{host.name}: `{tool} list` failed (exit {outcome.exit_code}): "
                         f"{(outcome.stderr or outcome.stdout).strip()}")
-    return parse_domain_list(outcome.stdout)
+    try:
+        return parse_domain_list(outcome.stdout)
+    except ValueError as exc:
+        raise ToolError(f"{host.name}: `{tool} list` printed a listing this tool does not recognise ({exc}): "
+                        f"refusing to guess which domains run") from None
 
 
 def domain_running(remote: Remote, host: Host, name: str, max_age: float = 0.0) -> bool:
@@ -66,7 +79,7 @@ def domain_running(remote: Remote, host: Host, name: str, max_age: float = 0.0) 
 
 
 def start_domain(remote: Remote, host: Host, vm: VM) -> None:
-    remote.change([toolstack(remote, host), "create", vm.cfg])
+    remote.change([toolstack(remote, host), "create", vm.cfg], timeout=START_TIMEOUT)
 
 
 def destroy_domain(remote: Remote, host: Host, name: str) -> None:
@@ -76,8 +89,11 @@ def destroy_domain(remote: Remote, host: Host, name: str) -> None:
 
 
 def shutdown_domain(remote: Remote, host: Host, name: str, *, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
-                    force: bool = False, poll: float = SHUTDOWN_POLL) -> None:
-    """Graceful shutdown, then wait until the domain is gone; destroy after the wait only if forced."""
+                    force: bool = False, poll: float = SHUTDOWN_POLL, on_requested=None) -> None:
+    """Graceful shutdown, then wait until the domain is gone; destroy after the wait only if forced.
+
+    `on_requested` is called once the guest was asked to shut down: from then on it may go
+    down at any moment, and an undo must wait for that before starting it again."""
     if not remote.dry_run and not domain_running(remote, host, name):
         say(f"* {host.name}: {name} is not running ... ok")
         return
@@ -86,8 +102,10 @@ def shutdown_domain(remote: Remote, host: Host, name: str, *, timeout: float = D
         if force:
             say(f"  would run on {host.name} after {timeout:.0f}s: {toolstack(remote, host)} destroy {name}")
         return
+    if on_requested:
+        on_requested()
     gone = wait_until(lambda max_age: not domain_running(remote, host, name, max_age), timeout, poll,
-                      f"{host.name}: waiting for {name} to shut down")
+                      f"{host.name}: waiting for {name} to shut down", remote.interruption)
     if not gone:
         if not force:
             raise ToolError(f"{host.name}: {name} still running after {timeout:.0f}s; "
@@ -96,11 +114,13 @@ def shutdown_domain(remote: Remote, host: Host, name: str, *, timeout: float = D
         destroy_domain(remote, host, name)
 
 
-def wait_until(done, timeout: float, poll: float, label: str, every: float = 10.0) -> bool:
+def wait_until(done, timeout: float, poll: float, label: str, interruption: Interruption,
+               every: float = 10.0) -> bool:
     """Poll `done(max_age)` until true or the timeout; a progress line every `every` seconds.
 
     `max_age` is how old a shared listing may be: up to one poll, never older than the
     wait, so waits on one host share listings and each answer postdates the command waited on.
+    A stop request (Ctrl-C) ends the wait with Interrupted, except inside an undo.
     """
     started = time.monotonic()
     next_report = started + every
@@ -111,7 +131,7 @@ def wait_until(done, timeout: float, poll: float, label: str, every: float = 10.
         if now >= next_report:
             say(f"  {label} ... {now - started:.0f}s of {timeout:.0f}s")
             next_report = now + every
-        time.sleep(poll)
+        interruption.sleep(poll)
     return True
 
 

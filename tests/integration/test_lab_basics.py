@@ -15,7 +15,8 @@ import pytest
 
 from tasks.errors import ToolError
 from tasks.inventory import load_inventory
-from tasks.remote import Site, open_connection
+from tasks.remote import Site
+from tasks.ssh import SshTarget, open_connection
 from tests.lab import SWITCH_NS
 from tests.lab.spaces import LabError
 
@@ -207,9 +208,8 @@ def test_up_and_down_are_idempotent_and_down_leaves_nothing(lab):
     # connect timeout when it has already written its banner, hence the short timeout here.)
     started = time.monotonic()
     with pytest.raises(ToolError, match="cannot connect"):
-        open_connection("xen1", xen1.address, xen1.user, xen1.port, proxy_command=xen1.proxy_command,
-                        identity_file=xen1.identity_file, known_hosts=xen1.known_hosts, accept_new=False,
-                        timeout=3)
+        open_connection(SshTarget("xen1", xen1.address, "root", 22, proxy_command=xen1.proxy_command,
+                                  known_hosts=xen1.known_hosts, connect_timeout=3))
     assert time.monotonic() - started < 5
 
     started = time.monotonic()

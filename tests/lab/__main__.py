@@ -16,6 +16,11 @@ from . import GUEST, HOSTS, IMAGES
 from .spaces import LabError
 
 
+
+def _hang(text: str) -> float:
+    """Seconds, or `forever` (a command that never returns, as on a wedged host)."""
+    return float("inf") if text == "forever" else float(text)
+
 def _settings_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drbd-style", choices=("9", "8.4"), help="DRBD userland the hosts show (default 9)")
     parser.add_argument("--toolstack", choices=("xl", "xm"), help="Xen toolstack on xen1 (default xl)")
@@ -49,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("host", choices=sorted(HOSTS))
     add.add_argument("prefix", help="command prefix, e.g. 'drbdadm primary'")
     add.add_argument("--exit", type=int, default=1, dest="exit_code")
-    add.add_argument("--hang", type=float, default=0.0, metavar="SECONDS")
+    add.add_argument("--hang", type=_hang, default=0.0, metavar="SECONDS|forever",
+                     help="hold the command this long first; `forever`: it never returns")
     add.add_argument("--once", action="store_true")
     fault_verbs.add_parser("clear")
     exec_ = verbs.add_parser("exec", help="run a command on a lab host (or in the guest), inside its namespaces")

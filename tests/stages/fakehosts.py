@@ -11,13 +11,18 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import os
 import re
+import select
 import shlex
+import subprocess
+import tempfile
 from dataclasses import dataclass, field
 
 from invoke import Result
 
 XL_HEADER = "Name                                        ID   Mem VCPUs\tState\tTime(s)\n"
+WIPEFS_OFFSETS = {"swap": "0xff6", "ext4": "0x438", "LVM2_member": "0x218"}
 DOM0 = "Domain-0                                     0  1024     2     r-----     100.0\n"
 
 
@@ -40,8 +45,11 @@ class Shared:
     disks_of: dict[str, list[str]] = field(default_factory=dict)  # domain -> its resources (default: all)
     snapshots: list[list[str]] = field(default_factory=list)   # lvcreate / qemu-img / removal argv
     console: dict[str, str] = field(default_factory=dict)   # domain -> what its serial console prints once started
-    signatures: dict[tuple[str, str], dict] = field(default_factory=dict)   # (host, path) -> blkid's TYPE, UUID
+    signatures: dict[tuple[str, str], dict] = field(default_factory=dict)   # (host, path) -> blkid's TYPE, UUID, PTTYPE
+    garbage: set = field(default_factory=set)   # (host, path): no signature, but not zeros in its first MiB
+    mapper_lvs: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # (host, /dev/mapper/..) -> VG, LV
     fail_halfway: tuple | None = None    # (host, verb, resource): drbdadm fails there, once, after the ones before
+    lock_root: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="xenkvm-locks-"))   # hosts' lock dirs
 
     def resources_of(self, domain: str) -> list[str]:
         return self.disks_of.get(domain, list(self.roles))
@@ -112,6 +120,9 @@ class FakeHost:
     def sftp(self) -> FakeSftp:
         return FakeSftp(self)
 
+    def create_session(self) -> "LocalSession":
+        return LocalSession(self)
+
     def run(self, command: str, **kwargs) -> Result:
         self.shared.log.append((self.name, command))
         argv = shlex.split(command)
@@ -149,8 +160,11 @@ class FakeHost:
             found = self.shared.signatures.get((self.name, argv[4]))
             return Result(stdout="".join(f"{k}={v}\n" for k, v in found.items())) if found else Result(exited=2)
         if argv[:2] == ["mkswap", "-U"]:
+            self.shared.garbage.discard((self.name, argv[3]))
             self.shared.signatures[(self.name, argv[3])] = {"TYPE": "swap", "UUID": argv[2]}
             return Result()
+        if argv[:4] == ["lvs", "--noheadings", "-o", "vg_name,lv_name"]:
+            return self.lvs(argv[4])
         if tool == "rm":
             for path in argv[3:]:
                 self.shared.files.pop((self.name, path), None)
@@ -177,6 +191,8 @@ class FakeHost:
         if "cat --" in script and "exit 66" in script:
             text = files.get((self.name, args[0]))
             return Result(stdout=text) if text is not None else Result(exited=66)
+        if "wipefs -n -p" in script:
+            return self.survey(args[0])
         if "mktemp" in script:
             staged = args[2] if len(args) > 2 else ""
             files[(self.name, args[0])] = files.pop((self.name, staged)).decode() if staged else stdin
@@ -187,6 +203,23 @@ class FakeHost:
                 files[(self.name, f"{directory}/{name}")] = files.pop((self.name, staged))
             return Result()
         raise AssertionError(f"unexpected script {script!r}")
+
+    def lvs(self, path):
+        """/dev/VG/LV names its VG and LV; a /dev/mapper name only through `mapper_lvs`."""
+        names = self.shared.mapper_lvs.get((self.name, path))
+        direct = re.fullmatch(r"/dev/(?!mapper/)([^/]+)/([^/]+)", path)
+        if names is None and direct is None:
+            return Result(stderr=f'  Failed to find logical volume "{path}"\n', exited=5)
+        return Result(stdout="  {} {}\n".format(*(names or direct.groups())))
+
+    def survey(self, path):
+        """localdisk's survey: wipefs's lines as util-linux 2.38 prints them, then the first MiB's verdict."""
+        found = self.shared.signatures.get((self.name, path), {})
+        lines = [f"{WIPEFS_OFFSETS.get(found['TYPE'], '0x0')},{found.get('UUID', '')},,{found['TYPE']}"] \
+            if "TYPE" in found else []
+        lines += [f"0x1fe,,,{found['PTTYPE']}"] if "PTTYPE" in found else []
+        blank = not found and (self.name, path) not in self.shared.garbage
+        return Result(stdout="".join(line + "\n" for line in lines) + ("zeros\n" if blank else "data\n"))
 
     def xl(self, args):
         verb = args[0]
@@ -286,3 +319,42 @@ class FakeHost:
             s.kvm_defined.discard(name)
             return Result()
         raise AssertionError(f"virsh {args}")
+
+
+class LocalSession:
+    """A session channel whose command really runs here, with its paths under the host's own
+    directory in `lock_root`: the hosts' VM-lock manager is a shell script, and flock, kill and
+    wait are the real ones."""
+
+    def __init__(self, host: FakeHost):
+        self.host = host
+        self.proc: subprocess.Popen | None = None
+        self.timeout: float | None = None
+        self.closed = False
+
+    def settimeout(self, timeout: float) -> None:
+        self.timeout = timeout
+
+    def exec_command(self, command: str) -> None:
+        from tasks.hostlock import LOCK_DIR
+        own = os.path.join(self.host.shared.lock_root, self.host.name)
+        argv = [own if arg == LOCK_DIR else arg for arg in shlex.split(command)]
+        self.host.shared.log.append((self.host.name, f"session {argv[0]}"))
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def sendall(self, data: bytes) -> None:
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def recv(self, size: int) -> bytes:
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
+        if not ready:
+            raise TimeoutError("timed out")
+        return os.read(self.proc.stdout.fileno(), size)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.proc.stdin.close()
+            self.proc.wait(timeout=10)
+            self.proc.stdout.close()

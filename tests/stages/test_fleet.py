@@ -10,7 +10,7 @@ import yaml
 from invoke import Config, Context
 
 from tasks import flows
-from tasks.errors import InputError
+from tasks.errors import InputError, ToolError
 from tasks.inventory import parse_inventory
 from tasks.remote import AuditLog, Site
 from tests.conftest import REPO
@@ -62,10 +62,10 @@ def fleet(tmp_path, monkeypatch, request):
     hosts = {"xen1": FakeHost("xen1", "xen", "kvm1", shared), "kvm1": FakeHost("kvm1", "kvm", "xen1", shared)}
     opened = []
 
-    def site_for(c, inventory, dry_run=False):
+    def site_for(c, inventory, dry_run=False, interruption=None):
         opened.append(1)
         return Site(inventory, dry_run=dry_run, audit=AuditLog(tmp_path / "audit.jsonl"),
-                    connect=lambda label, *a, **k: hosts[label])
+                    connect=lambda label, *a, **k: hosts[label], interruption=interruption)
 
     monkeypatch.setattr(flows, "site_from_context", site_for)
     c = Context(Config(overrides={"state_dir": str(tmp_path / "state")}))
@@ -142,7 +142,7 @@ def test_selection_mistakes_are_one_line(vm, all_vms, from_host, message):
 
 def test_host_slots_limit_concurrent_vms_per_host():
     inv = fleet_inventory(max_parallel=1)
-    slots = flows.HostSlots(inv)
+    slots = flows.HostSlots(inv, flows.Interruption())
     inside, peak = [0], [0]
     lock = threading.Lock()
 
@@ -164,7 +164,7 @@ def test_host_slots_limit_concurrent_vms_per_host():
 
 
 def test_a_start_beyond_max_starts_says_it_waits_and_waits(capsys):
-    slots = flows.HostSlots(fleet_inventory(max_starts=1))
+    slots = flows.HostSlots(fleet_inventory(max_starts=1), flows.Interruption())
     first_in, first_may_leave = threading.Event(), threading.Event()
 
     def first():
@@ -239,3 +239,64 @@ def test_match_swap_refuses_a_side_it_does_not_know_before_reading_anything():
     c = Context(Config(overrides={"inventory": "/nonexistent/hosts.yml"}))
     with pytest.raises(InputError, match="--to must be kvm or xen, got 'lxc'"):
         flows.match_swap(c, vm="logger", to="lxc")
+
+
+# -- fab status: a host that does not answer -----------------------------------------------------
+
+@pytest.fixture
+def status_of(fleet, tmp_path, mocker, capsys):
+    """`fab status` over the fleet with some hosts down: (its lines, its error, connection attempts)."""
+    inv, shared, _, _ = fleet
+    attempts = []
+
+    def run(down: set[str]):
+        def connect(label, *args, **kw):
+            attempts.append(label)
+            if label in down:
+                raise ToolError(f"{label}: cannot connect to root@{label}:22: the proxy command exited")
+            return FakeHost(label, inv.host(label).role, ({"xen1", "kvm1"} - {label}).pop(), shared)
+
+        mocker.patch.object(flows.inventory, "from_context", return_value=inv)
+        mocker.patch.object(flows, "site_from_context", lambda c, i, dry_run=False: Site(i, connect=connect))
+        c = Context(Config(overrides={"state_dir": str(tmp_path / "state")}))
+        error = None
+        try:
+            flows.status(c)
+        except ToolError as exc:
+            error = exc
+        return capsys.readouterr().out.splitlines(), error, attempts
+
+    return run
+
+
+def test_status_reports_every_vm_with_both_hosts_up(status_of):
+    lines, error, _ = status_of(down=set())
+    assert error is None
+    rows = [line.split() for line in lines[1:]]
+    assert [(r[0], r[1], r[3], r[4]) for r in rows if r[2].endswith("-system")] == [
+        (vm, "xen1", host, role) for vm in sorted(NAMES) for host, role in (("xen1", "Primary"), ("kvm1", "Secondary"))]
+
+
+def test_status_shows_an_unreachable_host_goes_on_and_names_it_in_the_end(status_of):
+    lines, error, attempts = status_of(down={"xen1"})
+    rows = [line.split() for line in lines[1:] if not line.startswith("!")]
+    assert len(rows) == 12, "two resources on two hosts for each of the three VMs"
+    assert {(r[0], r[1]) for r in rows} == {(vm, "xen1?") for vm in NAMES}, "not on kvm1; on xen1: unknown"
+    assert {tuple(r[3:5]) for r in rows} == {("xen1", "unreachable"), ("kvm1", "Secondary")}
+    assert "! xen1: cannot connect to root@xen1:22: the proxy command exited" in lines
+    assert attempts.count("xen1") == 1, "asked once, not once per VM"
+    assert type(error) is ToolError and str(error) == "status incomplete: xen1 unreachable"
+    assert error.code == 1
+
+
+def test_status_goes_on_past_a_probe_that_fails(status_of, fleet):
+    _, shared, _, _ = fleet
+    shared.faults["kvm1:drbdadm status logger-system logger-var"] = 10
+    lines, error, _ = status_of(down=set())
+    assert lines[1].split()[0] == "logger", "the first VM in the report"
+    on_kvm = [line.split() for line in lines if line.startswith("logger ") and " kvm1 " in line]
+    assert [r[4] for r in on_kvm] == ["unknown", "unknown"]
+    assert [sum(line.startswith(f"{vm} ") for line in lines) for vm in ("mail", "web")] == [4, 4], \
+        "the VMs after it are still read"
+    assert any(line.startswith("! kvm1: ") and "drbdadm status" in line for line in lines)
+    assert str(error) == "status incomplete: 1 probe(s) failed"

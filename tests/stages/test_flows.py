@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import re
 import threading
 
 import pytest
@@ -42,12 +45,18 @@ def world(tmp_path):
 
         def move(self, to, dry_run=False, **kw):
             ctx = flows.Ctx(self.site(dry_run), inv, inv.vm("logger"), timeout=kw.pop("timeout", 0.2),
-                            force=kw.pop("force", False))
-            return flows.move(ctx, to, tmp_path / "journal", tmp_path / "locks", dry_run)
+                            force=kw.pop("force", False), rollback_timeout=kw.pop("rollback_timeout", 0.2))
+            try:
+                return flows.move(ctx, to, tmp_path / "journal", tmp_path / "locks", dry_run)
+            finally:
+                ctx.site.close()
 
         def rollback(self):
             ctx = flows.Ctx(self.site(), inv, inv.vm("logger"), timeout=0.2)
-            return flows.rollback_vm(ctx, tmp_path / "journal", tmp_path / "locks")
+            try:
+                return flows.rollback_vm(ctx, tmp_path / "journal", tmp_path / "locks")
+            finally:
+                ctx.site.close()
 
         def changes(self):
             if not self.audit.exists():
@@ -89,6 +98,27 @@ def test_to_kvm_sends_exactly_the_seed_procedure(world):
     assert world.shared.violations == []
     xml = world.shared.files[("kvm1", "/var/lib/xenkvm/logger.xml")]
     assert "00:16:3e:37:d0:70" in xml and "/dev/drbd5" in xml
+
+
+@pytest.fixture
+def umask_022():
+    """The common umask, under which plain mkdir/open make 0755 directories and 0644 files."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_the_state_dir_it_makes_is_private(world, tmp_path):
+    """Journals, locks and the audit log name hosts, guests and operators: 0700 dirs, a 0600 log."""
+    state = tmp_path / "home" / "state"
+    world.audit = state / "audit.jsonl"
+    ctx = flows.Ctx(world.site(), world.inv, world.inv.vm("logger"), timeout=0.2)
+    assert flows.move(ctx, "kvm", state / "journal", state / "locks").ok
+    made = [tmp_path / "home", state, state / "journal", state / "journal" / "done", state / "locks"]
+    assert [oct(d.stat().st_mode & 0o777) for d in made] == [oct(0o700)] * 5
+    assert oct(world.audit.stat().st_mode & 0o777) == oct(0o600)
+    assert world.changes() == TO_KVM, "the audit log was written"
 
 
 def test_to_kvm_lists_each_host_only_where_it_must(world):
@@ -163,13 +193,26 @@ def test_failed_mkswap_stops_the_move_before_the_guest_stops(world):
     assert not any("shutdown" in line for line in world.changes())
 
 
-def test_kvm_hosts_local_disk_that_is_not_swap_is_left_alone(world, capsys):
+@pytest.mark.parametrize("held, named", [
+    ({"PTTYPE": "dos"}, "holds dos (at 0x1fe)"),                        # a partition table and nothing else
+    ({"TYPE": "ext4", "UUID": "0e0e"}, "holds ext4 (at 0x438)"),
+    ({"TYPE": "LVM2_member", "UUID": "E1fGss"}, "holds LVM2_member (at 0x218)"),
+    ({"TYPE": "swap", "UUID": "5d1c0b4e-0000-4000-8000-00000000b002", "PTTYPE": "dos"},
+     "holds swap (at 0xff6), dos (at 0x1fe)"),
+    (None, "holds no signature wipefs knows, but its first 1 MiB is not zeros"),
+])
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_kvm_local_disk_holding_anything_but_swap_or_nothing_stops_the_move(world, held, named, dry_run):
+    """`mkswap -U` would destroy it: the move refuses before any change and names the volume."""
     world.shared.signatures[("xen1", SWAP)] = dict(XEN_SWAP)
-    world.shared.signatures[("kvm1", SWAP)] = {"TYPE": "ext4", "UUID": "0e0e"}
-    assert world.move("kvm").ok
-    assert world.changes() == TO_KVM
-    assert world.shared.signatures[("kvm1", SWAP)]["TYPE"] == "ext4"
-    assert f"kvm1:{SWAP} holds ext4, not swap: left as it is" in capsys.readouterr().out
+    if held:
+        world.shared.signatures[("kvm1", SWAP)] = dict(held)
+    else:
+        world.shared.garbage.add(("kvm1", SWAP))
+    with pytest.raises(GuardError, match=rf"^kvm1:{SWAP} {re.escape(named)}: refusing to format it"):
+        world.move("kvm", dry_run=dry_run)
+    assert world.changes() == [] and world.where() == ON_XEN
+    assert world.shared.signatures.get(("kvm1", SWAP)) == held
 
 
 def test_dry_run_shows_the_swap_step_and_formats_nothing(world, capsys):
@@ -287,6 +330,9 @@ class _KillOn:
         if command.endswith(self.command):
             raise Killed()
         return self.host.run(command, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.host, name)
 
 
 @pytest.mark.parametrize("command", ["drbdadm primary logger-system logger-var", "virsh -c qemu:///system start logger"])
@@ -450,8 +496,7 @@ def _rehearsal_world(world):
     ("qcow2", ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/dev/vg_main/logger-system",
                "/var/lib/xenkvm/rehearsal/logger-sda-rehearsal.qcow2"],
      ["rm", "-f", "--", "/var/lib/xenkvm/rehearsal/logger-sda-rehearsal.qcow2"]),
-    ("lvm", ["lvcreate", "--snapshot", "--name", "logger-sda-rehearsal", "--size", "1G",
-             "/dev/vg_main/logger-system"],
+    ("lvm", ["lvcreate", "--snapshot", "--name", "logger-sda-rehearsal", "--size", "1G", "vg_main/logger-system"],
      ["lvremove", "-f", "/dev/vg_main/logger-sda-rehearsal"]),
 ])
 def test_rehearsal_boots_on_snapshots_and_cleans_up(world, method, create, remove):
@@ -467,12 +512,51 @@ def test_rehearsal_boots_on_snapshots_and_cleans_up(world, method, create, remov
     assert world.where() == ON_XEN, "the real guest was never touched"
 
 
+def test_rehearsal_asks_lvm_for_the_vg_and_lv_of_a_dev_mapper_backing(world):
+    """/dev/mapper/vg--main-logger--system is VG vg-main, LV logger-system: dashes inside a name
+    are doubled there, so only LVM can split it."""
+    kvmhost = _rehearsal_world(world)
+    mapper = "/dev/mapper/vg--main-logger--system"
+    world.shared.mapper_lvs[("kvm1", mapper)] = ("vg-main", "logger-system")
+    vm = world.inv.vm("logger")
+    system = dataclasses.replace(vm.disks[0], backing={"xen1": mapper, "kvm1": mapper})
+    vm = dataclasses.replace(vm, disks=(system, *vm.disks[1:]))
+    kvmhost.rehearse_vm(world.site(), world.inv, vm, seconds=0.1, method="lvm")
+    snaps = world.shared.snapshots
+    assert ["lvcreate", "--snapshot", "--name", "logger-sda-rehearsal", "--size", "1G", "vg-main/logger-system"] in snaps
+    assert ["lvremove", "-f", "/dev/vg-main/logger-sda-rehearsal"] in snaps
+    xml = world.shared.files[("kvm1", "/var/lib/xenkvm/logger-rehearsal.xml")]
+    assert "<source dev='/dev/vg-main/logger-sda-rehearsal'/>" in xml
+
+
+def test_rehearsal_on_lvm_refuses_a_backing_lvm_does_not_know_before_any_snapshot(world):
+    kvmhost = _rehearsal_world(world)
+    vm = world.inv.vm("logger")
+    system = dataclasses.replace(vm.disks[0], backing={"xen1": "/dev/sdb", "kvm1": "/dev/mapper/nothing"})
+    vm = dataclasses.replace(vm, disks=(system, *vm.disks[1:]))
+    with pytest.raises(ToolError, match=r"^kvm1: /dev/mapper/nothing is not a logical volume LVM can name "
+                                        r"\(lvs exit 5\): rehearse with --method qcow2$"):
+        kvmhost.rehearse_vm(world.site(), world.inv, vm, seconds=0.1, method="lvm")
+    assert [a for a in world.shared.snapshots if a[0] == "lvcreate"] == []
+
+
 def test_rehearsal_names_a_kvm_swap_without_the_guests_uuid_and_formats_nothing(world, capsys):
     kvmhost = _rehearsal_world(world)
     world.shared.signatures[("xen1", SWAP)] = dict(XEN_SWAP)
     kvmhost.rehearse_vm(world.site(), world.inv, world.inv.vm("logger"), seconds=0.1, method="qcow2")
     assert f"note: kvm1:{SWAP} lacks the UUID of logger's swap" in capsys.readouterr().out
     assert not any("mkswap" in line for line in world.changes()) and ("kvm1", SWAP) not in world.shared.signatures
+
+
+def test_rehearsal_notes_a_kvm_swap_it_may_not_format_and_goes_on(world, capsys):
+    """The trial boots a snapshot of that volume: nothing is written to it, so it is no refusal."""
+    kvmhost = _rehearsal_world(world)
+    world.shared.signatures[("xen1", SWAP)] = dict(XEN_SWAP)
+    world.shared.signatures[("kvm1", SWAP)] = {"PTTYPE": "dos"}
+    kvmhost.rehearse_vm(world.site(), world.inv, world.inv.vm("logger"), seconds=0.1, method="qcow2")
+    assert f"note: kvm1:{SWAP} holds dos (at 0x1fe): refusing to format it" in capsys.readouterr().out
+    assert world.shared.signatures[("kvm1", SWAP)] == {"PTTYPE": "dos"}
+    assert "logger-rehearsal" not in world.shared.kvm_defined
 
 
 def test_rehearsal_failure_still_cleans_up(world):
@@ -508,3 +592,209 @@ def test_rehearsal_without_a_prompt_fails_and_cleans_up(world, earlier_prompt):
         kvmhost.rehearse_vm(world.site(), world.inv, world.inv.vm("logger"), seconds=1, method="qcow2", login=True)
     assert type(info.value) is ToolError
     assert "logger-rehearsal" not in world.shared.kvm_defined | world.shared.kvm_running
+
+
+# -- stopping halfway: a stop request, a host that hangs, records that cannot be written ----------
+
+class _OnCommand:
+    """Wraps a fake host: `effect(command)` runs when a command ending with `command` is sent; it
+    may raise (as a hung or vanished host does) or return None to let the command run."""
+
+    def __init__(self, host, command, effect):
+        self.host, self.command, self.effect = host, command, effect
+
+    def run(self, command, **kw):
+        if command.endswith(self.command):
+            self.effect(command)
+        return self.host.run(command, **kw)
+
+    def __getattr__(self, name):   # sftp, create_session: the wrapped host's
+        return getattr(self.host, name)
+
+
+def _site_with(world, host_name, command, effect, dry_run=False):
+    site = world.site(dry_run)
+    real = site._connect
+    site._connect = lambda label, *a, **k: (_OnCommand(real(label), command, effect) if label == host_name
+                                            else real(label))
+    return site
+
+
+def _move_on(world, site, to, state="", **kw):
+    """A move over `site`; `state` names another control machine's state dir."""
+    ctx = flows.Ctx(site, world.inv, world.inv.vm("logger"), timeout=kw.pop("timeout", 5),
+                    rollback_timeout=kw.pop("rollback_timeout", 5), **kw)
+    try:
+        return flows.move(ctx, to, world.tmp / state / "journal", world.tmp / state / "locks")
+    finally:
+        site.close()
+
+
+STOP_POINTS_TO_KVM = [(line.split(": ", 1)[0], line.split(": ", 1)[1]) for line in TO_KVM]
+STOP_POINTS_TO_XEN = [(line.split(": ", 1)[0], line.split(": ", 1)[1]) for line in TO_XEN]
+
+
+@pytest.mark.parametrize("host, command", STOP_POINTS_TO_KVM)
+def test_a_stop_request_at_any_step_to_kvm_undoes_what_ran(world, host, command):
+    """The request arrives while the step's command runs: that command finishes, no new step
+    starts, and the undo leaves logger running on xen1 with one Primary per resource."""
+    site = _site_with(world, host, command, lambda _c: site.interruption.request("interrupted by SIGINT", 130))
+    outcome = _move_on(world, site, "kvm")
+    assert not outcome.ok and outcome.runs_on == ["xen1"]
+    assert "interrupted by SIGINT" in outcome.message and "now runs on xen1" in outcome.message
+    assert world.where() == ON_XEN
+    assert world.shared.violations == []
+    started = world.changes()
+    assert started[:TO_KVM.index(f"{host}: {command}") + 1] == TO_KVM[:TO_KVM.index(f"{host}: {command}") + 1]
+    assert not (world.tmp / "journal" / "logger.json").exists(), "undone completely: no journal left"
+
+
+@pytest.mark.parametrize("host, command", STOP_POINTS_TO_XEN)
+def test_a_stop_request_at_any_step_to_xen_undoes_what_ran(world, host, command):
+    assert world.move("kvm").ok
+    site = _site_with(world, host, command, lambda _c: site.interruption.request("interrupted by SIGTERM", 143))
+    outcome = _move_on(world, site, "xen")
+    assert not outcome.ok and outcome.runs_on == ["kvm1"] and "interrupted by SIGTERM" in outcome.message
+    assert world.where() == ON_KVM
+    assert world.shared.violations == []
+
+
+def test_a_stop_during_the_shutdown_wait_restarts_the_guest_once_it_is_down(world):
+    """The guest was asked to shut down and is still going down when the wait is stopped: the
+    undo waits until it is gone, then starts it again (starting it while it still ran would
+    have been 'already running', and the guest would then have stopped for good)."""
+    world.shared.stubborn = True
+    listings = []
+
+    def on_listing(_command):
+        listings.append(1)
+        if len(listings) == 3:          # the wait's second listing: the guest is going down
+            site.interruption.request("interrupted by SIGINT", 130)
+        if len(listings) == 5:          # during the undo: it is down now
+            world.shared.xen_running.discard("logger")
+
+    site = _site_with(world, "xen1", "xl list", on_listing)
+    outcome = _move_on(world, site, "kvm")
+    assert not outcome.ok and outcome.runs_on == ["xen1"]
+    assert world.changes() == [TO_KVM[0], "xen1: xl shutdown logger", "xen1: xl create /etc/xen/auto/logger.cfg",
+                               "kvm1: env LANG=C virsh -c qemu:///system undefine logger"]
+    assert world.where() == ON_XEN
+    assert world.shared.violations == []
+
+
+def test_a_command_that_never_answers_fails_its_step_in_one_line_and_is_undone(world):
+    from invoke import Result
+    from invoke.exceptions import CommandTimedOut
+
+    def hang(command):
+        raise CommandTimedOut(Result(command=command), timeout=60)
+
+    site = _site_with(world, "kvm1", "drbdadm primary logger-system logger-var", hang)
+    outcome = _move_on(world, site, "kvm")
+    assert not outcome.ok and outcome.runs_on == ["xen1"]
+    assert ("kvm1: `drbdadm primary logger-system logger-var` gave no answer within 60s "
+            "(it may still be running there)") in outcome.message
+    assert world.where() == ON_XEN and world.shared.violations == []
+
+
+def test_a_host_that_stops_answering_is_not_asked_again_and_the_undo_goes_on(world):
+    """kvm1 cannot even open a session any more (frozen): its undo steps fail at once, the ones
+    on xen1 run as far as the guards allow, and the journal is kept for `fab rollback`."""
+    import paramiko
+
+    frozen = []
+
+    def freeze(_command):
+        frozen.append(1)
+        raise paramiko.SSHException("Timeout opening channel.")
+
+    site = _site_with(world, "kvm1", "virsh -c qemu:///system start logger", freeze)
+    sent_before = len(world.shared.log)
+    with pytest.raises(ToolError) as info:
+        _move_on(world, site, "kvm")
+    message = str(info.value)
+    assert "step 'start logger on kvm1' failed" in message
+    assert "it stopped answering earlier in this run" in message and "fab rollback --vm logger" in message
+    assert frozen == [1], "a host that stopped answering is asked nothing more"
+    kvm_after = [c for h, c in world.shared.log[sent_before:] if h == "kvm1"]
+    assert not any("start logger" in c for c in kvm_after)
+    assert (world.tmp / "journal" / "logger.json").exists()
+    assert world.shared.violations == []
+
+
+def test_a_start_refused_by_its_host_leaves_a_domain_someone_else_started(world):
+    """`virsh start` fails because the domain already runs there (another operator): this run
+    started nothing, so its undo must not stop that domain."""
+    def someone_else_starts_it(_command):
+        world.shared.kvm_running.add("logger")
+
+    site = _site_with(world, "kvm1", "virsh -c qemu:///system start logger", someone_else_starts_it)
+    with pytest.raises(ToolError):
+        _move_on(world, site, "kvm")
+    assert not any(("shutdown" in c or "destroy" in c) and h == "kvm1" for h, c in world.shared.log)
+    assert "logger" in world.shared.kvm_running
+
+
+def test_a_journal_that_cannot_be_written_stops_the_move_and_undoes_it(world, monkeypatch):
+    """A full disk on the control machine after the shutdown: the step after it cannot be
+    recorded, so it does not start; the undo runs without its records and says so."""
+    saves = []
+    real_save = flows.Journal.save
+
+    def save(journal):
+        saves.append(1)
+        if any("xl shutdown" in c for _h, c in world.shared.log):
+            raise flows.JournalError("the journal /state/journal/logger.json cannot be written "
+                                     "(No space left on device)")
+        real_save(journal)
+
+    monkeypatch.setattr(flows.Journal, "save", save)
+    site = world.site()
+    outcome = _move_on(world, site, "kvm")
+    assert not outcome.ok and outcome.runs_on == ["xen1"]
+    assert "No space left on device" in outcome.message
+    assert site.interruption.requested, "every other move of the run stops too"
+    assert world.where() == ON_XEN and world.shared.violations == []
+
+
+def test_an_audit_log_that_cannot_be_written_stops_the_move_and_the_undo_logs_to_stderr(world, capsys):
+    def disk_full(_command):
+        world.audit.unlink()
+        world.audit.mkdir()          # every later write of the log fails
+
+    site = _site_with(world, "xen1", "xl shutdown logger", disk_full)
+    outcome = _move_on(world, site, "kvm")
+    assert not outcome.ok and outcome.runs_on == ["xen1"]
+    assert "cannot be written" in outcome.message
+    assert world.where() == ON_XEN and world.shared.violations == []
+    err = capsys.readouterr().err
+    assert '"command": "xl create /etc/xen/auto/logger.cfg"' in err, "the undo's records went to stderr"
+
+
+def test_a_second_control_machine_is_refused_by_the_lock_on_the_xen_host(world):
+    """Each machine has its own state dir, so only the lock held on xen1 keeps them apart; it
+    names who holds it, and is free again once the first run is done."""
+    refused = []
+
+    def second_machine(_command):
+        with pytest.raises(GuardError) as info:
+            _move_on(world, world.site(), "kvm", state="other-machine")
+        refused.append(str(info.value))
+
+    site = _site_with(world, "xen1", "xl shutdown logger", second_machine)
+    assert _move_on(world, site, "kvm").ok
+    assert len(refused) == 1
+    assert re.fullmatch(r"logger is already being handled by pid \d+ \(\S+@\S+\) since \S+ \(its lock on xen1, "
+                        r"/var/lock/xenkvm/logger.lock\); wait for it to finish", refused[0])
+    assert world.where() == ON_KVM and world.shared.violations == []
+    assert _move_on(world, world.site(), "xen", state="other-machine").ok, "free once the first run is done"
+
+
+def test_the_host_releases_the_lock_when_the_session_of_a_dead_run_ends(world):
+    """A run that dies (SIGKILL, a lost link) holds nothing: its session's end frees the lock."""
+    site = world.site()
+    with site.vm_lock(world.inv.vm("logger")):
+        with pytest.raises(GuardError, match="already being handled"):
+            world.move("kvm")
+        site._vm_locks["xen1"]._channel.close()     # what the host sees when the run's process dies
+        assert world.move("kvm").ok

@@ -29,7 +29,7 @@ from tasks.remote import Remote, Site
 
 REPO = Path(__file__).resolve().parents[2]
 READ = 'if [ -e "$1" ]; then cat -- "$1"; else exit 66; fi'
-WRITE = re.compile(r"^sh -c 'set -e; (mkdir -p -- \"\$\(dirname -- \"\$1\"\)\"; )?tmp=\$\(mktemp ")
+WRITE = re.compile(r"^sh -c 'set -e; if \[ -L \"\$1\" \] && \[ ! -e \"\$1\" \]; then exit 67; fi; ")
 APT = "env DEBIAN_FRONTEND=noninteractive apt-get install -y"
 
 # -- the lenny guest (Debian 5, sysvinit, pygrub, Xen-only kernel) ------------------------------

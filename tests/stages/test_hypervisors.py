@@ -12,6 +12,7 @@ from invoke import MockContext, Result
 from tasks import kvmhost, xenhost
 from tasks.errors import ToolError
 from tasks.inventory import Host
+from tasks.interrupt import Interrupted, Interruption
 from tasks.remote import Remote, RemoteError
 
 XEN = Host(name="xen1", address="192.0.2.11", role="xen", toolstack="auto")
@@ -40,10 +41,29 @@ def sent(ctx: MockContext) -> list[str]:
     return [call.args[0] for call in ctx.run.call_args_list]
 
 
+DOM0_ONLY = "Domain-0                                     0  1024     2     r-----    6342.2\n"
+
+
 def test_parse_domain_list_both_toolstacks():
     assert xenhost.parse_domain_list(XL_LIST) == {"logger": "-b----", "web-01": "--p---"}
     assert xenhost.parse_domain_list(XM_LIST) == {"logger": "-b----"}
-    assert xenhost.parse_domain_list("") == {}
+    assert xenhost.parse_domain_list(XL_LIST.splitlines(keepends=True)[0] + DOM0_ONLY) == {}
+
+
+@pytest.mark.parametrize("listing, why", [
+    ("", "no `Name ID ...` header"),
+    ("libxl: error: cannot init xl context\n", "no `Name ID ...` header"),
+    (XL_LIST.split("\n", 1)[1], "no `Name ID ...` header"),                      # rows without their header
+    (XL_LIST.replace(DOM0_ONLY, ""), "no Domain-0"),
+    (XL_LIST + "Segmentation fault\n", "line 5 is no domain"),
+    (XL_LIST.replace(" 7  2048", " seven 2048"), "line 3 is no domain"),
+])
+def test_an_xl_listing_it_does_not_recognise_is_an_error_not_stopped(listing, why):
+    """Read as "logger is not listed", any of these would let a guard act on a guess."""
+    r, _ = remote({re.compile(r".*command -v.* xl$"): Result(), "xl list": Result(listing)})
+    with pytest.raises(ToolError, match=rf"^xen1: `xl list` printed a listing this tool does not recognise "
+                                        rf"\({re.escape(why)}\): refusing to guess which domains run$"):
+        xenhost.domain_running(r, XEN, "logger")
 
 
 def test_toolstack_auto_prefers_xl_and_is_probed_once(mocker):
@@ -94,6 +114,28 @@ def test_kvm_domain_states_from_one_listing():
     assert kvmhost.domain_running(r, KVM, "paused")
 
 
+@pytest.mark.parametrize("listing, why", [
+    ("", "no `Id Name State` header"),
+    (VIRSH_LIST.split("\n", 2)[2], "no `Id Name State` header"),                 # rows without their header
+    (" Id   Name     Status\n-----------------------\n 1    logger   laufend\n", "no `Id Name State` header"),
+    (VIRSH_LIST.replace("running", "rebooting"), "line 3 is no domain in a state virsh prints"),
+    (VIRSH_LIST + "error: failed to get domain 'x'\n", "line 8 is no domain in a state virsh prints"),
+])
+def test_a_virsh_listing_it_does_not_recognise_is_an_error_not_stopped(listing, why):
+    r, _ = remote({"env LANG=C virsh -c qemu:///system list --all": Result(listing)})
+    with pytest.raises(ToolError, match=rf"^kvm1: `virsh list --all` printed a listing this tool does not "
+                                        rf"recognise \({re.escape(why)}\): refusing to guess which domains run$"):
+        kvmhost.domain_running(r, KVM, "logger")
+
+
+NO_DOMAINS = " Id   Name   State\n--------------------\n\n"
+
+
+def test_an_empty_virsh_listing_is_no_domain():
+    r, _ = remote({"env LANG=C virsh -c qemu:///system list --all": Result(NO_DOMAINS)})
+    assert kvmhost.domain_state(r, KVM, "logger") == "not found"
+
+
 def test_a_listing_up_to_max_age_old_is_shared_and_an_older_one_is_not():
     calls = []
 
@@ -118,11 +160,35 @@ def test_a_wait_takes_listings_up_to_one_poll_old_but_never_older_than_the_wait(
         clock[0] += 0.3          # each listing takes a while
         return len(ages) == 3
 
-    monkeypatch.setattr(xenhost, "time", type("Clock", (), {
-        "monotonic": staticmethod(lambda: clock[0]),
-        "sleep": staticmethod(lambda s: clock.__setitem__(0, clock[0] + s))}))
-    assert xenhost.wait_until(done, timeout=10, poll=1.0, label="waiting")
+    def sleep(seconds):
+        clock[0] += seconds
+
+    monkeypatch.setattr(xenhost.time, "monotonic", lambda: clock[0])
+    interruption = Interruption()
+    monkeypatch.setattr(interruption, "sleep", sleep)
+    assert xenhost.wait_until(done, timeout=10, poll=1.0, label="waiting", interruption=interruption)
     assert ages == [0.0, 1.0, 1.0]
+
+
+def test_a_stop_request_ends_a_wait_at_once_but_not_inside_an_undo():
+    """Ctrl-C during a shutdown wait: the wait ends within one poll, raising Interrupted; the same
+    wait inside an undo (shielded) carries on to its end."""
+    interruption = Interruption()
+    polls = []
+
+    def done(_max_age):
+        polls.append(1)
+        if len(polls) == 2:
+            interruption.request("interrupted by SIGINT", 130)
+        return len(polls) == 4
+
+    with pytest.raises(Interrupted, match="interrupted by SIGINT") as info:
+        xenhost.wait_until(done, timeout=60, poll=0.01, label="waiting", interruption=interruption)
+    assert len(polls) == 2 and info.value.code == 130
+    polls.clear()
+    with interruption.shield():
+        assert xenhost.wait_until(done, timeout=60, poll=0.01, label="waiting", interruption=interruption)
+    assert len(polls) == 4
 
 
 def test_virsh_error_is_reported():
@@ -144,7 +210,7 @@ def test_concurrent_askers_share_one_listing_that_began_after_they_asked():
             if len(calls) == 1:
                 started.set()
                 release.wait(5)
-            return Result(VIRSH_LIST if len(calls) > 1 else "", exited=0)
+            return Result(VIRSH_LIST if len(calls) > 1 else NO_DOMAINS, exited=0)
 
     r = Remote("kvm1", SlowList())
     first = threading.Thread(target=kvmhost.domain_state, args=(r, KVM, "logger"))

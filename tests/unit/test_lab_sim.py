@@ -166,7 +166,7 @@ def test_role_cstate_dstate(lab, style, role):
 
 def test_drbd83_refuses_without_its_force_word_and_reports_status_as_xml(lab):
     """8.3 spells force --overwrite-data-of-peer, has its own -2 text, and its status is XML."""
-    lab.set_style("8.3")
+    lab.set_style("8.3", sync_delay=60)   # still syncing when the status is read, however slow the machine
     lab.seed(primary=None, uptodate=False)
 
     refused = lab.run("xen1", "drbdadm", "primary", "--force", RES)

@@ -8,7 +8,8 @@ import pytest
 from invoke import MockContext, Result
 
 from tasks.errors import ToolError
-from tasks.remote import AuditLog, Remote, open_connection
+from tasks.remote import AuditLog, Remote
+from tasks.ssh import SshTarget, open_connection
 
 
 class FakeSftp:
@@ -123,9 +124,8 @@ def test_a_proxy_command_whose_output_ends_fails_the_connection_at_once(tmp_path
     """Its stdin stays open (the banner is sent), its stdout ends: paramiko's own ProxyCommand
     would spin on end-of-file until the 60 s timeout and then report a timeout."""
     with pytest.raises(ToolError) as info:
-        open_connection("xen1", "10.77.0.11", "root", 22, proxy_command="sh -c 'exec 1>&-; sleep 3'",
-                        identity_file=None,
-                        known_hosts=str(tmp_path / "known_hosts"), accept_new=False, timeout=60)
+        open_connection(SshTarget("xen1", "10.77.0.11", "root", 22, proxy_command="sh -c 'exec 1>&-; sleep 3'",
+                                  known_hosts=str(tmp_path / "known_hosts"), connect_timeout=60))
     assert "xen1: cannot connect to root@10.77.0.11:22" in str(info.value)
     assert "the proxy command exited" in str(info.value)
 
@@ -134,7 +134,7 @@ def test_once_connected_the_proxys_end_is_a_quiet_end_of_stream():
     """Closing a connection ends its proxy: that must not print paramiko's 'Exception (client)'."""
     from paramiko.ssh_exception import ProxyCommandFailure
 
-    from tasks.remote import _proxy
+    from tasks.ssh import _proxy
 
     connecting, connected = _proxy("true"), _proxy("true")
     connected.connected = True
@@ -167,3 +167,89 @@ def test_concurrently_overlaps_the_calls_and_keeps_order_tag_and_first_failure()
         set_output_prefix("")
         set_sink(None)
     assert sorted(lines) == ["[logger] probe a", "[logger] probe b", "[logger] probe c"]
+
+
+# -- write_file in a real shell: symlinks, fsync ---------------------------------------------------
+
+def real_shell() -> Remote:
+    from invoke import Context
+    return Remote("xen1", Context())
+
+
+def test_a_symlinked_file_is_edited_through_the_link(tmp_path):
+    """/etc/xen/auto/NAME.cfg -> ../NAME.cfg: the real cfg changes, the link stays a link, the
+    backup lands beside the real cfg."""
+    (tmp_path / "auto").mkdir()
+    real = tmp_path / "web.cfg"
+    real.write_text("memory = 256\n")
+    real.chmod(0o640)
+    link = tmp_path / "auto" / "web.cfg"
+    link.symlink_to("../web.cfg")
+
+    assert real_shell().edit_file(str(link), lambda old: old.replace("256", "512"))
+
+    assert link.is_symlink() and str(link.readlink()) == "../web.cfg"
+    assert real.read_text() == "memory = 512\n" and real.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in (tmp_path / "auto").iterdir()) == ["web.cfg"]
+    backups = [p for p in tmp_path.iterdir() if p.name.startswith("web.cfg.xenkvm-")]
+    assert [b.read_text() for b in backups] == ["memory = 256\n"]
+
+
+def test_the_write_names_the_file_a_link_points_at(tmp_path, capsys):
+    real, link = tmp_path / "web.cfg", tmp_path / "link.cfg"
+    real.write_text("a\n")
+    link.symlink_to(real)
+    real_shell().write_file(str(link), "b\n")
+    assert f"* xen1: write {link} -> {real} (backup {real}.xenkvm-" in capsys.readouterr().out
+
+
+def test_a_dangling_symlink_is_refused_and_nothing_is_written(tmp_path):
+    """Writing through it would create the file it names, wherever that is."""
+    from tasks.errors import GuardError
+
+    link = tmp_path / "web.cfg"
+    link.symlink_to("../gone/web.cfg")
+    with pytest.raises(GuardError, match=f"^xen1: {link} is a symlink to a file that does not exist: refusing "
+                                         f"to write through it; point it at the real file or remove it$"):
+        real_shell().edit_file(str(link), lambda old: "memory = 512\n", create=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["web.cfg"] and link.is_symlink()
+    assert not (tmp_path.parent / "gone").exists()
+
+
+def sync_shim(directory, body: str) -> None:
+    shim = directory / "sync"
+    shim.write_text("#!/bin/sh\n" + body)
+    shim.chmod(0o755)
+
+
+def test_the_new_file_is_fsynced_before_the_rename_and_its_directory_after(tmp_path, mocker):
+    """A `sync` that records each argument and what the target held at that moment, then syncs."""
+    import os
+    bin_dir, data = tmp_path / "bin", tmp_path / "data"
+    bin_dir.mkdir(), data.mkdir()
+    record = tmp_path / "sync.log"
+    sync_shim(bin_dir, f'for a in "$@"; do [ "$a" = -- ] || printf "%s|%s\\n" "$a" "$(cat {data}/web.cfg)" '
+                       f'>> {record}; done\nexec /bin/sync "$@"\n')
+    mocker.patch.dict(os.environ, {"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    (data / "web.cfg").write_text("old")
+
+    real_shell().write_file(str(data / "web.cfg"), "new")
+
+    first, second = [line.split("|") for line in record.read_text().splitlines()]
+    assert first[0].startswith(f"{data}/web.cfg.tmp.") and first[1] == "old", "the temp file, before the rename"
+    assert second == [str(data), "new"], "the directory, after the rename"
+
+
+def test_a_host_whose_sync_takes_no_file_still_writes(tmp_path, mocker):
+    """coreutils before 8.24 (Debian 8 and older): no option but --help and --version (so no -d
+    or -f); `sync FILE` says it ignores the file and syncs everything."""
+    import os
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sync_shim(bin_dir, 'for a in "$@"; do case $a in --) ;; -*) echo "sync: invalid option -- $a" >&2; exit 1;; '
+                       'esac; done\n[ $# -eq 0 ] || echo "sync: ignoring all arguments" >&2\nexec /bin/sync\n')
+    mocker.patch.dict(os.environ, {"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    target = tmp_path / "web.cfg"
+    target.write_text("old")
+    real_shell().write_file(str(target), "new")
+    assert target.read_text() == "new"

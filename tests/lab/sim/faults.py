@@ -15,12 +15,14 @@ from . import store
 
 
 def add_fault(state_dir, host, prefix, exit_code=1, hang=0.0, once=False):
-    """Fail (exit_code != 0) and/or hang (seconds) the matching command; once: only the next call."""
+    """Fail (exit_code != 0) and/or hang (seconds; inf: never return) the matching command;
+    once: only the next call."""
     if not prefix.split():
         raise ValueError("a fault needs a command prefix")
     with store.locked(state_dir, "control") as st:
         st.doc("faults").setdefault("rules", []).append(
-            {"host": host, "prefix": prefix, "exit_code": exit_code, "hang": hang, "once": once})
+            {"host": host, "prefix": prefix, "exit_code": exit_code, "hang": -1 if hang == float("inf") else hang,
+             "once": once})
         st.changed("faults")
         st.event("fault.added", host, prefix=prefix, exit_code=exit_code, hang=hang, once=once)
 
@@ -42,6 +44,9 @@ def check_fault(state_dir, host, argv):
             rules.remove(rule)
             st.changed("faults")
         st.event("fault.fired", host, prefix=rule["prefix"], argv=list(argv))
+    if rule["hang"] < 0:
+        while True:          # a wedged host: the command never returns
+            time.sleep(3600)
     if rule["hang"]:
         time.sleep(rule["hang"])
     if rule["exit_code"]:
