@@ -376,20 +376,18 @@ def test_rollback_without_journal_reports_where_it_runs(world):
     assert outcome.ok and outcome.runs_on == ["xen1"] and "no unfinished run" in outcome.message
 
 
-def _journal(**changes) -> bytes:
-    """A journal as a run that stopped the guest on xen1 left it, with some fields changed."""
-    data = {"vm": "logger", "run": "0123456789ab", "pid": 4242, "who": "root@control",
-            "started": "2026-12-01T10:00:00+00:00", "source": "xen1", "target": "kvm1", "to": "kvm",
-            "status": "running",
-            "steps": [{"name": "stop logger on xen1", "host": "xen1", "status": "done",
-                       "undo": {"op": "start", "side": "xen"}}]}
-    data.update(changes)
-    return json.dumps(data).encode()
-
-
 def _step(**changes) -> list[dict]:
     return [{"name": "stop logger on xen1", "host": "xen1", "status": "done",
              "undo": {"op": "start", "side": "xen"}, **changes}]
+
+
+def _journal(*, without: str = "", **changes) -> bytes:
+    """A journal as a run that stopped the guest on xen1 left it, with some fields changed."""
+    data = {"vm": "logger", "run": "0123456789ab", "pid": 4242, "who": "root@control",
+            "started": "2026-12-01T10:00:00+00:00", "source": "xen1", "target": "kvm1", "to": "kvm",
+            "status": "running", "steps": _step(), **changes}
+    data.pop(without, None)
+    return json.dumps(data).encode()
 
 
 BROKEN_JOURNALS = {
@@ -404,8 +402,9 @@ BROKEN_JOURNALS = {
     "a-list": (b"[]", "a JSON list, not an object"),
     "null": (b"null", "a JSON NoneType, not an object"),
     "a-string": (b'"logger"', "a JSON str, not an object"),
-    "missing-steps": (_journal(steps=None), "steps: expected list, got NoneType"),
-    "missing-run": (_journal(run=None), "run: expected str, got NoneType"),
+    "missing-steps": (_journal(without="steps"), "steps: expected list, got NoneType"),
+    "missing-run": (_journal(without="run"), "run: expected str, got NoneType"),
+    "who-null": (_journal(who=None), "who: expected str, got NoneType"),
     "run-a-number": (_journal(run=12), "run: expected str, got int"),
     "run-a-path": (_journal(run="../../../etc/cron.d/x"), "run: '../../../etc/cron.d/x' is not a run id"),
     "another-vm": (_journal(vm="web"), "it is the journal of VM 'web'"),
