@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import threading
 import time
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -23,7 +24,7 @@ from typing import Callable
 from invoke import task
 
 from . import drbd, inventory, kvmhost, localdisk, xenhost
-from .errors import GuardError, InputError, ToolError
+from .errors import GuardError, InputError, ToolError, quoted
 from .hostlock import holder, operator
 from .interrupt import Interrupted, Interruption
 from .inventory import VM, Inventory
@@ -91,11 +92,13 @@ class Journal:
     def load(cls, directory: Path, vm_name: str) -> "Journal | None":
         path = directory / f"{vm_name}.json"
         try:
-            return cls(path, json.loads(path.read_text()))
+            with path.open("rb") as file:
+                raw = file.read(MAX_JOURNAL_BYTES + 1)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
-            raise ToolError(f"{path}: unreadable journal ({exc}); inspect it, then move it away") from None
+        except OSError as exc:
+            raise ToolError(f"{path}: unreadable journal ({exc.strerror}); inspect it, then move it away") from None
+        return cls(path, parse_journal(raw, str(path), vm_name))
 
     def save(self) -> None:
         """A temp file, fsynced, renamed over the journal, the directory fsynced: what a step
@@ -154,6 +157,61 @@ class Journal:
 
 class JournalError(ToolError):
     """The journal cannot be written: no step may start without its record."""
+
+
+MAX_JOURNAL_BYTES = 1 << 20    # a run's journal is a few kB
+MAX_JOURNAL_TEXT = 200
+_JOURNAL_FIELDS = {"vm": str, "run": str, "who": str, "started": str, "source": str, "target": str,
+                   "to": str, "status": str, "steps": list}
+_STEP_FIELDS = {"name": str, "host": str, "status": str}
+STEP_STATUSES = ("started", "done", "failed", "undone")
+
+
+def parse_journal(raw: bytes, path: str, vm_name: str) -> dict:
+    """A journal file's data, checked whole before anything acts on it.
+
+    A file cut short by a full disk, edited by hand or not written by this tool would
+    otherwise crash `rollback` and `migrate` halfway, or undo the wrong thing on the wrong
+    side; every such file is refused in one line that names it.
+    """
+    def refused(problem: str) -> ToolError:
+        return ToolError(f"{path}: not a journal this tool can use ({problem}); inspect it, then move it away")
+
+    def check_fields(record: dict, fields: dict[str, type], where: str) -> None:
+        for key, kind in fields.items():
+            value = record.get(key)
+            if not isinstance(value, kind):
+                raise refused(f"{where}{key}: expected {kind.__name__}, got {type(value).__name__}")
+            if kind is str and not (len(value) <= MAX_JOURNAL_TEXT and value.isprintable()):
+                raise refused(f"{where}{key}: {quoted(value)} is not one short line")
+
+    if len(raw) > MAX_JOURNAL_BYTES:
+        raise refused(f"larger than {MAX_JOURNAL_BYTES} bytes")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:   # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise refused(f"not JSON: {str(exc).split(';')[0]}") from None
+    if not isinstance(data, dict):
+        raise refused(f"a JSON {type(data).__name__}, not an object")
+    check_fields(data, _JOURNAL_FIELDS, "")
+    if data["vm"] != vm_name:
+        raise refused(f"it is the journal of VM {quoted(data['vm'])}")
+    if not re.fullmatch(r"[0-9a-f]{1,32}", data["run"]):   # it names the file kept in done/
+        raise refused(f"run: {quoted(data['run'])} is not a run id")
+    if data["to"] not in SIDES:
+        raise refused(f"to: {quoted(data['to'])} is not one of {', '.join(SIDES)}")
+    for number, step in enumerate(data["steps"]):
+        where = f"steps[{number}]"
+        if not isinstance(step, dict):
+            raise refused(f"{where}: expected an object, got {type(step).__name__}")
+        check_fields(step, _STEP_FIELDS, f"{where}.")
+        if step["status"] not in STEP_STATUSES:
+            raise refused(f"{where}.status: {quoted(step['status'])} is not one of {', '.join(STEP_STATUSES)}")
+        undo = step.get("undo")
+        if undo is not None and not (isinstance(undo, dict) and isinstance(undo.get("op"), str)
+                                     and undo["op"] in UNDO_OPS and undo.get("side") in SIDES):
+            raise refused(f"{where}.undo: expected null or an undo this tool knows, got {quoted(undo)}")
+    return data
 
 
 def _fsync_dir(path: Path) -> None:

@@ -6,7 +6,10 @@ is reported as one line `FILE: key.path: what is wrong`.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import functools
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +17,7 @@ from typing import Any
 
 from invoke import Collection, task
 
-from .errors import GuardError, InputError
+from .errors import GuardError, InputError, quoted, shown
 
 DEFAULT_CFG_DIR = "/etc/xen/auto"
 ROLES = ("xen", "kvm")
@@ -24,15 +27,37 @@ DOMAIN_TYPES = ("kvm", "qemu")
 BOOT_MODES = ("grub", "direct-kernel")
 SNAPSHOT_METHODS = ("lvm", "qcow2")
 
-_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-_RESOURCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
-_MAC = re.compile(r"^[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}$")
-_ABS_PATH = re.compile(r"^/[^\s\x00]*$")
+# Every pattern is matched with fullmatch: `$` also matches before a final newline, and a
+# YAML block scalar (`|`, `>`) ends in one.
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_RESOURCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+_MAC = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}")
+_ABS_PATH = re.compile(r"/[^\s\x00]*")
+_DRBD_DEVICE = re.compile(r"/dev/drbd[0-9]{1,7}")     # minors go up to 2^20 - 1
+_VDEV = re.compile(r"[a-z]+[a-z0-9]*")
+_BRIDGE = re.compile(r"[A-Za-z0-9_.-]{1,15}")          # IFNAMSIZ - 1
+
+MAX_PORT = 65535
+# Both hypervisors must accept the VM. Xen's tested guest limits (wiki.xenproject.org, "Xen 4.2
+# Limits"): PV 512 vCPUs, HVM 128 (HVM_MAX_VCPUS, xen/include/public/hvm/hvm_info_table.h), 512 GiB
+# of RAM for both (Linux also caps a PV domain at 512 GB by default: CONFIG_XEN_512GB). KVM takes
+# more: QEMU's pc machine 255 vCPUs, q35 288 and up, and terabytes of RAM.
+MAX_VCPUS = 128
+MAX_MEMORY_MIB = 512 * 1024
+# Far beyond any real inventory (it nests 7 deep: vms.NAME.disks[0].device.HOST; a thousand VMs
+# are some 50,000 values), far below what a YAML alias bomb expands to.
+MAX_DEPTH = 20
+MAX_VALUES = 200_000
 
 
 def is_domain_name(text: str) -> bool:
     """A DNS name: dot-separated labels of letters, digits and inner hyphens."""
-    return 0 < len(text) <= 253 and all(_LABEL.match(label) for label in text.split("."))
+    return 0 < len(text) <= 253 and all(_LABEL.fullmatch(label) for label in text.split("."))
+
+
+def _at(where: str, key: object) -> str:
+    """The key path of a value, for the one-line errors (`vms.web.mac`)."""
+    return f"{where}.{shown(key)}" if where else shown(key)
 
 
 @dataclass(frozen=True)
@@ -121,7 +146,7 @@ class Inventory:
     def vm(self, name: str) -> VM:
         if name not in self.vms:
             known = ", ".join(sorted(self.vms)) or "none"
-            raise InputError(f"{self.path}: no VM named {name!r} (known: {known})")
+            raise InputError(f"{self.path}: no VM named {quoted(name)} (known: {known})")
         return self.vms[name]
 
     def host(self, name: str) -> Host:
@@ -152,13 +177,13 @@ class _Checker:
             return {}
         for key in value:
             if not isinstance(key, str):
-                self.error(where, f"key {key!r} is not a string")
+                self.error(where, f"key {quoted(key)} is not a string")
             elif allowed is not None and key not in allowed:
-                self.error(f"{where}.{key}" if where else key, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+                self.error(_at(where, key), f"unknown key (allowed: {', '.join(sorted(allowed))})")
         return value
 
     def get(self, data: dict, key: str, where: str, kind: type, default: Any = None,
-            required: bool = False, choices: tuple | None = None) -> Any:
+            required: bool = False, choices: tuple | None = None, at_most: int | None = None) -> Any:
         at = f"{where}.{key}"
         if key not in data or data[key] is None:
             if required:
@@ -166,20 +191,24 @@ class _Checker:
             return default
         value = data[key]
         if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-            self.error(at, f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+            seen = "" if isinstance(value, (dict, list)) else f" {quoted(value)}"
+            self.error(at, f"expected {kind.__name__}, got {type(value).__name__}{seen}")
             return default
         if choices and value not in choices:
-            self.error(at, f"must be one of {', '.join(choices)}, got {value!r}")
+            self.error(at, f"must be one of {', '.join(choices)}, got {quoted(value)}")
             return default
         if kind is int and value <= 0:
-            self.error(at, f"must be positive, got {value}")
+            self.error(at, f"must be positive, got {quoted(value)}")
+            return default
+        if at_most is not None and value > at_most:
+            self.error(at, f"must be at most {at_most}, got {quoted(value)}")
             return default
         return value
 
     def path_value(self, data: dict, key: str, where: str, required: bool = False) -> str | None:
         value = self.get(data, key, where, str, required=required)
-        if value is not None and not _ABS_PATH.match(value):
-            self.error(f"{where}.{key}", f"expected an absolute path without spaces, got {value!r}")
+        if value is not None and not _ABS_PATH.fullmatch(value):
+            self.error(f"{where}.{key}", f"expected an absolute path without spaces, got {quoted(value)}")
             return None
         return value
 
@@ -198,7 +227,7 @@ class _Checker:
             extra = set(value) - set(hosts)
             missing = set(hosts) - set(value)
             if extra:
-                self.error(at, f"names {', '.join(sorted(map(str, extra)))}, not a host of this VM")
+                self.error(at, f"names {', '.join(sorted(map(shown, extra)))}, not a host of this VM")
             if missing:
                 self.error(at, f"has no entry for {', '.join(sorted(missing))}")
             if extra or missing:
@@ -208,8 +237,8 @@ class _Checker:
             return {}
         result = {}
         for host, path in value.items():
-            if not isinstance(path, str) or not _ABS_PATH.match(path):
-                self.error(f"{at}.{host}", f"expected an absolute path without spaces, got {path!r}")
+            if not isinstance(path, str) or not _ABS_PATH.fullmatch(path):
+                self.error(f"{at}.{host}", f"expected an absolute path without spaces, got {quoted(path)}")
             else:
                 result[host] = path
         return result
@@ -227,7 +256,7 @@ _LOCAL_KEYS = {"local", "vdev"}
 
 
 def _parse_host(check: _Checker, name: str, raw: Any) -> Host | None:
-    where = f"hosts.{name}"
+    where = _at("hosts", name)
     if not is_domain_name(name):
         check.error(where, "host name is not a valid domain name")
     data = check.mapping(raw, where, _HOST_KEYS)
@@ -239,13 +268,16 @@ def _parse_host(check: _Checker, name: str, raw: Any) -> Host | None:
         check.error(f"{where}.libvirt_uri", "only KVM hosts have a libvirt URI")
     hostname = check.get(data, "hostname", where, str, default=name)
     if hostname and not is_domain_name(hostname):
-        check.error(f"{where}.hostname", f"not a valid host name: {hostname!r}")
+        check.error(f"{where}.hostname", f"not a valid host name: {quoted(hostname)}")
+    drbd_address = check.get(data, "drbd_address", where, str)
+    if drbd_address is not None and not _is_ip_address(drbd_address):
+        check.error(f"{where}.drbd_address", f"DRBD needs an IP address, got {quoted(drbd_address)}")
     host = Host(
         name=name,
         address=address or "",
         role=role or "",
         user=check.get(data, "user", where, str),
-        port=check.get(data, "port", where, int),
+        port=check.get(data, "port", where, int, at_most=MAX_PORT),
         toolstack=check.get(data, "toolstack", where, str, default="auto", choices=TOOLSTACKS),
         libvirt_uri=check.get(data, "libvirt_uri", where, str, default="qemu:///system"),
         known_hosts=check.get(data, "known_hosts", where, str),
@@ -253,7 +285,7 @@ def _parse_host(check: _Checker, name: str, raw: Any) -> Host | None:
         proxy_command=check.get(data, "proxy_command", where, str),
         identity_file=check.get(data, "identity_file", where, str),
         hostname=hostname,
-        drbd_address=check.get(data, "drbd_address", where, str, default=address or ""),
+        drbd_address=drbd_address or address or "",
         max_parallel=check.get(data, "max_parallel", where, int, default=4),
         max_starts=check.get(data, "max_starts", where, int),
         command_timeout=float(check.get(data, "command_timeout", where, int, default=60)),
@@ -261,13 +293,21 @@ def _parse_host(check: _Checker, name: str, raw: Any) -> Host | None:
     return host if role and address else None
 
 
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _parse_disk(check: _Checker, raw: Any, where: str, hosts: tuple[str, str]):
     if not isinstance(raw, dict):
         check.error(where, f"expected a mapping, got {type(raw).__name__}")
         return None
     vdev = raw.get("vdev")
-    if vdev is not None and not (isinstance(vdev, str) and re.match(r"^[a-z]+[a-z0-9]*$", vdev)):
-        check.error(f"{where}.vdev", f"expected a Xen device name such as xvda2, got {vdev!r}")
+    if vdev is not None and not (isinstance(vdev, str) and _VDEV.fullmatch(vdev)):
+        check.error(f"{where}.vdev", f"expected a Xen device name such as xvda2, got {quoted(vdev)}")
         vdev = None
     if "local" in raw:
         check.mapping(raw, where, _LOCAL_KEYS)
@@ -275,14 +315,14 @@ def _parse_disk(check: _Checker, raw: Any, where: str, hosts: tuple[str, str]):
         return LocalDisk(path=paths, vdev=vdev) if paths else None
     data = check.mapping(raw, where, _REPLICATED_KEYS)
     resource = check.get(data, "resource", where, str, required=True)
-    if resource and (not _RESOURCE.match(resource) or resource == "all"):
+    if resource and (not _RESOURCE.fullmatch(resource) or resource == "all"):
         # "all" would make every drbdadm command act on every resource of the host.
-        check.error(f"{where}.resource", f"not a valid DRBD resource name: {resource!r}")
+        check.error(f"{where}.resource", f"not a valid DRBD resource name: {quoted(resource)}")
         resource = None
     device = check.per_host(data, "device", where, hosts, required=True)
     for host, path in device.items():
-        if not re.match(r"^/dev/drbd\d+$", path):
-            check.error(f"{where}.device", f"expected /dev/drbdN on {host}, got {path!r}")
+        if not _DRBD_DEVICE.fullmatch(path):
+            check.error(f"{where}.device", f"expected /dev/drbdN on {host}, got {quoted(path)}")
     meta = data.get("meta_disk")
     internal = meta == "internal"
     meta_disk = {} if internal else check.per_host(data, "meta_disk", where, hosts)
@@ -294,7 +334,7 @@ def _parse_disk(check: _Checker, raw: Any, where: str, hosts: tuple[str, str]):
         backing=check.per_host(data, "backing", where, hosts),
         meta_disk=meta_disk,
         internal_meta=internal,
-        port=check.get(data, "port", where, int, default=7789),
+        port=check.get(data, "port", where, int, default=7789, at_most=MAX_PORT),
         vdev=vdev,
         shared=check.get(data, "shared", where, bool, default=False),
     )
@@ -322,7 +362,7 @@ def _parse_macs(check: _Checker, data: dict, where: str) -> tuple[str, ...]:
 
 
 def _parse_vm(check: _Checker, name: str, raw: Any, hosts: dict[str, Host]) -> VM | None:
-    where = f"vms.{name}"
+    where = _at("vms", name)
     if not is_domain_name(name):
         check.error(where, "VM name is not a valid domain name")
     data = check.mapping(raw, where, _VM_KEYS)
@@ -332,19 +372,19 @@ def _parse_vm(check: _Checker, name: str, raw: Any, hosts: dict[str, Host]) -> V
         if host is None:
             continue
         if host not in hosts:
-            check.error(f"{where}.{key}", f"names undefined host {host!r}")
+            check.error(f"{where}.{key}", f"names undefined host {quoted(host)}")
         elif hosts[host].role != role:
-            check.error(f"{where}.{key}", f"host {host!r} has role {hosts[host].role}, expected {role}")
+            check.error(f"{where}.{key}", f"host {quoted(host)} has role {hosts[host].role}, expected {role}")
         else:
             sides[role] = host
     mac = check.get(data, "mac", where, str)
-    if mac is not None and not _MAC.match(mac):
-        check.error(f"{where}.mac", f"not a MAC address: {mac!r}")
+    if mac is not None and not _MAC.fullmatch(mac):
+        check.error(f"{where}.mac", f"not a MAC address: {quoted(mac)}")
         mac = None
     macs = _parse_macs(check, data, where)
     bridge = check.get(data, "bridge", where, str, default="br0")
-    if not re.match(r"^[A-Za-z0-9_.-]{1,15}$", bridge or ""):
-        check.error(f"{where}.bridge", f"not a valid bridge name: {bridge!r}")
+    if not _BRIDGE.fullmatch(bridge or ""):
+        check.error(f"{where}.bridge", f"not a valid bridge name: {quoted(bridge)}")
     cfg = check.path_value(data, "cfg", where) or f"{DEFAULT_CFG_DIR}/{name}.cfg"
     raw_disks = data.get("disks")
     if not isinstance(raw_disks, list) or not raw_disks:
@@ -364,14 +404,14 @@ def _parse_vm(check: _Checker, name: str, raw: Any, hosts: dict[str, Host]) -> V
         disks=tuple(disks),
         guest_address=check.get(data, "guest_address", where, str),
         guest_user=check.get(data, "guest_user", where, str),
-        guest_port=check.get(data, "guest_port", where, int),
+        guest_port=check.get(data, "guest_port", where, int, at_most=MAX_PORT),
         guest_proxy_command=check.get(data, "guest_proxy_command", where, str),
         guest_identity_file=check.get(data, "guest_identity_file", where, str),
         guest_known_hosts=check.get(data, "guest_known_hosts", where, str),
         mac=mac.lower() if mac else None,
         macs=macs,
-        memory=check.get(data, "memory", where, int),
-        vcpus=check.get(data, "vcpus", where, int),
+        memory=check.get(data, "memory", where, int, at_most=MAX_MEMORY_MIB),
+        vcpus=check.get(data, "vcpus", where, int, at_most=MAX_VCPUS),
         bridge=bridge,
         bus=check.get(data, "bus", where, str, default="ide", choices=BUSES),
         domain_type=check.get(data, "domain_type", where, str, default="kvm", choices=DOMAIN_TYPES),
@@ -411,7 +451,7 @@ def _check_unique(check: _Checker, vms: dict[str, VM]) -> None:
                 for host, dev in disk.device.items():
                     claim(("device", host, dev), vm, f"device {dev} on {host}", shared)
             for host, path in (disk.path if isinstance(disk, LocalDisk) else disk.backing).items():
-                claim(("volume", host, path), vm, f"volume {path} on {host}", shared)
+                claim(("volume", host, path), vm, f"volume {shown(path)} on {host}", shared)
     sharers: dict[str, list[str]] = {}
     for vm in vms.values():
         for disk in (d for d in vm.resources if d.shared):
@@ -455,17 +495,87 @@ def check_sharers_selected(inv: Inventory, selected: list[VM]) -> None:
                          f"guests that share a disk move together (--vm {together})")
 
 
-def parse_inventory(text: str, path: str = "hosts.yml") -> Inventory:
-    """Validate an inventory's text; raise InputError listing every problem, one per line."""
+@functools.cache
+def _strict_loader():
+    """PyYAML's SafeLoader, stricter where safe_load lets a mistake or an attack through.
+
+    safe_load keeps the last of two equal keys, expands a 715-byte alias bomb into hundreds of
+    millions of values, recurses until Python gives up on deep nesting and passes control
+    characters (`hostname: >` is "xen1\\n"). This loader refuses each, at the line it is on;
+    a string may hold no unprintable character at all (control, line separator, bidi override).
+    """
     import yaml   # here, not at import time: `fab --list` stays fast
 
+    class Refused(yaml.MarkedYAMLError):
+        pass
+
+    class Loader(yaml.SafeLoader):
+        def __init__(self, stream):
+            super().__init__(stream)
+            self.depth = 0
+            self.sizes: dict[int, int] = {}   # id(node) -> values in it, its aliases expanded
+
+        def compose_node(self, parent, index):
+            mark = self.peek_event().start_mark
+            alias = self.check_event(yaml.AliasEvent)
+            if self.depth >= MAX_DEPTH:
+                raise Refused(None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
+            self.depth += 1
+            try:
+                node = super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+            if id(node) not in self.sizes:
+                if alias:
+                    raise Refused(None, None, "an alias inside the value it names", mark)
+                inner = node.value if isinstance(node, yaml.SequenceNode) else (
+                    [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+                self.sizes[id(node)] = 1 + sum(self.sizes[id(n)] for n in inner)
+            if self.sizes[id(node)] > MAX_VALUES:
+                raise Refused(None, None, f"more than {MAX_VALUES} values once its aliases are expanded", mark)
+            return node
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue   # `<<: *defaults`: keys written beside it override the merged ones
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, collections.abc.Hashable):
+                    if key in seen:
+                        raise Refused(None, None, f"duplicate key {quoted(key)}", key_node.start_mark)
+                    seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+        def construct_object(self, node, deep=False):
+            try:
+                value = super().construct_object(node, deep=deep)
+            except ValueError as exc:   # a date that does not exist, an integer of 5000 digits
+                raise Refused(None, None, f"cannot read this value: {str(exc).split(';')[0]}",
+                              node.start_mark) from None
+            if isinstance(value, str) and not value.isprintable():
+                bad = next(c for c in value if not c.isprintable())
+                raise Refused(None, None, f"{quoted(value)} holds the unprintable character {bad!r}"
+                              + (" (a block scalar, | or >, ends in a newline)" if bad == "\n" else ""),
+                              node.start_mark)
+            return value
+
+    return Loader, Refused
+
+
+def parse_inventory(text: str, path: str = "hosts.yml") -> Inventory:
+    """Validate an inventory's text; raise InputError listing every problem, one per line."""
+    import yaml
+
+    loader, refused = _strict_loader()
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise InputError(f"{path}{line}: YAML syntax error: {problem}") from None
+        kind = "" if isinstance(exc, refused) else "YAML syntax error: "
+        raise InputError(f"{path}{line}: {kind}{problem}") from None
     errors: list[str] = []
     check = _Checker(path, errors)
     top = check.mapping(raw, "", {"hosts", "vms"})
@@ -479,7 +589,7 @@ def parse_inventory(text: str, path: str = "hosts.yml") -> Inventory:
            if isinstance(name, str) and (vm := _parse_vm(check, name, spec, hosts))}
     _check_unique(check, vms)
     if errors:
-        raise InputError("\n".join(errors))
+        raise InputError(*errors)
     return Inventory(path=path, hosts=hosts, vms=vms)
 
 
@@ -490,6 +600,8 @@ def load_inventory(path: str | Path) -> Inventory:
         text = path.read_text()
     except OSError as exc:
         raise InputError(f"{path}: cannot read inventory: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     return parse_inventory(text, str(path))
 
 

@@ -17,7 +17,11 @@ import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from tasks.errors import shown
+from ..errors import quoted, shown
+
+# Lists inside lists: xl's deepest setting (vnuma) nests two; deeper is refused before Python's
+# recursion limit turns a hostile cfg into a traceback.
+MAX_LIST_DEPTH = 16
 
 
 class CfgSyntaxError(ValueError):
@@ -178,7 +182,7 @@ def _encode(text: str, quote: str, raw: bool) -> str:
     """Write `text` inside a literal of this quote style, escaped the way both xm and xl read it."""
     if raw:
         if any(c in text for c in ("\\", quote[0], "\n", "\r")):
-            raise ValueError(f"cannot write {text!r} into a raw string literal")
+            raise ValueError(f"cannot write {quoted(text)} into a raw string literal")
         return text
     out = []
     for c in text:
@@ -289,7 +293,7 @@ class _Parser:
 
     @staticmethod
     def _describe(tok: _Tok) -> str:
-        return {"nl": "end of line", "eof": "end of file"}.get(tok.kind, repr(tok.text))
+        return {"nl": "end of line", "eof": "end of file"}.get(tok.kind) or quoted(tok.text)
 
     def statements(self) -> list[_Assign]:
         out = []
@@ -303,15 +307,15 @@ class _Parser:
                 raise self.error(tok.start, f"expected a setting name, found {self._describe(tok)}")
             op = self._next()
             if op.text not in ("=", "+="):
-                raise self.error(op.start, f"expected '=' after {tok.text!r}, found {self._describe(op)}")
+                raise self.error(op.start, f"expected '=' after {quoted(tok.text)}, found {self._describe(op)}")
             node = self._value()
             end = self._next()
             if end.kind not in ("nl", "eof") and end.text != ";":
-                raise self.error(end.start, f"expected end of line after the value of {tok.text!r}, "
+                raise self.error(end.start, f"expected end of line after the value of {quoted(tok.text)}, "
                                             f"found {self._describe(end)}")
             out.append(_Assign(tok.text, op.text, node, tok.start, tok.end, op.start, op.end))
 
-    def _value(self):
+    def _value(self, depth: int = 0):
         tok = self._next()
         if tok.kind == "string":
             return tok.node
@@ -323,11 +327,13 @@ class _Parser:
         if tok.kind == "name" and tok.text in ("True", "False", "None"):
             return _Atom({"True": True, "False": False, "None": None}[tok.text], tok.start, tok.end)
         if tok.text == "[":
+            if depth == MAX_LIST_DEPTH:
+                raise self.error(tok.start, f"lists nested deeper than {MAX_LIST_DEPTH}")
             items = []
             while self._peek().text != "]":
                 if self._peek().kind == "eof":
                     raise self.error(tok.start, "'[' is never closed")
-                items.append(self._value())
+                items.append(self._value(depth + 1))
                 sep = self._peek()
                 if sep.text == ",":
                     self._next()
@@ -345,7 +351,7 @@ class _Parser:
                 return int(text, 8)  # 0755: octal for Python 2 and for xl's strtol alike
             return int(text, 0) if re.fullmatch(r"[0-9]+|0[xX][0-9a-fA-F]+", text) else float(text)
         except ValueError:
-            raise self.error(tok.start, f"bad number {tok.text!r}") from None
+            raise self.error(tok.start, f"bad number {quoted(tok.text)}") from None
 
 
 def _python(node):
@@ -415,7 +421,7 @@ def _parse_disk(spec: str) -> _DiskParse:
         elif "=" in item:
             key, _, value = item.partition("=")
             if key not in _DISK_KEYS:
-                raise ValueError(f"unknown parameter {item!r}")
+                raise ValueError(f"unknown parameter {quoted(item)}")
             put(key, value, pos + len(key) + 1)
             xl_only = True
         else:
@@ -431,7 +437,7 @@ def _parse_disk(spec: str) -> _DiskParse:
                     set() if prefixes else _PREFIXES)
                 if m.group(1) not in allowed:
                     if not prefixes and not item[m.end():m.end() + 1].isalnum():
-                        raise ValueError(f"unknown disk prefix {m.group()!r}")
+                        raise ValueError(f"unknown disk prefix {quoted(m.group())}")
                     break  # rbd:pool/image and the like: the colon belongs to the target
                 prefixes.append(m.group(1))
                 item, at = item[m.end():], at + m.end()
@@ -449,19 +455,19 @@ def _parse_disk(spec: str) -> _DiskParse:
             vdev, colon, kind = item.rpartition(":")
             if colon:
                 if kind not in ("cdrom", "disk"):
-                    raise ValueError(f"unknown device type {kind!r}")
+                    raise ValueError(f"unknown device type {quoted(kind)}")
                 devtype = "cdrom" if kind == "cdrom" else devtype
                 item = vdev
             put("vdev", item, at)
         elif "access" not in given:
             put("access", item, at)
         else:
-            raise ValueError(f"too many positional parameters at {item!r}")
+            raise ValueError(f"too many positional parameters at {quoted(item)}")
 
     if "devtype" in given:
         value = given["devtype"][0]
         if value not in ("cdrom", "disk"):
-            raise ValueError(f"unknown devtype {value!r}")
+            raise ValueError(f"unknown devtype {quoted(value)}")
         devtype = "cdrom" if value == "cdrom" else devtype
     vdev, vdev_at = given.get("vdev", ("", 0))
     if not vdev:
@@ -471,10 +477,10 @@ def _parse_disk(spec: str) -> _DiskParse:
         raise ValueError("no target (only an empty CD-ROM may have none)")
     access = given.get("access", ("", 0))[0]
     if access and access not in _ACCESS:
-        raise ValueError(f"unknown access mode {access!r}")
+        raise ValueError(f"unknown access mode {quoted(access)}")
     fmt = given.get("format", ("", 0))[0] or next((p for p in prefixes if p in _FORMATS), None)
     if fmt and fmt not in _FORMATS:
-        raise ValueError(f"unknown format {fmt!r}")
+        raise ValueError(f"unknown format {quoted(fmt)}")
     backend = given["backendtype"][0] if "backendtype" in given else ":".join(prefixes)
     if not backend and given.get("script", ("", 0))[0].rsplit("/", 1)[-1] == "block-drbd":
         backend = "drbd"    # xl's spelling of drbd:RES: the target is a resource, not a path
@@ -553,7 +559,7 @@ class _Cfg:
             try:
                 out.append((item, _parse_disk(item.value)))
             except ValueError as exc:
-                raise self.error(item.start, f"disk {item.value!r}: {exc}") from None
+                raise self.error(item.start, f"disk {quoted(item.value)}: {exc}") from None
         return out
 
     def string(self, key: str) -> str | None:
@@ -572,7 +578,7 @@ class _Cfg:
             return value
         if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+\s*", value):
             return int(value)  # xen-tools writes memory = '256'
-        raise self.error(self.effective[key][-1].node.start, f"{key} must be a whole number, not {value!r}")
+        raise self.error(self.effective[key][-1].node.start, f"{key} must be a whole number, not {quoted(value)}")
 
     def config(self) -> XenConfig:
         disks = self.disks
@@ -660,21 +666,27 @@ def _device_edits(node: _Str, pattern: re.Pattern, renames: dict[str, str],
 
 
 def _console_edits(cfg: _Cfg) -> list[tuple[int, int, str]]:
-    """Append the console arguments to the command line the kernel gets, or create extra=."""
-    key = "cmdline" if "cmdline" in cfg.effective else "extra"
+    """Append the console arguments to the command line the kernel gets, or create extra=.
+
+    xm's `extra = None` (or `cmdline = None`) means no such setting: `None` is replaced by the
+    arguments, and a `cmdline = None` leaves the command line to root= and extra=.
+    """
+    key = "cmdline" if cfg.values.get("cmdline") is not None else "extra"
+    literals = cfg.string_nodes("root") + [a.node for a in cfg.assigns if isinstance(a.node, _Str)]
+    quote = literals[0].quote[0] if literals else "'"
     if key in cfg.effective:
+        node = cfg.effective[key][-1].node
         value = cfg.string(key)
+        if value is None:
+            return [(node.start, node.end, f"{quote}{' '.join(_CONSOLE)}{quote}")]
         missing = [arg for arg in _CONSOLE if arg not in value.split()]
         if not missing:
             return []
-        node = cfg.effective[key][-1].node
         if not isinstance(node, _Str):
             raise cfg.error(node.start, f"{key} must be a string to take {' '.join(missing)}")
         return [node.append((" " if value and not value[-1].isspace() else "") + " ".join(missing))]
     text = cfg.text
     newline = "\r\n" if "\r\n" in text else "\n"
-    literals = cfg.string_nodes("root") + [a.node for a in cfg.assigns if isinstance(a.node, _Str)]
-    quote = literals[0].quote[0] if literals else "'"
     if "root" in cfg.effective:  # right after root=, lined up with it
         a = cfg.effective["root"][-1]
         gap, after = text[a.key_end:a.op_start], text[a.op_end:a.node.start]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import time
@@ -130,3 +131,28 @@ def test_unknown_host_key_is_refused(lab, fab, tmp_path):
     assert "host key for" in result.stderr and "refusing to connect" in result.stderr
     assert "Traceback" not in result.stderr
     assert empty.read_text() == ""
+
+
+BROKEN_JOURNALS = {
+    "a-list": ("[]", "a JSON list, not an object"),
+    "undo-side-unknown": (json.dumps({
+        "vm": "logger", "run": "0123456789ab", "pid": 1, "who": "root@control", "started": "2026-12-01T10:00:00+00:00",
+        "source": "xen1", "target": "kvm1", "to": "kvm", "status": "running",
+        "steps": [{"name": "stop logger on xen1", "host": "xen1", "status": "done",
+                   "undo": {"op": "stop", "side": "vmware"}}]}), "steps[0].undo: expected null or an undo"),
+}
+
+
+@pytest.mark.parametrize("text, problem", BROKEN_JOURNALS.values(), ids=BROKEN_JOURNALS.keys())
+def test_a_broken_journal_is_one_line_for_rollback_migrate_and_status(lab, fab, text, problem):
+    journal = fab.state_dir / "journal" / "logger.json"
+    journal.parent.mkdir(parents=True)
+    journal.write_text(text)
+    for command in (["rollback", "--vm", "logger"], ["migrate", "--vm", "logger"], ["status"]):
+        result = fab(*command)
+        assert result.returncode == 1, result
+        [line] = result.stderr.splitlines()
+        assert line.startswith("error: ") and f"{journal}: not a journal this tool can use ({problem}" in line
+        assert line.endswith("); inspect it, then move it away"), line
+    assert where(lab) == ON_XEN
+    assert [entry for entry in fab.audit() if entry["kind"] not in ("probe", "lock")] == []

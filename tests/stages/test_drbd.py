@@ -177,15 +177,16 @@ def test_promote_refuses_a_resource_that_is_down(allow):
     assert "is not up there" in refusal(drbd.check_promote, st_, "kvm1", allow)
 
 
-@pytest.mark.parametrize("st_", [
-    state(),
-    state(connection="SyncSource", peer_disk="Inconsistent", sync=12.5),
-    state(role="Primary"),
-    state(role="Primary", disk="Inconsistent"),          # already Primary: nothing to do
-    state(role="Primary", peer_role="Unknown", peer_disk="DUnknown", connection="Connecting"),
+@pytest.mark.parametrize("fields", [
+    {},
+    {"connection": "SyncSource", "peer_disk": "Inconsistent", "sync": 12.5},
+    {"role": "Primary"},
+    {"role": "Primary", "disk": "Inconsistent"},          # already Primary: nothing to do
+    {"role": "Primary", "peer_role": "Unknown", "peer_disk": "DUnknown", "connection": "Connecting"},
 ])
-def test_promote_passes(st_):
-    drbd.check_promote(st_, "kvm1")
+def test_promote_passes_and_the_same_beside_a_primary_peer_does_not(fields):
+    assert drbd.check_promote(state(**fields), "kvm1") is None
+    assert "the peer is Primary" in refusal(drbd.check_promote, state(**{**fields, "peer_role": "Primary"}), "kvm1")
 
 
 def test_promote_disconnected_with_allow_still_needs_uptodate_data():
@@ -201,8 +202,9 @@ def test_demote_refuses_while_the_domain_runs(role):
 
 
 @pytest.mark.parametrize("role", ["Primary", "Secondary"])
-def test_demote_passes_when_the_domain_is_gone(role):
-    drbd.check_demote(state(role=role), "xen1", False)
+def test_demote_passes_when_the_domain_is_gone_and_only_then(role):
+    assert drbd.check_demote(state(role=role), "xen1", domain_running=False) is None
+    assert "still runs on xen1" in refusal(drbd.check_demote, state(role=role), "xen1", domain_running=True)
 
 
 def test_initial_sync_is_forced_only_on_a_fresh_pair_and_only_when_asked():

@@ -13,7 +13,7 @@ import pytest
 from tasks import flows
 from tasks.errors import GuardError, ToolError
 from tasks.inventory import load_inventory
-from tasks.remote import AuditLog, Site
+from tasks.remote import AuditLog, RemoteError, Site
 from tests.conftest import REPO
 from tests.seed import SEED_CFG as CFG
 from tests.stages.fakehosts import FakeHost, Shared
@@ -376,6 +376,95 @@ def test_rollback_without_journal_reports_where_it_runs(world):
     assert outcome.ok and outcome.runs_on == ["xen1"] and "no unfinished run" in outcome.message
 
 
+def _step(**changes) -> list[dict]:
+    return [{"name": "stop logger on xen1", "host": "xen1", "status": "done",
+             "undo": {"op": "start", "side": "xen"}, **changes}]
+
+
+def _journal(*, without: str = "", **changes) -> bytes:
+    """A journal as a run that stopped the guest on xen1 left it, with some fields changed."""
+    data = {"vm": "logger", "run": "0123456789ab", "pid": 4242, "who": "root@control",
+            "started": "2026-12-01T10:00:00+00:00", "source": "xen1", "target": "kvm1", "to": "kvm",
+            "status": "running", "steps": _step(), **changes}
+    data.pop(without, None)
+    return json.dumps(data).encode()
+
+
+BROKEN_JOURNALS = {
+    "empty": (b"", "not JSON: Expecting value"),
+    "not-json": (b"{run: 1}", "not JSON: Expecting property name"),
+    "cut-short": (_journal()[:20], "not JSON: Unterminated string"),
+    "not-utf8": (b'{"vm": "logger\xff"}', "not JSON: 'utf-8' codec can't decode byte 0xff"),
+    "nested-100k": (b"[" * 100_000 + b"]" * 100_000, "not JSON: maximum recursion depth exceeded"),
+    "integer-5000-digits": (_journal(pid=0)[:-1] + b', "x": ' + b"9" * 5000 + b"}",
+                            "not JSON: Exceeds the limit (4300 digits)"),
+    "larger-than-1mib": (_journal(who="x" * (1 << 20)), "larger than 1048576 bytes"),
+    "a-list": (b"[]", "a JSON list, not an object"),
+    "null": (b"null", "a JSON NoneType, not an object"),
+    "a-string": (b'"logger"', "a JSON str, not an object"),
+    "missing-steps": (_journal(without="steps"), "steps: expected list, got NoneType"),
+    "missing-run": (_journal(without="run"), "run: expected str, got NoneType"),
+    "who-null": (_journal(who=None), "who: expected str, got NoneType"),
+    "run-a-number": (_journal(run=12), "run: expected str, got int"),
+    "run-a-path": (_journal(run="../../../etc/cron.d/x"), "run: '../../../etc/cron.d/x' is not a run id"),
+    "another-vm": (_journal(vm="web"), "it is the journal of VM 'web'"),
+    "to-unknown": (_journal(to="vmware"), "to: 'vmware' is not one of xen, kvm"),
+    "steps-a-string": (_journal(steps="stop"), "steps: expected list, got str"),
+    "steps-an-object": (_journal(steps={}), "steps: expected list, got dict"),
+    "step-a-string": (_journal(steps=["stop"]), "steps[0]: expected an object, got str"),
+    "step-without-status": (_journal(steps=[{"name": "stop", "host": "xen1"}]), "steps[0].status: expected str"),
+    "step-status-unknown": (_journal(steps=_step(status="Done")),
+                            "steps[0].status: 'Done' is not one of started, done, failed, undone"),
+    "undo-op-unknown": (_journal(steps=_step(undo={"op": "format", "side": "kvm"})),
+                        "steps[0].undo: expected null or an undo this tool knows, got <dict of 2>"),
+    "undo-op-a-list": (_journal(steps=_step(undo={"op": ["start"], "side": "xen"})), "steps[0].undo: expected null"),
+    "undo-side-unknown": (_journal(steps=_step(undo={"op": "stop", "side": "vmware"})), "steps[0].undo: expected null"),
+    "undo-a-string": (_journal(steps=_step(undo="start")), "steps[0].undo: expected null or an undo this tool knows, "
+                                                           "got 'start'"),
+    "who-huge": (_journal(who="x" * 100_000), "who: 'xxxx"),
+    "who-two-lines": (_journal(who="root\n== logger now runs on kvm1"), "who: 'root\\n== logger now runs on kvm1' "
+                                                                        "is not one short line"),
+}
+
+
+@pytest.mark.parametrize("raw, problem", BROKEN_JOURNALS.values(), ids=BROKEN_JOURNALS.keys())
+@pytest.mark.parametrize("run", ["rollback", "move", "status"])
+def test_a_broken_journal_is_one_line_naming_it_and_nothing_moves(world, raw, problem, run):
+    journal = world.tmp / "journal" / "logger.json"
+    journal.parent.mkdir()
+    journal.write_bytes(raw)
+    with pytest.raises(ToolError) as info:
+        {"rollback": world.rollback, "move": lambda: world.move("kvm"),
+         "status": lambda: flows.Journal.load(journal.parent, "logger")}[run]()
+    assert type(info.value) is ToolError
+    assert str(info.value).startswith(f"{journal}: not a journal this tool can use (")
+    assert problem in str(info.value)
+    assert str(info.value).endswith("); inspect it, then move it away")
+    assert len(str(info.value)) < 400 and str(info.value).isprintable()
+    assert world.changes() == [] and world.where() == ON_XEN
+    assert journal.read_bytes() == raw, "left where it is for the operator"
+
+
+def test_a_journal_that_cannot_be_read_is_one_line(world):
+    (world.tmp / "journal" / "logger.json").mkdir(parents=True)
+    with pytest.raises(ToolError) as info:
+        world.rollback()
+    assert str(info.value) == f"{world.tmp / 'journal' / 'logger.json'}: unreadable journal (Is a directory); " \
+                              f"inspect it, then move it away"
+    assert world.changes() == []
+
+
+def test_a_well_formed_journal_is_undone(world):
+    """The shape the tool writes passes the checks: the guest stopped on xen1 is started again."""
+    world.shared.xen_running.clear()
+    journal = world.tmp / "journal" / "logger.json"
+    journal.parent.mkdir()
+    journal.write_bytes(_journal())
+    outcome = world.rollback()
+    assert outcome.ok and "rolled back (stop logger on xen1)" in outcome.message
+    assert world.where() == ON_XEN and not journal.exists()
+
+
 def test_a_vm_already_on_the_target_is_left_alone(world):
     assert world.move("kvm").ok
     world.audit.unlink()
@@ -472,7 +561,7 @@ def test_rehearsal_notes_a_kvm_swap_it_may_not_format_and_goes_on(world, capsys)
 def test_rehearsal_failure_still_cleans_up(world):
     kvmhost = _rehearsal_world(world)
     world.shared.faults["kvm1:virsh -c qemu:///system start logger-rehearsal"] = 1
-    with pytest.raises(Exception, match="start logger-rehearsal"):
+    with pytest.raises(RemoteError, match="start logger-rehearsal"):
         kvmhost.rehearse_vm(world.site(), world.inv, world.inv.vm("logger"), seconds=0.1, method="qcow2")
     removed = [a for a in world.shared.snapshots if a[0] == "rm" and a[-1].endswith(".qcow2")]
     assert len(removed) == 3
@@ -498,8 +587,9 @@ def test_rehearsal_without_a_prompt_fails_and_cleans_up(world, earlier_prompt):
     if earlier_prompt:
         world.shared.files[("kvm1", CONSOLE)] = "logger login: "
     world.shared.console["logger-rehearsal"] = "Kernel panic - not syncing: VFS: Unable to mount root fs\n"
-    with pytest.raises(Exception, match=f"no login prompt on logger-rehearsal's console in 1s; read {CONSOLE}"):
+    with pytest.raises(ToolError, match=f"no login prompt on logger-rehearsal's console in 1s; read {CONSOLE}") as info:
         kvmhost.rehearse_vm(world.site(), world.inv, world.inv.vm("logger"), seconds=1, method="qcow2", login=True)
+    assert type(info.value) is ToolError
     assert "logger-rehearsal" not in world.shared.kvm_defined | world.shared.kvm_running
 
 

@@ -14,7 +14,7 @@ from tasks import kvmhost, xenhost
 from tasks.errors import ToolError
 from tasks.interrupt import Interrupted, Interruption
 from tasks.inventory import Host, load_inventory
-from tasks.remote import Remote, Site
+from tasks.remote import Remote, RemoteError, Site
 
 XEN = Host(name="xen1", address="192.0.2.11", role="xen", toolstack="auto")
 KVM = Host(name="kvm1", address="192.0.2.12", role="kvm", libvirt_uri="qemu:///system")
@@ -231,16 +231,31 @@ def test_concurrent_askers_share_one_listing_that_began_after_they_asked():
     assert answers == ["running"] * 8 and len(calls) == 2
 
 
-def test_destroy_of_a_stopped_domain_counts_as_success():
-    r, _ = remote({re.compile(".*destroy.*"): Result(stderr="error: Requested operation is not valid: domain is not running\n", exited=1)})
-    kvmhost.destroy_domain(r, KVM, "logger")
+DESTROY = "env LANG=C virsh -c qemu:///system destroy logger"
 
 
-def test_dry_run_changes_nothing_but_probes_run(mocker):
-    r, ctx = remote({re.compile(".*domstate.*"): Result("running\n")}, dry_run=True)
+@pytest.mark.parametrize("stderr", ["error: Requested operation is not valid: domain is not running\n",
+                                    "error: failed to get domain 'logger'\n"])
+def test_destroy_of_a_stopped_domain_counts_as_success(mocker, stderr):
+    r, ctx = remote({DESTROY: Result(stderr=stderr, exited=1)})
     mocker.spy(ctx, "run")
-    kvmhost.shutdown_domain(r, KVM, "logger", timeout=1)
-    assert all("domstate" in c for c in sent(ctx))
+    assert kvmhost.destroy_domain(r, KVM, "logger") is None
+    assert sent(ctx) == [DESTROY]
+
+
+def test_destroy_that_fails_otherwise_is_an_error():
+    r, _ = remote({DESTROY: Result(stderr="error: Failed to terminate process 4242 with SIGKILL\n", exited=1)})
+    with pytest.raises(RemoteError, match="Failed to terminate process 4242"):
+        kvmhost.destroy_domain(r, KVM, "logger")
+
+
+def test_dry_run_changes_nothing_but_probes_run(mocker, capsys):
+    r, ctx = remote({re.compile(r".*command -v.* xl$"): Result()}, dry_run=True)
+    mocker.spy(ctx, "run")
+    xenhost.shutdown_domain(r, XEN, "logger", timeout=60, force=True)
+    assert sent(ctx) == ["sh -c 'command -v \"$1\"' sh xl"], "the toolstack probe ran, no change did"
+    assert capsys.readouterr().out.splitlines() == ["  would run on h: xl shutdown logger",
+                                                    "  would run on xen1 after 60s: xl destroy logger"]
 
 
 hostile = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),

@@ -10,7 +10,7 @@ import pytest
 from invoke import Config, Context
 
 from tasks import flows, kvmhost
-from tasks.errors import GuardError, InputError
+from tasks.errors import GuardError, InputError, ToolError
 from tasks.inventory import Inventory, load_inventory
 from tasks.remote import AuditLog, Site
 from tests.conftest import REPO
@@ -186,7 +186,7 @@ def test_a_guest_without_sha256sum_is_hashed_over_sftp(world):
     assert world.entries("change", "upload") == []
 
 
-def test_a_file_that_changes_while_it_is_copied_is_not_installed(world, monkeypatch):
+def test_a_file_that_changes_while_it_is_copied_is_not_installed(world, mocker):
     guest = world.hosts["logger (guest)"]
     real = guest.sftp
 
@@ -194,9 +194,10 @@ def test_a_file_that_changes_while_it_is_copied_is_not_installed(world, monkeypa
         world.shared.files[(GUEST, "/boot/initrd.img-6.1.0-13-amd64")] = initrd("6.1.0-13-amd64", build=2)
         return real()
 
-    monkeypatch.setattr(guest, "sftp", initramfs_rebuilt_meanwhile)
-    with pytest.raises(Exception, match="initrd.img-6.1.0-13-amd64 changed while it was copied"):
+    mocker.patch.object(guest, "sftp", initramfs_rebuilt_meanwhile)
+    with pytest.raises(ToolError, match="initrd.img-6.1.0-13-amd64 changed while it was copied") as info:
         world.fetch()
+    assert type(info.value) is ToolError
     assert world.kvm_files() == {}
     assert not any(p.startswith("/tmp/") for h, p in world.shared.files), "staged files removed"
 

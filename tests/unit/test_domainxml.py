@@ -229,7 +229,7 @@ def test_corpus_config_plans_like_libvirt(kind, case, corpus, schema_dirs):
         pytest.skip("no disk or no vif with a MAC")
     cfg = parse_xen_cfg((folder / f"{case}.cfg").read_text())
     if oracle.xpath("devices/disk[@device='disk'][@type='network']"):
-        with pytest.raises(ValueError, match=r"^disk hdb: rbd:.* is not an absolute path"):
+        with pytest.raises(ValueError, match=r"^disk hdb: 'rbd:.* is not an absolute path"):
             plan_disk_map(cfg)
         return
     disk_map = plan_disk_map(cfg)

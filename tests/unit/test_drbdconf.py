@@ -20,6 +20,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
+from tasks.errors import InputError
 from tasks.formats.drbdconf import render_drbd_resource
 from tasks.inventory import load_inventory, parse_inventory
 
@@ -281,10 +282,12 @@ def test_inventory_values_survive_drbdadm(tmp_path, resource, backing, meta, wri
 @given(prefix=PATHS, bad=hs.characters(whitelist_categories=("Cc", "Cf", "Co")).filter(
     lambda c: not c.isspace() and c != "\x00"))
 def test_unprintable_paths_are_refused(seed, prefix, bad):
-    """The inventory lets these through; a resource file must not carry them."""
+    """A resource file must not carry them: the inventory refuses them, and so does the
+    renderer, for a VM that did not come from an inventory."""
     vm, hosts = seed
     path = prefix + bad
-    parse_inventory(inventory_text("r0", path, "/dev/m"))          # still inventory-valid
+    with pytest.raises(InputError, match="unprintable character"):
+        parse_inventory(inventory_text("r0", path, "/dev/m"))
     with pytest.raises(ValueError, match=r"^vms\.logger\.disks\[0\]\.backing\.xen1: "):
         render_drbd_resource(with_disk(vm, 0, backing={"xen1": path, "kvm1": "/dev/b"}), hosts)
 

@@ -114,7 +114,7 @@ def test_yaml_syntax_error_names_the_line():
 
 def test_domain_names():
     assert is_domain_name("logger") and is_domain_name("web-1.example.org")
-    assert not any(map(is_domain_name, ["", "-x", "a_b", "a b", "x" * 64, "a..b", "logger;rm"]))
+    assert not any(map(is_domain_name, ["", "-x", "a_b", "a b", "x" * 64, "a..b", "logger;rm", "logger\n", "xen1\n"]))
 
 
 def _fab(*args, env_extra=None, cwd=REPO):

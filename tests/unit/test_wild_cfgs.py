@@ -331,4 +331,4 @@ def test_fab_prints_an_hvm_cfg_as_it_is_and_why_on_stderr():
 def test_fab_refuses_a_drbd_version_that_is_not_one():
     done = fab("kvmhost.render-xml", "--cfg", str(OWN / "pv-xm-drbd.cfg"), "--drbd-version", "eight\n")
     assert (done.returncode, done.stdout) == (2, "")
-    assert done.stderr.splitlines() == ["error: --drbd-version must be a version such as 8.3, 8.4 or 9, got eight\\n"]
+    assert done.stderr.splitlines() == ["error: --drbd-version must be a version such as 8.3, 8.4 or 9, got 'eight\\n'"]

@@ -693,10 +693,10 @@ def test_a_refusal_stays_one_line_whatever_the_cfg_holds():
     cfg = parse_xen_cfg("name = 'a'\nkernel = '/srv/arm64/Image\\n'\ndisk = ['/dev/vg/a,,xvda']\n")
     with pytest.raises(ValueError) as refusal:
         check_movable(cfg)
-    assert str(refusal.value) == ("kernel /srv/arm64/Image\\n is an ARM or RISC-V image: "
+    assert str(refusal.value) == ("kernel '/srv/arm64/Image\\n' is an ARM or RISC-V image: "
                                   "not a guest an x86_64 KVM host can run")
     long = parse_xen_cfg(f"name = 'a'\nkernel = '/srv/{'x' * 100}/zImage'\ndisk = ['/dev/vg/a,,xvda']\n")
-    with pytest.raises(ValueError, match=r"^kernel /srv/x{52}\.\.\. is an ARM"):
+    with pytest.raises(ValueError, match=r"^kernel '/srv/x{55}'\.\.\. \(112 characters\) is an ARM"):
         check_movable(long)
 
 
