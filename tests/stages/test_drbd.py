@@ -232,15 +232,22 @@ logger-var role:Secondary
 
 
 @pytest.mark.parametrize("allow", [False, True])
-@pytest.mark.parametrize("xen1, dr1, named", [("Primary", "Secondary", "xen1"), ("Secondary", "Primary", "dr1"),
-                                              ("Secondary", "Unknown", "dr1")])
-def test_every_peer_of_a_drbd9_resource_must_be_secondary(xen1, dr1, named, allow):
-    text = refusal(drbd.check_promote, status_of(TWO_PEERS.format(xen1=xen1, dr1=dr1)), "kvm1", allow)
-    assert text.startswith(f"kvm1: refusing to promote logger-var: peer {named} is ")
+@pytest.mark.parametrize("local, xen1, dr1, why", [
+    ("Secondary", "Primary", "Secondary", "peer xen1 is Primary (never two Primaries); demote it there first"),
+    ("Secondary", "Secondary", "Primary", "peer dr1 is Primary (never two Primaries); demote it there first"),
+    ("Primary", "Secondary", "Primary", "peer dr1 is Primary (never two Primaries); demote it there first"),
+    ("Secondary", "Secondary", "Unknown", "peer dr1 is connected but its role is Unknown, not Secondary")])
+def test_every_peer_of_a_drbd9_resource_must_be_secondary(local, xen1, dr1, why, allow):
+    st_ = status_of(TWO_PEERS.format(xen1=xen1, dr1=dr1).replace("role:Secondary", f"role:{local}", 1))
+    assert refusal(drbd.check_promote, st_, "kvm1", allow) == f"kvm1: refusing to promote logger-var: {why}"
 
 
-def test_two_secondary_peers_pass():
-    drbd.check_promote(status_of(TWO_PEERS.format(xen1="Secondary", dr1="Secondary")), "kvm1")
+def test_two_secondary_peers_let_the_promotion_through():
+    text = TWO_PEERS.format(xen1="Secondary", dr1="Secondary")
+    r = remote("kvm1", {STATUS: both(text.replace("logger-var", "logger-system"), text),
+                        "drbdadm primary logger-system logger-var": Result()})
+    assert drbd.promote(r, VM_, "kvm1") == list(RES)
+    assert sent(r) == [STATUS, "drbdadm primary logger-system logger-var"]
 
 
 @pytest.mark.parametrize("allow", [False, True])
@@ -249,11 +256,16 @@ def test_a_standalone_connection_to_one_peer_refuses(allow):
     assert "it is StandAlone towards peer dr1" in text
 
 
-def test_a_disconnected_third_peer_needs_allow_and_then_rests_on_the_operators_word():
-    st_ = status_of(TWO_PEERS_DR1_GONE.format(dr1="Connecting"))
-    assert "not connected to peer dr1 (Connecting)" in refusal(drbd.check_promote, st_, "kvm1")
-    xen1_says = drbd.PeerAnswer("xen1", "xen1", status_of(drbd9("logger-var", peer="kvm1")))
-    drbd.check_promote(st_, "kvm1", True, xen1_says)      # xen1 is connected and Secondary; dr1 nobody can ask
+def test_a_disconnected_third_peer_needs_allow_and_then_rests_on_the_operators_word(capsys):
+    """xen1 is connected and Secondary; dr1, which no inventory host stands for, nobody can ask."""
+    text = TWO_PEERS_DR1_GONE.format(dr1="Connecting")
+    status = both(text.replace("logger-var", "logger-system"), text)
+    assert "not connected to peer dr1 (Connecting)" in refusal(drbd.promote, remote("kvm1", {STATUS: status}),
+                                                               VM_, "kvm1")
+    r = remote("kvm1", {STATUS: status, "drbdadm primary logger-system logger-var": Result()})
+    other, _ = xen1({STATUS: both(*(drbd9(n, peer="kvm1") for n in RES))})
+    assert drbd.promote(r, VM_, "kvm1", allow_disconnected=True, other=other) == list(RES)
+    assert "without every peer connected (--allow-disconnected)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("allow", [False, True])
@@ -266,22 +278,11 @@ def test_lost_quorum_refuses_even_when_allowed(allow):
 
 
 BLIND = state(peer_role="Unknown", peer_disk="DUnknown", connection="Connecting")
-XEN1_DOWN = DrbdState("logger-var", 6, "Unknown", (), "Unconfigured", "Unconfigured", (), None)
 
 
 def xen1_says(role="Secondary", disk="Outdated", connection="Connecting") -> drbd.PeerAnswer:
     return drbd.PeerAnswer("xen1", "xen1", state(role=role, disk=disk, peer_role="Unknown", peer_disk="DUnknown",
                                                  connection=connection))
-
-
-@pytest.mark.parametrize("answer", [
-    drbd.PeerAnswer("xen1", "xen1", unreachable="cannot connect to root@192.0.2.11:22: timed out"),
-    xen1_says(),                                                    # drbdadm outdate ran there
-    drbd.PeerAnswer("xen1", "xen1", XEN1_DOWN),                     # the resource is down there
-    None,                                                           # nobody asked: the operator's word
-])
-def test_promote_while_disconnected_when_the_peer_is_known_not_primary(answer):
-    drbd.check_promote(BLIND, "kvm1", True, answer)
 
 
 @pytest.mark.parametrize("answer, says", [

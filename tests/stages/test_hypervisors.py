@@ -210,7 +210,6 @@ def site_of(monkeypatch):
     """Both stages' tasks on the seed inventory over fakehosts; `down` hosts cannot be reached."""
     from invoke import Config, Context
 
-    from tasks.errors import ToolError
     from tasks.inventory import load_inventory
     from tasks.remote import Site
     from tests.conftest import REPO
