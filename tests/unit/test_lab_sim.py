@@ -471,9 +471,13 @@ def test_quorum_majority_holds_with_one_of_two_peers_gone(lab, tmp_path):
 # ---------------------------------------------------------------- DRBD 9's auto-promote
 
 
-def split_by_hand(lab):
-    """logger's resource Primary on kvm1, xen1 Secondary and disconnected from it."""
+def split_by_hand(lab, conf=None):
+    """logger's resource Primary on kvm1, xen1 Secondary (with the resource options of `conf`,
+    if given) and disconnected from it."""
     lab.seed(primary="kvm1")
+    if conf:
+        adjusted = lab.run("xen1", "drbdadm", "-c", conf, "adjust", RES)
+        assert adjusted.returncode == 0, adjusted.stderr
     lab.run("xen1", "drbdadm", "disconnect", RES)
 
 
@@ -493,12 +497,10 @@ def test_auto_promote_lets_an_xl_create_make_a_second_primary(lab):
 @pytest.mark.parametrize("style, options", [("9", "auto-promote no;"), ("8.4", "")])
 def test_without_auto_promote_xl_cannot_open_a_secondary(lab, tmp_path, style, options):
     lab.set_style(style)
-    split_by_hand(lab)
-    adjusted = lab.run("xen1", "drbdadm", "-c", write_conf(tmp_path, options), "adjust", RES)
+    split_by_hand(lab, write_conf(tmp_path, options))
 
     created = lab.run("xen1", "xl", "create", lab.cfg(f"phy:{lab.dev['xen1']},xvda2,w"))
 
-    assert adjusted.returncode == 0, adjusted.stderr
     assert created.returncode == 3 and "unable to add disk devices" in created.stderr
     assert lab.roles() == {"xen1": "Secondary", "kvm1": "Primary"}
     assert sim.lab_state(lab.state)["violations"] == []
@@ -867,7 +869,8 @@ def test_a_kvm_start_on_a_secondary_fails_without_auto_promote(lab, tmp_path, st
     path = fake_virsh(lab)
     lab.set_style(style)
     lab.seed(primary="xen1")
-    lab.run("kvm1", "drbdadm", "-c", write_conf(tmp_path, options), "adjust", RES)
+    assert lab.run("kvm1", "drbdadm", "-c", write_conf(tmp_path, options), "adjust", RES).returncode == 0
+    lab.run("xen1", "drbdadm", "disconnect", RES)      # no connected Primary to refuse beside: only the option
 
     started = lab.run("kvm1", "virsh", "start", "logger", path=path)
 
