@@ -318,42 +318,40 @@ def _query(remote: Remote, vm: VM, host_name: str, *, undefined_ok: bool = False
 
 
 def _read_states(remote: Remote, vm: VM, host_name: str, undefined_ok: bool) -> dict[str, DrbdState | None]:
-    from .formats.drbdstatus import DrbdState, parse_drbdadm_status
+    from .formats.drbdstatus import parse_drbdadm_status
     names = [d.resource for d in vm.resources]
-    undefined: set[str] = set()
-    while True:
-        asked = [n for n in names if n not in undefined]
-        if not asked:
-            return {n: None for n in names}
-        argv = ["drbdadm", "status", *asked]
-        outcome = remote.probe(argv)
-        newly = _undefined(remote, outcome, asked)
-        if not newly:
-            break
-        if not undefined_ok:
-            raise _unknown_resource(host_name, vm, sorted(newly)[0])
-        undefined |= newly    # drbdadm stops at the first unknown name: ask again without it
-    text = outcome.stdout + outcome.stderr
-    if "unknown command" in text.lower() or outcome.stdout.lstrip().startswith("<"):
-        # 8.0-8.2 have no `status`; 8.3 (and early 8.4) print XML for every resource instead
-        states = {n: None if n in undefined else _legacy_state(remote, vm, host_name, n) for n in names}
-        if not undefined_ok and (missing := [n for n, s in states.items() if s is None]):
-            raise _unknown_resource(host_name, vm, missing[0])
-        return _with_proc_percent(remote, states)
-    parsed = parse_drbdadm_status(outcome.stdout)
     states: dict[str, DrbdState | None] = {}
-    for name in names:
-        if name in undefined:
-            states[name] = None
-        elif name in parsed:
-            states[name] = parsed[name]
-        elif f"{name}: No such resource" in text:
-            states[name] = DrbdState(name=name, minor=_minor(vm, name, host_name), role="Unknown", peer_roles=(),
-                                     connection=DOWN, disk=DOWN, peer_disks=(), sync_percent=None)
-        else:
+    while pending := [n for n in names if n not in states]:
+        argv = ["drbdadm", "status", *pending]
+        outcome = remote.probe(argv)
+        newly = _undefined(remote, outcome, pending)
+        if newly:
+            if not undefined_ok:
+                raise _unknown_resource(host_name, vm, sorted(newly)[0])
+            states.update(dict.fromkeys(newly))    # drbdadm stops at the first unknown name: ask again without it
+            continue
+        text = outcome.stdout + outcome.stderr
+        if "unknown command" in text.lower() or outcome.stdout.lstrip().startswith("<"):
+            # 8.0-8.2 have no `status`; 8.3 (and early 8.4) print XML for every resource instead
+            states.update({n: _legacy_state(remote, vm, host_name, n) for n in pending})
+            if not undefined_ok and (missing := [n for n in names if states[n] is None]):
+                raise _unknown_resource(host_name, vm, missing[0])
+            return _with_proc_percent(remote, {n: states[n] for n in names})
+        parsed = parse_drbdadm_status(outcome.stdout)
+        down = [n for n in pending if n not in parsed and f"{n}: No such resource" in text]
+        states.update({n: parsed[n] for n in pending if n in parsed})
+        states.update({n: _down_state(vm, n, host_name) for n in down})
+        missing = [n for n in pending if n not in states]
+        if missing and not down:       # after a resource that is down, drbdadm may stop: ask again for the rest
             raise RemoteError(remote.name, remote.command(argv), outcome.exit_code,
-                              outcome.stderr or outcome.stdout or f"no state for {name}")
-    return states
+                              outcome.stderr or outcome.stdout or f"no state for {missing[0]}")
+    return {n: states[n] for n in names}
+
+
+def _down_state(vm: VM, name: str, host_name: str) -> DrbdState:
+    from .formats.drbdstatus import DrbdState
+    return DrbdState(name=name, minor=_minor(vm, name, host_name), role="Unknown", peer_roles=(),
+                     connection=DOWN, disk=DOWN, peer_disks=(), sync_percent=None)
 
 
 def resource_states(remote: Remote, vm: VM, host_name: str) -> dict[str, DrbdState]:

@@ -404,6 +404,16 @@ def test_down_resource_reads_as_unconfigured():
     assert states["logger-system"].is_uptodate_pair
 
 
+def test_after_a_resource_that_is_down_the_rest_is_asked_again():
+    """drbdadm may stop at the first resource that is down; the others still get their state."""
+    first_down = Result(stderr="logger-system: No such resource\n"
+                               "Command 'drbdsetup status logger-system' terminated with exit code 10\n", exited=10)
+    r = remote("kvm1", {STATUS: first_down, "drbdadm status logger-var": Result(stdout=drbd9("logger-var"))})
+    states = drbd.resource_states(r, VM_, "kvm1")
+    assert sent(r) == [STATUS, "drbdadm status logger-var"]
+    assert states["logger-system"].connection == "Unconfigured" and states["logger-var"].is_uptodate_pair
+
+
 def test_missing_resource_without_an_explanation_is_an_error():
     r = remote("kvm1", {STATUS: Result(stdout=drbd9("logger-system"), stderr="something odd\n", exited=20)})
     with pytest.raises(RemoteError, match="something odd"):
