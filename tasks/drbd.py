@@ -504,6 +504,24 @@ def guard_start(site: Site, vm: VM, host_name: str, *, allow_disconnected: bool 
 
 # --- changes --------------------------------------------------------------------
 
+def start_help(other: str) -> dict[str, str]:
+    """The help of xenhost.start and kvmhost.start; `other` names the other hypervisor."""
+    return {"vm": "VM name from the inventory",
+            "allow_disconnected": f"start even though the {other} host cannot be reached to ask whether the "
+                                  f"domain runs there: only when it is known to be down",
+            "dry_run": "run the checks and show the command, change nothing"}
+
+
+def start_guarded(site: Site, vm: VM, host_name: str, start: Callable[[], None], *,
+                  allow_disconnected: bool = False) -> None:
+    """`start()` the VM's domain on a host, unless it runs there already, once guard_start passed."""
+    if domain_running_on(site, host_name, vm.name):
+        say(f"* {host_name}: {vm.name} already running ... ok")
+        return
+    guard_start(site, vm, host_name, allow_disconnected=allow_disconnected)
+    start()
+
+
 def _apply(remote: Remote, verb: list[str], names: list[str]) -> None:
     """One `drbdadm VERB RES...` for all of them: one round trip inside the guest's downtime.
 

@@ -188,12 +188,7 @@ class Ctx:
 
 def _start(ctx: Ctx, side: str) -> None:
     """The undo's restart: the start guard's facts are probed, as nothing before established them."""
-    host = ctx.vm.host_for(side)
-    if running_on(ctx.site, ctx.inv, ctx.vm, side):
-        say(f"* {host}: {ctx.vm.name} already running ... ok")
-    else:
-        drbd.guard_start(ctx.site, ctx.vm, host)
-        _launch(ctx, side)
+    drbd.start_guarded(ctx.site, ctx.vm, ctx.vm.host_for(side), lambda: _launch(ctx, side))
 
 
 def _launch(ctx: Ctx, side: str) -> None:

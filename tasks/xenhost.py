@@ -186,20 +186,13 @@ def state(c, vm):
     print(f"{host.name}: {model.name} {'running' if running else 'not running'}")
 
 
-@task(help={"vm": "VM name from the inventory",
-            "allow_disconnected": "start even though the KVM host cannot be reached to ask whether the domain "
-                                  "runs there: only when it is known to be down",
-            "dry_run": "run the checks and show the command, change nothing"})
+@task(help=drbd.start_help("KVM"))
 def start(c, vm, allow_disconnected=False, dry_run=False):
     """Start the VM's domain on its Xen host from its cfg, once its DRBD resources are Primary there
     and the domain is not running on the KVM host."""
     _, model, site, host = _context(c, vm, dry_run)
-    remote = site.host(host.name)
-    if domain_running(remote, host, model.name):
-        say(f"* {host.name}: {model.name} already running ... ok")
-        return
-    drbd.guard_start(site, model, host.name, allow_disconnected=allow_disconnected)
-    start_domain(remote, host, model)
+    drbd.start_guarded(site, model, host.name, lambda: start_domain(site.host(host.name), host, model),
+                       allow_disconnected=allow_disconnected)
 
 
 @task(help={"vm": "VM name from the inventory",

@@ -21,7 +21,7 @@ from invoke import Config, Context, MockContext, Result
 from tasks import drbd
 from tasks.errors import GuardError, InputError, ToolError
 from tasks.formats.drbdconf import render_drbd_resource
-from tasks.formats.drbdstatus import DrbdState, Peer, parse_drbdadm_status
+from tasks.formats.drbdstatus import DrbdState, parse_drbdadm_status
 from tasks.inventory import VM, Host, Inventory, LocalDisk, ReplicatedDisk
 from tasks.remote import Remote, RemoteError, Site
 from tests.conftest import REPO
