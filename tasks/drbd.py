@@ -470,6 +470,11 @@ def wait_sync(remote: Remote, vm: VM, host_name: str, *, timeout: float, poll: f
     return states
 
 
+def other_host(vm: VM, host_name: str) -> str:
+    """The VM's host that is not `host_name`."""
+    return vm.kvm_host if host_name == vm.xen_host else vm.xen_host
+
+
 def domain_running_on(site: Site, host_name: str, vm_name: str) -> bool:
     """Whether the VM's domain runs on a host, asked of that host's hypervisor stage."""
     host = site.inventory.host(host_name)
@@ -484,7 +489,7 @@ def guard_start(site: Site, vm: VM, host_name: str, *, allow_disconnected: bool 
     """check_start on live facts, both hosts asked at once: this host's DRBD roles, and whether
     the domain runs on the other host. An other host that cannot be reached counts as not
     running it only on the operator's word (--allow-disconnected)."""
-    other = vm.kvm_host if host_name == vm.xen_host else vm.xen_host
+    other = other_host(vm, host_name)
 
     def other_running() -> bool:
         remote, why = _reach(other, lambda: site.host(other))
@@ -503,14 +508,6 @@ def guard_start(site: Site, vm: VM, host_name: str, *, allow_disconnected: bool 
 
 
 # --- changes --------------------------------------------------------------------
-
-def start_help(other: str) -> dict[str, str]:
-    """The help of xenhost.start and kvmhost.start; `other` names the other hypervisor."""
-    return {"vm": "VM name from the inventory",
-            "allow_disconnected": f"start even though the {other} host cannot be reached to ask whether the "
-                                  f"domain runs there: only when it is known to be down",
-            "dry_run": "run the checks and show the command, change nothing"}
-
 
 def start_guarded(site: Site, vm: VM, host_name: str, start: Callable[[], None], *,
                   allow_disconnected: bool = False) -> None:
@@ -542,7 +539,7 @@ class OtherHost:
 
     @classmethod
     def of(cls, site: Site, vm: VM, host_name: str) -> "OtherHost":
-        name = vm.kvm_host if host_name == vm.xen_host else vm.xen_host
+        name = other_host(vm, host_name)
         host = site.inventory.host(name)
         return cls(name, host.hostname or host.name, lambda: site.host(name))
 
@@ -730,6 +727,14 @@ def setup(site: Site, vm: VM, hosts: dict[str, Host], *, force_initial_sync: boo
 
 # --- tasks ----------------------------------------------------------------------
 
+def start_help(other: str) -> dict[str, str]:
+    """The help of xenhost.start and kvmhost.start; `other` names the other hypervisor."""
+    return {"vm": "VM name from the inventory",
+            "allow_disconnected": f"start even though the {other} host cannot be reached to ask whether the "
+                                  f"domain runs there: only when it is known to be down",
+            "dry_run": "run the checks and show the command, change nothing"}
+
+
 def _context(c, vm_name: str, dry_run: bool = False):
     inv = inventory.from_context(c)
     vm = inv.vm(vm_name)
@@ -750,15 +755,12 @@ def status(c, vm):
     _, model, site = _context(c, vm)
     rows, failures, warnings = [], [], []
     for host in (model.xen_host, model.kvm_host):
-        try:
+        try:      # a dead host must not hide the other's view, nor an unreadable configuration the states
             remote = site.host(host)
-            states = resource_states(remote, model, host)
-            auto = auto_promoting(remote, model)
-        except ToolError as exc:      # one dead host must not hide the other's view
+            rows += [status_row(state, host) for state in resource_states(remote, model, host).values()]
+            warnings += [auto_promote_warning(host, name) for name in auto_promoting(remote, model)]
+        except ToolError as exc:
             failures.append(str(exc))
-            continue
-        rows += [status_row(state, host) for state in states.values()]
-        warnings += [auto_promote_warning(host, name) for name in auto]
     print(format_table(rows))
     for line in failures + warnings:
         print(f"  {line}")

@@ -1130,6 +1130,21 @@ def test_status_warns_where_drbd9_would_auto_promote(tmp_path, monkeypatch, caps
                            "writes `auto-promote no` into its resource file")
 
 
+def test_status_shows_the_states_of_a_host_whose_configuration_cannot_be_read(tmp_path, monkeypatch, capsys):
+    c = inventory_file(tmp_path)
+    status = both(drbd9("logger-system", role="Primary", peer="kvm1"), drbd9("logger-var", role="Primary", peer="kvm1"))
+    broken = Result(stderr="/etc/drbd.d/logger-var.res:3: Parse error: 'resource' expected\n", exited=10)
+    runs = {"xen1": {STATUS: status, "drbdadm --version": Result(VERSION9), DUMP: broken},
+            "kvm1": {STATUS: both(drbd9("logger-system", peer_role="Primary"), drbd9("logger-var", peer_role="Primary")),
+                     "drbdadm --version": Result(VERSION84)}}
+    status_site(monkeypatch, runs)
+    with pytest.raises(drbd.ToolError, match="could not read the DRBD state on 1 host"):
+        drbd.status(c, vm="logger")
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines[1:5]] == [[r, h] for h in ("xen1", "kvm1") for r in RES]
+    assert "Parse error: 'resource' expected" in lines[5]
+
+
 def test_drbd_version_is_the_kernel_modules_where_drbdadm_reports_one():
     """drbd-utils 9.22 (Debian 12) over Debian's 8.4 module reads files as 8.4 does."""
     answers = {"drbdadm --version": [Result(VERSION9), Result(VERSION84),
