@@ -1083,21 +1083,21 @@ def real_dump(tmp_path, written_for: str, hostname: str = "xen1") -> Result:
     return Result(stdout=result.stdout, stderr=result.stderr)
 
 
-def status_site(monkeypatch, runs):
-    monkeypatch.setattr(drbd, "site_from_context",
+def status_site(mocker, runs):
+    mocker.patch.object(drbd, "site_from_context",
                         lambda c, inv, dry_run=False: Site(inv, connect=lambda name, *a, **k: MockContext(
                             run=runs[name])))
 
 
 @needs_drbdadm
-def test_status_task_prints_a_table_and_the_host_it_could_not_read(tmp_path, monkeypatch, capsys):
+def test_status_task_prints_a_table_and_the_host_it_could_not_read(tmp_path, mocker, capsys):
     c = inventory_file(tmp_path)
     runs = {"xen1": {STATUS: both(drbd9("logger-system", role="Primary", peer="kvm1"),
                                   drbd9("logger-var", role="Primary", peer_disk="Inconsistent",
                                         replication="SyncSource", done=45.2, peer="kvm1")),
                      "drbdadm --version": Result(VERSION9), DUMP: real_dump(tmp_path, "9")},
             "kvm1": {STATUS: Result(stderr="ssh: connect to host kvm1 port 22: No route to host\n", exited=255)}}
-    status_site(monkeypatch, runs)
+    status_site(mocker, runs)
     with pytest.raises(drbd.ToolError, match="could not read the DRBD state on 1 host"):
         drbd.status(c, vm="logger")
     lines = capsys.readouterr().out.splitlines()
@@ -1113,7 +1113,7 @@ def test_status_task_prints_a_table_and_the_host_it_could_not_read(tmp_path, mon
 
 
 @needs_drbdadm
-def test_status_warns_where_drbd9_would_auto_promote(tmp_path, monkeypatch, capsys):
+def test_status_warns_where_drbd9_would_auto_promote(tmp_path, mocker, capsys):
     """Files without `auto-promote no` (written before the tool, or by hand) on DRBD 9: one warning
     per resource and host; an 8.4 host has no auto-promote and is not asked."""
     c = inventory_file(tmp_path)
@@ -1121,7 +1121,7 @@ def test_status_warns_where_drbd9_would_auto_promote(tmp_path, monkeypatch, caps
     runs = {"xen1": {STATUS: status, "drbdadm --version": Result(VERSION9), DUMP: real_dump(tmp_path, "8.4")},
             "kvm1": {STATUS: both(drbd9("logger-system", peer_role="Primary"), drbd9("logger-var", peer_role="Primary")),
                      "drbdadm --version": Result(VERSION84)}}
-    status_site(monkeypatch, runs)
+    status_site(mocker, runs)
     drbd.status(c, vm="logger")
     warnings = [line.strip() for line in capsys.readouterr().out.splitlines() if "WARNING" in line]
     assert warnings == [drbd.auto_promote_warning("xen1", name) for name in RES]
@@ -1130,14 +1130,14 @@ def test_status_warns_where_drbd9_would_auto_promote(tmp_path, monkeypatch, caps
                            "writes `auto-promote no` into its resource file")
 
 
-def test_status_shows_the_states_of_a_host_whose_configuration_cannot_be_read(tmp_path, monkeypatch, capsys):
+def test_status_shows_the_states_of_a_host_whose_configuration_cannot_be_read(tmp_path, mocker, capsys):
     c = inventory_file(tmp_path)
     status = both(drbd9("logger-system", role="Primary", peer="kvm1"), drbd9("logger-var", role="Primary", peer="kvm1"))
     broken = Result(stderr="/etc/drbd.d/logger-var.res:3: Parse error: 'resource' expected\n", exited=10)
     runs = {"xen1": {STATUS: status, "drbdadm --version": Result(VERSION9), DUMP: broken},
             "kvm1": {STATUS: both(drbd9("logger-system", peer_role="Primary"), drbd9("logger-var", peer_role="Primary")),
                      "drbdadm --version": Result(VERSION84)}}
-    status_site(monkeypatch, runs)
+    status_site(mocker, runs)
     with pytest.raises(drbd.ToolError, match="could not read the DRBD state on 1 host"):
         drbd.status(c, vm="logger")
     lines = capsys.readouterr().out.splitlines()

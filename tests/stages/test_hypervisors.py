@@ -206,7 +206,7 @@ STAGE = {"xen1": xenhost, "kvm1": kvmhost}
 
 
 @pytest.fixture
-def site_of(monkeypatch):
+def site_of(mocker):
     """Both stages' tasks on the seed inventory over fakehosts; `down` hosts cannot be reached."""
     from invoke import Config, Context
 
@@ -230,7 +230,7 @@ def site_of(monkeypatch):
         return hosts[label]
 
     for stage in STAGE.values():
-        monkeypatch.setattr(stage, "site_from_context",
+        mocker.patch.object(stage, "site_from_context",
                             lambda c, i, dry_run=False: Site(i, dry_run=dry_run, connect=connect))
 
     class World:
