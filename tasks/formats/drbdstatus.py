@@ -103,11 +103,6 @@ class DrbdState:
         return self.role == "Primary"
 
     @property
-    def peer_is_primary(self) -> bool:
-        """Any peer Primary: promoting here would make two Primaries."""
-        return "Primary" in self.peer_roles
-
-    @property
     def is_connected(self) -> bool:
         """Every peer connected (plain, or replicating: a sync needs a live peer)."""
         return self.connection in LIVE_STATES
