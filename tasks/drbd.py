@@ -1,9 +1,11 @@
 """Stage: DRBD. Status, wait for sync, promote / demote with guards, resource files.
 
 The guards here are the product's most important lines: never two Primaries,
-never promote data that is not UpToDate, never demote under a running domain.
-Every resource of a VM is checked before any of them changes, so a refusal
-for one resource leaves all of them as they were.
+never promote data that is not UpToDate, never demote under a running domain,
+never start a domain on disks that are not Primary already (DRBD 9's
+auto-promote would promote them past every other guard). Every resource of a
+VM is checked before any of them changes, so a refusal for one resource leaves
+all of them as they were.
 """
 
 from __future__ import annotations
@@ -12,17 +14,17 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from invoke import Collection, task
 
 from . import inventory
 from .errors import GuardError, InputError, ToolError
 from .inventory import VM, Host, ReplicatedDisk
-from .remote import Remote, RemoteError, Site, say, site_from_context
+from .remote import Remote, RemoteError, Site, concurrently, say, site_from_context
 
 if TYPE_CHECKING:
-    from .formats.drbdstatus import DrbdState
+    from .formats.drbdstatus import DrbdState, Peer
 
 DRBD_DIR = "/etc/drbd.d"
 DOWN = "Unconfigured"                 # DRBD's word for a resource that is defined but not up
@@ -31,28 +33,116 @@ CONNECT_TIMEOUT = 60.0
 PROGRESS_EVERY = 10.0
 HELD_OPEN = "Device is held open by someone"   # the kernel's state-change refusal -12
 HELD_OPEN_PAUSES = (0.25, 0.5, 1.0, 2.0, 2.0, 2.0, 2.0)   # about 10 s in all, then the refusal stands
+# A peer's connection states that mean "not connected" (DRBD 8.4's cs: and DRBD 9's connection
+# words) but not StandAlone; any word outside these and the connected ones refuses.
+DISCONNECTED = frozenset({"Connecting", "WFConnection", "WFReportParams", "Unconnected", "Timeout", "BrokenPipe",
+                          "NetworkFailure", "ProtocolError", "TearDown", "Disconnecting"})
 
 
 # --- pure: guards and plans -----------------------------------------------------
 
-def check_promote(state: DrbdState, host: str, allow_disconnected: bool = False) -> None:
-    """Promote only UpToDate data, never beside a Primary peer, never blind to the peer
-    unless the operator states it is down (and even then not a StandAlone resource)."""
+@dataclass(frozen=True)
+class PeerAnswer:
+    """What the VM's other host says about a resource when asked directly, because the host
+    about to be promoted is not connected to it: its own state there, or why it could not
+    be reached (then only the operator's --allow-disconnected speaks for it)."""
+
+    host: str                       # inventory name
+    drbd_name: str                  # its `on` name: what DRBD 9 calls that peer
+    state: DrbdState | None = None
+    unreachable: str = ""
+
+    def speaks_for(self, peer: Peer, only_peer: bool) -> bool:
+        """DRBD 9 names its peers; 8.x has one, "peer"."""
+        return peer.name == self.drbd_name or (peer.name == "peer" and only_peer)
+
+
+def _shown(word: str) -> str:
+    """A word from a host's output, bounded for a one-line message."""
+    return word if len(word) <= 40 else word[:37] + "..."
+
+
+def _peer_label(peer: Peer) -> str:
+    return "the peer" if peer.name == "peer" else f"peer {_shown(peer.name)}"
+
+
+def check_promote(state: DrbdState, host: str, allow_disconnected: bool = False,
+                  answer: PeerAnswer | None = None) -> None:
+    """Promote only UpToDate data with quorum, and only where every peer is known Secondary:
+    connected and saying so, or (--allow-disconnected) disconnected and known not to be
+    Primary: down, Outdated by `drbdadm outdate`, or unreachable on the operator's word.
+
+    `answer` is what the VM's other host said about this resource when asked (promote asks
+    it only for a disconnected peer and only with --allow-disconnected).
+    """
     refuse = f"{host}: refusing to promote {state.name}:"
-    if state.peer_is_primary:
-        raise GuardError(f"{refuse} the peer is Primary (never two Primaries); demote it there first")
+    peers = state.peer_list()
+    for peer in peers:
+        if peer.role == "Primary":
+            raise GuardError(f"{refuse} {_peer_label(peer)} is Primary (never two Primaries); demote it there first")
     if state.is_primary:
         return
     if state.connection == DOWN:
         raise GuardError(f"{refuse} the resource is not up there (fab drbd.setup, or drbdadm up)")
     if state.disk != "UpToDate":
-        raise GuardError(f"{refuse} the local disk is {state.disk}, not UpToDate")
-    if state.connection == "StandAlone":
-        raise GuardError(f"{refuse} it is StandAlone (split brain, or disconnected by hand); "
+        raise GuardError(f"{refuse} the local disk is {_shown(state.disk)}, not UpToDate")
+    if not state.quorum:
+        raise GuardError(f"{refuse} it has lost quorum (DRBD 9): too few of its nodes are connected to it; "
+                         f"reconnect them first (--allow-disconnected does not cover it)")
+    if not peers:
+        raise GuardError(f"{refuse} it is StandAlone, no peer shown (split brain, disconnected by hand, or no peer "
+                         f"configured); resolve that and reconnect first (--allow-disconnected does not cover it)")
+    for peer in peers:
+        _check_peer(refuse, state.name, peer, allow_disconnected, answer, only_peer=len(peers) == 1)
+
+
+def _check_peer(refuse: str, resource: str, peer: Peer, allow_disconnected: bool, answer: PeerAnswer | None,
+                only_peer: bool) -> None:
+    """The guard means "the peer is Secondary", not "the peer is not Primary"."""
+    label = _peer_label(peer)
+    if peer.is_connected:
+        if peer.role != "Secondary":
+            raise GuardError(f"{refuse} {label} is connected but its role is {_shown(peer.role)}, not Secondary")
+        return
+    if peer.connection == "StandAlone":
+        raise GuardError(f"{refuse} it is StandAlone towards {label} (split brain, or disconnected by hand); "
                          f"resolve that and reconnect first (--allow-disconnected does not cover it)")
-    if not state.is_connected and not allow_disconnected:
-        raise GuardError(f"{refuse} not connected to the peer ({state.connection}), so its role is unknown; "
+    if peer.connection not in DISCONNECTED:
+        raise GuardError(f"{refuse} {label} is in connection state {_shown(peer.connection)!r}, which this tool "
+                         f"does not know; refusing to guess")
+    if not allow_disconnected:
+        raise GuardError(f"{refuse} not connected to {label} ({peer.connection}), so its role is unknown; "
                          f"only if the peer host is known to be down, retry with --allow-disconnected")
+    if answer is None or answer.state is None or not answer.speaks_for(peer, only_peer):
+        return        # unreachable, or no host of the inventory: the operator's word stands
+    there = answer.state
+    if there.connection == DOWN:
+        return
+    if there.role == "Primary":
+        raise GuardError(f"{refuse} {answer.host} answers that {resource} is Primary there (never two Primaries); "
+                         f"demote it there first")
+    if there.role != "Secondary" or there.disk != "Outdated":
+        raise GuardError(f"{refuse} {answer.host} answers: {resource} is {_shown(there.role)} with "
+                         f"{_shown(there.disk)} data there, so it could become Primary there too; run "
+                         f"`drbdadm outdate {resource}` on {answer.host} (or take it down there), then retry")
+
+
+def check_start(vm: VM, host: str, roles: Mapping[str, str], other: str, other_running: bool) -> None:
+    """A start opens the VM's disks for writing. On a Secondary, DRBD 9's auto-promote (on
+    unless the resource says `auto-promote no`) would promote them right there, past every
+    guard of promote, even beside a disconnected peer: so every resource must be Primary
+    already, and the domain must not run on the other host.
+
+    `roles` maps resources to this host's roles; one missing counts as Unknown.
+    """
+    refuse = f"{host}: refusing to start {vm.name}:"
+    not_primary = [f"{d.resource} is {_shown(roles.get(d.resource, 'Unknown'))}" for d in vm.resources
+                   if roles.get(d.resource) != "Primary"]
+    if not_primary:
+        raise GuardError(f"{refuse} DRBD {', '.join(not_primary)} there, not Primary; promote it first "
+                         f"(fab drbd.promote --vm {vm.name} --host {host})")
+    if other_running:
+        raise GuardError(f"{refuse} it runs on {other} (never one guest twice)")
 
 
 def check_demote(state: DrbdState, host: str, domain_running: bool) -> None:
@@ -228,42 +318,40 @@ def _query(remote: Remote, vm: VM, host_name: str, *, undefined_ok: bool = False
 
 
 def _read_states(remote: Remote, vm: VM, host_name: str, undefined_ok: bool) -> dict[str, DrbdState | None]:
-    from .formats.drbdstatus import DrbdState, parse_drbdadm_status
+    from .formats.drbdstatus import parse_drbdadm_status
     names = [d.resource for d in vm.resources]
-    undefined: set[str] = set()
-    while True:
-        asked = [n for n in names if n not in undefined]
-        if not asked:
-            return {n: None for n in names}
-        argv = ["drbdadm", "status", *asked]
-        outcome = remote.probe(argv)
-        newly = _undefined(remote, outcome, asked)
-        if not newly:
-            break
-        if not undefined_ok:
-            raise _unknown_resource(host_name, vm, sorted(newly)[0])
-        undefined |= newly    # drbdadm stops at the first unknown name: ask again without it
-    text = outcome.stdout + outcome.stderr
-    if "unknown command" in text.lower() or outcome.stdout.lstrip().startswith("<"):
-        # 8.0-8.2 have no `status`; 8.3 (and early 8.4) print XML for every resource instead
-        states = {n: None if n in undefined else _legacy_state(remote, vm, host_name, n) for n in names}
-        if not undefined_ok and (missing := [n for n, s in states.items() if s is None]):
-            raise _unknown_resource(host_name, vm, missing[0])
-        return _with_proc_percent(remote, states)
-    parsed = parse_drbdadm_status(outcome.stdout)
     states: dict[str, DrbdState | None] = {}
-    for name in names:
-        if name in undefined:
-            states[name] = None
-        elif name in parsed:
-            states[name] = parsed[name]
-        elif f"{name}: No such resource" in text:
-            states[name] = DrbdState(name=name, minor=_minor(vm, name, host_name), role="Unknown", peer_roles=(),
-                                     connection=DOWN, disk=DOWN, peer_disks=(), sync_percent=None)
-        else:
+    while pending := [n for n in names if n not in states]:
+        argv = ["drbdadm", "status", *pending]
+        outcome = remote.probe(argv)
+        newly = _undefined(remote, outcome, pending)
+        if newly:
+            if not undefined_ok:
+                raise _unknown_resource(host_name, vm, sorted(newly)[0])
+            states.update(dict.fromkeys(newly))    # drbdadm stops at the first unknown name: ask again without it
+            continue
+        text = outcome.stdout + outcome.stderr
+        if "unknown command" in text.lower() or outcome.stdout.lstrip().startswith("<"):
+            # 8.0-8.2 have no `status`; 8.3 (and early 8.4) print XML for every resource instead
+            states.update({n: _legacy_state(remote, vm, host_name, n) for n in pending})
+            if not undefined_ok and (missing := [n for n in names if states[n] is None]):
+                raise _unknown_resource(host_name, vm, missing[0])
+            return _with_proc_percent(remote, {n: states[n] for n in names})
+        parsed = parse_drbdadm_status(outcome.stdout)
+        down = [n for n in pending if n not in parsed and f"{n}: No such resource" in text]
+        states.update({n: parsed[n] for n in pending if n in parsed})
+        states.update({n: _down_state(vm, n, host_name) for n in down})
+        missing = [n for n in pending if n not in states]
+        if missing and not down:       # after a resource that is down, drbdadm may stop: ask again for the rest
             raise RemoteError(remote.name, remote.command(argv), outcome.exit_code,
-                              outcome.stderr or outcome.stdout or f"no state for {name}")
-    return states
+                              outcome.stderr or outcome.stdout or f"no state for {missing[0]}")
+    return {n: states[n] for n in names}
+
+
+def _down_state(vm: VM, name: str, host_name: str) -> DrbdState:
+    from .formats.drbdstatus import DrbdState
+    return DrbdState(name=name, minor=_minor(vm, name, host_name), role="Unknown", peer_roles=(),
+                     connection=DOWN, disk=DOWN, peer_disks=(), sync_percent=None)
 
 
 def resource_states(remote: Remote, vm: VM, host_name: str) -> dict[str, DrbdState]:
@@ -271,16 +359,50 @@ def resource_states(remote: Remote, vm: VM, host_name: str) -> dict[str, DrbdSta
     return _query(remote, vm, host_name)
 
 
-def userland_version(remote: Remote) -> str:
-    """drbdadm's version; userland without --version (before 8.4) is taken as 8.3."""
+def drbd_version(remote: Remote) -> str:
+    """The DRBD a host runs: its kernel module's version where drbdadm reports one (read from
+    /proc/drbd, else modinfo), else drbdadm's own; userland without --version (before 8.4)
+    is taken as 8.3.
+
+    The module decides, not the userland: drbd-utils 9 with Debian's 8.4 module hands
+    every command to its 8.4 drbdadm, which reads only the 8.4 file syntax.
+    """
     outcome = remote.probe(["drbdadm", "--version"])
+    found = {}
     for line in outcome.stdout.splitlines():
         key, _, value = line.partition("=")
-        if key.strip() == "DRBDADM_VERSION":
-            return value.strip().strip("'\"")
+        found[key.strip()] = value.strip().strip("'\"")
+    code = found.get("DRBD_KERNEL_VERSION_CODE", "0")
+    kernel = int(code, 16) if re.fullmatch(r"0x[0-9a-fA-F]{1,8}", code) else 0
+    if kernel:
+        return f"{kernel >> 16}.{(kernel >> 8) & 0xFF}.{kernel & 0xFF}"
+    if "DRBDADM_VERSION" in found:
+        return found["DRBDADM_VERSION"]
     if outcome.exit_code == 127 or "command not found" in outcome.stderr:
         raise ToolError(f"{remote.name}: drbdadm is not installed (drbd-utils)")
     return "8.3"
+
+
+def auto_promoting(remote: Remote, vm: VM) -> list[str]:
+    """The VM's resources that this host's DRBD would promote when a domain opens them for
+    writing: DRBD 9 with auto-promote on (its default); none before DRBD 9, which has none.
+
+    Read from `drbdadm dump` (the resource files as drbdadm parsed them); a `common`
+    section's setting is not in it, so only the resource's own `auto-promote no` counts.
+    """
+    from .formats.drbdconf import parse_dump_options
+    if _major_minor(drbd_version(remote)) < (9,):
+        return []
+    names = [d.resource for d in vm.resources]
+    argv = ["drbdadm", "dump", *names]
+    outcome = remote.probe(argv)
+    if not outcome.ok:
+        raise RemoteError(remote.name, remote.command(argv), outcome.exit_code, outcome.stderr or outcome.stdout)
+    try:
+        options = parse_dump_options(outcome.stdout)
+    except ValueError as exc:
+        raise ToolError(f"{remote.name}: {exc}") from None
+    return [n for n in names if options.get(n, {}).get("auto-promote", "yes") != "no"]
 
 
 def has_metadata(remote: Remote, resource: str) -> bool:
@@ -348,7 +470,54 @@ def wait_sync(remote: Remote, vm: VM, host_name: str, *, timeout: float | None, 
     return states
 
 
+def other_host(vm: VM, host_name: str) -> str:
+    """The VM's host that is not `host_name`."""
+    return vm.kvm_host if host_name == vm.xen_host else vm.xen_host
+
+
+def domain_running_on(site: Site, host_name: str, vm_name: str) -> bool:
+    """Whether the VM's domain runs on a host, asked of that host's hypervisor stage."""
+    host = site.inventory.host(host_name)
+    if host.role == "xen":
+        from .xenhost import domain_running
+    else:
+        from .kvmhost import domain_running
+    return domain_running(site.host(host_name), host, vm_name)
+
+
+def guard_start(site: Site, vm: VM, host_name: str, *, allow_disconnected: bool = False) -> None:
+    """check_start on live facts, both hosts asked at once: this host's DRBD roles, and whether
+    the domain runs on the other host. An other host that cannot be reached counts as not
+    running it only on the operator's word (--allow-disconnected)."""
+    other = other_host(vm, host_name)
+
+    def other_running() -> bool:
+        remote, why = _reach(other, lambda: site.host(other))
+        if remote is None:
+            if not allow_disconnected:
+                raise GuardError(f"{host_name}: refusing to start {vm.name}: cannot ask {other} whether it runs "
+                                 f"there ({why}); only if {other} is known to be down, retry with "
+                                 f"--allow-disconnected")
+            say(f"  WARNING {host_name}: {other} cannot be reached ({why}); starting {vm.name} on the "
+                f"operator's word that it is down (--allow-disconnected)")
+            return False
+        return domain_running_on(site, other, vm.name)
+
+    states, running = concurrently(lambda: resource_states(site.host(host_name), vm, host_name), other_running)
+    check_start(vm, host_name, {name: state.role for name, state in states.items()}, other, running)
+
+
 # --- changes --------------------------------------------------------------------
+
+def start_guarded(site: Site, vm: VM, host_name: str, start: Callable[[], None], *,
+                  allow_disconnected: bool = False) -> None:
+    """`start()` the VM's domain on a host, unless it runs there already, once guard_start passed."""
+    if domain_running_on(site, host_name, vm.name):
+        say(f"* {host_name}: {vm.name} already running ... ok")
+        return
+    guard_start(site, vm, host_name, allow_disconnected=allow_disconnected)
+    start()
+
 
 def _apply(remote: Remote, verb: list[str], names: list[str]) -> None:
     """One `drbdadm VERB RES...` for all of them: one round trip inside the guest's downtime.
@@ -360,24 +529,80 @@ def _apply(remote: Remote, verb: list[str], names: list[str]) -> None:
         remote.change(["drbdadm", *verb, *names])
 
 
-def promote(remote: Remote, vm: VM, host_name: str, *, allow_disconnected: bool = False) -> list[str]:
+@dataclass(frozen=True)
+class OtherHost:
+    """The VM's other host, which promote asks when it cannot see it as a connected peer."""
+
+    name: str
+    drbd_name: str                      # its `on` name in the resource files
+    remote: Callable[[], Remote]        # connects on first use
+
+    @classmethod
+    def of(cls, site: Site, vm: VM, host_name: str) -> "OtherHost":
+        name = other_host(vm, host_name)
+        host = site.inventory.host(name)
+        return cls(name, host.hostname or host.name, lambda: site.host(name))
+
+
+def _reach(other: str, connect: Callable[[], Remote]) -> tuple[Remote | None, str]:
+    """The other host's connection, or None and why it cannot be reached.
+
+    Only a failed connection counts as unreachable; a host that answers and then fails
+    (a command's error, a lost link) raises, and nothing acts on it.
+    """
+    try:
+        return connect(), ""
+    except ToolError as exc:
+        return None, str(exc).removeprefix(f"{other}: ")
+
+
+def ask_other_host(other: OtherHost, vm: VM) -> dict[str, PeerAnswer]:
+    """Every resource of the VM as the other host itself sees it (or why it cannot be asked)."""
+    remote, why = _reach(other.name, other.remote)
+    if remote is None:
+        return {d.resource: PeerAnswer(other.name, other.drbd_name, unreachable=why) for d in vm.resources}
+    return {name: PeerAnswer(other.name, other.drbd_name, state)
+            for name, state in resource_states(remote, vm, other.name).items()}
+
+
+def _is_blind(state: DrbdState) -> bool:
+    """Not yet Primary, with a peer it cannot see."""
+    return not state.is_primary and not all(p.is_connected for p in state.peer_list())
+
+
+def promote(remote: Remote, vm: VM, host_name: str, *, allow_disconnected: bool = False,
+            other: OtherHost | None = None) -> list[str]:
     """Check every resource, then make the ones not yet Primary Primary: all or nothing.
 
+    With --allow-disconnected and a peer this host cannot see, `other` (the VM's other
+    host) is asked directly first: reachable, it must say down or Outdated.
     Returns the resources it promoted (or would, in a dry run), for the undo journal.
     """
     states = resource_states(remote, vm, host_name)
+    blind = [n for n, s in states.items() if _is_blind(s)]
+    answers = ask_other_host(other, vm) if allow_disconnected and blind and other is not None else {}
     for state in states.values():
-        check_promote(state, host_name, allow_disconnected)
+        check_promote(state, host_name, allow_disconnected, answers.get(state.name))
     todo = [n for n, s in states.items() if not s.is_primary]
     for name in states:
         if name not in todo:
             say(f"* {host_name}: {name} already Primary ... ok")
-    blind = [n for n in todo if not states[n].is_connected]
     if blind:
-        say(f"  WARNING {host_name}: promoting {', '.join(blind)} without a connected peer "
-            f"(--allow-disconnected: the operator states the peer host is down)")
+        say(f"  WARNING {host_name}: promoting {', '.join(blind)} without every peer connected "
+            f"(--allow-disconnected): {_blind_basis(blind, answers)}")
     _apply(remote, ["primary"], todo)
     return todo
+
+
+def _blind_basis(blind: list[str], answers: dict[str, PeerAnswer]) -> str:
+    """What a promotion beside a disconnected peer rests on, in words."""
+    asked = [answers[n] for n in blind if n in answers]
+    if not asked:
+        return "the operator states the peer hosts are down"
+    if asked[0].state is None:
+        return f"{asked[0].host} cannot be reached ({asked[0].unreachable}); the operator states it is down"
+    seen = ", ".join(f"{a.state.name} {'down' if a.state.connection == DOWN else a.state.disk}" for a in asked)
+    return f"{asked[0].host} says: {seen}"
 
 
 def demote(remote: Remote, vm: VM, host_name: str, *, domain_running: bool) -> list[str]:
@@ -460,20 +685,20 @@ def setup(site: Site, vm: VM, hosts: dict[str, Host], *, force_initial_sync: boo
     hours, and stopping the wait (Ctrl-C) stops nothing on the hosts.
 
     Every check (metadata present? a filesystem where create-md would write?) runs
-    on both hosts before any metadata is created; a second run changes nothing.
+    on both hosts before any metadata is created; a resource already up whose file
+    changed is adjusted to it; a second run changes nothing.
     """
     from .formats.drbdconf import render_drbd_resource
     pair = (vm.xen_host, vm.kvm_host)
     remotes = {h: site.host(h) for h in pair}
-    versions = {h: userland_version(remotes[h]) for h in pair}
+    versions = {h: drbd_version(remotes[h]) for h in pair}
     try:
         files = render_drbd_resource(vm, hosts, oldest_version(list(versions.values())))
     except ValueError as exc:
         raise InputError(str(exc)) from None
     paths = {name: res_path(name) for name in files}
-    for h in pair:
-        for name, text in files.items():
-            remotes[h].edit_file(paths[name], lambda _old, text=text: text, create=True)
+    rewritten = {h: [name for name, text in files.items()
+                     if remotes[h].edit_file(paths[name], lambda _old, text=text: text, create=True)] for h in pair}
     work = {h: _survey(remotes[h], vm, h) for h in pair}
     for h in pair:
         for line in work[h].warnings:
@@ -484,6 +709,10 @@ def setup(site: Site, vm: VM, hosts: dict[str, Host], *, force_initial_sync: boo
     for h in pair:
         for name in work[h].up:
             remotes[h].change(["drbdadm", "up", name])
+    for h in pair:      # a resource already up takes a changed file (auto-promote no) only from adjust
+        for name in rewritten[h]:
+            if name not in work[h].up:
+                remotes[h].change(["drbdadm", "adjust", name])
     xen = remotes[vm.xen_host]
     if xen.dry_run and any(work[h].up for h in pair):
         say(f"  would then wait for the connection, start the initial sync from {vm.xen_host} where both sides "
@@ -504,6 +733,14 @@ def setup(site: Site, vm: VM, hosts: dict[str, Host], *, force_initial_sync: boo
 
 # --- tasks ----------------------------------------------------------------------
 
+def start_help(other: str) -> dict[str, str]:
+    """The help of xenhost.start and kvmhost.start; `other` names the other hypervisor."""
+    return {"vm": "VM name from the inventory",
+            "allow_disconnected": f"start even though the {other} host cannot be reached to ask whether the "
+                                  f"domain runs there: only when it is known to be down",
+            "dry_run": "run the checks and show the command, change nothing"}
+
+
 def _context(c, vm_name: str, dry_run: bool = False):
     inv = inventory.from_context(c)
     vm = inv.vm(vm_name)
@@ -519,34 +756,44 @@ def _vm_host(vm: VM, host: str) -> str:
 
 @task(help={"vm": "VM name from the inventory"})
 def status(c, vm):
-    """Show every DRBD resource of the VM on both its hosts (read-only)."""
+    """Show every DRBD resource of the VM on both its hosts, and warn where DRBD 9 would
+    promote a resource on its own (auto-promote) (read-only)."""
     _, model, site = _context(c, vm)
-    rows, failures = [], []
+    rows, failures, warnings = [], [], []
     for host in (model.xen_host, model.kvm_host):
-        try:
-            states = resource_states(site.host(host), model, host)
-        except ToolError as exc:      # one dead host must not hide the other's view
+        try:      # a dead host must not hide the other's view, nor an unreadable configuration the states
+            remote = site.host(host)
+            rows += [status_row(state, host) for state in resource_states(remote, model, host).values()]
+            warnings += [auto_promote_warning(host, name) for name in auto_promoting(remote, model)]
+        except ToolError as exc:
             failures.append(str(exc))
-            continue
-        rows += [status_row(state, host) for state in states.values()]
     print(format_table(rows))
-    for line in failures:
+    for line in failures + warnings:
         print(f"  {line}")
     if failures:
         raise ToolError(f"could not read the DRBD state on {len(failures)} host(s)")
+
+
+def auto_promote_warning(host: str, resource: str) -> str:
+    return (f"WARNING {host}: {resource} has auto-promote on (DRBD 9's default): a domain that opens it for "
+            f"writing makes it Primary there without the checks of drbd.promote; fab drbd.setup writes "
+            f"`auto-promote no` into its resource file")
 
 
 # No short flags on promote and demote: `-h` would read as help, and these deserve spelled-out words.
 @task(auto_shortflags=False,
       help={"vm": "VM name from the inventory",
             "host": "the host to promote on: the VM's Xen or KVM host (required)",
-            "allow_disconnected": "promote without a connected peer: only when the peer host is known to be down",
+            "allow_disconnected": "promote without a connected peer: only when the peer host is known to be down; "
+                                  "the peer host is asked when it can be reached, and must say the resource is "
+                                  "down or Outdated (drbdadm outdate) there",
             "dry_run": "run the checks and show the commands, change nothing"})
 def promote_task(c, vm, host, allow_disconnected=False, dry_run=False):
     """Make the VM's DRBD resources Primary on one host, after the guards pass for all of them."""
     _, model, site = _context(c, vm, dry_run)
     name = _vm_host(model, host)
-    promote(site.host(name), model, name, allow_disconnected=allow_disconnected)
+    promote(site.host(name), model, name, allow_disconnected=allow_disconnected,
+            other=OtherHost.of(site, model, name))
 
 
 @task(auto_shortflags=False,

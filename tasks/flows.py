@@ -287,9 +287,10 @@ class Ctx:
 
 
 def _start(ctx: Ctx, undo: dict) -> None:
-    """Start the guest again where it ran. If its shutdown had been requested, it may still be
-    going down: wait for that first (up to rollback_timeout), or the start would find it running
-    and the guest would then stop for good."""
+    """The undo's restart where the guest ran. If its shutdown had been requested, it may still
+    be going down: wait for that first (up to rollback_timeout), or the restart would find it
+    running and the guest would then stop for good. The start guard's facts are probed, as
+    nothing before established them."""
     side = undo["side"]
     host = ctx.vm.host_for(side)
     if undo.get("shutdown_requested") and running_on(ctx.site, ctx.inv, ctx.vm, side):
@@ -301,10 +302,7 @@ def _start(ctx: Ctx, undo: dict) -> None:
             say(f"* {host}: {ctx.vm.name} still runs {ctx.rollback_timeout:.0f}s after its shutdown was "
                 f"requested: it ignored the request ... ok")
             return
-    if running_on(ctx.site, ctx.inv, ctx.vm, side):
-        say(f"* {host}: {ctx.vm.name} already running ... ok")
-    else:
-        _launch(ctx, side)
+    drbd.start_guarded(ctx.site, ctx.vm, host, lambda: _launch(ctx, side))
 
 
 def _launch(ctx: Ctx, side: str) -> None:
@@ -368,6 +366,21 @@ def run_undo(ctx: Ctx, undo: dict) -> None:
 # -- the plan ------------------------------------------------------------------------------------
 
 @dataclass
+class Established:
+    """What a move's steps proved for its start guard: the target's resources made Primary (promote
+    returns only then) and the domain seen gone from the source. The start checks these instead of
+    probing again inside the guest's downtime."""
+
+    primary: tuple[str, ...] = ()
+    gone_from_source: bool = False
+
+    def start(self, ctx: Ctx, side: str) -> None:
+        drbd.check_start(ctx.vm, ctx.vm.host_for(side), dict.fromkeys(self.primary, "Primary"),
+                         ctx.vm.host_for(other(side)), other_running=not self.gone_from_source)
+        _launch(ctx, side)
+
+
+@dataclass
 class Step:
     name: str
     host: str
@@ -404,18 +417,27 @@ def plan_move(ctx: Ctx, target_side: str, xml: str | None, kvm_state: str) -> li
         steps.append(Step(f"give {dst}:{swap.path} the UUID of {vm.name}'s swap", dst,
                           [f"mkswap -U {swap.uuid} {swap.path}"],
                           lambda swap=swap: localdisk.format_swap(target, swap)))
+    established = Established()
+
+    def stop_source() -> None:
+        _stop(ctx, source_side, ctx.timeout, ctx.force)
+        established.gone_from_source = True
+
+    def promote_target() -> None:
+        _promote(ctx, target_side)
+        established.primary = tuple(d.resource for d in vm.resources)
+
     steps += [
         Step(f"shut {vm.name} down on {src}", src,
              [stop_cmd, f"wait until gone (up to {ctx.timeout:.0f}s{', then destroy' if ctx.force else ''})"],
-             lambda: _stop(ctx, source_side, ctx.timeout, ctx.force),
-             undo={"op": "start", "side": source_side}),
+             stop_source, undo={"op": "start", "side": source_side}),
         Step(f"demote DRBD on {src}", src, [f"drbdadm secondary {resources}"],
              lambda: _demote(ctx, source_side, stopped_just_now=True), undo={"op": "primary", "side": source_side}),
         Step(f"promote DRBD on {dst}", dst, [f"drbdadm primary {resources}"],
-             lambda: _promote(ctx, target_side), undo={"op": "secondary", "side": target_side}),
+             promote_target, undo={"op": "secondary", "side": target_side}),
     ]
     start_cmd = f"virsh start {vm.name}" if target_side == "kvm" else f"xl|xm create {vm.cfg}"
-    steps.append(Step(f"start {vm.name} on {dst}", dst, [start_cmd], lambda: _launch(ctx, target_side),
+    steps.append(Step(f"start {vm.name} on {dst}", dst, [start_cmd], lambda: established.start(ctx, target_side),
                       undo={"op": "stop", "side": target_side}, undo_if_refused=False))
     steps.append(Step(f"verify {vm.name} runs on {dst}", dst, ["domain state probe"],
                       lambda: _verify(ctx, target_side)))

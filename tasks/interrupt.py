@@ -10,6 +10,7 @@ with a line and otherwise ignored; only SIGKILL stops the undo, and leaves the j
 
 from __future__ import annotations
 
+import contextvars
 import os
 import signal
 import threading
@@ -32,7 +33,9 @@ class Interruption:
         self.reason = ""
         self.code = 1
         self._event = threading.Event()
-        self._local = threading.local()   # .depth: shielded sections of this thread
+        # Shielded sections around the current code: a context variable, so that the threads an
+        # undo starts for its probes (remote.concurrently runs them in its context) are shielded too.
+        self._depth = contextvars.ContextVar(f"shield-{id(self)}", default=0)
         self._undoing = 0                 # shielded sections in all threads
         self._count_lock = threading.Lock()
 
@@ -50,18 +53,19 @@ class Interruption:
 
     @property
     def shielded(self) -> bool:
-        return getattr(self._local, "depth", 0) > 0
+        return self._depth.get() > 0
 
     @contextmanager
     def shield(self):
-        """An undo: requests are not acted on inside it (in this thread)."""
-        self._local.depth = getattr(self._local, "depth", 0) + 1
+        """An undo: requests are not acted on inside it (in this thread, and the threads it runs
+        its probes in)."""
+        token = self._depth.set(self._depth.get() + 1)
         with self._count_lock:
             self._undoing += 1
         try:
             yield
         finally:
-            self._local.depth -= 1
+            self._depth.reset(token)
             with self._count_lock:
                 self._undoing -= 1
 

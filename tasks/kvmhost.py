@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from invoke import Collection, task
 
-from . import inventory
+from . import drbd, inventory
 from .errors import GuardError, InputError, ToolError, shown
 from .formats.domainxml import BOOT_DIR, console_log
 from .inventory import VM, Host, Inventory, LocalDisk, ReplicatedDisk
@@ -543,15 +543,13 @@ def fetch_kernel(c, vm, dry_run=False):
     fetch_guest_kernel(site_from_context(c, inv, dry_run), inv.vm(vm))
 
 
-@task(help={"vm": "VM name from the inventory", "dry_run": "show the command, change nothing"})
-def start(c, vm, dry_run=False):
-    """Start the VM's (defined) domain on its KVM host."""
+@task(help=drbd.start_help("Xen"))
+def start(c, vm, allow_disconnected=False, dry_run=False):
+    """Start the VM's (defined) domain on its KVM host, once its DRBD resources are Primary there
+    and the domain is not running on the Xen host."""
     _, model, site, host = _context(c, vm, dry_run)
-    remote = site.host(host.name)
-    if domain_running(remote, host, model.name):
-        say(f"* {host.name}: {model.name} already running ... ok")
-        return
-    start_domain(remote, host, model.name)
+    drbd.start_guarded(site, model, host.name, lambda: start_domain(site.host(host.name), host, model.name),
+                       allow_disconnected=allow_disconnected)
 
 
 @task(help={"vm": "VM name from the inventory",

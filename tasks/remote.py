@@ -7,6 +7,7 @@ always run (a dry run needs their facts); changes honour the dry run.
 
 from __future__ import annotations
 
+import contextvars
 import io
 import json
 import sys
@@ -33,34 +34,29 @@ START_TIMEOUT = 300.0    # a domain start: Xen scrubs a large guest's memory bef
 SLOW_TIMEOUT = 1800.0    # package installs, initramfs and grub in a guest
 T = TypeVar("T")
 _print_lock = threading.Lock()
-_output = threading.local()          # .prefix: the VM a fleet worker thread is moving
+_prefix: contextvars.ContextVar[str] = contextvars.ContextVar("prefix", default="")   # the VM a fleet thread moves
 _sink: Callable[[str], None] = lambda line: print(line, flush=True)
 
 
 def say(line: str) -> None:
     """One line of progress; whole lines, tagged with the VM, when several VMs move at once."""
-    prefix = getattr(_output, "prefix", "")
+    prefix = _prefix.get()
     with _print_lock:
         _sink(f"[{prefix}] {line}" if prefix else line)
 
 
 def set_output_prefix(prefix: str) -> None:
-    _output.prefix = prefix
+    _prefix.set(prefix)
 
 
 def concurrently(*calls: Callable[[], T]) -> list[T]:
     """Run the calls at once (probes of different hosts), results in call order; the first call
-    that failed, in that order, raises. Lines they print keep the caller's VM tag."""
+    that failed, in that order, raises. Each runs in a copy of the caller's context: the lines
+    it prints keep the caller's VM tag, and inside an undo it is shielded as the undo is."""
     from concurrent.futures import ThreadPoolExecutor
 
-    prefix = getattr(_output, "prefix", "")
-
-    def tagged(call: Callable[[], T]) -> T:
-        set_output_prefix(prefix)
-        return call()
-
     with ThreadPoolExecutor(max_workers=max(1, len(calls) - 1)) as pool:
-        others = [pool.submit(tagged, call) for call in calls[1:]]
+        others = [pool.submit(contextvars.copy_context().run, call) for call in calls[1:]]
         first = calls[0]()
         return [first, *(future.result() for future in others)]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from invoke import Collection, task
 
-from . import inventory
+from . import drbd, inventory
 from .errors import InputError, ToolError
 from .inventory import VM, Host
 from .interrupt import Interruption
@@ -232,15 +232,13 @@ def state(c, vm):
     print(f"{host.name}: {model.name} {'running' if running else 'not running'}")
 
 
-@task(help={"vm": "VM name from the inventory", "dry_run": "show the command, change nothing"})
-def start(c, vm, dry_run=False):
-    """Start the VM's domain on its Xen host from its cfg."""
+@task(help=drbd.start_help("KVM"))
+def start(c, vm, allow_disconnected=False, dry_run=False):
+    """Start the VM's domain on its Xen host from its cfg, once its DRBD resources are Primary there
+    and the domain is not running on the KVM host."""
     _, model, site, host = _context(c, vm, dry_run)
-    remote = site.host(host.name)
-    if domain_running(remote, host, model.name):
-        say(f"* {host.name}: {model.name} already running ... ok")
-        return
-    start_domain(remote, host, model)
+    drbd.start_guarded(site, model, host.name, lambda: start_domain(site.host(host.name), host, model),
+                       allow_disconnected=allow_disconnected)
 
 
 @task(help={"vm": "VM name from the inventory",

@@ -6,6 +6,11 @@ the DRBD userland (`drbdadm`) version that will read the file:
     8.4 and 9:  net { protocol C; }      meta-disk PATH | internal;
     8.0 - 8.3:  protocol C; (resource)   flexible-meta-disk PATH | meta-disk internal;
 
+and for DRBD 9 only, `options { auto-promote no; }`: DRBD 9 promotes a device
+opened for writing (auto-promote, on by default), even with its peer
+disconnected, which would let a domain's start bypass every guard of
+`drbd.promote`. 8.4 knows no such option and its parser refuses it.
+
 Both spellings mean the same: external metadata sized to the device (what
 drbdmeta calls flex-external) or internal metadata. 8.3's `meta-disk PATH;`
 would mean something else (a fixed 128 MiB slot, `[index]`), which the
@@ -38,14 +43,13 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _legacy_syntax(drbd_version: str) -> bool:
-    """True for userland before 8.4, which knows neither `net { protocol }` nor flexible `meta-disk`."""
+def _major_minor(drbd_version: str) -> tuple[int, int]:
     match = _VERSION.match(drbd_version)
     major, minor = (int(match.group(1)), int(match.group(2) or 0)) if match else (0, 0)
     if major < 8:
-        raise ValueError(f"drbd_version {drbd_version!r}: expected a DRBD userland version "
+        raise ValueError(f"drbd_version {drbd_version[:40]!r}: expected a DRBD version "
                          "such as 8.3, 8.4 or 9")
-    return major == 8 and minor < 4
+    return major, minor
 
 
 def _token(value: str, key: str) -> str:
@@ -94,11 +98,12 @@ def _hosts(vm: VM, hosts: dict[str, Host]) -> list[Host]:
 def render_drbd_resource(vm: VM, hosts: dict[str, Host], drbd_version: str = "9") -> dict[str, str]:
     """resource name -> text of /etc/drbd.d/<resource>.res, one per replicated disk of the VM.
 
-    `drbd_version` is the userland version of the host that will read the file
+    `drbd_version` is the DRBD version of the host that will read the file
     ("8.3", "8.4.11", "9", ...); use the oldest of the two hosts. ValueError,
     naming the inventory key, for anything DRBD could not use.
     """
-    legacy = _legacy_syntax(drbd_version)
+    version = _major_minor(drbd_version)
+    legacy = version < (8, 4)
     pair = _hosts(vm, hosts)
     files: dict[str, str] = {}
     ports: dict[int, int] = {}
@@ -128,5 +133,45 @@ def render_drbd_resource(vm: VM, hosts: dict[str, Host], drbd_version: str = "9"
                 "meta_disk": None if disk.internal_meta else _path(disk.meta_disk, host.name,
                                                                    f"{key}.meta_disk"),
             })
-        files[resource] = template(TEMPLATE, autoescape=False, filters=(("q", _quote),)).render(resource=resource, legacy=legacy, hosts=sections)
+        files[resource] = template(TEMPLATE, autoescape=False, filters=(("q", _quote),)).render(
+            resource=resource, legacy=legacy, no_auto_promote=version >= (9, 0), hosts=sections)
     return files
+
+
+# `drbdadm dump`: the normalised configuration, one `resource NAME { ... }` block each.
+_DUMP_TOKEN = re.compile(r'#[^\n]*|"(?:[^"\\\n]|\\.)*"|[{};]|[^\s{};"#]+')
+
+
+def parse_dump_options(text: str) -> dict[str, dict[str, str]]:
+    """Each resource's `options { KEY VALUE; ... }` (its DRBD 9 resource options) in the
+    output of `drbdadm dump`; a resource without an options section maps to {}.
+
+    Only the resource's own section counts: `drbdadm dump RES` leaves out what a
+    `common` section sets. ValueError for text that is not a dump.
+    """
+    tokens = [t for t in _DUMP_TOKEN.findall(text) if not t.startswith("#")]
+    resources: dict[str, dict[str, str]] = {}
+    path: list[str] = []          # the words that opened each block we are in
+    words: list[str] = []
+    for token in tokens:
+        if token == "{":
+            path.append(" ".join(words))
+            words = []
+            if len(path) == 1:
+                kind, _, name = path[0].partition(" ")
+                if kind == "resource" and name:
+                    resources[name.strip('"')] = {}
+        elif token == "}":
+            if words or not path:
+                raise ValueError("not drbdadm dump output: unbalanced braces")
+            path.pop()
+        elif token == ";":
+            in_options = len(path) == 2 and path[1] == "options" and path[0].startswith("resource ")
+            if in_options and len(words) >= 2:
+                resources[path[0].partition(" ")[2].strip('"')][words[0]] = " ".join(words[1:])
+            words = []
+        else:
+            words.append(token)
+    if path or words:
+        raise ValueError("not drbdadm dump output: it ends inside a block")
+    return resources

@@ -14,14 +14,16 @@ raises ValueError with a one-line message naming the line. Nothing is guessed:
 a guard that gets a ValueError refuses to act.
 
 A resource with several volumes (DRBD 9) is reported by its worst volume: it
-is UpToDate only if every volume is, and syncing if any volume syncs.
+is UpToDate only if every volume is, and syncing if any volume syncs. Each
+peer of a DRBD 9 resource is kept too (DrbdState.peers), since a guard must
+hold for every peer, and so is DRBD 9's quorum (a device line's `quorum:no`).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 ROLES = ("Primary", "Secondary", "Unknown")
 
@@ -49,6 +51,21 @@ _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT")   # `events2 --timestamps`
 
 
 @dataclass(frozen=True)
+class Peer:
+    """One peer as the local node sees it: its name (the `on` host name DRBD 9 prints,
+    "peer" on 8.x), role, connection (its replication state while that replicates) and disk."""
+
+    name: str
+    role: str
+    connection: str
+    disk: str
+
+    @property
+    def is_connected(self) -> bool:
+        return self.connection in LIVE_STATES
+
+
+@dataclass(frozen=True)
 class DrbdState:
     """One resource as the guards see it, whatever DRBD version reported it.
 
@@ -57,6 +74,9 @@ class DrbdState:
     with no peer at all. An 8.x minor without configuration has connection
     and disk "Unconfigured", as does the disk of a 9 resource without volumes.
     A peer whose state is not shown has role "Unknown" and disk "DUnknown".
+    `peers` holds each peer apart (left empty by the 8.x parsers, whose one peer
+    the fields above describe); `quorum` is False when DRBD 9 says a volume
+    has lost quorum.
     """
 
     name: str
@@ -67,15 +87,20 @@ class DrbdState:
     disk: str
     peer_disks: tuple[str, ...]
     sync_percent: float | None
+    peers: tuple[Peer, ...] = field(default=(), compare=False)   # detail of the fields above
+    quorum: bool = True
+
+    def peer_list(self) -> tuple[Peer, ...]:
+        """Every peer, from `peers`, or from the one-peer fields where a parser gave no detail."""
+        if self.peers:
+            return self.peers
+        names = ["peer"] if len(self.peer_roles) == 1 else [f"peer {i}" for i in range(1, len(self.peer_roles) + 1)]
+        disks = (*self.peer_disks, *("DUnknown",) * len(self.peer_roles))
+        return tuple(Peer(name, role, self.connection, disk) for name, role, disk in zip(names, self.peer_roles, disks))
 
     @property
     def is_primary(self) -> bool:
         return self.role == "Primary"
-
-    @property
-    def peer_is_primary(self) -> bool:
-        """Any peer Primary: promoting here would make two Primaries."""
-        return "Primary" in self.peer_roles
 
     @property
     def is_connected(self) -> bool:
@@ -162,49 +187,54 @@ def parse_proc_drbd(text: str) -> dict[int, DrbdState]:
 
 
 # --- DRBD 9 model shared by status text, --json and events2 ---------------------
-# A resource while it is read: {"role", "devices": {volume: {"disk", "minor"}},
-# "peers": {key: {"connection", "role", "volumes": {volume: {"replication",
-# "peer-disk", "done"}}}}}, with the key names events2 uses.
+# A resource while it is read: {"role", "devices": {volume: {"disk", "minor",
+# "quorum"}}, "peers": {key: {"name", "connection", "role", "volumes": {volume:
+# {"replication", "peer-disk", "done"}}}}}, with the key names events2 uses.
 
 def _new_resource(role: str = "Unknown") -> dict:
     return {"role": role, "devices": {}, "peers": {}}
 
 
-def _new_peer(connection: str = "Unknown") -> dict:
-    return {"connection": connection, "role": "Unknown", "volumes": {}}
+def _new_peer(name: str, connection: str = "Unknown") -> dict:
+    return {"name": name, "connection": connection, "role": "Unknown", "volumes": {}}
 
 
 def _summarise(name: str, res: dict) -> DrbdState:
-    """Reduce volumes and peers to one state: the worst volume, the worst connection."""
+    """Reduce volumes and peers to one state: the worst volume, the worst connection;
+    each peer is kept apart as well, by its own worst volume."""
     devices = [res["devices"][v] for v in sorted(res["devices"])]
-    peers = list(res["peers"].values())
     minors = [int(d["minor"]) for d in devices if d.get("minor") is not None]
     disk = _worst_disk([d.get("disk", "DUnknown") for d in devices]) if devices else "Unconfigured"
-    connections, peer_disks, done = [], [], []
-    for peer in peers:
+    peers, done = [], []
+    for peer in res["peers"].values():
         volumes = [peer["volumes"][v] for v in sorted(peer["volumes"])]
         replicating = [v for v in volumes if v.get("replication") in REPLICATING_STATES]
-        if peer["connection"] == "Connected" and replicating:
-            connections.append(replicating[0]["replication"])
-        else:
-            connections.append(peer["connection"])
-        peer_disks.append(_worst_disk([v.get("peer-disk", "DUnknown") for v in volumes])
-                          if volumes else "DUnknown")
+        connection = peer["connection"]
+        if connection == "Connected" and replicating:
+            connection = replicating[0]["replication"]
+        peer_disk = _worst_disk([v.get("peer-disk", "DUnknown") for v in volumes]) if volumes else "DUnknown"
+        peers.append(Peer(peer["name"], peer["role"], connection, peer_disk))
         done += [float(v["done"]) for v in replicating if v.get("done") is not None]
     return DrbdState(
         name=name,
         minor=minors[0] if minors else None,
         role=res["role"],
-        peer_roles=tuple(p["role"] for p in peers),
-        connection=_worst_connection(connections) if connections else "StandAlone",
+        peer_roles=tuple(p.role for p in peers),
+        connection=_worst_connection([p.connection for p in peers]) if peers else "StandAlone",
         disk=disk,
-        peer_disks=tuple(peer_disks),
+        peer_disks=tuple(p.disk for p in peers),
         sync_percent=min(done) if done else None,
+        peers=tuple(peers),
+        quorum=all(d.get("quorum", "yes") == "yes" for d in devices),
     )
 
 
-_NUMBERS = {"volume": re.compile(r"\d+"), "minor": re.compile(r"\d+"),
-            "done": re.compile(r"\d+(?:\.\d+)?")}
+# Values a guard reads, checked as they are read: a number where one belongs, a state
+# word (letters only) for states, yes or no for quorum.
+_STATE_WORD = re.compile(r"[A-Za-z]+")
+_VALUES = {"volume": re.compile(r"\d+"), "minor": re.compile(r"\d+"), "done": re.compile(r"\d+(?:\.\d+)?"),
+           "connection": _STATE_WORD, "replication": _STATE_WORD, "disk": _STATE_WORD,
+           "peer-disk": _STATE_WORD, "quorum": re.compile(r"yes|no")}
 
 
 def _pairs(tokens: list[str], what: str, lineno: int, line: str) -> list[tuple[str, str]]:
@@ -213,7 +243,7 @@ def _pairs(tokens: list[str], what: str, lineno: int, line: str) -> list[tuple[s
     for token in tokens:
         key, sep, value = token.partition(":")
         value = value.rpartition("->")[2]
-        if not sep or not key or (key in _NUMBERS and not _NUMBERS[key].fullmatch(value)):
+        if not sep or not key or (key in _VALUES and not _VALUES[key].fullmatch(value)):
             raise _bad(what, lineno, line)
         pairs.append((key, value))
     return pairs
@@ -252,7 +282,7 @@ def parse_drbdadm_status(text: str) -> dict[str, DrbdState]:
         elif res is None:
             raise _bad(what, lineno, line)
         elif ":" not in tokens[0] or line.startswith("  node-id:"):
-            peer = res["peers"][len(res["peers"])] = _new_peer("Connected")
+            peer = res["peers"][len(res["peers"])] = _new_peer(tokens[0], "Connected")
             volume = 0
             pairs = _pairs(tokens if ":" in tokens[0] else tokens[1:], what, lineno, line)
         else:
@@ -262,7 +292,7 @@ def parse_drbdadm_status(text: str) -> dict[str, DrbdState]:
                 volume = int(value)
             elif key == "role":
                 (res if peer is None else peer)["role"] = _role(value, what, lineno, line)
-            elif peer is None and key in ("disk", "minor"):
+            elif peer is None and key in ("disk", "minor", "quorum"):
                 res["devices"].setdefault(volume, {})[key] = value
             elif peer is not None and key == "connection":
                 peer["connection"] = value
@@ -304,12 +334,20 @@ def _str(value) -> str:
     return value
 
 
+def _bool(value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(value)
+    return value
+
+
 def _json_resource(item: dict) -> dict:
     res = _new_resource(_str(item["role"]))
     for dev in item.get("devices", []):
-        res["devices"][dev["volume"]] = {"disk": _str(dev["disk-state"]), "minor": dev.get("minor")}
+        res["devices"][dev["volume"]] = {"disk": _str(dev["disk-state"]), "minor": dev.get("minor"),
+                                         "quorum": "yes" if _bool(dev.get("quorum", True)) else "no"}
     for conn in item.get("connections", []):
-        peer = res["peers"][conn["peer-node-id"]] = _new_peer(_str(conn["connection-state"]))
+        peer = res["peers"][conn["peer-node-id"]] = _new_peer(_str(conn.get("name", f"node-id:{conn['peer-node-id']}")),
+                                                             _str(conn["connection-state"]))
         peer["role"] = _str(conn["peer-role"])
         for pd in conn.get("peer_devices", []):
             peer["volumes"][pd["volume"]] = {
@@ -369,23 +407,24 @@ def parse_events2(text: str) -> dict[str, DrbdState]:
                 res["devices"].pop(volume, None)
             else:
                 res["devices"].setdefault(volume, {}).update(
-                    {k: kv[k] for k in ("disk", "minor") if k in kv})
+                    {k: kv[k] for k in ("disk", "minor", "quorum") if k in kv})
             continue
         key = kv.get("peer-node-id") or kv.get("conn-name")
         if key is None:
             raise _bad(what, lineno, line)
+        peer_name = kv.get("conn-name") or f"node-id:{key}"
         if obj == "connection":
             if verb == "destroy":
                 res["peers"].pop(key, None)
                 continue
-            peer = res["peers"].setdefault(key, _new_peer())
+            peer = res["peers"].setdefault(key, _new_peer(peer_name))
             if "connection" in kv:
                 peer["connection"] = kv["connection"]
             if "role" in kv:
                 peer["role"] = _role(kv["role"], what, lineno, line)
             continue
         volume = _volume(kv, what, lineno, line)
-        peer = res["peers"].setdefault(key, _new_peer())
+        peer = res["peers"].setdefault(key, _new_peer(peer_name))
         if verb == "destroy":
             peer["volumes"].pop(volume, None)
             continue

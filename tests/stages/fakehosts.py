@@ -50,9 +50,23 @@ class Shared:
     mapper_lvs: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # (host, /dev/mapper/..) -> VG, LV
     fail_halfway: tuple | None = None    # (host, verb, resource): drbdadm fails there, once, after the ones before
     lock_root: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="xenkvm-locks-"))   # hosts' lock dirs
+    auto_promote: bool = False   # DRBD 9's default: a domain opening a Secondary for writing promotes it
 
     def resources_of(self, domain: str) -> list[str]:
         return self.disks_of.get(domain, list(self.roles))
+
+    def open_for_writing(self, host: str, peer: str, domain: str) -> bool:
+        """What DRBD does when a starting domain opens its disks: Primary ones open; with
+        auto-promote a Secondary becomes Primary, unless a connected peer is Primary (a
+        disconnected one is not seen); else the open fails and the domain does not start."""
+        resources = self.resources_of(domain)
+        secondary = [r for r in resources if self.roles[r][host] != "Primary"]
+        if secondary and (not self.auto_promote or (self.connection == "Connected"
+                                                    and any(self.roles[r][peer] == "Primary" for r in secondary))):
+            return False
+        for r in secondary:
+            self.roles[r][host] = "Primary"
+        return True
 
     def check(self) -> None:
         for res, roles in self.roles.items():
@@ -236,7 +250,7 @@ class FakeHost:
             domain = re.search(r"name\s*=\s*'([^']+)'", cfg or "")
             if not domain:
                 return Result(stderr=f"Failed to parse config: {name}\n", exited=1)
-            if any(self.shared.roles[r][self.name] != "Primary" for r in self.shared.resources_of(domain.group(1))):
+            if not self.shared.open_for_writing(self.name, self.peer, domain.group(1)):
                 return Result(stderr="libxl: error: hotplug: /etc/xen/scripts/block-drbd failed\n", exited=3)
             running.add(domain.group(1))
             return Result(stdout=f'Parsing config from {name}\n')
@@ -306,7 +320,7 @@ class FakeHost:
         if verb == "start":
             if name in s.kvm_running:
                 return Result(stderr="error: Domain is already active\n", exited=1)
-            if any(s.roles[r][self.name] != "Primary" for r in s.resources_of(name)):
+            if not s.open_for_writing(self.name, self.peer, name):
                 return Result(stderr="error: Failed to start domain: Read-only file system\n", exited=1)
             s.kvm_running.add(name)
             if name in s.console:

@@ -19,12 +19,13 @@ from hypothesis import strategies as st
 from invoke import Config, Context, MockContext, Result
 
 from tasks import drbd
-from tasks.errors import GuardError, InputError
+from tasks.errors import GuardError, InputError, ToolError
 from tasks.formats.drbdconf import render_drbd_resource
-from tasks.formats.drbdstatus import DrbdState
+from tasks.formats.drbdstatus import DrbdState, parse_drbdadm_status
 from tasks.inventory import VM, Host, Inventory, LocalDisk, ReplicatedDisk
 from tasks.remote import Remote, RemoteError, Site
 from tests.conftest import REPO
+from tests.realdrbd import drbdadm, needs_drbdadm
 
 RES = ("logger-system", "logger-var")
 STATUS = "drbdadm status logger-system logger-var"
@@ -189,9 +190,145 @@ def test_promote_passes_and_the_same_beside_a_primary_peer_does_not(fields):
     assert "the peer is Primary" in refusal(drbd.check_promote, state(**{**fields, "peer_role": "Primary"}), "kvm1")
 
 
+@pytest.mark.parametrize("allow", [False, True])
+@pytest.mark.parametrize("connection", ["Connnected", "WFSomething", "Off", "Established", "Unknown"])
+def test_promote_refuses_a_connection_state_it_does_not_know_even_when_allowed(connection, allow):
+    st_ = state(peer_role="Unknown", peer_disk="DUnknown", connection=connection)
+    text = refusal(drbd.check_promote, st_, "kvm1", allow)
+    assert text == (f"kvm1: refusing to promote logger-var: the peer is in connection state {connection!r}, "
+                    f"which this tool does not know; refusing to guess")
+
+
+@pytest.mark.parametrize("allow", [False, True])
+@pytest.mark.parametrize("peer_role", ["Unknown"])
+@pytest.mark.parametrize("connection", ["Connected", "SyncSource", "SyncTarget", "PausedSyncS", "VerifyS"])
+def test_promote_needs_a_connected_peer_to_say_secondary(connection, peer_role, allow):
+    """"Peer is Secondary", not "peer is not Primary": a connected peer of unknown role refuses."""
+    text = refusal(drbd.check_promote, state(peer_role=peer_role, connection=connection), "kvm1", allow)
+    assert text == (f"kvm1: refusing to promote logger-var: the peer is connected but its role is {peer_role}, "
+                    f"not Secondary")
+
+
+def status_of(text: str) -> DrbdState:
+    """One resource as DRBD 9's `drbdadm status` shows it (the parser keeps each peer)."""
+    return next(iter(parse_drbdadm_status(text).values()))
+
+
+# DRBD 9, three nodes: the local one and two peers, xen1 (the VM's other host) and dr1.
+TWO_PEERS = """\
+logger-var role:Secondary
+  disk:UpToDate
+  xen1 role:{xen1}
+    peer-disk:UpToDate
+  dr1 role:{dr1}
+    peer-disk:UpToDate
+"""
+TWO_PEERS_DR1_GONE = """\
+logger-var role:Secondary
+  disk:UpToDate
+  xen1 role:Secondary
+    peer-disk:UpToDate
+  dr1 connection:{dr1}
+"""
+
+
+@pytest.mark.parametrize("allow", [False, True])
+@pytest.mark.parametrize("local, xen1, dr1, why", [
+    ("Secondary", "Primary", "Secondary", "peer xen1 is Primary (never two Primaries); demote it there first"),
+    ("Secondary", "Secondary", "Primary", "peer dr1 is Primary (never two Primaries); demote it there first"),
+    ("Primary", "Secondary", "Primary", "peer dr1 is Primary (never two Primaries); demote it there first"),
+    ("Secondary", "Secondary", "Unknown", "peer dr1 is connected but its role is Unknown, not Secondary")])
+def test_every_peer_of_a_drbd9_resource_must_be_secondary(local, xen1, dr1, why, allow):
+    st_ = status_of(TWO_PEERS.format(xen1=xen1, dr1=dr1).replace("role:Secondary", f"role:{local}", 1))
+    assert refusal(drbd.check_promote, st_, "kvm1", allow) == f"kvm1: refusing to promote logger-var: {why}"
+
+
+def test_two_secondary_peers_let_the_promotion_through():
+    text = TWO_PEERS.format(xen1="Secondary", dr1="Secondary")
+    r = remote("kvm1", {STATUS: both(text.replace("logger-var", "logger-system"), text),
+                        "drbdadm primary logger-system logger-var": Result()})
+    assert drbd.promote(r, VM_, "kvm1") == list(RES)
+    assert sent(r) == [STATUS, "drbdadm primary logger-system logger-var"]
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_a_standalone_connection_to_one_peer_refuses(allow):
+    text = refusal(drbd.check_promote, status_of(TWO_PEERS_DR1_GONE.format(dr1="StandAlone")), "kvm1", allow)
+    assert "it is StandAlone towards peer dr1" in text
+
+
+def test_a_disconnected_third_peer_needs_allow_and_then_rests_on_the_operators_word(capsys):
+    """xen1 is connected and Secondary; dr1, which no inventory host stands for, nobody can ask."""
+    text = TWO_PEERS_DR1_GONE.format(dr1="Connecting")
+    status = both(text.replace("logger-var", "logger-system"), text)
+    assert "not connected to peer dr1 (Connecting)" in refusal(drbd.promote, remote("kvm1", {STATUS: status}),
+                                                               VM_, "kvm1")
+    r = remote("kvm1", {STATUS: status, "drbdadm primary logger-system logger-var": Result()})
+    other, _ = xen1({STATUS: both(*(drbd9(n, peer="kvm1") for n in RES))})
+    assert drbd.promote(r, VM_, "kvm1", allow_disconnected=True, other=other) == list(RES)
+    assert "without every peer connected (--allow-disconnected)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_lost_quorum_refuses_even_when_allowed(allow):
+    st_ = status_of("logger-var role:Secondary\n  disk:UpToDate quorum:no\n  xen1 connection:Connecting\n"
+                    "  dr1 connection:Connecting\n")
+    text = refusal(drbd.check_promote, st_, "kvm1", allow)
+    assert text == ("kvm1: refusing to promote logger-var: it has lost quorum (DRBD 9): too few of its nodes are "
+                    "connected to it; reconnect them first (--allow-disconnected does not cover it)")
+
+
+BLIND = state(peer_role="Unknown", peer_disk="DUnknown", connection="Connecting")
+
+
+def xen1_says(role="Secondary", disk="Outdated", connection="Connecting") -> drbd.PeerAnswer:
+    return drbd.PeerAnswer("xen1", "xen1", state(role=role, disk=disk, peer_role="Unknown", peer_disk="DUnknown",
+                                                 connection=connection))
+
+
+@pytest.mark.parametrize("answer, says", [
+    (xen1_says(role="Primary", disk="UpToDate"), "xen1 answers that logger-var is Primary there"),
+    (xen1_says(role="Primary", disk="Outdated"), "xen1 answers that logger-var is Primary there"),
+    (xen1_says(disk="UpToDate"), "xen1 answers: logger-var is Secondary with UpToDate data there, so it could "
+                                 "become Primary there too; run `drbdadm outdate logger-var` on xen1"),
+    (xen1_says(disk="Consistent"), "logger-var is Secondary with Consistent data there"),
+    (xen1_says(role="Unknown", disk="Outdated"), "logger-var is Unknown with Outdated data there"),
+])
+def test_promote_while_disconnected_refuses_a_peer_that_answers_and_could_be_primary(answer, says):
+    text = refusal(drbd.check_promote, BLIND, "kvm1", True, answer)
+    assert text.startswith("kvm1: refusing to promote logger-var: xen1 answers") and says in text
+
+
+def test_an_answer_counts_only_for_the_peer_it_is_about():
+    """8.x's one peer is "peer"; among DRBD 9's named peers, the other host's own name."""
+    primary = xen1_says(role="Primary", disk="UpToDate")
+    assert "xen1 answers" in refusal(drbd.check_promote, BLIND, "kvm1", True, primary)
+    st_ = status_of(TWO_PEERS_DR1_GONE.format(dr1="Connecting").replace("xen1", "nodeA"))
+    drbd.check_promote(st_, "kvm1", True, primary)    # not about dr1, nor about the connected nodeA
+
+
 def test_promote_disconnected_with_allow_still_needs_uptodate_data():
     st_ = state(disk="Outdated", peer_role="Unknown", peer_disk="DUnknown", connection="Connecting")
     assert "Outdated" in refusal(drbd.check_promote, st_, "kvm1", True)
+
+
+@pytest.mark.parametrize("roles, shown", [
+    ({"logger-system": "Secondary", "logger-var": "Primary"}, "logger-system is Secondary"),
+    ({"logger-system": "Primary"}, "logger-var is Unknown"),
+    ({"logger-system": "Unknown", "logger-var": "Secondary"}, "logger-system is Unknown, logger-var is Secondary"),
+])
+@pytest.mark.parametrize("other_running", [False, True])
+def test_start_needs_every_resource_primary_here(roles, shown, other_running):
+    text = refusal(drbd.check_start, VM_, "kvm1", roles, "xen1", other_running)
+    assert text == (f"kvm1: refusing to start logger: DRBD {shown} there, not Primary; promote it first "
+                    f"(fab drbd.promote --vm logger --host kvm1)")
+
+
+def test_start_needs_the_domain_stopped_on_the_other_host():
+    primary = dict.fromkeys(RES, "Primary")
+    assert refusal(drbd.check_start, VM_, "kvm1", primary, "xen1", True) == \
+        "kvm1: refusing to start logger: it runs on xen1 (never one guest twice)"
+    drbd.check_start(VM_, "kvm1", primary, "xen1", False)
 
 
 @pytest.mark.parametrize("role", ["Primary", "Secondary", "Unknown"])
@@ -267,6 +404,16 @@ def test_down_resource_reads_as_unconfigured():
     states = drbd.resource_states(r, VM_, "kvm1")
     assert states["logger-var"].connection == "Unconfigured" and states["logger-var"].minor == 6
     assert states["logger-system"].is_uptodate_pair
+
+
+def test_after_a_resource_that_is_down_the_rest_is_asked_again():
+    """drbdadm may stop at the first resource that is down; the others still get their state."""
+    first_down = Result(stderr="logger-system: No such resource\n"
+                               "Command 'drbdsetup status logger-system' terminated with exit code 10\n", exited=10)
+    r = remote("kvm1", {STATUS: first_down, "drbdadm status logger-var": Result(stdout=drbd9("logger-var"))})
+    states = drbd.resource_states(r, VM_, "kvm1")
+    assert sent(r) == [STATUS, "drbdadm status logger-var"]
+    assert states["logger-system"].connection == "Unconfigured" and states["logger-var"].is_uptodate_pair
 
 
 def test_missing_resource_without_an_explanation_is_an_error():
@@ -376,13 +523,81 @@ def test_promote_refuses_an_unknown_or_down_resource_without_touching_the_other(
         assert sent(r) == [STATUS]
 
 
-def test_promote_disconnected_when_allowed(capsys):
-    r = remote("kvm1", {STATUS: both(drbd9("logger-system", connection="Connecting"),
-                                     drbd9("logger-var", connection="Connecting")),
-                        re.compile(r"^drbdadm primary "): Result()})
-    assert drbd.promote(r, VM_, "kvm1", allow_disconnected=True) == list(RES)
-    assert sent(r) == [STATUS, "drbdadm primary logger-system logger-var"]
-    assert "WARNING kvm1: promoting logger-system, logger-var without a connected peer" in capsys.readouterr().out
+DISCONNECTED = both(drbd9("logger-system", connection="Connecting"), drbd9("logger-var", connection="Connecting"))
+
+
+def xen1(run=None, unreachable=False) -> tuple[drbd.OtherHost, list[Remote]]:
+    """The VM's other host as promote asks it: answering `run`, or not reachable at all."""
+    opened: list[Remote] = []
+
+    def connect() -> Remote:       # one connection per run, as Site keeps it
+        if unreachable:
+            raise ToolError("xen1: cannot connect to root@192.0.2.11:22: [Errno 113] No route to host")
+        if not opened:
+            opened.append(remote("xen1", run))
+        return opened[0]
+
+    return drbd.OtherHost("xen1", "xen1", connect), opened
+
+
+def seen_from_xen1(role="Secondary", disk="Outdated") -> Result:
+    return both(*(drbd9(r, role=role, disk=disk, connection="Connecting", peer="kvm1") for r in RES))
+
+
+def test_promote_disconnected_asks_the_other_host_and_refuses_while_it_is_primary():
+    kvm1 = remote("kvm1", {STATUS: DISCONNECTED, re.compile(r"^drbdadm primary "): Result()})
+    other, opened = xen1({STATUS: seen_from_xen1(role="Primary", disk="UpToDate")})
+    text = refusal(drbd.promote, kvm1, VM_, "kvm1", allow_disconnected=True, other=other)
+    assert text == ("kvm1: refusing to promote logger-system: xen1 answers that logger-system is Primary there "
+                    "(never two Primaries); demote it there first")
+    assert sent(kvm1) == [STATUS] and [sent(r) for r in opened] == [[STATUS]]
+
+
+def test_promote_disconnected_refuses_a_secondary_peer_until_it_is_outdated(capsys):
+    kvm1 = remote("kvm1", {STATUS: DISCONNECTED, "drbdadm primary logger-system logger-var": Result()})
+    other, _ = xen1({STATUS: [seen_from_xen1(disk="UpToDate"), seen_from_xen1(disk="Outdated")]})
+    text = refusal(drbd.promote, kvm1, VM_, "kvm1", allow_disconnected=True, other=other)
+    assert "run `drbdadm outdate logger-system` on xen1 (or take it down there), then retry" in text
+    assert drbd.promote(kvm1, VM_, "kvm1", allow_disconnected=True, other=other) == list(RES)
+    assert sent(kvm1) == [STATUS, STATUS, "drbdadm primary logger-system logger-var"]
+    assert ("WARNING kvm1: promoting logger-system, logger-var without every peer connected (--allow-disconnected): "
+            "xen1 says: logger-system Outdated, logger-var Outdated") in capsys.readouterr().out
+
+
+def test_promote_disconnected_where_the_resource_is_down_on_the_other_host():
+    kvm1 = remote("kvm1", {STATUS: DISCONNECTED, "drbdadm primary logger-system logger-var": Result()})
+    other, _ = xen1({STATUS: Result(stderr="logger-system: No such resource\nlogger-var: No such resource\n",
+                                    exited=10)})
+    assert drbd.promote(kvm1, VM_, "kvm1", allow_disconnected=True, other=other) == list(RES)
+
+
+def test_promote_disconnected_from_an_unreachable_host_rests_on_the_operators_word(capsys):
+    kvm1 = remote("kvm1", {STATUS: DISCONNECTED, "drbdadm primary logger-system logger-var": Result()})
+    other, _ = xen1(unreachable=True)
+    assert drbd.promote(kvm1, VM_, "kvm1", allow_disconnected=True, other=other) == list(RES)
+    assert sent(kvm1) == [STATUS, "drbdadm primary logger-system logger-var"]
+    assert ("(--allow-disconnected): xen1 cannot be reached (cannot connect to root@192.0.2.11:22: [Errno 113] No "
+            "route to host); the operator states it is down") in capsys.readouterr().out
+
+
+def test_promote_stops_when_the_other_host_answers_with_an_error():
+    kvm1 = remote("kvm1", {STATUS: DISCONNECTED, re.compile(r"^drbdadm primary "): Result()})
+    other, _ = xen1({STATUS: Result(stderr="drbdadm: something odd\n", exited=20)})
+    with pytest.raises(RemoteError, match="something odd"):
+        drbd.promote(kvm1, VM_, "kvm1", allow_disconnected=True, other=other)
+    assert sent(kvm1) == [STATUS]
+
+
+@pytest.mark.parametrize("status, allow", [(DISCONNECTED, False), (both(drbd9("logger-system"), drbd9("logger-var")),
+                                                                   True)])
+def test_the_other_host_is_asked_only_for_an_allowed_blind_promotion(status, allow):
+    kvm1 = remote("kvm1", {STATUS: status, re.compile(r"^drbdadm primary "): Result()})
+    other, opened = xen1({})
+    try:
+        drbd.promote(kvm1, VM_, "kvm1", allow_disconnected=allow, other=other)
+    except GuardError:
+        assert not allow
+    assert opened == []
 
 
 def test_promote_dry_run_sends_only_the_probe(capsys):
@@ -572,7 +787,7 @@ def blkid(dev: str) -> str:
 
 def host_run(status, files: dict[str, str] | None = None, extra: dict | None = None) -> dict:
     run = {"drbdadm --version": Result(VERSION9), STATUS: status, re.compile(r"^sh -c "): Result(),
-           re.compile(r"^drbdadm (create-md --force|up|primary --force) "): Result(),
+           re.compile(r"^drbdadm (create-md --force|up|primary --force|adjust) "): Result(),
            "drbdadm dump-md logger-system": NO_MD, "drbdadm dump-md logger-var": NO_MD,
            blkid(meta(0)): Result(exited=2), blkid(meta(1)): Result(exited=2)}
     for res in RES:
@@ -646,6 +861,23 @@ def test_setup_second_run_changes_nothing():
     reads = [read_cmd(f"/etc/drbd.d/{res}.res") for res in RES]
     assert sent(site.host("kvm1")) == ["drbdadm --version", *reads, STATUS]
     assert sent(site.host("xen1")) == ["drbdadm --version", *reads, STATUS, STATUS, STATUS]
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_setup_adjusts_a_resource_that_is_up_when_its_file_changed(dry_run, capsys):
+    """A site set up before `auto-promote no` (or by hand): the kernel takes the new file only from adjust."""
+    old = render_drbd_resource(VM_, HOSTS, "8.4.11")
+    site = make_site({"xen1": host_run(SYNCED, old), "kvm1": host_run(SYNCED, old)}, dry_run=dry_run)
+    drbd.setup(site, VM_, HOSTS, force_initial_sync=True)
+    adjust = [f"drbdadm adjust {res}" for res in RES]
+    out = capsys.readouterr().out
+    for h in ("xen1", "kvm1"):
+        if dry_run:
+            assert changes(sent(site.host(h))) == []
+            assert all(f"would run on {h}: {cmd}" in out for cmd in adjust)
+        else:
+            assert changes(sent(site.host(h))) == [WRITE, WRITE, *adjust]
+            assert written(site.host(h)) == list(render_drbd_resource(VM_, HOSTS, "9.1.17").values())
 
 
 @pytest.mark.parametrize("where", ["xen1", "kvm1"])
@@ -839,15 +1071,35 @@ def test_demote_task_asks_that_hosts_stage_whether_the_domain_runs(tmp_path, mon
     assert asked == [(host, host, "logger")]
 
 
-def test_status_task_prints_a_table_and_the_host_it_could_not_read(tmp_path, monkeypatch, capsys):
+VERSION84 = VERSION9.replace("DRBD_KERNEL_VERSION_CODE=0x090111", "DRBD_KERNEL_VERSION_CODE=0x08040b")
+DUMP = "drbdadm dump logger-system logger-var"
+
+
+def real_dump(tmp_path, written_for: str, hostname: str = "xen1") -> Result:
+    """The real drbdadm's dump of the VM's resource files as the tool writes them for `written_for`."""
+    from tasks.inventory import load_inventory
+    inv = load_inventory(tmp_path / "hosts.yml")
+    text = "".join(render_drbd_resource(inv.vm("logger"), inv.hosts, written_for).values())
+    result = drbdadm(tmp_path, "9", hostname, text, "dump", *RES)
+    assert result.returncode == 0, result.stderr
+    return Result(stdout=result.stdout, stderr=result.stderr)
+
+
+def status_site(mocker, runs):
+    mocker.patch.object(drbd, "site_from_context",
+                        lambda c, inv, dry_run=False: Site(inv, connect=lambda name, *a, **k: MockContext(
+                            run=runs[name])))
+
+
+@needs_drbdadm
+def test_status_task_prints_a_table_and_the_host_it_could_not_read(tmp_path, mocker, capsys):
     c = inventory_file(tmp_path)
     runs = {"xen1": {STATUS: both(drbd9("logger-system", role="Primary", peer="kvm1"),
                                   drbd9("logger-var", role="Primary", peer_disk="Inconsistent",
-                                        replication="SyncSource", done=45.2, peer="kvm1"))},
+                                        replication="SyncSource", done=45.2, peer="kvm1")),
+                     "drbdadm --version": Result(VERSION9), DUMP: real_dump(tmp_path, "9")},
             "kvm1": {STATUS: Result(stderr="ssh: connect to host kvm1 port 22: No route to host\n", exited=255)}}
-    monkeypatch.setattr(drbd, "site_from_context",
-                        lambda c, inv, dry_run=False: Site(inv, connect=lambda name, *a, **k: MockContext(
-                            run=runs[name])))
+    status_site(mocker, runs)
     with pytest.raises(drbd.ToolError, match="could not read the DRBD state on 1 host"):
         drbd.status(c, vm="logger")
     lines = capsys.readouterr().out.splitlines()
@@ -859,3 +1111,46 @@ def test_status_task_prints_a_table_and_the_host_it_could_not_read(tmp_path, mon
                                 "Inconsistent", "45.2%"]
     assert lines[1].index("xen1") == lines[0].index("HOST")          # aligned columns
     assert "No route to host" in lines[3]
+    assert len(lines) == 4, "the tool's own resource files say auto-promote no: no warning"
+
+
+@needs_drbdadm
+def test_status_warns_where_drbd9_would_auto_promote(tmp_path, mocker, capsys):
+    """Files without `auto-promote no` (written before the tool, or by hand) on DRBD 9: one warning
+    per resource and host; an 8.4 host has no auto-promote and is not asked."""
+    c = inventory_file(tmp_path)
+    status = both(drbd9("logger-system", role="Primary", peer="kvm1"), drbd9("logger-var", role="Primary", peer="kvm1"))
+    runs = {"xen1": {STATUS: status, "drbdadm --version": Result(VERSION9), DUMP: real_dump(tmp_path, "8.4")},
+            "kvm1": {STATUS: both(drbd9("logger-system", peer_role="Primary"), drbd9("logger-var", peer_role="Primary")),
+                     "drbdadm --version": Result(VERSION84)}}
+    status_site(mocker, runs)
+    drbd.status(c, vm="logger")
+    warnings = [line.strip() for line in capsys.readouterr().out.splitlines() if "WARNING" in line]
+    assert warnings == [drbd.auto_promote_warning("xen1", name) for name in RES]
+    assert warnings[0] == ("WARNING xen1: logger-system has auto-promote on (DRBD 9's default): a domain that opens "
+                           "it for writing makes it Primary there without the checks of drbd.promote; fab drbd.setup "
+                           "writes `auto-promote no` into its resource file")
+
+
+def test_status_shows_the_states_of_a_host_whose_configuration_cannot_be_read(tmp_path, mocker, capsys):
+    c = inventory_file(tmp_path)
+    status = both(drbd9("logger-system", role="Primary", peer="kvm1"), drbd9("logger-var", role="Primary", peer="kvm1"))
+    broken = Result(stderr="/etc/drbd.d/logger-var.res:3: Parse error: 'resource' expected\n", exited=10)
+    runs = {"xen1": {STATUS: status, "drbdadm --version": Result(VERSION9), DUMP: broken},
+            "kvm1": {STATUS: both(drbd9("logger-system", peer_role="Primary"), drbd9("logger-var", peer_role="Primary")),
+                     "drbdadm --version": Result(VERSION84)}}
+    status_site(mocker, runs)
+    with pytest.raises(drbd.ToolError, match="could not read the DRBD state on 1 host"):
+        drbd.status(c, vm="logger")
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines[1:5]] == [[r, h] for h in ("xen1", "kvm1") for r in RES]
+    assert "Parse error: 'resource' expected" in lines[5]
+
+
+def test_drbd_version_is_the_kernel_modules_where_drbdadm_reports_one():
+    """drbd-utils 9.22 (Debian 12) over Debian's 8.4 module reads files as 8.4 does."""
+    answers = {"drbdadm --version": [Result(VERSION9), Result(VERSION84),
+                                     Result(VERSION9.replace("0x090111", "0x000000")),
+                                     Result(stderr="drbdadm: unrecognized option '--version'\n", exited=20)]}
+    r = remote("xen1", answers)
+    assert [drbd.drbd_version(r) for _ in range(4)] == ["9.1.17", "8.4.11", "9.22.0", "8.3"]

@@ -305,6 +305,57 @@ def test_undo_runs_in_reverse_order(world):
     ]
 
 
+def test_the_start_step_checks_what_the_steps_before_established(world):
+    """Run out of order, before the shutdown and the promotion proved anything, the start step
+    refuses instead of letting DRBD 9's auto-promote make kvm1 Primary on the domain's open."""
+    world.shared.auto_promote = True
+    world.shared.connection = "Connecting"        # kvm1 would not see xen1's Primary
+    world.shared.kvm_defined.add("logger")
+    ctx = flows.Ctx(world.site(), world.inv, world.inv.vm("logger"), timeout=0.2)
+    start = flows.plan_move(ctx, "kvm", None, "shut off")[-2]
+    assert start.name == "start logger on kvm1"
+    with pytest.raises(GuardError, match=r"^kvm1: refusing to start logger: DRBD logger-system is Unknown, "
+                                         r"logger-var is Unknown there, not Primary"):
+        start.action()
+    assert world.changes() == [] and world.shared.violations == []
+
+
+def test_the_start_step_refuses_while_the_source_is_not_known_stopped(world):
+    for roles in world.shared.roles.values():
+        roles.update(kvm1="Primary")
+    ctx = flows.Ctx(world.site(), world.inv, world.inv.vm("logger"), timeout=0.2)
+    with pytest.raises(GuardError, match=r"^kvm1: refusing to start logger: it runs on xen1 \(never one guest twice\)$"):
+        flows.Established(primary=RESOURCES).start(ctx, "kvm")
+    assert world.changes() == []
+
+
+def _undo_start(world):
+    ctx = flows.Ctx(world.site(), world.inv, world.inv.vm("logger"), timeout=0.2)
+    flows.run_undo(ctx, {"op": "start", "side": "xen"})
+
+
+def test_the_undo_restart_probes_the_guards_facts(world):
+    world.shared.xen_running.clear()
+    _undo_start(world)
+    probes = [json.loads(line) for line in world.audit.read_text().splitlines()]
+    sent = [f"{e['host']}: {e['command']}" for e in probes]
+    assert sent[-1] == "xen1: xl create /etc/xen/auto/logger.cfg"
+    assert {"xen1: drbdadm status logger-system logger-var",
+            "kvm1: env LANG=C virsh -c qemu:///system list --all"} <= set(sent[:-1])
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda s: [r.update(xen1="Secondary") for r in s.roles.values()], "DRBD logger-system is Secondary"),
+    (lambda s: s.kvm_running.add("logger") or s.kvm_defined.add("logger"), "it runs on kvm1"),
+])
+def test_the_undo_restart_refuses_what_the_guard_refuses(world, setup, message):
+    world.shared.xen_running.clear()
+    setup(world.shared)
+    with pytest.raises(GuardError, match=f"^xen1: refusing to start logger: {message}"):
+        _undo_start(world)
+    assert "xen1: xl create /etc/xen/auto/logger.cfg" not in world.changes()
+
+
 def test_stubborn_guest_is_not_destroyed_without_force(world):
     world.shared.stubborn = True
     outcome = world.move("kvm", timeout=0.1)

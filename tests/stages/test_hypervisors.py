@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from invoke import Context, MockContext, Result
 
 from tasks import kvmhost, xenhost
-from tasks.errors import ToolError
+from tasks.errors import GuardError, ToolError
 from tasks.interrupt import Interrupted, Interruption
 from tasks.inventory import Host, load_inventory
 from tasks.remote import Remote, RemoteError, Site
@@ -323,3 +323,114 @@ def test_drbd_devices_are_block_devices_without_asking():
     assert [(d.source, d.kind, d.shareable) for d in spec.disks] == [("/dev/drbd20", "block", False),
                                                                     ("/dev/drbd22", "block", True)]
     assert sent(kvm) == []
+
+# -- the start guard: the stage tasks xenhost.start and kvmhost.start --------------------------
+
+RESOURCES = ("logger-system", "logger-var")
+START = {"xen1": "xl create /etc/xen/auto/logger.cfg", "kvm1": "env LANG=C virsh -c qemu:///system start logger"}
+STAGE = {"xen1": xenhost, "kvm1": kvmhost}
+
+
+@pytest.fixture
+def site_of(mocker):
+    """Both stages' tasks on the seed inventory over fakehosts; `down` hosts cannot be reached."""
+    from invoke import Config, Context
+
+    from tasks.remote import Site
+    from tests.conftest import REPO
+    from tests.seed import SEED_CFG
+    from tests.stages.fakehosts import FakeHost, Shared
+
+    shared = Shared(roles={r: {"xen1": "Primary", "kvm1": "Secondary"} for r in RESOURCES},
+                    disk={r: {"xen1": "UpToDate", "kvm1": "UpToDate"} for r in RESOURCES},
+                    kvm_defined={"logger"}, auto_promote=True)
+    shared.files[("xen1", "/etc/xen/auto/logger.cfg")] = SEED_CFG
+    hosts = {"xen1": FakeHost("xen1", "xen", "kvm1", shared), "kvm1": FakeHost("kvm1", "kvm", "xen1", shared)}
+    down = set()
+
+    def connect(label, *args, **kwargs):
+        if label in down:
+            raise ToolError(f"{label}: cannot connect to root@{label}:22: [Errno 113] No route to host")
+        return hosts[label]
+
+    for stage in STAGE.values():
+        mocker.patch.object(stage, "site_from_context",
+                            lambda c, i, dry_run=False: Site(i, dry_run=dry_run, connect=connect))
+
+    class World:
+        def __init__(self):
+            self.shared, self.down = shared, down
+            self.c = Context(Config(overrides={"inventory": str(REPO / "hosts.yml")}))
+
+        def start(self, host, **kw):
+            STAGE[host].start(self.c, vm="logger", **kw)
+
+        def sent(self, host):
+            return [cmd for h, cmd in shared.log if h == host]
+
+    return World()
+
+
+@pytest.mark.parametrize("host, other", [("kvm1", "xen1"), ("xen1", "kvm1")])
+def test_a_start_on_a_secondary_is_refused_before_auto_promote_could_act(site_of, host, other):
+    """The peer is disconnected and Primary: DRBD 9's auto-promote would promote the Secondary on
+    the domain's open and make two Primaries (the double does, with the guard removed)."""
+    site_of.shared.connection = "Connecting"
+    for roles in site_of.shared.roles.values():
+        roles.update({host: "Secondary", other: "Primary"})
+    with pytest.raises(GuardError) as info:
+        site_of.start(host)
+    assert str(info.value) == (f"{host}: refusing to start logger: DRBD logger-system is Secondary, logger-var is "
+                               f"Secondary there, not Primary; promote it first "
+                               f"(fab drbd.promote --vm logger --host {host})")
+    assert START[host] not in site_of.sent(host)
+    assert site_of.shared.violations == []
+
+
+@pytest.mark.parametrize("host, other", [("kvm1", "xen1"), ("xen1", "kvm1")])
+def test_a_start_is_refused_while_the_domain_runs_on_the_other_host(site_of, host, other):
+    for roles in site_of.shared.roles.values():
+        roles.update({host: "Primary", other: "Primary"})      # split brain, disconnected
+    site_of.shared.connection = "StandAlone"
+    (site_of.shared.xen_running if other == "xen1" else site_of.shared.kvm_running).add("logger")
+    with pytest.raises(GuardError, match=f"^{host}: refusing to start logger: it runs on {other} "
+                                         r"\(never one guest twice\)$"):
+        site_of.start(host)
+    assert START[host] not in site_of.sent(host)
+
+
+@pytest.mark.parametrize("host, other", [("kvm1", "xen1"), ("xen1", "kvm1")])
+def test_a_start_asks_both_hosts_then_starts(site_of, host, other, capsys):
+    for roles in site_of.shared.roles.values():
+        roles.update({host: "Primary", other: "Secondary"})
+    site_of.start(host)
+    listing = {"xen1": "xl list", "kvm1": "env LANG=C virsh -c qemu:///system list --all"}
+    assert site_of.sent(host)[-2:] == ["drbdadm status logger-system logger-var", START[host]]
+    assert listing[other] in site_of.sent(other)
+    assert (site_of.shared.xen_running if host == "xen1" else site_of.shared.kvm_running) == {"logger"}
+    assert site_of.shared.violations == []
+
+
+def test_a_start_needs_the_operators_word_when_the_other_host_cannot_be_asked(site_of, capsys):
+    site_of.down.add("xen1")
+    for roles in site_of.shared.roles.values():
+        roles.update({"kvm1": "Primary", "xen1": "Secondary"})
+    with pytest.raises(GuardError) as info:
+        site_of.start("kvm1")
+    assert str(info.value) == ("kvm1: refusing to start logger: cannot ask xen1 whether it runs there (cannot "
+                               "connect to root@xen1:22: [Errno 113] No route to host); only if xen1 is known to be "
+                               "down, retry with --allow-disconnected")
+    assert START["kvm1"] not in site_of.sent("kvm1")
+    site_of.start("kvm1", allow_disconnected=True)
+    assert site_of.sent("kvm1")[-1] == START["kvm1"]
+    assert "WARNING kvm1: xen1 cannot be reached" in capsys.readouterr().out
+
+
+def test_a_dry_run_start_runs_the_guard(site_of, capsys):
+    with pytest.raises(GuardError, match="logger-system is Secondary"):
+        site_of.start("kvm1", dry_run=True)
+    for roles in site_of.shared.roles.values():
+        roles.update({"kvm1": "Primary", "xen1": "Secondary"})
+    site_of.start("kvm1", dry_run=True)
+    assert START["kvm1"] not in site_of.sent("kvm1")
+    assert f"would run on kvm1: {START['kvm1']}" in capsys.readouterr().out

@@ -1,15 +1,8 @@
-"""DRBD resource files from the inventory, checked with the real drbdadm (9, 8.4 and 8.3).
-
-drbdadm only reads a resource on the host its `on NAME` section names, so each
-call runs in its own UTS namespace with that host name. There is no DRBD
-kernel module here: `dump` parses and normalises the file, `-d up` prints the
-drbdsetup calls it would make. The 8.4 and 8.3 parsers are drbd-utils' compat
-binaries in /usr/lib/drbd, installed with drbdadm.
+"""DRBD resource files from the inventory, checked with the real drbdadm (9, 8.4 and 8.3):
+see tests/realdrbd.py for how it runs here.
 """
 
-import os
 import re
-import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -21,13 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
 from tasks.errors import InputError
-from tasks.formats.drbdconf import render_drbd_resource
+from tasks.formats.drbdconf import parse_dump_options, render_drbd_resource
 from tasks.inventory import load_inventory, parse_inventory
+from tests.realdrbd import drbdadm, needs_drbdadm
 
 REPO = Path(__file__).resolve().parents[2]
-DRBDADM = {"9": "drbdadm", "8.4": "/usr/lib/drbd/drbdadm-84", "8.3": "/usr/lib/drbd/drbdadm-83"}
-needs_drbdadm = pytest.mark.skipif(shutil.which("drbdadm") is None,
-                                   reason="drbdadm (drbd-utils) is not installed")
 
 # (file written for, read by): each version's own spelling, and the 8.3 one read by newer userland.
 READERS = [("9", "9"), ("8.4", "8.4"), ("8.3", "8.3"), ("8.3", "8.4"), ("8.3", "9")]
@@ -43,17 +34,6 @@ SEED_ADDRESSES = {"xen1": "192.0.2.11", "kvm1": "192.0.2.12"}
 def seed():
     inventory = load_inventory(REPO / "hosts.yml")
     return inventory.vm("logger"), inventory.hosts
-
-
-def drbdadm(tmp_path: Path, reader: str, hostname: str, text: str, *args: str):
-    """Run a drbdadm on `text` as if on `hostname`; root sets it directly, others via a user namespace."""
-    conf = tmp_path / "resource.res"
-    conf.write_text(text)
-    unshare = ["unshare", "-u"] if os.geteuid() == 0 else ["unshare", "-r", "-u"]
-    return subprocess.run(
-        [*unshare, "sh", "-c", 'hostname "$1" && shift && exec "$@"', "sh", hostname,
-         DRBDADM[reader], "-c", str(conf), *args],
-        capture_output=True, text=True, timeout=30)
 
 
 _TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|[{};]|[^\s{};"]+')
@@ -96,10 +76,14 @@ def test_one_file_per_replicated_disk(seed):
     assert all(text.startswith("# Written by xenkvm") for text in files.values())
 
 
-def test_versions_differ_only_where_8_3_needs_it(seed):
+AUTO_PROMOTE_OFF = "  options {\n    auto-promote no;   # only `drbdadm primary` (drbd.promote and its guards) makes it Primary\n  }\n"
+
+
+def test_versions_differ_only_where_8_3_needs_it_and_9_has_auto_promote(seed):
     vm, hosts = seed
     modern = render_drbd_resource(vm, hosts, "9")["logger-system"]
-    assert render_drbd_resource(vm, hosts, "8.4.11")["logger-system"] == modern
+    assert AUTO_PROMOTE_OFF in modern
+    assert render_drbd_resource(vm, hosts, "8.4.11")["logger-system"] == modern.replace(AUTO_PROMOTE_OFF, "")
     legacy = render_drbd_resource(vm, hosts, "8.3.13")["logger-system"]
     assert "net {" in modern and "net {" not in legacy
     assert "\n  protocol C;\n" in legacy
@@ -156,9 +140,51 @@ def test_drbdadm_up_plans_the_expected_drbdsetup_calls(seed, tmp_path, written_f
     result = drbdadm(tmp_path, reader, "xen1", text, "-d", "up", "logger-system")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == len(UP_CALLS[reader])
-    for line, pattern in zip(lines, UP_CALLS[reader]):
+    expected = list(UP_CALLS[reader])
+    if written_for == "9":     # the kernel gets the resource option at creation
+        expected[0] += " --auto-promote=no"
+    assert len(lines) == len(expected)
+    for line, pattern in zip(lines, expected):
         assert re.fullmatch(pattern, line), (line, pattern)
+
+
+@needs_drbdadm
+def test_drbdadm_9_reads_auto_promote_no_and_dump_shows_it(seed, tmp_path):
+    vm, hosts = seed
+    text = render_drbd_resource(vm, hosts, "9.22.0")["logger-var"]
+    result = drbdadm(tmp_path, "9", "kvm1", text, "dump", "logger-var")
+    assert result.returncode == 0, result.stderr
+    assert parse_dump_options(result.stdout) == {"logger-var": {"auto-promote": "no"}}
+
+
+@needs_drbdadm
+def test_8_4_refuses_auto_promote_so_only_9_files_carry_it(seed, tmp_path):
+    vm, hosts = seed
+    text = render_drbd_resource(vm, hosts, "9")["logger-system"]
+    result = drbdadm(tmp_path, "8.4", "xen1", text, "dump", "logger-system")
+    assert result.returncode != 0 and "auto-promote" in result.stderr
+
+
+@needs_drbdadm
+def test_dump_options_of_real_dumps(tmp_path):
+    """A resource without options maps to {}; `drbdadm dump RES` leaves a `common` section out."""
+    def hosts(minor):
+        return "".join(f"  on {h} {{ device /dev/drbd{minor}; disk /dev/vg/r{minor}; "
+                       f"address 10.0.0.{i}:{7790 + minor}; meta-disk internal; }}\n"
+                       for i, h in ((1, "xen1"), (2, "kvm1")))
+
+    text = ("common { options { auto-promote no; } }\n"
+            f"resource r0 {{\n{hosts(5)}}}\n"
+            f"resource r1 {{\n  options {{ quorum majority; auto-promote yes; }}\n{hosts(6)}}}\n")
+    result = drbdadm(tmp_path, "9", "xen1", text, "dump", "r0", "r1")
+    assert result.returncode == 0, result.stderr
+    assert parse_dump_options(result.stdout) == {"r0": {}, "r1": {"auto-promote": "yes", "quorum": "majority"}}
+
+
+@pytest.mark.parametrize("text", ["resource r0 {\n  options {\n", "}\n", "resource r0 { on x { disk a; }\n"])
+def test_dump_options_refuse_what_is_not_a_dump(text):
+    with pytest.raises(ValueError, match="not drbdadm dump output"):
+        parse_dump_options(text)
 
 
 @needs_drbdadm

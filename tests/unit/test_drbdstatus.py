@@ -13,6 +13,7 @@ from hypothesis import strategies as hs
 
 from tasks.formats.drbdstatus import (
     DrbdState,
+    Peer,
     parse_cstate,
     parse_drbdadm_status,
     parse_drbdsetup_status_json,
@@ -23,10 +24,10 @@ from tasks.formats.drbdstatus import (
 )
 
 
-def st(name, minor, roles, connection, disks, sync=None):
+def st(name, minor, roles, connection, disks, sync=None, quorum=True):
     role, *peer_roles = roles.split("/")
     disk, *peer_disks = disks.split("/")
-    return DrbdState(name, minor, role, tuple(peer_roles), connection, disk, tuple(peer_disks), sync)
+    return DrbdState(name, minor, role, tuple(peer_roles), connection, disk, tuple(peer_disks), sync, quorum=quorum)
 
 
 def unconfigured(*minors):
@@ -138,7 +139,8 @@ CORPUS = {
     "drbd9_drbdsetup-status-json_ha-cluster-exporter-fake_drbdsetup.json":
         (parse_drbdsetup_status_json, {
             "1-single-0": st("1-single-0", 2, "Secondary/Primary", "Connected", "UpToDate/UpToDate"),
-            "1-single-1": st("1-single-1", 3, "Secondary/Primary", "Connected", "UpToDate/UpToDate"),
+            "1-single-1": st("1-single-1", 3, "Secondary/Primary", "Connected", "UpToDate/UpToDate",
+                             quorum=False),     # its device says "quorum": false
         }),
     # drbdsetup events2, 9: the state after the last line
     "drbd9_drbdsetup-events2-diff_utils-test-all-create-change.txt": (parse_events2, EVENTS_PRIMARY),
@@ -167,7 +169,7 @@ CORPUS = {
                                              "Connected", "UpToDate/DUnknown")}),
     "drbd9_drbdsetup-events2_utils-test-may-promote-quorum.txt":
         (parse_events2, {"some-resource": st("some-resource", 1000, "Secondary", "StandAlone",
-                                             "UpToDate")}),
+                                             "UpToDate", quorum=False)}),     # the last device line: quorum:no
     "drbd9_drbdsetup-events2_utils-test-no-resources.txt": (parse_events2, {}),
     "drbd9_drbdsetup-events2_utils-test-out-of-order.txt":
         (parse_events2, EVENTS_DISKLESS_STANDALONE),
@@ -235,7 +237,8 @@ def test_config_dumps_are_refused(corpus, name, parser):
 ])
 def test_guard_helpers(state, connected, syncing, uptodate_pair, primary, peer_primary):
     assert (state.is_connected, state.is_syncing, state.is_uptodate_pair, state.is_primary,
-            state.peer_is_primary) == (connected, syncing, uptodate_pair, primary, peer_primary)
+            any(p.role == "Primary" for p in state.peer_list())) == (connected, syncing, uptodate_pair, primary,
+                                                                       peer_primary)
 
 
 # --- drbdadm role | cstate | dstate ---------------------------------------------
@@ -352,6 +355,70 @@ destroy resource name:gone
 """
     assert parse_events2(text) == {
         "new": st("new", 3, "Secondary/Secondary", "Connected", "UpToDate/UpToDate")}
+
+
+# --- every peer apart, and quorum (DRBD 9) -----------------------------------------
+
+def test_each_peer_of_the_three_peer_sample_is_kept_with_its_name(corpus):
+    home = parse_drbdadm_status(read(corpus, "drbd9_drbdadm-status_ug9-admin-home-3peers.txt"))["home"]
+    assert home.peers == (Peer("nina", "Secondary", "Connected", "UpToDate"),
+                          Peer("nino", "Secondary", "Connected", "UpToDate"),
+                          Peer("nono", "Unknown", "Connecting", "DUnknown"))
+    assert home.connection == "Connecting" and not home.is_connected
+
+
+def test_the_84_peer_is_named_peer_and_the_8x_parsers_give_one_peer_from_their_fields(corpus):
+    home = parse_drbdadm_status(read(corpus, "drbd-8.4_drbdadm-status_ug84-admin-home.txt"))["home"]
+    assert home.peer_list() == (Peer("peer", "Secondary", "Connected", "UpToDate"),)
+    proc = parse_proc_drbd(read(corpus, "drbd-8.4.2_proc-drbd_ganeti-proc_drbd84.txt"))[4]
+    assert proc.peers == ()
+    assert proc.peer_list() == (Peer("peer", "Unknown", "WFConnection", "DUnknown"),)
+
+
+def test_peer_names_from_json_and_events2(corpus):
+    json_state = parse_drbdsetup_status_json(read(corpus, "drbd9_drbdsetup-status-json_ha-cluster-exporter-fake_drbdsetup.json"))
+    assert [p.name for p in json_state["1-single-0"].peers] == ["SLE15-sp1-gm-drbd1145296-node1"]
+    events = parse_events2(read(corpus, "drbd9_drbdsetup-events2_utils-test-may-promote-peer-role.txt"))
+    assert events["some-resource"].peers == (Peer("some-peer", "Primary", "Connected", "DUnknown"),)
+
+
+# drbd-utils' drbdsetup.c device_status(): ` quorum:no` follows the disk on a device line only
+# when the device has lost quorum (always with --verbose); a Primary that froze its I/O for it
+# says `suspended:quorum` on the resource line.
+NO_QUORUM = """\
+r0 role:Primary suspended:quorum
+  disk:UpToDate quorum:no
+  kvm1 connection:Connecting
+  dr1 connection:Connecting
+
+"""
+
+
+def test_status_shows_lost_quorum_on_the_device_line():
+    r0 = parse_drbdadm_status(NO_QUORUM)["r0"]
+    assert r0.quorum is False and r0.disk == "UpToDate"
+    assert [(p.name, p.connection) for p in r0.peers] == [("kvm1", "Connecting"), ("dr1", "Connecting")]
+    text = NO_QUORUM.replace("  disk:UpToDate quorum:no", "  volume:0 disk:UpToDate quorum:yes\n"
+                                                           "  volume:1 disk:UpToDate quorum:no")
+    assert parse_drbdadm_status(text)["r0"].quorum is False, "one volume without quorum is enough"
+    assert parse_drbdadm_status(NO_QUORUM.replace(" quorum:no", ""))["r0"].quorum is True
+
+
+@pytest.mark.parametrize("line", ["  disk:UpToDate quorum:maybe", "  disk:UpToDate quorum:",
+                                  "  disk:Up-To-Date", "  kvm1 connection:Conn\x07ected"])
+def test_status_refuses_a_state_value_that_is_not_a_word(line):
+    with pytest.raises(ValueError) as exc:
+        parse_drbdadm_status(f"r0 role:Secondary\n{line}\n")
+    assert "\n" not in str(exc.value)
+
+
+def test_json_quorum_false_is_lost_quorum():
+    text = ('[{"name": "r0", "role": "Secondary", "devices": [{"volume": 0, "minor": 7, "disk-state": "UpToDate",'
+            ' "quorum": %s}], "connections": []}]')
+    assert parse_drbdsetup_status_json(text % "false")["r0"].quorum is False
+    assert parse_drbdsetup_status_json(text % "true")["r0"].quorum is True
+    with pytest.raises(ValueError):
+        parse_drbdsetup_status_json(text % '"no"')
 
 
 # --- garbage in: {} for "nothing there", ValueError for anything else ---------------

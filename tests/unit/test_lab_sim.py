@@ -18,6 +18,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from invoke import Result
 
 from tests.lab import sim
 from tests.lab.sim import drbdadm, faults, server, store, xl
@@ -225,19 +226,59 @@ def test_demote_is_refused_while_a_process_holds_the_device_by_its_real_path(lab
     assert sim.lab_state(lab.state)["violations"] == []
 
 
-def test_promote_needs_uptodate_data_and_a_connection_unless_forced(lab):
+def test_promote_needs_uptodate_data_not_a_connection_and_outdate_stops_it(lab):
+    """Without a fence-peer handler DRBD promotes a disconnected node with UpToDate data (the
+    split brain --allow-disconnected must avoid); `drbdadm outdate` is what stops it."""
+    lab.set_style("9", sync_delay=0)
     lab.seed(primary=None)
     lab.run("xen1", "drbdadm", "disconnect", RES)
 
     cstates = [lab.run(h, "drbdadm", "cstate", RES).stdout for h in ("xen1", "kvm1")]
-    refused = lab.run("kvm1", "drbdadm", "primary", RES)
-    forced = lab.run("kvm1", "drbdadm", "primary", "--force", RES)
+    outdated = lab.run("xen1", "drbdadm", "outdate", RES)
+    seen = lab.run("xen1", "drbdadm", "status", RES).stdout
+    refused = lab.run("xen1", "drbdadm", "primary", RES)
+    promoted = lab.run("kvm1", "drbdadm", "primary", RES)
+    lab.run("xen1", "drbdadm", "connect", RES)
+    resynced = lab.run("xen1", "drbdadm", "dstate", RES).stdout
 
     assert cstates == ["StandAlone\n", "Connecting\n"]
+    assert (outdated.returncode, outdated.stderr) == (0, "")
+    assert seen == f"{RES} role:Secondary\n  disk:Outdated\n  kvm1 connection:StandAlone\n\n"
     assert refused.returncode == 17
     assert refused.stderr.startswith(f"{RES}: State change failed: (-2) Need access to UpToDate data\n")
-    assert forced.returncode == 0
+    assert promoted.returncode == 0
     assert lab.roles() == {"xen1": "Secondary", "kvm1": "Primary"}
+    assert resynced == "UpToDate/UpToDate\n", "reconnected, the Outdated side took the Primary's data"
+    assert sim.lab_state(lab.state)["violations"] == []
+
+
+@pytest.mark.parametrize("style", ["9", "8.4"])
+def test_outdate_refuses_what_the_kernel_refuses(lab, style):
+    """outdate names its device by minor, in 9 as in 8.4 (drbdsetup's CTX_MINOR)."""
+    lab.set_style(style)
+    lab.seed(primary="xen1")
+
+    connected = lab.run("kvm1", "drbdadm", "outdate", RES)
+    lab.run("kvm1", "drbdadm", "disconnect", RES)
+    primary = lab.run("xen1", "drbdadm", "outdate", RES)
+
+    assert connected.returncode == 11
+    assert connected.stderr == ("0: State change failed: (-6) Refusing to be Outdated while Connected\n"
+                                "Command 'drbdsetup outdate 0' terminated with exit code 11\n")
+    assert primary.returncode == 17
+    assert primary.stderr.startswith("0: State change failed: (-2) Need access to UpToDate data\n")
+    assert lab.roles() == {"xen1": "Primary", "kvm1": "Secondary"}
+
+
+def test_outdate_of_inconsistent_data_and_of_a_resource_that_is_down(lab):
+    lab.seed(primary=None, uptodate=False)
+    lab.run("kvm1", "drbdadm", "disconnect", RES)
+    lower = lab.run("kvm1", "drbdadm", "outdate", RES)
+    lab.run("xen1", "drbdadm", "down", RES)
+    down = lab.run("xen1", "drbdadm", "outdate", RES)
+
+    assert lower.returncode == 5 and "(-16) Disk state is lower than outdated" in lower.stderr
+    assert (down.returncode, lab.run("xen1", "drbdadm", "dstate", RES).stdout) == (0, "Outdated\n")
 
 
 def test_both_hosts_racing_for_primary_get_exactly_one(lab):
@@ -316,6 +357,178 @@ def test_new_resource_from_config_needs_meta_data_then_syncs_after_forced_primar
     assert lines[3].startswith("    replication:SyncTarget peer-disk:UpToDate done:")
     assert synced.stdout == "r9 role:Secondary\n  disk:UpToDate\n  xen1 role:Primary\n    peer-disk:UpToDate\n\n"
     assert (busy.returncode, busy.stderr.splitlines()[0]) == (20, "Device '9' is configured!")
+
+
+@pytest.mark.parametrize("style, version", [("9", "9.2.12"), ("8.4", "8.4.11"), ("8.3", "8.3")])
+def test_version_is_read_as_the_tool_reads_it(lab, style, version):
+    """drbd-utils 9.22 over a 9.2 module, or its 8.4 drbdadm over Debian's 8.4.11 module; 8.3 has none."""
+    from tasks.drbd import drbd_version
+    from tasks.remote import Remote
+    lab.set_style(style)
+
+    class Conn:
+        def run(self, command, **kwargs):
+            done = lab.run("xen1", *command.split())
+            return Result(stdout=done.stdout, stderr=done.stderr, exited=done.returncode)
+
+    assert drbd_version(Remote("xen1", Conn())) == version
+
+
+def in_uts(host, lab, *argv):
+    """A simulator call on a host whose hostname is `host`, as on a lab host (drbdadm dump needs it)."""
+    return subprocess.run(["unshare", "-u", "sh", "-c", 'hostname "$1" && shift && exec "$@"', "sh", host,
+                           str(BIN / argv[0]), *argv[1:]], capture_output=True, text=True, env=lab.env(host),
+                          stdin=subprocess.DEVNULL, timeout=30, check=False)
+
+
+@pytest.mark.parametrize("style, auto_promote", [("9", "no"), ("8.4", None)])
+def test_dump_is_answered_by_the_real_drbdadm(lab, tmp_path, style, auto_promote):
+    from tasks.formats.drbdconf import parse_dump_options, render_drbd_resource
+    from tasks.inventory import load_inventory
+    from tests.conftest import REPO
+    lab.set_style(style)
+    inv = load_inventory(REPO / "hosts.yml")
+    conf = tmp_path / "drbd.conf"
+    conf.write_text("".join(render_drbd_resource(inv.vm("logger"), inv.hosts, style).values()))
+
+    dumped = in_uts("kvm1", lab, "drbdadm", "-c", str(conf), "dump", "logger-system", "logger-var")
+    real = subprocess.run(["unshare", "-u", "sh", "-c", 'hostname kvm1 && exec "$@"', "sh",
+                           drbdadm.REAL_DRBDADM[style], "-c", str(conf), "dump", "logger-system", "logger-var"],
+                          capture_output=True, text=True, timeout=30, check=False)
+
+    assert (dumped.returncode, dumped.stdout) == (real.returncode, real.stdout) == (0, real.stdout)
+    options = parse_dump_options(dumped.stdout)["logger-var"]
+    assert options.get("auto-promote") == auto_promote
+    assert [(c["argv"][-3:], c["rc"]) for c in lab.events("call")] == [(["dump", "logger-system", "logger-var"], None)]
+
+
+# DRBD 9, three nodes: xen1, kvm1 and a third one, dr1, that stands for a disaster-recovery copy.
+THREE = ("xen1", "kvm1", "dr1")
+
+
+def seed_three(lab, primary="xen1"):
+    lab.seed(primary=primary, hosts={h: str(lab.dev.get(h, "/dev/drbd0")) for h in THREE})
+
+
+def test_a_resource_with_two_peers_shows_both_and_refuses_beside_either_primary(lab):
+    seed_three(lab, primary="dr1")
+
+    seen = lab.run("kvm1", "drbdadm", "status", RES).stdout
+    refused = lab.run("kvm1", "drbdadm", "primary", RES)
+    sim.tamper(lab.state, lambda st: st.doc("drbd")["resources"][RES]["hosts"]["dr1"].update(connect=False))
+    alone = lab.run("kvm1", "drbdadm", "status", RES).stdout
+
+    assert seen == (f"{RES} role:Secondary\n  disk:UpToDate\n  xen1 role:Secondary\n    peer-disk:UpToDate\n"
+                    f"  dr1 role:Primary\n    peer-disk:UpToDate\n\n")
+    assert refused.returncode == 11 and "(-1) Multiple primaries not allowed by config" in refused.stderr
+    assert alone == f"{RES} role:Secondary\n  disk:UpToDate\n  xen1 role:Secondary\n    peer-disk:UpToDate\n" \
+                    f"  dr1 connection:Connecting\n\n"
+
+
+def write_conf(tmp_path, options=""):
+    """The lab's resource as a drbd.conf for `drbdadm -c`, with these resource options."""
+    conf = tmp_path / "drbd.conf"
+    conf.write_text(f"resource {RES} {{\n  device /dev/drbd0;\n  options {{ {options} }}\n"
+                    + "".join(f"  on {h} {{ disk /dev/vg/{RES}; address 10.0.0.{i}:7789; }}\n"
+                              for i, h in enumerate(THREE, 1)) + "}\n")
+    return str(conf)
+
+
+def test_lost_quorum_shows_in_status_and_refuses_promotion(lab, tmp_path):
+    seed_three(lab, primary=None)
+    conf = write_conf(tmp_path, "quorum majority;")
+    adjusted = lab.run("kvm1", "drbdadm", "-c", conf, "adjust", RES)
+    for peer in ("xen1", "dr1"):
+        sim.tamper(lab.state, lambda st, peer=peer: st.doc("drbd")["resources"][RES]["hosts"][peer].update(up=False))
+
+    seen = lab.run("kvm1", "drbdadm", "status", RES).stdout
+    refused = lab.run("kvm1", "drbdadm", "primary", RES)
+    forced = lab.run("kvm1", "drbdadm", "primary", "--force", RES)
+    frozen = lab.run("kvm1", "drbdadm", "status", RES).stdout
+
+    assert adjusted.returncode == 0, adjusted.stderr
+    assert seen == (f"{RES} role:Secondary\n  disk:UpToDate quorum:no\n  xen1 connection:Connecting\n"
+                    f"  dr1 connection:Connecting\n\n")
+    assert refused.returncode == 11
+    assert refused.stderr == (f"{RES}: State change failed: (-25) No quorum\n"
+                              f"Command 'drbdsetup primary {RES}' terminated with exit code 11\n")
+    assert forced.returncode == 0
+    assert frozen.splitlines()[0] == f"{RES} role:Primary suspended:quorum"
+    assert [e["code"] for e in lab.events("drbd.refused")] == [-25]
+
+
+def test_quorum_majority_holds_with_one_of_two_peers_gone(lab, tmp_path):
+    seed_three(lab, primary=None)
+    lab.run("kvm1", "drbdadm", "-c", write_conf(tmp_path, "quorum majority;"), "adjust", RES)
+    sim.tamper(lab.state, lambda st: st.doc("drbd")["resources"][RES]["hosts"]["dr1"].update(up=False))
+
+    promoted = lab.run("kvm1", "drbdadm", "primary", RES)
+
+    assert promoted.returncode == 0, promoted.stderr
+    assert "quorum" not in lab.run("kvm1", "drbdadm", "status", RES).stdout
+
+
+# ---------------------------------------------------------------- DRBD 9's auto-promote
+
+
+def split_by_hand(lab, conf=None):
+    """logger's resource Primary on kvm1, xen1 Secondary (with the resource options of `conf`,
+    if given) and disconnected from it."""
+    lab.seed(primary="kvm1")
+    if conf:
+        adjusted = lab.run("xen1", "drbdadm", "-c", conf, "adjust", RES)
+        assert adjusted.returncode == 0, adjusted.stderr
+    lab.run("xen1", "drbdadm", "disconnect", RES)
+
+
+def test_auto_promote_lets_an_xl_create_make_a_second_primary(lab):
+    """What the start guard is for: DRBD 9 promotes the Secondary that xl opens, and with the
+    peer disconnected nothing stops it (the lab records the two Primaries)."""
+    split_by_hand(lab)
+
+    created = lab.run("xen1", "xl", "create", lab.cfg(f"phy:{lab.dev['xen1']},xvda2,w"))
+
+    assert created.returncode == 0, created.stderr
+    assert lab.roles() == {"xen1": "Primary", "kvm1": "Primary"}
+    assert [(e["host"], e["auto"]) for e in lab.events("drbd.role")] == [("xen1", True)]
+    assert sim.lab_state(lab.state)["violations"] == [f"two Primaries: resource {RES} is Primary on xen1 and kvm1"]
+
+
+@pytest.mark.parametrize("style, options", [("9", "auto-promote no;"), ("8.4", "")])
+def test_without_auto_promote_xl_cannot_open_a_secondary(lab, tmp_path, style, options):
+    lab.set_style(style)
+    split_by_hand(lab, write_conf(tmp_path, options))
+
+    created = lab.run("xen1", "xl", "create", lab.cfg(f"phy:{lab.dev['xen1']},xvda2,w"))
+
+    assert created.returncode == 3 and "unable to add disk devices" in created.stderr
+    assert lab.roles() == {"xen1": "Secondary", "kvm1": "Primary"}
+    assert sim.lab_state(lab.state)["violations"] == []
+
+
+def test_auto_promote_refuses_beside_a_connected_primary_and_demotes_on_close(lab):
+    lab.seed(primary="kvm1")
+    cfg = lab.cfg(f"phy:{lab.dev['xen1']},xvda2,w")
+    refused = lab.run("xen1", "xl", "create", cfg)
+    lab.run("kvm1", "drbdadm", "secondary", RES)
+    created = lab.run("xen1", "xl", "create", cfg)
+    while_running = lab.roles()
+    lab.run("xen1", "xl", "destroy", "logger")
+
+    assert refused.returncode == 3
+    assert created.returncode == 0, created.stderr
+    assert while_running == {"xen1": "Primary", "kvm1": "Secondary"}
+    assert lab.roles() == {"xen1": "Secondary", "kvm1": "Secondary"}, "DRBD demotes what it promoted itself"
+    assert sim.lab_state(lab.state)["violations"] == []
+
+
+def test_an_explicit_primary_outlives_its_domain(lab):
+    lab.seed(primary=None)
+    lab.run("xen1", "drbdadm", "primary", RES)
+    lab.run("xen1", "xl", "create", lab.cfg(f"phy:{lab.dev['xen1']},xvda2,w"))
+    lab.run("xen1", "xl", "destroy", "logger")
+
+    assert lab.roles() == {"xen1": "Primary", "kvm1": "Secondary"}
 
 
 @pytest.mark.parametrize("style, version", [("9", "9.22.0"), ("8.4", "8.4.11"), ("8.3", "8.3.13")])
@@ -593,7 +806,8 @@ def test_fault_prefix_matches_words_in_order_after_options():
     assert not faults.matches("drbdadm primary", ["drbdsetup", "primary", "r0"])
 
 
-def test_virsh_wrapper_runs_the_real_virsh_and_keeps_kvm_domains_true(lab):
+def fake_virsh(lab):
+    """A PATH with the wrapper first and, after it, a stand-in for the real virsh; returns the PATH."""
     real = lab.tmp / "realbin"
     real.mkdir()
     domstate = lab.tmp / "domstate"
@@ -607,7 +821,11 @@ case "$1" in
 esac
 """)
     (real / "virsh").chmod(0o755)
-    path = f"{BIN}:{real}:{os.environ['PATH']}"
+    return f"{BIN}:{real}:{os.environ['PATH']}"
+
+
+def test_virsh_wrapper_runs_the_real_virsh_and_keeps_kvm_domains_true(lab):
+    path = fake_virsh(lab)
     lab.seed(primary="kvm1")
     sim.add_fault(lab.state, "kvm1", "virsh start", exit_code=5, once=True)
 
@@ -626,6 +844,42 @@ esac
     assert stopped is None
     assert asked["vms"]["logger"]["running_on"] == "kvm1"
     assert asked["violations"] == []
+
+
+def test_a_kvm_start_on_a_secondary_auto_promotes_on_drbd9_and_demotes_when_it_stops(lab):
+    """qemu opens the domain's DRBD devices for writing: DRBD 9 promotes them even beside a
+    disconnected Primary (the two Primaries the start guard is there to prevent)."""
+    path = fake_virsh(lab)
+    lab.seed(primary="xen1")
+    lab.run("xen1", "drbdadm", "disconnect", RES)
+
+    started = lab.run("kvm1", "virsh", "start", "logger", path=path)
+    while_running = lab.roles()
+    lab.run("kvm1", "virsh", "destroy", "logger", path=path)
+
+    assert started.returncode == 0, started.stderr
+    assert while_running == {"xen1": "Primary", "kvm1": "Primary"}
+    assert lab.roles() == {"xen1": "Primary", "kvm1": "Secondary"}
+    assert f"two Primaries: resource {RES} is Primary on xen1 and kvm1" in sim.lab_state(lab.state)["violations"]
+
+
+@pytest.mark.parametrize("style, options, reason", [("9", "auto-promote no;", "Wrong medium type"),
+                                                    ("8.4", "", "Read-only file system")])
+def test_a_kvm_start_on_a_secondary_fails_without_auto_promote(lab, tmp_path, style, options, reason):
+    path = fake_virsh(lab)
+    lab.set_style(style)
+    lab.seed(primary="xen1")
+    assert lab.run("kvm1", "drbdadm", "-c", write_conf(tmp_path, options), "adjust", RES).returncode == 0
+    lab.run("xen1", "drbdadm", "disconnect", RES)      # no connected Primary to refuse beside: only the option
+
+    started = lab.run("kvm1", "virsh", "start", "logger", path=path)
+
+    assert started.returncode == 1
+    assert started.stderr.splitlines()[0] == "error: Failed to start domain 'logger'"
+    assert started.stderr.rstrip().endswith(f"Could not open '{lab.dev['kvm1']}': {reason}")
+    assert not (lab.tmp / "domstate").exists(), "the real virsh was never asked"
+    assert sim.lab_state(lab.state)["vms"]["logger"]["running_on"] is None
+    assert sim.lab_state(lab.state)["violations"] == []
 
 
 # ---------------------------------------------------------------- the lab report
@@ -710,9 +964,21 @@ def test_drbd_config_parser_follows_includes_volumes_and_on_sections(tmp_path):
         "  on xen1 { address 10.0.0.1:7788; }\n  on kvm1 { disk /dev/vg/b; address 10.0.0.2:7788; }\n}\n")
     (tmp_path / "drbd.conf").write_text('include "*.res"; # one resource\ncommon { net { protocol C; } }\n')
 
-    assert drbdadm.parse_config(str(tmp_path / "drbd.conf")) == {"r1": {"minor": 3, "hosts": {
+    assert drbdadm.parse_config(str(tmp_path / "drbd.conf")) == {"r1": {"minor": 3, "options": {}, "hosts": {
         "xen1": {"device": "/dev/drbd3", "disk": "/dev/vg/a"},
         "kvm1": {"device": "/dev/drbd3", "disk": "/dev/vg/b"}}}}
+
+
+def test_drbd_config_parser_takes_resource_options_over_common_ones(tmp_path):
+    (tmp_path / "drbd.conf").write_text(
+        "common { options { auto-promote no; quorum majority; } }\n"
+        "resource r1 { device /dev/drbd3; options { quorum off; }\n  on xen1 { disk /dev/vg/a; } }\n"
+        "resource r2 { device /dev/drbd4;\n  on xen1 { disk /dev/vg/b; } }\n")
+
+    parsed = drbdadm.parse_config(str(tmp_path / "drbd.conf"))
+
+    assert parsed["r1"]["options"] == {"auto-promote": "no", "quorum": "off"}
+    assert parsed["r2"]["options"] == {"auto-promote": "no", "quorum": "majority"}
 
 
 def test_disk_specs_and_device_numbers():

@@ -35,6 +35,31 @@ def write_vms(state_dir, vms):
         st.event("vms.written", None, vms=sorted(vms))
 
 
+def open_domain_disks(state_dir, host, name, drbd_style, sync_delay):
+    """A KVM domain starting on `host` (qemu) opens its DRBD resources' devices for writing:
+    (device, refusal code) of the first one DRBD refuses to open, or None. DRBD 9 promotes a
+    Secondary then unless it says `auto-promote no` (model.open_for_writing)."""
+    import time
+
+    with model.transaction(state_dir, host) as st:
+        opened = []
+        for resource in st.doc("vms").get(name, {}).get("resources", ()):
+            if host not in model.resources(st).get(resource, {}).get("hosts", {}):
+                continue
+            code = model.open_for_writing(st, resource, host, drbd_style, time.time(), sync_delay)
+            if code:
+                model.auto_demote(st, opened, host)
+                return model.resources(st)[resource]["hosts"][host]["device"], code
+            opened.append(resource)
+    return None
+
+
+def close_domain_disks(state_dir, host, name):
+    """A KVM domain that opened its disks did not start after all: DRBD 9 demotes what it promoted."""
+    with model.transaction(state_dir, host) as st:
+        model.auto_demote(st, st.doc("vms").get(name, {}).get("resources", ()), host)
+
+
 def note_kvm_domain(state_dir, host, name, running):
     """Record that KVM domain `name` is (not) running on `host` (after virsh changed it)."""
     note_kvm_domains(state_dir, host, {name: running})

@@ -4,8 +4,16 @@ lab's shared resource state, so both hosts see one resource and its two roles.
 Formats follow drbd-utils' own code (`drbdsetup status` of 9 and 8.4, the 8.3 XML status) and
 the samples in ../shared/corpus/drbd-status; messages and exit codes were measured with
 drbd-utils 9.22 and its 8.4/8.3 compatibility binaries, or come from the kernel's state-change
-error strings. Commands: role, cstate, dstate, status, primary [--force], secondary,
-create-md, up, down, adjust, connect, disconnect, sh-dev; global -d (dry run) and -c FILE.
+error strings. Commands: role, cstate, dstate, status, primary [--force], secondary, outdate,
+create-md, up, down, adjust, connect, disconnect, sh-dev; global -d (dry run), -c FILE and
+--version. `dump` only reads configuration, which the real drbdadm of this machine does
+(drbd-utils 9.22, its 8.4 or 8.3 drbdadm for those styles): the call is handed to it.
+
+DRBD 9 as modelled: any number of peers; the resource options `auto-promote` (on by
+default: a device opened for writing is promoted, see model.open_for_writing) and
+`quorum`, which `up` and `adjust` take from the configuration (a `common` section's,
+then the resource's own); a lost quorum shows as `quorum:no` in status and refuses
+promotion (-25, exit 11).
 """
 
 import glob
@@ -14,16 +22,29 @@ import re
 import sys
 import time
 
-from . import cli, model
+from . import cli, model, store
 from .cli import err, out
 
 DEFAULT_CONFIG = "/etc/drbd.conf"
-COMMANDS = ("role", "cstate", "dstate", "status", "primary", "secondary", "create-md", "up", "down",
-            "adjust", "connect", "disconnect", "sh-dev")
+COMMANDS = ("role", "cstate", "dstate", "status", "primary", "secondary", "outdate", "create-md", "up", "down",
+            "adjust", "connect", "disconnect", "sh-dev", "dump")
+# The kernel's state change error strings (drbd-utils' drbd_strings.c) and drbdsetup's exit
+# code for each (print_config_error: 17 for -2, 5 for -16, 11 for the others).
 REFUSAL_TEXT = {-1: "Multiple primaries not allowed by config", -2: "Need access to UpToDate data",
-                -12: "Device is held open by someone"}
+                -6: "Refusing to be Outdated while Connected", -12: "Device is held open by someone",
+                -16: "Disk state is lower than outdated", -25: "No quorum"}
 REFUSAL_TEXT_83 = {**REFUSAL_TEXT, -2: "Refusing to be Primary without at least one UpToDate disk"}
-REFUSAL_EXIT = {-1: 11, -2: 17, -12: 11}
+REFUSAL_EXIT = {-1: 11, -2: 17, -6: 11, -12: 11, -16: 5, -25: 11}
+# `drbdadm --version` as drbd-utils 9.22 prints it (measured here), over a DRBD 9.2.12 module;
+# with Debian's 8.4.11 module drbd-utils runs its 8.4 drbdadm, which prints its own lines.
+BUILDTAG = ("DRBDADM_BUILDTAG=GIT-hash:\\ 409097fe02187f83790b88ac3e0d94f3c167adab\\ reproducible\\ build\\,"
+            "\\ 2023-01-09\\ 14:51:18")
+VERSION = {"9": f"{BUILDTAG}\nDRBDADM_API_VERSION=2\nDRBD_KERNEL_VERSION_CODE=0x09020c\nDRBD_KERNEL_VERSION=9.2.12\n"
+                "DRBDADM_VERSION_CODE=0x091600\nDRBDADM_VERSION=9.22.0",
+           "8.4": f"{BUILDTAG}\nDRBDADM_API_VERSION=1\nDRBD_KERNEL_VERSION_CODE=0x08040b\n"
+                  "DRBDADM_VERSION_CODE=0x091600\nDRBDADM_VERSION=9.22.0"}
+MINOR_COMMANDS_9 = ("dstate", "outdate")   # drbdsetup 9 names these by minor (CTX_MINOR), the rest by resource
+REAL_DRBDADM = {"9": "drbdadm", "8.4": "/usr/lib/drbd/drbdadm-84", "8.3": "/usr/lib/drbd/drbdadm-83"}
 USAGE_83 = """
 USAGE: drbdadm [OPTION...] [-- DRBDSETUP-OPTION...] COMMAND {all|RESOURCE...}
 
@@ -89,13 +110,22 @@ class ConfigError(Exception):
 
 def parse_config(path):
     """Resources a drbd.conf defines (following includes):
-    name -> {"minor": N, "hosts": {host: {"device", "disk"}}}."""
-    found = {}
-    _read_config(path, found)
+    name -> {"minor": N, "hosts": {host: {"device", "disk"}}, "options": {key: value}}, the
+    options being a `common` section's, then the resource's own."""
+    found, common = {}, {}
+    _read_config(path, found, common)
+    for res in found.values():
+        res["options"] = {**common, **res["options"]}
     return found
 
 
-def _read_config(path, found):
+def _options(items):
+    """`options { KEY VALUE; ... }` among a section's statements."""
+    return {word: args[0] for name, _, children in items if name == "options" and children
+            for word, args, _ in children if args}
+
+
+def _read_config(path, found, common):
     with open(path, encoding="utf-8") as f:
         text = f.read()
     tokens = []
@@ -106,7 +136,9 @@ def _read_config(path, found):
     for word, args, children in items:
         if word == "include" and args:
             for inc in sorted(glob.glob(os.path.join(os.path.dirname(path), args[0]))):
-                _read_config(inc, found)
+                _read_config(inc, found, common)
+        elif word == "common" and children is not None:
+            common.update(_options(children))
         elif word == "resource" and args and children is not None:
             found[args[0]] = _resource(path, args[0], children)
 
@@ -147,7 +179,7 @@ def _resource(path, name, items):
     if not minors:
         raise ConfigError(f"{path}: resource {name}: no minor given nor device name contains a minor number")
     default = f"/dev/drbd{minors[0]}"
-    return {"minor": minors[0],
+    return {"minor": minors[0], "options": _options(items),
             "hosts": {h: {"device": v["device"] or default, "disk": v["disk"]} for h, v in hosts.items()}}
 
 
@@ -172,6 +204,14 @@ def _device_and_disk(items):
 def _drbdadm(host, argv):
     o = parse_args(argv[1:])
     style = host.drbd_style
+    if o.cmd is None and {"--version", "-V"} & set(o.flags):
+        if style == "8.3":      # 8.3's drbdadm has no --version
+            err(f"drbdadm: unrecognized option '--version'\n{USAGE_83}")
+            return 20
+        out(VERSION[style])
+        return 0
+    if o.cmd == "dump":
+        return _real_drbdadm(host, argv)
     if o.cmd is None:
         out("\nUSAGE: drbdadm COMMAND [OPTION...] {all|RESOURCE...}\n\nNo command specified")
         return 1
@@ -192,6 +232,22 @@ def _drbdadm(host, argv):
         return 10
     with model.transaction(host.state_dir, host.name) as st:
         return Adm(host, st, o, conf, config).run()
+
+
+def _real_drbdadm(host, argv):
+    """Hand a call that only reads configuration to the real drbdadm of this machine (for
+    8.4 and 8.3, the one drbd-utils runs over such a kernel); the call is logged first, as
+    the real command's exit code never comes back here."""
+    from .faultwrap import find_real
+
+    real = REAL_DRBDADM[host.drbd_style]
+    path = real if os.path.isabs(real) else find_real(real, argv[0])
+    if path is None:
+        err("drbdadm: the lab found no real drbdadm later in PATH")
+        return 127
+    store.record_call(host.state_dir, host.name, argv, None)
+    cli.hand_off(path, [path] + list(argv[1:]))
+    return 127   # not reached: hand_off execs, or the server's caller does
 
 
 class Adm:
@@ -262,9 +318,9 @@ class Adm:
         if self.style == "8.3":
             line = f"drbdsetup {minor} {cmd}"
         elif self.style == "9":
-            line = f"drbdsetup {cmd} {minor if cmd == 'dstate' else name}"
+            line = f"drbdsetup {cmd} {minor if cmd in MINOR_COMMANDS_9 else name}"
         else:
-            by_minor = cmd in ("primary", "secondary", "role", "cstate", "dstate")
+            by_minor = cmd in ("primary", "secondary", "role", "cstate", "dstate", "outdate")
             line = f"drbdsetup {cmd} {minor if by_minor else name}"
         force = self.force()
         return f"{line} {force}" if cmd == "primary" and force else line
@@ -304,7 +360,7 @@ class Adm:
 
     def refused(self, name, cmd, code):
         text = (REFUSAL_TEXT_83 if self.style == "8.3" else REFUSAL_TEXT)[code]
-        obj = name if self.style == "9" else self.minor(name)
+        obj = name if self.style == "9" and cmd not in MINOR_COMMANDS_9 else self.minor(name)
         return self.failed(name, self.setup_line(cmd, name), f"{obj}: State change failed: ({code}) {text}",
                            REFUSAL_EXIT[code])
 
@@ -405,8 +461,12 @@ class Adm:
         return 0
 
     def status9(self, name):
+        """drbd-utils' status: ` quorum:no` after the disk only without quorum, and a Primary
+        that lost it suspends its I/O (on-no-quorum's default)."""
         res, me, peers = self.view(name)
-        lines = [f"{name} role:{me['role']}", f"  disk:{me['dstate']}"]
+        quorum = model.has_quorum(res, self.me)
+        suspended = "" if quorum or me["role"] != model.PRIMARY else " suspended:quorum"
+        lines = [f"{name} role:{me['role']}{suspended}", f"  disk:{me['dstate']}{'' if quorum else ' quorum:no'}"]
         for p in peers:
             state = model.conn_state(res, self.me, p)
             if state != "Connected":
@@ -458,6 +518,18 @@ class Adm:
                 return self.refused(name, "primary", code)
         return 0
 
+    def c_outdate(self, names):
+        for name in names:
+            if self.o.dry:
+                out(self.setup_line("outdate", name))
+                continue
+            code = model.outdate(self.st, name, self.me)
+            if code == model.DOWN:
+                return self.not_up(name, "outdate")
+            if code:
+                return self.refused(name, "outdate", code)
+        return 0
+
     def c_secondary(self, names):
         for name in names:
             if self.o.dry:
@@ -505,6 +577,9 @@ class Adm:
                 out("\n".join(self.up_lines(name)))
                 continue
             node = self.adopt(name)
+            if name in self.conf:     # the kernel takes the resource options from the file
+                node["options"] = self.conf[name]["options"]
+                self.st.changed("drbd")
             if node["up"] and self.o.cmd == "adjust":
                 self._set_connect(name, node, True)
                 continue

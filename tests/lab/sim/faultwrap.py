@@ -4,7 +4,9 @@ in PATH, it applies injected faults, then runs the real binary found later in PA
 For virsh it also keeps the lab's record of running KVM domains true: a successful start or
 create is running; after any other change (destroy, shutdown, undefine, reboot) or a failure it
 asks `virsh domstate` for the truth; and whenever the caller itself reads domstate, dominfo
-or list, it notes what virsh answered.
+or list, it notes what virsh answered. Before a start it stands in for what DRBD does when
+qemu opens the domain's DRBD devices for writing: a Secondary fails the start, unless DRBD
+9's auto-promote makes it Primary (control.open_domain_disks).
 """
 
 import os
@@ -40,8 +42,17 @@ def main(argv=None):
         if host:
             store.record_call(host.state_dir, host.name, argv, None)
         cli.hand_off(real, [real] + argv[1:])
+    if cmd in STARTS:
+        refused = control.open_domain_disks(host.state_dir, host.name, domain, host.drbd_style,
+                                            host.drbd_sync_delay)
+        if refused:
+            print(qemu_open_failed(domain, refused[0], host.drbd_style), file=sys.stderr)
+            store.record_call(host.state_dir, host.name, argv, 1)
+            return 1
     if cmd in CHANGES:
         rc = subprocess.call([real] + argv[1:])
+        if rc and cmd in STARTS:
+            control.close_domain_disks(host.state_dir, host.name, domain)
         # A start libvirt reports done is a running domain (a later listing notes any crash);
         # every other change, or a failure, is asked about.
         running = True if rc == 0 and cmd in STARTS else domstate(real, glob_opts, domain)
@@ -57,6 +68,17 @@ def main(argv=None):
                 control.note_kvm_domains(host.state_dir, host.name, states)
     store.record_call(host.state_dir, host.name, argv, rc)
     return rc
+
+
+def qemu_open_failed(domain, device, drbd_style):
+    """virsh's report of a qemu that could not open a DRBD Secondary for writing: DRBD 9
+    answers EMEDIUMTYPE, 8.x EROFS (as `mount` shows them; the libvirt wording is plausible,
+    not measured)."""
+    reason = "Wrong medium type" if drbd_style == "9" else "Read-only file system"
+    return (f"error: Failed to start domain '{domain}'\n"
+            f"error: internal error: qemu unexpectedly closed the monitor: qemu-system-x86_64: -blockdev "
+            f'{{"driver":"host_device","filename":"{device}","node-name":"libvirt-1-storage"}}: '
+            f"Could not open '{device}': {reason}")
 
 
 def find_real(name, self_path):

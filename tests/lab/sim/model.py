@@ -2,7 +2,10 @@
 
 Documents (JSON files in state_dir, see store.py):
   drbd.json        {"resources": {NAME: {"minor": N, "sync": null|{...},
-                     "hosts": {HOST: {"device", "disk", "md", "up", "connect", "role", "dstate"}}}}}
+                     "hosts": {HOST: {"device", "disk", "md", "up", "connect", "role", "dstate",
+                                      "options", "auto_promoted"}}}}}
+                   (options: the DRBD 9 resource options `up`/`adjust` gave that host's
+                   kernel, e.g. {"auto-promote": "no", "quorum": "majority"}; absent: defaults)
   xen.json         {"hosts": {HOST: {"next_id": N, "domains": {NAME: {"id", "memory", "vcpus", "cfg",
                      "started", "shutdown_at", "drbd": [{"resource", "script"}], "guest_stop",
                      "teardown": null|{"lock", "ts", "why"}}}}}}
@@ -24,8 +27,11 @@ import time
 from . import store
 
 PRIMARY, SECONDARY = "Primary", "Secondary"
-UPTODATE, INCONSISTENT = "UpToDate", "Inconsistent"
-DOWN = "down"  # promote()/demote() outcome: the resource is not up on that host
+UPTODATE, INCONSISTENT, OUTDATED = "UpToDate", "Inconsistent", "Outdated"
+DOWN = "down"  # promote()/demote()/outdate() outcome: the resource is not up on that host
+# Refusal codes (the kernel's enum drbd_state_rv) the model returns.
+TWO_PRIMARIES, NO_UP_TO_DATE_DISK, CONNECTED_OUTDATES = -1, -2, -6
+DEVICE_IN_USE, LOWER_THAN_OUTDATED, NO_QUORUM = -12, -16, -25
 
 
 @contextlib.contextmanager
@@ -147,10 +153,32 @@ def relink(st, name, now, duration):
                 return
 
 
-def promote(st, name, host, force, now, duration):
-    """`drbdadm primary`: None on success (or already Primary), DOWN, or a refusal code
-    (-1 peer is Primary, -2 no UpToDate data). Without force, data counts as UpToDate only
-    while connected to the peer (the lab does not model fencing)."""
+def has_quorum(res, host):
+    """DRBD 9's quorum as the lab models it, from the host's `quorum` option: off (the
+    default) always has it; majority needs more than half of the resource's nodes, all
+    needs every one, a number at least that many, counting the host and the peers up and
+    connected to it. (DRBD's tie-breakers for diskless nodes are not modelled.)"""
+    setting = res["hosts"][host].get("options", {}).get("quorum", "off")
+    if setting == "off":
+        return True
+    seen = 1 + sum(1 for p in peers(res, host) if connected(res, host, p))
+    total = len(res["hosts"])
+    if setting == "majority":
+        return seen * 2 > total
+    return seen == total if setting == "all" else seen >= int(setting)
+
+
+def auto_promotes(node):
+    """DRBD 9 promotes a device opened for writing unless its resource says `auto-promote no`."""
+    return node.get("options", {}).get("auto-promote", "yes") == "yes"
+
+
+def promote(st, name, host, force, now, duration, auto=False):
+    """`drbdadm primary`, or (auto) DRBD 9's auto-promote when a device is opened for
+    writing: None on success (or already Primary), DOWN, or a refusal code: a connected
+    peer is Primary, no UpToDate data (the lab does not model fencing: a disconnected node
+    with UpToDate data may be promoted, as DRBD allows without a fence-peer handler), no
+    quorum (only forcing passes that)."""
     res = resources(st)[name]
     me = res["hosts"][host]
     if not me["up"]:
@@ -160,18 +188,48 @@ def promote(st, name, host, force, now, duration):
     linked = [p for p in peers(res, host) if connected(res, host, p)]
     refusal = None
     if any(res["hosts"][p]["role"] == PRIMARY for p in linked):
-        refusal = -1
-    elif not force and (me["dstate"] != UPTODATE or not linked):
-        refusal = -2
+        refusal = TWO_PRIMARIES
+    elif not force and me["dstate"] != UPTODATE:
+        refusal = NO_UP_TO_DATE_DISK
+    elif not force and not has_quorum(res, host):
+        refusal = NO_QUORUM
     if refusal:
-        st.event("drbd.refused", host, resource=name, action="primary", code=refusal)
+        st.event("drbd.refused", host, resource=name, action="auto-promote" if auto else "primary", code=refusal)
         return refusal
     me["role"] = PRIMARY
+    me["auto_promoted"] = auto      # DRBD demotes on the last close only what it promoted itself
     if force:
         me["dstate"] = UPTODATE
     st.changed("drbd")
-    st.event("drbd.role", host, resource=name, role=PRIMARY, force=force)
+    st.event("drbd.role", host, resource=name, role=PRIMARY, force=force, auto=auto)
     relink(st, name, now, duration)
+    return None
+
+
+def outdate(st, name, host):
+    """`drbdadm outdate`: the host's data marked Outdated, so that it cannot become Primary
+    without force. None, DOWN (no meta data to mark), or a refusal: while connected to a
+    peer (-6), on a Primary (-2: it would lose its UpToDate data), on data already below
+    Outdated (-16). A resource that is down has its meta data marked (drbdmeta)."""
+    res = resources(st)[name]
+    me = res["hosts"][host]
+    refusal = None
+    if not me["up"]:
+        if not me["md"]:
+            return DOWN
+    elif any(connected(res, host, p) for p in peers(res, host)):
+        refusal = CONNECTED_OUTDATES
+    elif me["role"] == PRIMARY:
+        refusal = NO_UP_TO_DATE_DISK
+    elif me["dstate"] not in (UPTODATE, "Consistent", OUTDATED):
+        refusal = LOWER_THAN_OUTDATED
+    if refusal:
+        st.event("drbd.refused", host, resource=name, action="outdate", code=refusal)
+        return refusal
+    if me["dstate"] != OUTDATED:
+        me["dstate"] = OUTDATED
+        st.changed("drbd")
+        st.event("drbd.outdated", host, resource=name)
     return None
 
 
@@ -185,9 +243,10 @@ def demote(st, name, host, here):
         return None
     holder = held_open(st, name, host, here)
     if holder:
-        st.event("drbd.refused", host, resource=name, action="secondary", code=-12, holder=holder)
-        return -12
+        st.event("drbd.refused", host, resource=name, action="secondary", code=DEVICE_IN_USE, holder=holder)
+        return DEVICE_IN_USE
     me["role"] = SECONDARY
+    me["auto_promoted"] = False
     st.changed("drbd")
     st.event("drbd.role", host, resource=name, role=SECONDARY)
     _infer_kvm_stopped(st, name, host)
@@ -345,6 +404,28 @@ def release_domain(st, host, name, ts, why):
             refused = demote(st, disk["resource"], host, None)
             if refused:
                 st.event("xen.block_drbd_demote_failed", host, ts=ts, resource=disk["resource"])
+    auto_demote(st, [disk["resource"] for disk in d["drbd"]], host)
+
+
+def open_for_writing(st, name, host, drbd_style, now, duration):
+    """A starting domain opens the device of `name` on `host` for writing: None when the
+    resource is Primary there or DRBD 9's auto-promote makes it so, else the refusal code
+    (a Secondary of DRBD 8, or with `auto-promote no`: -2) with which the open fails."""
+    node = resources(st)[name]["hosts"][host]
+    if node["up"] and node["role"] == PRIMARY:
+        return None
+    if drbd_style != "9" or not auto_promotes(node):
+        st.event("drbd.refused", host, resource=name, action="open", code=NO_UP_TO_DATE_DISK)
+        return NO_UP_TO_DATE_DISK
+    return promote(st, name, host, False, now, duration, auto=True)
+
+
+def auto_demote(st, names, host):
+    """The last writer closed the devices: DRBD 9 demotes those it promoted itself."""
+    for name in names:
+        node = resources(st).get(name, {}).get("hosts", {}).get(host)
+        if node and node.get("auto_promoted") and node["up"] and node["role"] == PRIMARY:
+            demote(st, name, host, None)
 
 
 def kvm_notes(st):
@@ -358,6 +439,8 @@ def note_kvm(st, host, name, running, why):
     notes[name] = {"running": running, "ts": time.time()}
     st.changed("kvm")
     st.event("kvm.running" if running else "kvm.stopped", host, domain=name, why=why)
+    if not running:     # its qemu closed the devices
+        auto_demote(st, st.doc("vms").get(name, {}).get("resources", ()), host)
 
 
 def _infer_kvm_stopped(st, name, host):

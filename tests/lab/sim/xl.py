@@ -2,9 +2,10 @@
 
 It reads the real domain config (xm/xl assignment syntax), refuses what libxl/xend refuse
 (missing config, name already running, missing disk, a DRBD disk whose resource is not
-Primary here) with their messages and exit codes, records running domains in the shared
-state, holds their DRBD devices open, and starts/stops the lab's guest through the
-host.json hooks. Shutdown completes xen_shutdown_delay seconds later, lazily (model.settle).
+Primary here and that DRBD 9's auto-promote does not promote on open) with their messages
+and exit codes, records running domains in the shared state, holds their DRBD devices
+open, and starts/stops the lab's guest through the host.json hooks. Shutdown completes
+xen_shutdown_delay seconds later, lazily (model.settle).
 
 Messages come from the xl/libxl and xm/xend sources; libxl's file:line prefixes are
 plausible values, not taken from one exact release.
@@ -300,7 +301,10 @@ class Toolstack:
         for i, disk in enumerate(disks):
             resource = disk["kind"] == "phy" and model.resource_for_device(st, self.host.name, disk["target"])
             if resource:
-                if model.local_role(st, resource, self.host.name) != model.PRIMARY:
+                # pygrub, then blkback, open the device for writing: DRBD 9 may auto-promote it
+                if model.open_for_writing(st, resource, self.host.name, self.host.drbd_style, time.time(),
+                                          self.host.drbd_sync_delay):
+                    model.auto_demote(st, [h["resource"] for h in held], self.host.name)
                     if i == 0 and cfg.get("bootloader"):
                         return self._bootloader_failed(domid), None
                     return self._device_failed(domid, disk), None
@@ -317,6 +321,7 @@ class Toolstack:
                                          self.host.drbd_sync_delay):
                 for r in promoted:  # teardown runs block-drbd remove for those already added
                     model.demote(st, r, self.host.name, None)
+                model.auto_demote(st, [h["resource"] for h in held], self.host.name)
                 return self._device_failed(domid, disk), None
             if was != model.PRIMARY:
                 promoted.append(resource)
