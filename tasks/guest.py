@@ -361,8 +361,8 @@ def check_console(guest: Remote, facts: GuestFacts) -> GettyPlan:
 
 
 def apt_candidate(guest: Remote, package: str) -> bool:
-    """Whether apt could install the package now (LANG=C: the field name is translated)."""
-    policy = guest.probe(["apt-cache", "policy", package], env={"LANG": "C"})
+    """Whether apt could install the package now (in the C locale, as every command: the field name is translated)."""
+    policy = guest.probe(["apt-cache", "policy", package])
     for line in policy.stdout.splitlines() if policy.ok else ():
         key, _, value = line.strip().partition(":")
         if key == "Candidate":

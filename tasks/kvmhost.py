@@ -1,7 +1,7 @@
 """Stage: the KVM host. Render and define the libvirt domain, start, stop, rehearse, and keep
 the copy of the guest's kernel that a direct-kernel domain boots.
 
-Domain state is read from `LANG=C virsh list --all`, shared by concurrent callers; as in the
+Domain state is read from `virsh list --all` (in the C locale, as every command), shared by concurrent callers; as in the
 Pacemaker VirtualDomain agent, "shut off" or a missing domain means stopped.
 """
 
@@ -48,7 +48,7 @@ def virsh(host: Host, *args: str) -> list[str]:
     return ["virsh", "-c", host.libvirt_uri, *args]
 
 
-# What `virsh list` prints in a domain's State column (LANG=C), longest first.
+# What `virsh list` prints in a domain's State column (C locale), longest first.
 DOMAIN_STATES = ("in shutdown", "pmsuspended", "shut off", "crashed", "running", "blocked", "paused", "idle",
                  "dying", "no state")
 
@@ -79,7 +79,7 @@ def domain_state(remote: Remote, host: Host, name: str, max_age: float = 0.0) ->
     From one `virsh list --all` that concurrent callers share (Remote.shared_probe), begun
     at most max_age seconds ago.
     """
-    outcome = remote.shared_probe(virsh(host, "list", "--all"), env={"LANG": "C"}, max_age=max_age)
+    outcome = remote.shared_probe(virsh(host, "list", "--all"), max_age=max_age)
     if not outcome.ok:
         raise ToolError(f"{host.name}: `virsh list --all` failed (exit {outcome.exit_code}): "
                         f"{(outcome.stderr or outcome.stdout).strip()}")
@@ -96,13 +96,13 @@ def domain_running(remote: Remote, host: Host, name: str, max_age: float = 0.0) 
 
 
 def start_domain(remote: Remote, host: Host, name: str) -> None:
-    remote.change(virsh(host, "start", name), env={"LANG": "C"}, timeout=START_TIMEOUT)
+    remote.change(virsh(host, "start", name), timeout=START_TIMEOUT)
 
 
 def destroy_domain(remote: Remote, host: Host, name: str) -> None:
     """Hard stop; "domain is not running" counts as success, as in the Pacemaker agent."""
     try:
-        remote.change(virsh(host, "destroy", name), env={"LANG": "C"})
+        remote.change(virsh(host, "destroy", name))
     except RemoteError as exc:
         if not any(text in exc.output for text in ("not running", "not found", "failed to get domain")):
             raise
@@ -117,7 +117,7 @@ def shutdown_domain(remote: Remote, host: Host, name: str, *, timeout: float = D
     if not remote.dry_run and not domain_running(remote, host, name):
         say(f"* {host.name}: {name} is not running ... ok")
         return
-    remote.change(virsh(host, "shutdown", name), env={"LANG": "C"})
+    remote.change(virsh(host, "shutdown", name))
     if remote.dry_run:
         return
     if on_requested:
@@ -134,7 +134,7 @@ def shutdown_domain(remote: Remote, host: Host, name: str, *, timeout: float = D
 
 def undefine_domain(remote: Remote, host: Host, name: str) -> None:
     if remote.dry_run or domain_state(remote, host, name) != "not found":
-        remote.change(virsh(host, "undefine", name), env={"LANG": "C"})
+        remote.change(virsh(host, "undefine", name))
 
 
 def plan_spec(cfg_text: str, cfg_name: str, vm: VM | None, *, block_devices: frozenset[str] | None = None,
@@ -190,7 +190,7 @@ def define_domain(remote: Remote, host: Host, name: str, xml: str, *, was_new: b
     path = f"{XML_DIR}/{name}.xml"
     changed = remote.edit_file(path, lambda _old: xml, create=True)
     if changed or was_new:
-        remote.change(virsh(host, "define", "--validate", path), env={"LANG": "C"})
+        remote.change(virsh(host, "define", "--validate", path))
     return was_new
 
 
@@ -522,7 +522,7 @@ def define(c, vm, dry_run=False):
 
 @task(help={"vm": "VM name from the inventory"})
 def state(c, vm):
-    """Print the VM's domain state on its KVM host (LANG=C virsh list --all), and for a
+    """Print the VM's domain state on its KVM host (virsh list --all), and for a
     direct-kernel VM the kernel it boots there."""
     _, model, site, host = _context(c, vm)
     remote = site.host(host.name)

@@ -29,6 +29,7 @@ from .interrupt import Interruption
 from .inventory import VM, Host, Inventory
 
 BACKUP_SUFFIX = ".xenkvm-"
+LOCALE = {"LC_ALL": "C"}
 COMMAND_TIMEOUT = 60.0   # one probe or short change (inventory: a host's command_timeout)
 START_TIMEOUT = 300.0    # a domain start: Xen scrubs a large guest's memory before it runs
 SLOW_TIMEOUT = 1800.0    # package installs, initramfs and grub in a guest
@@ -193,7 +194,9 @@ class Remote:
         self._listings_changed = threading.Condition()
 
     def command(self, argv: Sequence[str], env: dict[str, str] | None = None) -> str:
-        prefix = ["env", *(f"{k}={v}" for k, v in (env or {}).items())] if env else []
+        """The exact command line sent: through `sudo -n` for a user other than root, and always
+        in the C locale, since the parsers read what virsh, lvs, blkid and the rest print."""
+        prefix = ["env", *(f"{k}={v}" for k, v in {**LOCALE, **(env or {})}.items())]
         if self.sudo:
             prefix = ["sudo", "-n", "--", *prefix]
         return join([*prefix, *argv])

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 from invoke import Result
 
+from tests.wire import bare
+
 XL_HEADER = "Name                                        ID   Mem VCPUs\tState\tTime(s)\n"
 WIPEFS_OFFSETS = {"swap": "0xff6", "ext4": "0x438", "LVM2_member": "0x218"}
 DOM0 = "Domain-0                                     0  1024     2     r-----     100.0\n"
@@ -138,7 +140,7 @@ class FakeHost:
         return LocalSession(self)
 
     def run(self, command: str, **kwargs) -> Result:
-        self.shared.log.append((self.name, command))
+        self.shared.log.append((self.name, bare(command)))
         argv = shlex.split(command)
         if argv[:1] == ["env"]:
             argv = argv[1:]

@@ -16,7 +16,7 @@ import subprocess
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from invoke import Config, Context, MockContext, Result
+from invoke import Config, Context, Result
 
 from tasks import drbd
 from tasks.errors import GuardError, InputError, ToolError
@@ -26,6 +26,7 @@ from tasks.inventory import VM, Host, Inventory, LocalDisk, ReplicatedDisk
 from tasks.remote import Remote, RemoteError, Site
 from tests.conftest import REPO
 from tests.realdrbd import drbdadm, needs_drbdadm
+from tests.wire import LOCALE, HostMock, bare
 
 RES = ("logger-system", "logger-var")
 STATUS = "drbdadm status logger-system logger-var"
@@ -52,7 +53,7 @@ VM_ = make_vm()
 
 
 def remote(name: str, run: dict, dry_run: bool = False) -> Remote:
-    return Remote(name, MockContext(run=dict(run)), dry_run=dry_run)   # MockContext rewrites the dict it gets
+    return Remote(name, HostMock(run=dict(run)), dry_run=dry_run)   # MockContext rewrites the dict it gets
 
 
 WRITE = "<file write>"     # how sent() shows a command fed from stdin (Remote.write_file)
@@ -60,7 +61,7 @@ WRITE = "<file write>"     # how sent() shows a command fed from stdin (Remote.w
 
 def sent(r: Remote) -> list[str]:
     """Every command the host received, in order."""
-    return [WRITE if call.kwargs.get("in_stream") else call.args[0] for call in r.conn.run.call_args_list]
+    return [WRITE if call.kwargs.get("in_stream") else bare(call.args[0]) for call in r.conn.run.call_args_list]
 
 
 def written(r: Remote) -> list[str]:
@@ -75,9 +76,9 @@ def changes(commands: list[str]) -> list[str]:
 
 def read_cmd(path: str) -> str:
     """The probe Remote.read_file sends for `path`, taken from Remote itself."""
-    recorder = MockContext(run={re.compile(".*"): Result(exited=66)})
+    recorder = HostMock(run={re.compile(".*"): Result(exited=66)})
     Remote("any", recorder).read_file(path)
-    return recorder.run.call_args.args[0]
+    return bare(recorder.run.call_args.args[0])
 
 
 # --- status texts: the corpus, renamed ---------------------------------------------
@@ -479,7 +480,7 @@ def test_promote_sends_one_primary_naming_every_secondary_resource(capsys):
                         "drbdadm primary logger-system logger-var": Result()})
     assert drbd.promote(r, VM_, "kvm1") == list(RES)
     assert sent(r) == [STATUS, "drbdadm primary logger-system logger-var"]
-    assert "* kvm1: drbdadm primary logger-system logger-var ... ok" in capsys.readouterr().out
+    assert "* kvm1: env LC_ALL=C drbdadm primary logger-system logger-var ... ok" in capsys.readouterr().out
 
 
 def test_promote_is_idempotent():
@@ -606,7 +607,7 @@ def test_promote_dry_run_sends_only_the_probe(capsys):
     assert sent(r) == [STATUS]
     out = capsys.readouterr().out
     assert [ln for ln in out.splitlines() if "would run" in ln] == \
-        ["  would run on kvm1: drbdadm primary logger-system logger-var"]
+        ["  would run on kvm1: env LC_ALL=C drbdadm primary logger-system logger-var"]
 
 
 def test_promote_failure_of_the_batched_command_raises_naming_it(capsys):
@@ -616,12 +617,12 @@ def test_promote_failure_of_the_batched_command_raises_naming_it(capsys):
                                                "access to UpToDate data\n", exited=17)})
     with pytest.raises(RemoteError) as info:
         drbd.promote(r, VM_, "kvm1")
-    assert info.value.exit_code == 17 and info.value.command == batched
-    assert str(info.value) == (f"kvm1: `{batched}` failed (exit 17): "
+    assert info.value.exit_code == 17 and info.value.command == LOCALE + batched
+    assert str(info.value) == (f"kvm1: `{LOCALE}{batched}` failed (exit 17): "
                                f"logger-var: State change failed: (-2) Need access to UpToDate data")
     assert sent(r) == [STATUS, batched]
     out = capsys.readouterr().out
-    assert f"* kvm1: {batched} ... FAILED" in out
+    assert f"* kvm1: {LOCALE}{batched} ... FAILED" in out
     assert "already done" not in out
 
 
@@ -665,7 +666,7 @@ def test_demote_gives_up_when_the_device_stays_held_open(monkeypatch):
     monkeypatch.setattr(r.interruption, "sleep", pauses.append)
     with pytest.raises(RemoteError) as info:
         drbd.demote(r, VM_, "xen1", domain_running=False)
-    assert str(info.value) == (f"xen1: `{BOTH_SECONDARY}` failed (exit 11): logger-system: State change failed: "
+    assert str(info.value) == (f"xen1: `{LOCALE}{BOTH_SECONDARY}` failed (exit 11): logger-system: State change failed: "
                                f"(-12) Device is held open by someone (still after 9.75s)")
     assert sent(r) == [STATUS] + [BOTH_SECONDARY] * tries
     assert 8 <= sum(pauses) <= 12
@@ -687,7 +688,7 @@ def test_demote_dry_run_sends_only_the_probe(capsys):
     assert sent(r) == [STATUS]
     out = capsys.readouterr().out
     assert [ln for ln in out.splitlines() if "would run" in ln] == \
-        ["  would run on xen1: drbdadm secondary logger-system logger-var"]
+        ["  would run on xen1: env LC_ALL=C drbdadm secondary logger-system logger-var"]
 
 
 # --- wait_sync ----------------------------------------------------------------------
@@ -798,7 +799,7 @@ def host_run(status, files: dict[str, str] | None = None, extra: dict | None = N
 
 def make_site(runs: dict[str, dict], dry_run: bool = False, vm: VM = VM_) -> Site:
     inv = Inventory(path="test.yml", hosts=HOSTS, vms={vm.name: vm})
-    return Site(inv, dry_run=dry_run, connect=lambda name, *a, **k: MockContext(run=dict(runs[name])))
+    return Site(inv, dry_run=dry_run, connect=lambda name, *a, **k: HostMock(run=dict(runs[name])))
 
 
 def test_setup_from_scratch_sends_exactly_this(capsys):
@@ -874,7 +875,7 @@ def test_setup_adjusts_a_resource_that_is_up_when_its_file_changed(dry_run, caps
     for h in ("xen1", "kvm1"):
         if dry_run:
             assert changes(sent(site.host(h))) == []
-            assert all(f"would run on {h}: {cmd}" in out for cmd in adjust)
+            assert all(f"would run on {h}: {LOCALE}{cmd}" in out for cmd in adjust)
         else:
             assert changes(sent(site.host(h))) == [WRITE, WRITE, *adjust]
             assert written(site.host(h)) == list(render_drbd_resource(VM_, HOSTS, "9.1.17").values())
@@ -971,8 +972,8 @@ def test_setup_dry_run_sends_only_probes(capsys):
         assert sent(site.host(h)) == ["drbdadm --version", *reads, STATUS, "drbdadm status logger-var",
                                       blkid(meta(0)), blkid(meta(1))]
     out = capsys.readouterr().out
-    assert "would run on kvm1: drbdadm create-md --force logger-var" in out
-    assert "would run on xen1: drbdadm up logger-system" in out
+    assert "would run on kvm1: env LC_ALL=C drbdadm create-md --force logger-var" in out
+    assert "would run on xen1: env LC_ALL=C drbdadm up logger-system" in out
     assert "+resource \"logger-var\" {" in out
 
 
@@ -1065,7 +1066,7 @@ def test_demote_task_asks_that_hosts_stage_whether_the_domain_runs(tmp_path, mon
     status = both(drbd9("logger-system", role="Primary"), drbd9("logger-var", role="Primary"))
     monkeypatch.setattr(drbd, "site_from_context",
                         lambda c, inv, dry_run: Site(inv, dry_run=dry_run,
-                                                     connect=lambda *a, **k: MockContext(run={STATUS: status})))
+                                                     connect=lambda *a, **k: HostMock(run={STATUS: status})))
     with pytest.raises(GuardError, match=f"still runs on {host}"):
         drbd.demote_task(c, vm="logger", host=host)
     assert asked == [(host, host, "logger")]
@@ -1087,7 +1088,7 @@ def real_dump(tmp_path, written_for: str, hostname: str = "xen1") -> Result:
 
 def status_site(mocker, runs):
     mocker.patch.object(drbd, "site_from_context",
-                        lambda c, inv, dry_run=False: Site(inv, connect=lambda name, *a, **k: MockContext(
+                        lambda c, inv, dry_run=False: Site(inv, connect=lambda name, *a, **k: HostMock(
                             run=runs[name])))
 
 

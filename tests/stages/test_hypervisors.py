@@ -15,6 +15,7 @@ from tasks.errors import GuardError, ToolError
 from tasks.interrupt import Interrupted, Interruption
 from tasks.inventory import Host, load_inventory
 from tasks.remote import Remote, RemoteError, Site
+from tests.wire import HostMock, bare
 
 XEN = Host(name="xen1", address="192.0.2.11", role="xen", toolstack="auto")
 KVM = Host(name="kvm1", address="192.0.2.12", role="kvm", libvirt_uri="qemu:///system")
@@ -34,12 +35,12 @@ logger                                    14     2048     1 -b----    862.3
 
 
 def remote(results: dict, dry_run=False) -> tuple[Remote, MockContext]:
-    ctx = MockContext(run=results, repeat=True)
+    ctx = HostMock(run=results, repeat=True)
     return Remote("h", ctx, dry_run=dry_run), ctx
 
 
 def sent(ctx: MockContext) -> list[str]:
-    return [call.args[0] for call in ctx.run.call_args_list]
+    return [bare(call.args[0]) for call in ctx.run.call_args_list]
 
 
 DOM0_ONLY = "Domain-0                                     0  1024     2     r-----    6342.2\n"
@@ -83,7 +84,7 @@ def test_toolstack_auto_falls_back_to_xm():
 def test_xen_shutdown_waits_until_gone(mocker):
     gone = XL_LIST.replace("logger", "other1")
     lists = iter([XL_LIST, XL_LIST, XL_LIST, gone])
-    ctx = MockContext(run={"xl shutdown logger": Result()}, repeat=True)
+    ctx = HostMock(run={"xl shutdown logger": Result()}, repeat=True)
     r = Remote("xen1", ctx)
     mocker.patch.object(xenhost, "list_domains", side_effect=lambda *_: xenhost.parse_domain_list(next(lists)))
     mocker.spy(ctx, "run")
@@ -106,7 +107,7 @@ VIRSH_LIST = """\
 
 
 def test_kvm_domain_states_from_one_listing():
-    r, ctx = remote({"env LANG=C virsh -c qemu:///system list --all": Result(VIRSH_LIST)})
+    r, ctx = remote({"virsh -c qemu:///system list --all": Result(VIRSH_LIST)})
     assert kvmhost.domain_state(r, KVM, "logger") == "running"
     assert kvmhost.domain_state(r, KVM, "ghost") == "not found"
     assert kvmhost.domain_state(r, KVM, "being stopped") == "in shutdown"
@@ -123,7 +124,7 @@ def test_kvm_domain_states_from_one_listing():
     (VIRSH_LIST + "error: failed to get domain 'x'\n", "line 8 is no domain in a state virsh prints"),
 ])
 def test_a_virsh_listing_it_does_not_recognise_is_an_error_not_stopped(listing, why):
-    r, _ = remote({"env LANG=C virsh -c qemu:///system list --all": Result(listing)})
+    r, _ = remote({"virsh -c qemu:///system list --all": Result(listing)})
     with pytest.raises(ToolError, match=rf"^kvm1: `virsh list --all` printed a listing this tool does not "
                                         rf"recognise \({re.escape(why)}\): refusing to guess which domains run$"):
         kvmhost.domain_running(r, KVM, "logger")
@@ -133,7 +134,7 @@ NO_DOMAINS = " Id   Name   State\n--------------------\n\n"
 
 
 def test_an_empty_virsh_listing_is_no_domain():
-    r, _ = remote({"env LANG=C virsh -c qemu:///system list --all": Result(NO_DOMAINS)})
+    r, _ = remote({"virsh -c qemu:///system list --all": Result(NO_DOMAINS)})
     assert kvmhost.domain_state(r, KVM, "logger") == "not found"
 
 
@@ -231,7 +232,7 @@ def test_concurrent_askers_share_one_listing_that_began_after_they_asked():
     assert answers == ["running"] * 8 and len(calls) == 2
 
 
-DESTROY = "env LANG=C virsh -c qemu:///system destroy logger"
+DESTROY = "virsh -c qemu:///system destroy logger"
 
 
 @pytest.mark.parametrize("stderr", ["error: Requested operation is not valid: domain is not running\n",
@@ -254,7 +255,7 @@ def test_dry_run_changes_nothing_but_probes_run(mocker, capsys):
     mocker.spy(ctx, "run")
     xenhost.shutdown_domain(r, XEN, "logger", timeout=60, force=True)
     assert sent(ctx) == ["sh -c 'command -v \"$1\"' sh xl"], "the toolstack probe ran, no change did"
-    assert capsys.readouterr().out.splitlines() == ["  would run on h: xl shutdown logger",
+    assert capsys.readouterr().out.splitlines() == ["  would run on h: env LC_ALL=C xl shutdown logger",
                                                     "  would run on xen1 after 60s: xl destroy logger"]
 
 
@@ -268,7 +269,7 @@ def test_hostile_values_arrive_as_single_arguments(name, cfg, uri):
     """Whatever a name, path or URI holds, the remote shell sees it as one argument."""
     xen = Host(name="xen1", address="a", role="xen", toolstack="xl")
     kvm = Host(name="kvm1", address="a", role="kvm", libvirt_uri=uri)
-    ctx = MockContext(run={re.compile(".*", re.S): Result("running\n")}, repeat=True)
+    ctx = HostMock(run={re.compile(".*", re.S): Result("running\n")}, repeat=True)
     r = Remote("h", ctx)
     commands = []
     ctx.run = lambda command, **kw: commands.append(command) or Result("running\n")
@@ -276,8 +277,8 @@ def test_hostile_values_arrive_as_single_arguments(name, cfg, uri):
     vm = VM(name=name, xen_host="xen1", kvm_host="kvm1", cfg=cfg, disks=())
     xenhost.start_domain(r, xen, vm)
     kvmhost.start_domain(r, kvm, name)
-    assert shlex.split(commands[0]) == ["xl", "create", cfg]
-    assert shlex.split(commands[1]) == ["env", "LANG=C", "virsh", "-c", uri, "start", name]
+    assert shlex.split(commands[0]) == ["env", "LC_ALL=C", "xl", "create", cfg]
+    assert shlex.split(commands[1]) == ["env", "LC_ALL=C", "virsh", "-c", uri, "start", name]
 
 
 # -- what a cfg becomes on a host: HVM cfgs stay, the KVM host says what a local disk is ----------------
@@ -288,7 +289,7 @@ INVENTORY = load_inventory(CFGS / "inventory.yml")
 
 
 def read_cfg(path: str, cfg: str) -> MockContext:
-    return MockContext(run={shlex.join(["sh", "-c", READ, "sh", path]): Result(stdout=(CFGS / cfg).read_text())})
+    return HostMock(run={shlex.join(["sh", "-c", READ, "sh", path]): Result(stdout=(CFGS / cfg).read_text())})
 
 
 def test_prepare_cfg_leaves_an_hvm_cfg_as_it_is_and_says_why(mocker, capsys):
@@ -307,7 +308,7 @@ def test_prepare_cfg_leaves_an_hvm_cfg_as_it_is_and_says_why(mocker, capsys):
 def test_the_kvm_host_says_whether_a_local_disk_is_a_file(answer, kind):
     """One `test -b` per local disk."""
     paths = ("/srv/xen/web3/disk.img", "/srv/xen/web3-swap.img")
-    kvm = MockContext(run={f"test -b {path}": answer for path in paths})
+    kvm = HostMock(run={f"test -b {path}": answer for path in paths})
     hosts = {"xen1": read_cfg("/etc/xen/web3.cfg", "pv-xm-phy-file.cfg"), "kvm1": kvm}
     site = Site(INVENTORY, connect=lambda label, *a, **k: hosts[label])
     spec = kvmhost.vm_spec(site, INVENTORY, INVENTORY.vm("web3"))
@@ -316,7 +317,7 @@ def test_the_kvm_host_says_whether_a_local_disk_is_a_file(answer, kind):
 
 
 def test_drbd_devices_are_block_devices_without_asking():
-    kvm = MockContext(run={})
+    kvm = HostMock(run={})
     hosts = {"xen1": read_cfg("/etc/xen/gfs1.cfg", "pv-xm-gfs.cfg"), "kvm1": kvm}
     site = Site(INVENTORY, connect=lambda label, *a, **k: hosts[label])
     spec = kvmhost.vm_spec(site, INVENTORY, INVENTORY.vm("gfs1"))
@@ -327,7 +328,7 @@ def test_drbd_devices_are_block_devices_without_asking():
 # -- the start guard: the stage tasks xenhost.start and kvmhost.start --------------------------
 
 RESOURCES = ("logger-system", "logger-var")
-START = {"xen1": "xl create /etc/xen/auto/logger.cfg", "kvm1": "env LANG=C virsh -c qemu:///system start logger"}
+START = {"xen1": "xl create /etc/xen/auto/logger.cfg", "kvm1": "virsh -c qemu:///system start logger"}
 STAGE = {"xen1": xenhost, "kvm1": kvmhost}
 
 
@@ -404,7 +405,7 @@ def test_a_start_asks_both_hosts_then_starts(site_of, host, other, capsys):
     for roles in site_of.shared.roles.values():
         roles.update({host: "Primary", other: "Secondary"})
     site_of.start(host)
-    listing = {"xen1": "xl list", "kvm1": "env LANG=C virsh -c qemu:///system list --all"}
+    listing = {"xen1": "xl list", "kvm1": "virsh -c qemu:///system list --all"}
     assert site_of.sent(host)[-2:] == ["drbdadm status logger-system logger-var", START[host]]
     assert listing[other] in site_of.sent(other)
     assert (site_of.shared.xen_running if host == "xen1" else site_of.shared.kvm_running) == {"logger"}
@@ -433,4 +434,4 @@ def test_a_dry_run_start_runs_the_guard(site_of, capsys):
         roles.update({"kvm1": "Primary", "xen1": "Secondary"})
     site_of.start("kvm1", dry_run=True)
     assert START["kvm1"] not in site_of.sent("kvm1")
-    assert f"would run on kvm1: {START['kvm1']}" in capsys.readouterr().out
+    assert f"would run on kvm1: env LC_ALL=C {START['kvm1']}" in capsys.readouterr().out
