@@ -476,13 +476,9 @@ def other_host(vm: VM, host_name: str) -> str:
 
 
 def domain_running_on(site: Site, host_name: str, vm_name: str) -> bool:
-    """Whether the VM's domain runs on a host, asked of that host's hypervisor stage."""
-    host = site.inventory.host(host_name)
-    if host.role == "xen":
-        from .xenhost import domain_running
-    else:
-        from .kvmhost import domain_running
-    return domain_running(site.host(host_name), host, vm_name)
+    """Whether the VM's domain runs on a host, asked of that host's hypervisor."""
+    from .hypervisors import on
+    return on(site, host_name).running(vm_name)
 
 
 def guard_start(site: Site, vm: VM, host_name: str, *, allow_disconnected: bool = False) -> None:
@@ -519,14 +515,18 @@ def start_guarded(site: Site, vm: VM, host_name: str, start: Callable[[], None],
     start()
 
 
-def _apply(remote: Remote, verb: list[str], names: list[str]) -> None:
+def drbdadm_argv(verb: list[str], names: list[str]) -> list[str]:
     """One `drbdadm VERB RES...` for all of them: one round trip inside the guest's downtime.
 
     drbdadm acts on each named resource in turn, so a failure may leave some changed;
     undo and rollback read live state and need not know which.
     """
+    return ["drbdadm", *verb, *names]
+
+
+def _apply(remote: Remote, verb: list[str], names: list[str]) -> None:
     if names:
-        remote.change(["drbdadm", *verb, *names])
+        remote.change(drbdadm_argv(verb, names))
 
 
 @dataclass(frozen=True)
@@ -805,11 +805,7 @@ def demote_task(c, vm, host, dry_run=False):
     inv, model, site = _context(c, vm, dry_run)
     name = _vm_host(model, host)
     remote = site.host(name)
-    if name == model.xen_host:
-        from .xenhost import domain_running
-    else:
-        from .kvmhost import domain_running
-    demote(remote, model, name, domain_running=domain_running(remote, inv.host(name), model.name))
+    demote(remote, model, name, domain_running=domain_running_on(site, name, model.name))
 
 
 @task(help={"vm": "VM name from the inventory",

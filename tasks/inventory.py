@@ -20,7 +20,7 @@ from invoke import Collection, task
 from .errors import GuardError, InputError, quoted, shown
 
 DEFAULT_CFG_DIR = "/etc/xen/auto"
-ROLES = ("xen", "kvm")
+ROLES = SIDES = ("xen", "kvm")   # a host's role; the side of a VM's pair it stands for
 TOOLSTACKS = ("auto", "xm", "xl")
 BUSES = ("ide", "sata", "scsi", "virtio")
 DOMAIN_TYPES = ("kvm", "qemu")
@@ -53,6 +53,11 @@ MAX_VALUES = 200_000
 def is_domain_name(text: str) -> bool:
     """A DNS name: dot-separated labels of letters, digits and inner hyphens."""
     return 0 < len(text) <= 253 and all(_LABEL.fullmatch(label) for label in text.split("."))
+
+
+def other(side: str) -> str:
+    """The other side of a VM's pair: kvm for xen, xen for kvm."""
+    return "kvm" if side == "xen" else "xen"
 
 
 def _at(where: str, key: object) -> str:

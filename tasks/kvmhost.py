@@ -1,8 +1,6 @@
-"""Stage: the KVM host. Render and define the libvirt domain, start, stop, rehearse, and keep
-the copy of the guest's kernel that a direct-kernel domain boots.
-
-Domain state is read from `virsh list --all` (in the C locale, as every command), shared by concurrent callers; as in the
-Pacemaker VirtualDomain agent, "shut off" or a missing domain means stopped.
+"""Stage: the KVM host. Render and define the libvirt domain, rehearse it on snapshots, keep the
+copy of the guest's kernel that a direct-kernel domain boots; the domain's state, start and
+shutdown by hand (through hypervisors.KvmHost).
 """
 
 from __future__ import annotations
@@ -17,17 +15,17 @@ from dataclasses import dataclass
 
 from invoke import Collection, task
 
-from . import drbd, inventory
+from . import drbd, hypervisors, inventory
 from .errors import GuardError, InputError, ToolError, shown
 from .formats.domainxml import BOOT_DIR, console_log
-from .inventory import VM, Host, Inventory, LocalDisk, ReplicatedDisk
+from .hypervisors import DEFAULT_SHUTDOWN_TIMEOUT, KvmHost
+from .inventory import VM, Inventory, LocalDisk, ReplicatedDisk
 from .localdisk import plan_swap_matches
-from .remote import START_TIMEOUT, Remote, RemoteError, say, site_from_context
+from .remote import Remote, RemoteError, say, site_from_context
 from .ssh import describe_ssh_error
-from .xenhost import DEFAULT_SHUTDOWN_TIMEOUT, SHUTDOWN_POLL, cfg_errors, read_local, read_vm_cfg, wait_until
+from .xenhost import cfg_errors, read_local, read_vm_cfg
 
 XML_DIR = "/var/lib/xenkvm"
-STOPPED = ("shut off", "not found")
 REHEARSAL_SUFFIX = "-rehearsal"
 LOGIN_PROMPT = r"login: *$"     # getty's prompt on the serial console: the guest has booted
 COPY_CHUNK = 1 << 20
@@ -42,99 +40,6 @@ _INSTALL = ('set -e; dir=$1; shift; mkdir -p -- "$dir"; names=; '
             'while [ $# -gt 0 ]; do cat -- "$2" > "$dir/.$1.new"; rm -f -- "$2"; chmod 644 -- "$dir/.$1.new"; '
             'names="$names $1"; shift 2; done; '
             'for name in $names; do mv -f -- "$dir/.$name.new" "$dir/$name"; done')
-
-
-def virsh(host: Host, *args: str) -> list[str]:
-    return ["virsh", "-c", host.libvirt_uri, *args]
-
-
-# What `virsh list` prints in a domain's State column (C locale), longest first.
-DOMAIN_STATES = ("in shutdown", "pmsuspended", "shut off", "crashed", "running", "blocked", "paused", "idle",
-                 "dying", "no state")
-
-
-def parse_domain_states(text: str) -> dict[str, str]:
-    """`virsh list --all`: domain name -> state (a name may hold spaces; the state ends the line).
-
-    A domain missing from the list counts as stopped, so a listing without its header, or with
-    a line that is no domain in a state virsh prints, is a ValueError rather than a guess.
-    """
-    lines = [(number, line.rstrip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
-    if len(lines) < 2 or lines[0][1].split() != ["Id", "Name", "State"] or set(lines[1][1].strip()) != {"-"}:
-        raise ValueError("no `Id Name State` header")
-    states = {}
-    for number, line in lines[2:]:
-        fields = line.split(None, 1)
-        state = next((st for st in DOMAIN_STATES if line.endswith(" " + st)), None)
-        name = fields[1][:-len(state)].strip() if state and len(fields) == 2 else ""
-        if not name or not (fields[0] == "-" or fields[0].isdigit()):
-            raise ValueError(f"line {number} is no domain in a state virsh prints")
-        states[name] = state
-    return states
-
-
-def domain_state(remote: Remote, host: Host, name: str, max_age: float = 0.0) -> str:
-    """`running`, `shut off`, `paused`, ... or `not found` when libvirt has no such domain.
-
-    From one `virsh list --all` that concurrent callers share (Remote.shared_probe), begun
-    at most max_age seconds ago.
-    """
-    outcome = remote.shared_probe(virsh(host, "list", "--all"), max_age=max_age)
-    if not outcome.ok:
-        raise ToolError(f"{host.name}: `virsh list --all` failed (exit {outcome.exit_code}): "
-                        f"{(outcome.stderr or outcome.stdout).strip()}")
-    try:
-        return parse_domain_states(outcome.stdout).get(name, "not found")
-    except ValueError as exc:
-        raise ToolError(f"{host.name}: `virsh list --all` printed a listing this tool does not recognise "
-                        f"({exc}): refusing to guess which domains run") from None
-
-
-def domain_running(remote: Remote, host: Host, name: str, max_age: float = 0.0) -> bool:
-    """Anything but stopped counts as running: a paused or crashed domain still holds its disks."""
-    return domain_state(remote, host, name, max_age) not in STOPPED
-
-
-def start_domain(remote: Remote, host: Host, name: str) -> None:
-    remote.change(virsh(host, "start", name), timeout=START_TIMEOUT)
-
-
-def destroy_domain(remote: Remote, host: Host, name: str) -> None:
-    """Hard stop; "domain is not running" counts as success, as in the Pacemaker agent."""
-    try:
-        remote.change(virsh(host, "destroy", name))
-    except RemoteError as exc:
-        if not any(text in exc.output for text in ("not running", "not found", "failed to get domain")):
-            raise
-
-
-def shutdown_domain(remote: Remote, host: Host, name: str, *, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
-                    force: bool = False, poll: float = SHUTDOWN_POLL, on_requested=None) -> None:
-    """ACPI shutdown, wait until shut off; destroy after the wait only if forced.
-
-    `on_requested` is called once the guest was asked to shut down: from then on it may go
-    down at any moment, and an undo must wait for that before starting it again."""
-    if not remote.dry_run and not domain_running(remote, host, name):
-        say(f"* {host.name}: {name} is not running ... ok")
-        return
-    remote.change(virsh(host, "shutdown", name))
-    if remote.dry_run:
-        return
-    if on_requested:
-        on_requested()
-    gone = wait_until(lambda max_age: not domain_running(remote, host, name, max_age), timeout, poll,
-                      f"{host.name}: waiting for {name} to shut down", remote.interruption)
-    if not gone:
-        if not force:
-            raise ToolError(f"{host.name}: {name} still running after {timeout:.0f}s; "
-                            f"retry with a longer --timeout, or --force to destroy it")
-        say(f"* {host.name}: {name} did not shut down in {timeout:.0f}s: destroying (--force)")
-        destroy_domain(remote, host, name)
-
-
-def undefine_domain(remote: Remote, host: Host, name: str) -> None:
-    if remote.dry_run or domain_state(remote, host, name) != "not found":
-        remote.change(virsh(host, "undefine", name))
 
 
 def plan_spec(cfg_text: str, cfg_name: str, vm: VM | None, *, block_devices: frozenset[str] | None = None,
@@ -179,19 +84,13 @@ def vm_spec(site, inv: Inventory, vm: VM):
     return plan_spec(*read_vm_cfg(site, vm), vm, block_devices=block_devices)
 
 
-def define_domain(remote: Remote, host: Host, name: str, xml: str, *, was_new: bool | None = None) -> bool:
-    """Upload the XML (diff shown, backup kept) and `virsh define --validate` it.
+def xml_path(name: str) -> str:
+    return f"{XML_DIR}/{name}.xml"
 
-    Returns whether the domain was new, so that the undo knows to undefine it; a caller that
-    has just looked (a migration's plan, under the VM's lock) passes what it saw.
-    """
-    if was_new is None:
-        was_new = domain_state(remote, host, name) == "not found"
-    path = f"{XML_DIR}/{name}.xml"
-    changed = remote.edit_file(path, lambda _old: xml, create=True)
-    if changed or was_new:
-        remote.change(virsh(host, "define", "--validate", path))
-    return was_new
+
+def define_domain(kvm: KvmHost, name: str, xml: str, *, was_new: bool | None = None) -> bool:
+    """The domain's XML in XML_DIR, defined (KvmHost.define)."""
+    return kvm.define(name, xml, xml_path(name), was_new=was_new)
 
 
 # -- rehearsal on snapshots -------------------------------------------------------------------
@@ -284,8 +183,8 @@ def rehearse_vm(site, inv: Inventory, vm: VM, *, seconds: float = 20.0, method: 
     It passes when the domain keeps running for `seconds`, or with `login` as soon as its
     serial console shows a login prompt (within `seconds`).
     """
-    host = inv.host(vm.kvm_host)
-    remote = site.host(host.name)
+    kvm = hypervisors.on(site, vm.kvm_host)
+    host, remote = kvm.host, kvm.remote
     spec = vm_spec(site, inv, vm)
     sources = rehearsal_sources(vm, spec)
     snapper = SNAPSHOT_METHODS[method or vm.snapshot]
@@ -299,7 +198,7 @@ def rehearse_vm(site, inv: Inventory, vm: VM, *, seconds: float = 20.0, method: 
     except GuardError as exc:   # the trial writes only a snapshot of it: a note, not a refusal
         say(f"  note: {exc}")
     name = f"{vm.name}{REHEARSAL_SUFFIX}"
-    if domain_state(remote, host, name) != "not found":
+    if kvm.state(name) != "not found":
         raise ToolError(f"{host.name}: a domain {name} exists from an earlier rehearsal; "
                         f"remove it (virsh destroy/undefine) and its snapshots first")
     snapshots: list[str] = []
@@ -313,15 +212,15 @@ def rehearse_vm(site, inv: Inventory, vm: VM, *, seconds: float = 20.0, method: 
         # No network: the real guest still runs on Xen with the same MAC and address.
         trial = dataclasses.replace(spec, name=name, uuid=None, disks=tuple(disks), interfaces=())
         domain_attempted = True
-        define_domain(remote, host, name, render_checked(trial))
+        define_domain(kvm, name, render_checked(trial))
         remote.change(["rm", "-f", "--", console_log(name)], quiet=True)   # an earlier trial's prompt
-        start_domain(remote, host, name)
+        kvm.start_named(name)
         if remote.dry_run:
             return
         started = time.monotonic()
         next_report = started + 30
         while time.monotonic() - started < seconds:
-            state = domain_state(remote, host, name)
+            state = kvm.state(name)
             if state != "running":
                 raise ToolError(f"{host.name}: rehearsal domain {name} is {state} after "
                                 f"{time.monotonic() - started:.0f}s; its console: {console_log(name)}")
@@ -340,7 +239,7 @@ def rehearse_vm(site, inv: Inventory, vm: VM, *, seconds: float = 20.0, method: 
         say(f"* {host.name}: {name} ran for {seconds:.0f}s on snapshots ... ok")
     finally:
         cleanup_errors = []
-        steps = [(lambda: destroy_domain(remote, host, name)), (lambda: undefine_domain(remote, host, name))] \
+        steps = [(lambda: kvm.destroy(name)), (lambda: kvm.undefine(name))] \
             if domain_attempted else []
         steps += [(lambda p=p: snapper.remove(remote, p)) for p in reversed(snapshots)]
         for step in steps:
@@ -517,7 +416,7 @@ def render_xml(c, cfg, vm=None, drbd_version=None):
 def define(c, vm, dry_run=False):
     """Render the VM's domain from its Xen cfg, upload it and define it with libvirt."""
     inv, model, site, host = _context(c, vm, dry_run)
-    define_domain(site.host(host.name), host, model.name, render_checked(vm_spec(site, inv, model)))
+    define_domain(hypervisors.on(site, host.name), model.name, render_checked(vm_spec(site, inv, model)))
 
 
 @task(help={"vm": "VM name from the inventory"})
@@ -526,7 +425,7 @@ def state(c, vm):
     direct-kernel VM the kernel it boots there."""
     _, model, site, host = _context(c, vm)
     remote = site.host(host.name)
-    print(f"{host.name}: {model.name} {domain_state(remote, host, model.name)}")
+    print(f"{host.name}: {model.name} {hypervisors.on(site, host.name).state(model.name)}")
     if model.boot == "direct-kernel":
         version = fetched_kernel(remote, model.name)
         print(f"{host.name}: {model.name} boots kernel {version} from {boot_dir(model.name)}" if version else
@@ -548,7 +447,7 @@ def start(c, vm, allow_disconnected=False, dry_run=False):
     """Start the VM's (defined) domain on its KVM host, once its DRBD resources are Primary there
     and the domain is not running on the Xen host."""
     _, model, site, host = _context(c, vm, dry_run)
-    drbd.start_guarded(site, model, host.name, lambda: start_domain(site.host(host.name), host, model.name),
+    drbd.start_guarded(site, model, host.name, lambda: hypervisors.on(site, host.name).start(model),
                        allow_disconnected=allow_disconnected)
 
 
@@ -559,7 +458,7 @@ def start(c, vm, allow_disconnected=False, dry_run=False):
 def shutdown(c, vm, timeout=DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False):
     """Shut the VM's domain down on its KVM host and wait until it is off."""
     _, model, site, host = _context(c, vm, dry_run)
-    shutdown_domain(site.host(host.name), host, model.name, timeout=float(timeout), force=force)
+    hypervisors.on(site, host.name).shutdown(model.name, timeout=float(timeout), force=force)
 
 
 @task(help={"vm": "VM name from the inventory",

@@ -125,5 +125,9 @@ def plan_swap_matches(site: Site, vm: VM, src: str, dst: str) -> list[SwapMatch]
     return matches
 
 
+def mkswap_argv(match: SwapMatch) -> list[str]:
+    return ["mkswap", "-U", match.uuid, match.path]
+
+
 def format_swap(remote: Remote, match: SwapMatch) -> None:
-    remote.change(["mkswap", "-U", match.uuid, match.path])
+    remote.change(mkswap_argv(match))

@@ -6,11 +6,13 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import threading
 
 import pytest
 
 from tasks import flows
+from tasks.journal import UNDO_OPS, Journal, JournalError, VmLock
 from tasks.errors import GuardError, ToolError
 from tasks.inventory import load_inventory
 from tasks.remote import AuditLog, RemoteError, Site
@@ -162,9 +164,45 @@ def test_dry_run_sends_no_change_and_prints_the_plan(world, capsys):
     assert world.changes() == []
     assert world.where() == ON_XEN
     out = capsys.readouterr().out
-    assert "1. define logger on kvm1" in out and "2. shut logger down on xen1" in out
-    assert "5. start logger on kvm1" in out
+    assert "  1. define logger on kvm1\n" in out and "  2. shut logger down on xen1\n" in out
+    assert "  5. start logger on kvm1\n" in out
     assert "would run on kvm1:" in out and "+++ kvm1:/var/lib/xenkvm/logger.xml (new)" in out
+
+
+def planned_commands(out: str) -> list[str]:
+    """The commands a printed plan names, `HOST: COMMAND`, in order."""
+    plan = out.split("plan:\n", 1)[1]
+    return [line.strip() for line in plan.splitlines() if line.startswith("       ") and ": " in line
+            and not line.strip().startswith("then ")]
+
+
+def sent_changes(entries: list[dict]) -> list[str]:
+    """The change commands an audit log recorded, `HOST: COMMAND`; a file write as `write PATH`."""
+    shown = []
+    for e in entries:
+        if e["kind"] != "change":
+            continue
+        argv = shlex.split(e["command"])
+        write = argv[2:4] == ["sh", "-c"] and "mktemp" in argv[4]
+        shown.append(f"{e['host']}: {'write ' + argv[6] if write else e['command']}")
+    return shown
+
+
+@pytest.mark.parametrize("to", ["kvm", "xen"])
+def test_a_dry_runs_plan_is_exactly_what_the_move_then_sends(world, capsys, to):
+    """--dry-run prints each step's commands as they are sent, sudo and locale included."""
+    world.shared.signatures[("xen1", SWAP)] = dict(XEN_SWAP)
+    if to == "xen":
+        assert world.move("kvm").ok
+        world.audit.unlink()
+    capsys.readouterr()
+    assert world.move(to, dry_run=True).ok
+    plan = planned_commands(capsys.readouterr().out)
+    world.audit.unlink()
+    assert world.move(to).ok
+    entries = [json.loads(line) for line in world.audit.read_text().splitlines()]
+    assert sent_changes(entries) == plan
+    assert len(plan) == (7 if to == "kvm" else 4)
 
 
 SWAP = "/dev/vg_main/logger-swap"
@@ -221,7 +259,8 @@ def test_dry_run_shows_the_swap_step_and_formats_nothing(world, capsys):
     assert world.move("kvm", dry_run=True).ok
     assert ("kvm1", SWAP) not in world.shared.signatures
     out = capsys.readouterr().out
-    assert f"2. give kvm1:{SWAP} the UUID of logger's swap: mkswap -U {XEN_SWAP['UUID']} {SWAP}" in out
+    assert (f"  2. give kvm1:{SWAP} the UUID of logger's swap\n"
+            f"       kvm1: env LC_ALL=C mkswap -U {XEN_SWAP['UUID']} {SWAP}\n") in out
     assert f"would run on kvm1: env LC_ALL=C mkswap -U {XEN_SWAP['UUID']} {SWAP}" not in out
 
 
@@ -332,7 +371,7 @@ def test_the_start_step_refuses_while_the_source_is_not_known_stopped(world):
 
 def _undo_start(world):
     ctx = flows.Ctx(world.site(), world.inv, world.inv.vm("logger"), timeout=0.2)
-    flows.run_undo(ctx, {"op": "start", "side": "xen"})
+    UNDO_OPS["start"](ctx, {"op": "start", "side": "xen"})
 
 
 def test_the_undo_restart_probes_the_guards_facts(world):
@@ -406,7 +445,7 @@ def test_killed_run_then_rollback(world, command):
 
 
 def test_second_concurrent_run_is_refused(world):
-    lock = flows.VmLock(world.tmp / "locks", "logger")
+    lock = VmLock(world.tmp / "locks", "logger")
     with lock:
         errors = []
 
@@ -487,7 +526,7 @@ def test_a_broken_journal_is_one_line_naming_it_and_nothing_moves(world, raw, pr
     journal.write_bytes(raw)
     with pytest.raises(ToolError) as info:
         {"rollback": world.rollback, "move": lambda: world.move("kvm"),
-         "status": lambda: flows.Journal.load(journal.parent, "logger")}[run]()
+         "status": lambda: Journal.load(journal.parent, "logger")}[run]()
     assert type(info.value) is ToolError
     assert str(info.value).startswith(f"{journal}: not a journal this tool can use (")
     assert problem in str(info.value)
@@ -790,16 +829,16 @@ def test_a_journal_that_cannot_be_written_stops_the_move_and_undoes_it(world, mo
     """A full disk on the control machine after the shutdown: the step after it cannot be
     recorded, so it does not start; the undo runs without its records and says so."""
     saves = []
-    real_save = flows.Journal.save
+    real_save = Journal.save
 
     def save(journal):
         saves.append(1)
         if any("xl shutdown" in c for _h, c in world.shared.log):
-            raise flows.JournalError("the journal /state/journal/logger.json cannot be written "
+            raise JournalError("the journal /state/journal/logger.json cannot be written "
                                      "(No space left on device)")
         real_save(journal)
 
-    monkeypatch.setattr(flows.Journal, "save", save)
+    monkeypatch.setattr(Journal, "save", save)
     site = world.site()
     outcome = _move_on(world, site, "kvm")
     assert not outcome.ok and outcome.runs_on == ["xen1"]

@@ -10,7 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from invoke import Context, MockContext, Result
 
-from tasks import kvmhost, xenhost
+from tasks import hypervisors, kvmhost, xenhost
+from tasks.formats.domains import parse_xl_list
+from tasks.hypervisors import KvmHost, XenHost
 from tasks.errors import GuardError, ToolError
 from tasks.interrupt import Interrupted, Interruption
 from tasks.inventory import Host, load_inventory
@@ -47,9 +49,9 @@ DOM0_ONLY = "Domain-0                                     0  1024     2     r---
 
 
 def test_parse_domain_list_both_toolstacks():
-    assert xenhost.parse_domain_list(XL_LIST) == {"logger": "-b----", "web-01": "--p---"}
-    assert xenhost.parse_domain_list(XM_LIST) == {"logger": "-b----"}
-    assert xenhost.parse_domain_list(XL_LIST.splitlines(keepends=True)[0] + DOM0_ONLY) == {}
+    assert parse_xl_list(XL_LIST) == {"logger": "-b----", "web-01": "--p---"}
+    assert parse_xl_list(XM_LIST) == {"logger": "-b----"}
+    assert parse_xl_list(XL_LIST.splitlines(keepends=True)[0] + DOM0_ONLY) == {}
 
 
 @pytest.mark.parametrize("listing, why", [
@@ -65,20 +67,20 @@ def test_an_xl_listing_it_does_not_recognise_is_an_error_not_stopped(listing, wh
     r, _ = remote({re.compile(r".*command -v.* xl$"): Result(), "xl list": Result(listing)})
     with pytest.raises(ToolError, match=rf"^xen1: `xl list` printed a listing this tool does not recognise "
                                         rf"\({re.escape(why)}\): refusing to guess which domains run$"):
-        xenhost.domain_running(r, XEN, "logger")
+        XenHost(r, XEN).running("logger")
 
 
 def test_toolstack_auto_prefers_xl_and_is_probed_once(mocker):
     r, ctx = remote({re.compile(r".*command -v.* xl$"): Result(), "xl list": Result(XL_LIST)})
     mocker.spy(ctx, "run")
-    assert xenhost.domain_running(r, XEN, "logger")
-    assert not xenhost.domain_running(r, XEN, "mail")
+    assert XenHost(r, XEN).running("logger")
+    assert not XenHost(r, XEN).running("mail")
     assert sent(ctx) == ["sh -c 'command -v \"$1\"' sh xl", "xl list", "xl list"]
 
 
 def test_toolstack_auto_falls_back_to_xm():
     r, _ = remote({re.compile(r".* xl$"): Result(exited=1), re.compile(r".* xm$"): Result(), "xm list": Result(XM_LIST)})
-    assert xenhost.toolstack(r, XEN) == "xm"
+    assert XenHost(r, XEN).tool == "xm"
 
 
 def test_xen_shutdown_waits_until_gone(mocker):
@@ -86,10 +88,9 @@ def test_xen_shutdown_waits_until_gone(mocker):
     lists = iter([XL_LIST, XL_LIST, XL_LIST, gone])
     ctx = HostMock(run={"xl shutdown logger": Result()}, repeat=True)
     r = Remote("xen1", ctx)
-    mocker.patch.object(xenhost, "list_domains", side_effect=lambda *_: xenhost.parse_domain_list(next(lists)))
+    mocker.patch.object(XenHost, "states", side_effect=lambda *_: parse_xl_list(next(lists)))
     mocker.spy(ctx, "run")
-    xenhost.shutdown_domain(r, Host(name="xen1", address="a", role="xen", toolstack="xl"), "logger",
-                            timeout=5, poll=0.01)
+    XenHost(r, Host(name="xen1", address="a", role="xen", toolstack="xl")).shutdown("logger", timeout=5, poll=0.01)
     assert sent(ctx) == ["xl shutdown logger"]
     with pytest.raises(StopIteration):  # checked, then polled until gone: four lists read, no more
         next(lists)
@@ -108,12 +109,12 @@ VIRSH_LIST = """\
 
 def test_kvm_domain_states_from_one_listing():
     r, ctx = remote({"virsh -c qemu:///system list --all": Result(VIRSH_LIST)})
-    assert kvmhost.domain_state(r, KVM, "logger") == "running"
-    assert kvmhost.domain_state(r, KVM, "ghost") == "not found"
-    assert kvmhost.domain_state(r, KVM, "being stopped") == "in shutdown"
-    assert not kvmhost.domain_running(r, KVM, "off")
-    assert not kvmhost.domain_running(r, KVM, "ghost")
-    assert kvmhost.domain_running(r, KVM, "paused")
+    assert KvmHost(r, KVM).state("logger") == "running"
+    assert KvmHost(r, KVM).state("ghost") == "not found"
+    assert KvmHost(r, KVM).state("being stopped") == "in shutdown"
+    assert not KvmHost(r, KVM).running("off")
+    assert not KvmHost(r, KVM).running("ghost")
+    assert KvmHost(r, KVM).running("paused")
 
 
 @pytest.mark.parametrize("listing, why", [
@@ -127,7 +128,7 @@ def test_a_virsh_listing_it_does_not_recognise_is_an_error_not_stopped(listing, 
     r, _ = remote({"virsh -c qemu:///system list --all": Result(listing)})
     with pytest.raises(ToolError, match=rf"^kvm1: `virsh list --all` printed a listing this tool does not "
                                         rf"recognise \({re.escape(why)}\): refusing to guess which domains run$"):
-        kvmhost.domain_running(r, KVM, "logger")
+        KvmHost(r, KVM).running("logger")
 
 
 NO_DOMAINS = " Id   Name   State\n--------------------\n\n"
@@ -135,7 +136,7 @@ NO_DOMAINS = " Id   Name   State\n--------------------\n\n"
 
 def test_an_empty_virsh_listing_is_no_domain():
     r, _ = remote({"virsh -c qemu:///system list --all": Result(NO_DOMAINS)})
-    assert kvmhost.domain_state(r, KVM, "logger") == "not found"
+    assert KvmHost(r, KVM).state("logger") == "not found"
 
 
 def test_a_listing_up_to_max_age_old_is_shared_and_an_older_one_is_not():
@@ -147,10 +148,10 @@ def test_a_listing_up_to_max_age_old_is_shared_and_an_older_one_is_not():
             return Result(VIRSH_LIST, exited=0)
 
     r = Remote("kvm1", CountingList())
-    kvmhost.domain_state(r, KVM, "logger")
-    assert kvmhost.domain_state(r, KVM, "paused", max_age=60) == "paused"   # the same listing
+    KvmHost(r, KVM).state("logger")
+    assert KvmHost(r, KVM).state("paused", max_age=60) == "paused"   # the same listing
     assert len(calls) == 1
-    kvmhost.domain_state(r, KVM, "logger")   # by default: only a run begun after asking
+    KvmHost(r, KVM).state("logger")   # by default: only a run begun after asking
     assert len(calls) == 2
 
 
@@ -165,10 +166,10 @@ def test_a_wait_takes_listings_up_to_one_poll_old_but_never_older_than_the_wait(
     def sleep(seconds):
         clock[0] += seconds
 
-    monkeypatch.setattr(xenhost.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(hypervisors.time, "monotonic", lambda: clock[0])
     interruption = Interruption()
     monkeypatch.setattr(interruption, "sleep", sleep)
-    assert xenhost.wait_until(done, timeout=10, poll=1.0, label="waiting", interruption=interruption)
+    assert hypervisors.wait_until(done, timeout=10, poll=1.0, label="waiting", interruption=interruption)
     assert ages == [0.0, 1.0, 1.0]
 
 
@@ -185,18 +186,18 @@ def test_a_stop_request_ends_a_wait_at_once_but_not_inside_an_undo():
         return len(polls) == 4
 
     with pytest.raises(Interrupted, match="interrupted by SIGINT") as info:
-        xenhost.wait_until(done, timeout=60, poll=0.01, label="waiting", interruption=interruption)
+        hypervisors.wait_until(done, timeout=60, poll=0.01, label="waiting", interruption=interruption)
     assert len(polls) == 2 and info.value.code == 130
     polls.clear()
     with interruption.shield():
-        assert xenhost.wait_until(done, timeout=60, poll=0.01, label="waiting", interruption=interruption)
+        assert hypervisors.wait_until(done, timeout=60, poll=0.01, label="waiting", interruption=interruption)
     assert len(polls) == 4
 
 
 def test_virsh_error_is_reported():
     r, _ = remote({re.compile(".*virsh.*"): Result(stderr="error: failed to connect to the hypervisor\n", exited=1)})
     with pytest.raises(ToolError, match="kvm1: `virsh list --all` failed .*connect to the hypervisor"):
-        kvmhost.domain_state(r, KVM, "logger")
+        KvmHost(r, KVM).state("logger")
 
 
 def test_concurrent_askers_share_one_listing_that_began_after_they_asked():
@@ -215,11 +216,11 @@ def test_concurrent_askers_share_one_listing_that_began_after_they_asked():
             return Result(VIRSH_LIST if len(calls) > 1 else NO_DOMAINS, exited=0)
 
     r = Remote("kvm1", SlowList())
-    first = threading.Thread(target=kvmhost.domain_state, args=(r, KVM, "logger"))
+    first = threading.Thread(target=KvmHost(r, KVM).state, args=("logger",))
     first.start()
     started.wait(5)
     answers = []
-    askers = [threading.Thread(target=lambda: answers.append(kvmhost.domain_state(r, KVM, "logger")))
+    askers = [threading.Thread(target=lambda: answers.append(KvmHost(r, KVM).state("logger")))
               for _ in range(8)]
     for t in askers:
         t.start()
@@ -240,23 +241,23 @@ DESTROY = "virsh -c qemu:///system destroy logger"
 def test_destroy_of_a_stopped_domain_counts_as_success(mocker, stderr):
     r, ctx = remote({DESTROY: Result(stderr=stderr, exited=1)})
     mocker.spy(ctx, "run")
-    assert kvmhost.destroy_domain(r, KVM, "logger") is None
+    assert KvmHost(r, KVM).destroy("logger") is None
     assert sent(ctx) == [DESTROY]
 
 
 def test_destroy_that_fails_otherwise_is_an_error():
     r, _ = remote({DESTROY: Result(stderr="error: Failed to terminate process 4242 with SIGKILL\n", exited=1)})
     with pytest.raises(RemoteError, match="Failed to terminate process 4242"):
-        kvmhost.destroy_domain(r, KVM, "logger")
+        KvmHost(r, KVM).destroy("logger")
 
 
 def test_dry_run_changes_nothing_but_probes_run(mocker, capsys):
     r, ctx = remote({re.compile(r".*command -v.* xl$"): Result()}, dry_run=True)
     mocker.spy(ctx, "run")
-    xenhost.shutdown_domain(r, XEN, "logger", timeout=60, force=True)
+    XenHost(r, XEN).shutdown("logger", timeout=60, force=True)
     assert sent(ctx) == ["sh -c 'command -v \"$1\"' sh xl"], "the toolstack probe ran, no change did"
     assert capsys.readouterr().out.splitlines() == ["  would run on h: env LC_ALL=C xl shutdown logger",
-                                                    "  would run on xen1 after 60s: xl destroy logger"]
+                                                    "  would run on xen1 after 60s: env LC_ALL=C xl destroy logger"]
 
 
 hostile = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
@@ -275,8 +276,8 @@ def test_hostile_values_arrive_as_single_arguments(name, cfg, uri):
     ctx.run = lambda command, **kw: commands.append(command) or Result("running\n")
     from tasks.inventory import VM
     vm = VM(name=name, xen_host="xen1", kvm_host="kvm1", cfg=cfg, disks=())
-    xenhost.start_domain(r, xen, vm)
-    kvmhost.start_domain(r, kvm, name)
+    XenHost(r, xen).start(vm)
+    KvmHost(r, kvm).start(vm)
     assert shlex.split(commands[0]) == ["env", "LC_ALL=C", "xl", "create", cfg]
     assert shlex.split(commands[1]) == ["env", "LC_ALL=C", "virsh", "-c", uri, "start", name]
 
