@@ -111,7 +111,7 @@ class RemoteError(ToolError):
 
 
 @dataclass(frozen=True)
-class Outcome:
+class CommandResult:
     """What a command returned: the parts a caller reads."""
 
     exit_code: int
@@ -164,7 +164,7 @@ class _Listing:
     its failure, which its waiters share too) and when that run began (time.monotonic())."""
 
     running: bool = False
-    outcome: Outcome | ToolError | None = None
+    outcome: CommandResult | ToolError | None = None
     outcome_began: float = float("-inf")
 
 
@@ -202,7 +202,7 @@ class Remote:
         return join([*prefix, *argv])
 
     def _run(self, argv, *, kind: str, env=None, stdin: str | None = None,
-             timeout: float | None = None) -> Outcome:
+             timeout: float | None = None) -> CommandResult:
         from invoke.exceptions import CommandTimedOut
 
         command = self.command(argv, env)
@@ -223,7 +223,7 @@ class Remote:
             if ssh.host_stopped_answering(self.conn, exc):
                 self.silent = f"it stopped answering earlier in this run ({reason})"
             raise ToolError(f"{self.name}: `{command}` did not complete: {reason}") from None
-        outcome = Outcome(result.exited, result.stdout, result.stderr)
+        outcome = CommandResult(result.exited, result.stdout, result.stderr)
         self._record(command, outcome.exit_code, started, kind)
         return outcome
 
@@ -249,12 +249,12 @@ class Remote:
         return channel
 
     def probe(self, argv: Sequence[str], *, env: dict[str, str] | None = None,
-              timeout: float | None = None) -> Outcome:
+              timeout: float | None = None) -> CommandResult:
         """Read-only: always runs, even in a dry run; the caller judges the exit code."""
         return self._run(argv, kind="probe", env=env, timeout=timeout)
 
     def shared_probe(self, argv: Sequence[str], *, env: dict[str, str] | None = None,
-                     max_age: float = 0.0) -> Outcome:
+                     max_age: float = 0.0) -> CommandResult:
         """A read-only listing (`xl list`) run once for every thread asking at the same time.
 
         Each caller gets the output of a run begun at most `max_age` seconds before it
@@ -274,7 +274,7 @@ class Remote:
                     break
                 self._listings_changed.wait()   # that run may be fresh enough; if not, ours follows it
             listing.running, began = True, time.monotonic()
-        outcome: Outcome | ToolError | None = None
+        outcome: CommandResult | ToolError | None = None
         try:
             outcome = self.probe(argv, env=env)
             return outcome
@@ -290,7 +290,7 @@ class Remote:
 
     def change(self, argv: Sequence[str], *, env: dict[str, str] | None = None, stdin: str | None = None,
                ok_codes: tuple[int, ...] = (0,), timeout: float | None = None,
-               quiet: bool = False) -> Outcome | None:
+               quiet: bool = False) -> CommandResult | None:
         """Mutates the host: printed, skipped in a dry run, raises RemoteError on failure."""
         command = self.command(argv, env)
         if self.dry_run:
