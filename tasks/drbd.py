@@ -22,6 +22,7 @@ from . import inventory
 from .errors import GuardError, InputError, ToolError
 from .inventory import VM, Host, ReplicatedDisk
 from .remote import Remote, RemoteError, Site, concurrently, say, site_from_context
+from .ssh import ConnectError
 
 if TYPE_CHECKING:
     from .formats.drbdstatus import DrbdState, Peer
@@ -552,8 +553,8 @@ def _reach(other: str, connect: Callable[[], Remote]) -> tuple[Remote | None, st
     """
     try:
         return connect(), ""
-    except ToolError as exc:
-        return None, str(exc).removeprefix(f"{other}: ")
+    except ConnectError as exc:
+        return None, exc.reason
 
 
 def ask_other_host(other: OtherHost, vm: VM) -> dict[str, PeerAnswer]:

@@ -17,7 +17,7 @@ from typing import Callable
 
 from invoke import task
 
-from . import drbd, fleet, hypervisors, inventory, kvmhost, localdisk
+from . import drbd, fleet, hypervisors, inventory, kvmhost, localdisk, vmplan
 from .errors import GuardError, InputError, ToolError
 from .fleet import VmResult
 from .hypervisors import DEFAULT_SHUTDOWN_TIMEOUT
@@ -195,7 +195,7 @@ def check_move(ctx: Ctx, target_side: str, runs_on: list[str]) -> str | None:
 
     `runs_on` is where the VM was just seen running (resolve_target, under the VM's lock).
     """
-    vm, inv, site = ctx.vm, ctx.inv, ctx.site
+    vm, site = ctx.vm, ctx.site
     source_side = other(target_side)
     src, dst = vm.host_for(source_side), vm.host_for(target_side)
     for host in (src, dst):
@@ -221,7 +221,7 @@ def check_move(ctx: Ctx, target_side: str, runs_on: list[str]) -> str | None:
     say(f"  ok: DRBD {', '.join(d.resource for d in vm.resources)} Connected, UpToDate/UpToDate, "
         f"Primary on {src}")
     if target_side == "kvm":
-        xml = kvmhost.render_checked(kvmhost.vm_spec(site, inv, vm))
+        xml = kvmhost.render_checked(vmplan.of_vm(site, vm, kvm_devices=True).domain_spec())
         say(f"  ok: domain XML for {vm.name} renders and is valid")
         if vm.boot == "direct-kernel":
             version = kvmhost.require_fetched_kernel(site.host(dst), vm)

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING
 
 from invoke import Collection, task
 
-from . import inventory
-from .errors import GuardError, InputError, ToolError
+from . import inventory, vmplan
+from .errors import GuardError, ToolError, reading
+from .formats import FormatError
 from .inventory import VM
 from .remote import SLOW_TIMEOUT, Remote, say, site_from_context
-from .xenhost import cfg_errors, read_local, read_vm_cfg
+from .vmplan import read_local
 
 if TYPE_CHECKING:
     from .diskmap import MappedDisk
@@ -291,7 +292,7 @@ def fstab_root(text: str) -> str | None:
 def plan_renames(fstab: str, disk_map: list[MappedDisk]) -> tuple[dict[str, str], str]:
     """Renames for this fstab, and its root device after them.
 
-    Refuses (InputError) a disk-like device the map does not know, and a / that is not on the
+    Refuses (FormatError) a disk-like device the map does not know, and a / that is not on the
     map's root disk (sda): either would leave a guest that cannot mount its disks under KVM.
     """
     from .diskmap import renames as disk_renames
@@ -304,16 +305,16 @@ def plan_renames(fstab: str, disk_map: list[MappedDisk]) -> tuple[dict[str, str]
         if new is not None:
             renames[name] = new
         elif _DISK_LIKE.fullmatch(name) and not _on(name, targets):
-            raise InputError(f"/dev/{name} is not in the disk map ({', '.join(disk_renames(disk_map))}): "
+            raise FormatError(f"/dev/{name} is not in the disk map ({', '.join(disk_renames(disk_map))}): "
                              f"fix the line or the cfg")
     root = fstab_root(fstab)
     if root is None:
-        raise InputError("no / entry")
+        raise FormatError("no / entry")
     if root.startswith("/dev/") and _DISK_LIKE.fullmatch(root[5:]):
         new = renames.get(root[5:], root[5:])
         if not _on(new, {"sda"}):
             sda = next((d.xen_vdev for d in disk_map if d.target == "sda"), "none")
-            raise InputError(f"/ is on {root}, which becomes /dev/{new}, not the root disk sda "
+            raise FormatError(f"/ is on {root}, which becomes /dev/{new}, not the root disk sda "
                              f"(sda is {sda}): check root= in the cfg")
         root = f"/dev/{new}"
     return renames, root
@@ -336,14 +337,12 @@ def check_fstab(guest: Remote, facts: GuestFacts, disk_map: list[MappedDisk], uu
     if facts.fstab is None:
         raise GuardError(f"{guest.name}: {FSTAB} does not exist")
     local = [d.target for d in disk_map if d.per_host]
-    try:
+    with reading(f"{guest.name}: {FSTAB}", GuardError):
         renames, root = plan_renames(facts.fstab, disk_map)
         per_host = frozenset(new for new in renames.values()
                              if any(new == t or (new.startswith(t) and new[len(t):].isdigit()) for t in local))
         uuids = device_uuids(guest, renames) if uuid else {}
         convert_fstab(facts.fstab, renames, uuids, per_host)
-    except InputError as exc:
-        raise GuardError(f"{guest.name}: {FSTAB}: {exc.text}") from None
     if root.startswith("/dev/") and root[5:] in uuids:
         root = f"UUID={uuids[root[5:]]}"
     return FstabPlan(renames, uuids, root, per_host)
@@ -353,10 +352,8 @@ def check_console(guest: Remote, facts: GuestFacts) -> GettyPlan:
     from .formats.getty import plan_getty_units
     from .formats.inittab import convert_inittab
     if facts.init == "sysvinit":
-        try:
+        with reading(f"{guest.name}: {INITTAB}", GuardError):
             convert_inittab(facts.inittab or "")
-        except InputError as exc:
-            raise GuardError(f"{guest.name}: {INITTAB}: {exc.text.removeprefix('inittab: ')}") from None
     return plan_getty_units(facts.console)
 
 
@@ -566,16 +563,6 @@ def skip_for_hvm(guest: Remote, steps: str) -> None:
 
 # -- tasks --------------------------------------------------------------------------------------
 
-def read_disk_map(site, vm: VM) -> tuple[list[MappedDisk], bool]:
-    """The VM's disk map from its cfg as the Xen host has it now, and whether the guest is HVM."""
-    from .diskmap import plan_disk_map
-    from .formats.xencfg import parse_xen_cfg
-    text, label = read_vm_cfg(site, vm)
-    with cfg_errors(label):
-        cfg = parse_xen_cfg(text, label)
-        return plan_disk_map(cfg, vm), cfg.hvm
-
-
 def fetch_hint(vm: VM) -> None:
     """A direct-kernel VM boots the KVM host's copy of its kernel and initrd, which the guest
     tasks cannot refresh: they reach the guest only."""
@@ -594,11 +581,11 @@ def _connect(c, vm_name: str, dry_run: bool):
 def _connect_pv(c, vm_name: str, dry_run: bool, steps: str):
     """(VM, guest, disk map) for steps only a PV guest needs; None for an HVM guest, told it skips them."""
     vm, site, guest = _connect(c, vm_name, dry_run)
-    disk_map, hvm = read_disk_map(site, vm)
-    if hvm:
+    plan = vmplan.of_vm(site, vm)
+    if plan.cfg.hvm:
         skip_for_hvm(guest, steps)
         return None
-    return vm, guest, disk_map
+    return vm, guest, plan.disk_map
 
 
 VM_HELP = "VM name from the inventory"
@@ -614,7 +601,7 @@ def facts(c, vm, dry_run=False):
     """Show (and return, as GuestFacts) what the other guest steps decide on, and for an HVM
     guest the steps they skip."""
     model, site, guest = _connect(c, vm, dry_run)
-    _, hvm = read_disk_map(site, model)
+    hvm = vmplan.of_vm(site, model).cfg.hvm
     found = gather_facts(guest)
     for line in summary(guest.name, found, hvm):
         say(line)
@@ -669,8 +656,9 @@ def initramfs(c, vm, force=False, dry_run=False):
 def prepare(c, vm, uuid=True, grub_install=False, force=False, dry_run=False):
     """Every guest step in order; checks all first, and a second run changes nothing."""
     model, site, guest = _connect(c, vm, dry_run)
-    disk_map, hvm = read_disk_map(site, model)
-    prepare_guest(guest, disk_map, boot=model.boot, uuid=uuid, grub_install=grub_install, force=force, hvm=hvm)
+    plan = vmplan.of_vm(site, model)
+    prepare_guest(guest, plan.disk_map, boot=model.boot, uuid=uuid, grub_install=grub_install, force=force,
+                  hvm=plan.cfg.hvm)
     fetch_hint(model)
 
 
@@ -679,26 +667,19 @@ def convert_inittab_file(c, inittab):
     """Print the converted inittab (offline preview; contacts nothing)."""
     from .formats.inittab import convert_inittab
     text = read_local(inittab, "inittab")
-    try:
+    with reading(inittab):
         sys.stdout.write(convert_inittab(text))
-    except InputError as exc:
-        raise InputError(f"{inittab}: {exc.text.removeprefix('inittab: ')}") from None
 
 
 @task(help={"fstab": "path of an /etc/fstab on this machine",
             "cfg": "path of the guest's Xen cfg on this machine: its disk map gives the new names"})
 def convert_fstab_file(c, fstab, cfg):
     """Print the converted fstab (offline preview; contacts nothing)."""
-    from .diskmap import plan_disk_map
     from .formats.fstab import convert_fstab
-    from .formats.xencfg import parse_xen_cfg
-    with cfg_errors(cfg):
-        disk_map = plan_disk_map(parse_xen_cfg(read_local(cfg, "Xen cfg"), cfg))
+    disk_map = vmplan.of_file(cfg).disk_map
     text = read_local(fstab, "fstab")
-    try:
+    with reading(fstab):
         sys.stdout.write(convert_fstab(text, plan_renames(text, disk_map)[0]))
-    except InputError as exc:
-        raise InputError(f"{fstab}: {exc.text}") from None
 
 
 ns = Collection("guest", facts, console, fstab, bootloader, initramfs, prepare)

@@ -15,15 +15,14 @@ from dataclasses import dataclass
 
 from invoke import Collection, task
 
-from . import drbd, hypervisors, inventory
+from . import drbd, hypervisors, inventory, vmplan
 from .errors import GuardError, InputError, ToolError, shown
 from .formats.domainxml import BOOT_DIR, console_log
 from .hypervisors import DEFAULT_SHUTDOWN_TIMEOUT, KvmHost
-from .inventory import VM, Inventory, LocalDisk, ReplicatedDisk
+from .inventory import VM, Inventory, ReplicatedDisk
 from .localdisk import plan_swap_matches
 from .remote import Remote, RemoteError, say, site_from_context
 from .ssh import describe_ssh_error
-from .xenhost import cfg_errors, read_local, read_vm_cfg
 
 XML_DIR = "/var/lib/xenkvm"
 REHEARSAL_SUFFIX = "-rehearsal"
@@ -42,20 +41,6 @@ _INSTALL = ('set -e; dir=$1; shift; mkdir -p -- "$dir"; names=; '
             'for name in $names; do mv -f -- "$dir/.$name.new" "$dir/$name"; done')
 
 
-def plan_spec(cfg_text: str, cfg_name: str, vm: VM | None, *, block_devices: frozenset[str] | None = None,
-              drbd_version: str | None = None):
-    """DomainSpec from a Xen cfg's text, through the VM's one disk map (plan_disk_map says what
-    block_devices and drbd_version change)."""
-    from .diskmap import plan_disk_map
-    from .formats.domainxml import plan_domain_spec
-    from .formats.xencfg import parse_xen_cfg
-
-    with cfg_errors(cfg_name):
-        cfg = parse_xen_cfg(cfg_text, cfg_name)
-        disk_map = plan_disk_map(cfg, vm, block_devices=block_devices, drbd_version=drbd_version)
-        return plan_domain_spec(cfg, disk_map, vm)
-
-
 def render_checked(spec) -> str:
     """Render and validate against libvirt's schema where this machine has it."""
     from .formats.domainxml import DomainXmlError, default_schema_dir, render_domain_xml, validate_domain_xml
@@ -68,20 +53,6 @@ def render_checked(spec) -> str:
     except DomainXmlError as exc:
         raise ToolError(f"domain XML for {spec.name} is not valid: {exc}") from None
     return xml
-
-
-def probe_block_devices(remote: Remote, paths) -> frozenset[str]:
-    """Which of the paths are block devices on the host (`test -b`, a probe): the domain XML
-    needs a file as a file, whatever the Xen cfg's prefix said."""
-    return frozenset(path for path in paths if remote.probe(["test", "-b", path]).ok)
-
-
-def vm_spec(site, inv: Inventory, vm: VM):
-    """The VM's domain spec, from the cfg as it is on its Xen host now; what its local disks are
-    on the KVM host, that host says (a DRBD device is a block device)."""
-    local = [d.path[vm.kvm_host] for d in vm.disks if isinstance(d, LocalDisk)]
-    block_devices = probe_block_devices(site.host(vm.kvm_host), local)
-    return plan_spec(*read_vm_cfg(site, vm), vm, block_devices=block_devices)
 
 
 def xml_path(name: str) -> str:
@@ -185,7 +156,7 @@ def rehearse_vm(site, inv: Inventory, vm: VM, *, seconds: float = 20.0, method: 
     """
     kvm = hypervisors.on(site, vm.kvm_host)
     host, remote = kvm.host, kvm.remote
-    spec = vm_spec(site, inv, vm)
+    spec = vmplan.of_vm(site, vm, kvm_devices=True).domain_spec()
     sources = rehearsal_sources(vm, spec)
     snapper = SNAPSHOT_METHODS[method or vm.snapshot]
     snapper = snapper(snapshot_size) if snapper is LvmSnapshot else snapper()
@@ -409,14 +380,14 @@ def render_xml(c, cfg, vm=None, drbd_version=None):
     if drbd_version is not None and not re.fullmatch(r"\d+(\.\d+)*", drbd_version):
         raise InputError(f"--drbd-version must be a version such as 8.3, 8.4 or 9, got {shown(drbd_version)}")
     model = inventory.from_context(c).vm(vm) if vm else None
-    sys.stdout.write(render_checked(plan_spec(read_local(cfg, "Xen cfg"), cfg, model, drbd_version=drbd_version)))
+    sys.stdout.write(render_checked(vmplan.of_file(cfg, model, drbd_version=drbd_version).domain_spec()))
 
 
 @task(help={"vm": "VM name from the inventory", "dry_run": "show the XML diff, change nothing"})
 def define(c, vm, dry_run=False):
     """Render the VM's domain from its Xen cfg, upload it and define it with libvirt."""
     inv, model, site, host = _context(c, vm, dry_run)
-    define_domain(hypervisors.on(site, host.name), model.name, render_checked(vm_spec(site, inv, model)))
+    define_domain(hypervisors.on(site, host.name), model.name, render_checked(vmplan.of_vm(site, model, kvm_devices=True).domain_spec()))
 
 
 @task(help={"vm": "VM name from the inventory"})

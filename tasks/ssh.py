@@ -118,6 +118,14 @@ class UnknownHostKey(Exception):
     pass
 
 
+class ConnectError(ToolError):
+    """A host that cannot be reached; `reason` says why, without the host's name."""
+
+    def __init__(self, label: str, reason: str):
+        super().__init__(f"{label}: {reason}")
+        self.reason = reason
+
+
 def describe_ssh_error(exc: BaseException) -> str:
     """One line for the usual SSH failures, without a traceback."""
     import paramiko
@@ -247,7 +255,7 @@ def _open(target: SshTarget, say, gateway):
     try:
         conn.open()
     except Exception as exc:
-        raise ToolError(f"{target.label}: cannot connect to {target.describe()}: {describe_ssh_error(exc)}") from None
+        raise ConnectError(target.label, f"cannot connect to {target.describe()}: {describe_ssh_error(exc)}") from None
     if proxy:
         proxy.connected = True   # closing the connection ends the proxy: no "proxy exited" then
     conn.transport.set_keepalive(KEEPALIVE_INTERVAL)

@@ -4,66 +4,13 @@
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
-from pathlib import Path
 
 from invoke import Collection, task
 
-from . import drbd, hypervisors, inventory
-from .errors import InputError
+from . import drbd, hypervisors, inventory, vmplan
 from .hypervisors import DEFAULT_SHUTDOWN_TIMEOUT
-from .inventory import VM
 from .remote import say, site_from_context
-
-@contextmanager
-def cfg_errors(filename: str):
-    """A cfg that does not parse or map becomes one line naming it (and its line), no traceback."""
-    try:
-        yield
-    except ValueError as exc:   # CfgSyntaxError, and the mapping's refusals
-        text = str(exc)
-        raise InputError(text if text.startswith(filename) else f"{filename}: {text}") from None
-
-
-def read_vm_cfg(site, vm: VM) -> tuple[str, str]:
-    """The VM's cfg as its Xen host has it now, and the label errors name it by."""
-    label = f"{vm.xen_host}:{vm.cfg}"
-    text = site.host(vm.xen_host).read_file(vm.cfg)
-    if text is None:
-        raise InputError(f"{label}: no such file (vms.{vm.name}.cfg)")
-    return text, label
-
-
-# Why an HVM guest's cfg is never rewritten: under qemu-xen its hd* and xvd* disks are IDE and
-# its sd* disks SCSI, so a rename would change its hardware and it might not boot back on Xen.
-HVM_CFG_NOTE = ("an HVM guest: its cfg stays as it is (it boots from emulated disks with its own boot "
-                "loader under Xen and KVM alike, and renamed disks would be other hardware under Xen)")
-
-
-def converted_cfg(text: str, filename: str, vm: VM | None, console: bool) -> str | None:
-    """The dual-boot cfg: disks renamed sda.. (root first), root= follows, optional Xen console.
-
-    None for an HVM guest's cfg, which stays as it is (HVM_CFG_NOTE); its disk map is still
-    planned, so that every refusal of the cfg comes here too.
-    """
-    from .diskmap import plan_disk_map, renames
-    from .formats.xencfg import parse_xen_cfg, rewrite_xen_cfg
-
-    with cfg_errors(filename):
-        cfg = parse_xen_cfg(text, filename)
-        disk_map = plan_disk_map(cfg, vm)
-        if cfg.hvm:
-            return None
-        return rewrite_xen_cfg(text, renames(disk_map), add_console=console, filename=filename)
-
-
-def read_local(path: str, what: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read {what}: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not a text file ({exc.reason} at byte {exc.start})") from None
+from .vmplan import HVM_CFG_NOTE
 
 
 def _context(c, vm_name: str, dry_run: bool = False):
@@ -79,11 +26,11 @@ def _context(c, vm_name: str, dry_run: bool = False):
 def convert_cfg(c, cfg, console=False):
     """Print the dual-boot version of a Xen cfg (offline preview; changes nothing); an HVM
     guest's cfg unchanged, and why on stderr."""
-    text = read_local(cfg, "Xen cfg")
-    converted = converted_cfg(text, cfg, None, console)
+    plan = vmplan.of_file(cfg)
+    converted = plan.converted_cfg(console)
     if converted is None:
         print(f"note: {cfg}: {HVM_CFG_NOTE}", file=sys.stderr)
-    sys.stdout.write(text if converted is None else converted)
+    sys.stdout.write(plan.text if converted is None else converted)
 
 
 @task(help={"vm": "VM name from the inventory",
@@ -96,7 +43,7 @@ def prepare_cfg(c, vm, console=False, dry_run=False):
     label = f"{host.name}:{model.cfg}"
 
     def transform(text: str) -> str:
-        converted = converted_cfg(text, label, model, console)
+        converted = vmplan.plan(text, label, model).converted_cfg(console)
         if converted is None:
             say(f"* {label}: {HVM_CFG_NOTE}")
         return text if converted is None else converted

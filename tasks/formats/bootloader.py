@@ -25,7 +25,7 @@ side only.
 
 import re
 
-from tasks.errors import InputError
+from . import FormatError
 from tasks.formats.fstab import DEVICE_NAME, UUID, check_device_name, check_renames, split_lines
 
 CONSOLE_ARGS = ("console=ttyS0,115200n8", "console=hvc0")
@@ -81,7 +81,7 @@ def _parse_assignment(number: int, line: str) -> re.Match | None:
     rewriting `$(...)` or half a quoted value would change what the shell makes of it."""
     m = _ASSIGNMENT.fullmatch(line)
     if _OWNED_START.match(line) and (m is None or "`" in m.group("value") or "$(" in m.group("value")):
-        raise InputError(f"/etc/default/grub line {number} is not a plain assignment; edit it by hand: "
+        raise FormatError(f"/etc/default/grub line {number} is not a plain assignment; edit it by hand: "
                          f"{line.strip()!r}")
     return m
 
@@ -99,7 +99,7 @@ def convert_default_grub(text: str, renames: dict[str, str], root: str | None = 
     """
     check_renames(renames)
     if root is not None and not _ROOT.fullmatch(root):
-        raise InputError(f"root {root!r} is not /dev/NAME, UUID=, PARTUUID= or LABEL=")
+        raise FormatError(f"root {root!r} is not /dev/NAME, UUID=, PARTUUID= or LABEL=")
     drop = ("console", "net.ifnames", "root") if root else ("console", "net.ifnames")
     add = ((f"root={root}",) if root else ()) + (NIC_NAMES, *CONSOLE_ARGS)
     wanted = {"GRUB_TERMINAL": GRUB_TERMINAL, "GRUB_SERIAL_COMMAND": GRUB_SERIAL_COMMAND}

@@ -6,6 +6,8 @@ recognise (no header, a line that is no domain) is a ValueError, never a guess.
 
 from __future__ import annotations
 
+from . import FormatError
+
 # What `virsh list` prints in a domain's State column (C locale), longest first.
 VIRSH_STATES = ("in shutdown", "pmsuspended", "shut off", "crashed", "running", "blocked", "paused", "idle",
                 "dying", "no state")
@@ -15,14 +17,14 @@ def parse_xl_list(text: str) -> dict[str, str]:
     """`xl list` / `xm list` -> {name: state flags}; Domain-0 left out."""
     lines = [(number, line.split()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not lines or lines[0][1][:2] != ["Name", "ID"]:
-        raise ValueError("no `Name ID ...` header")
+        raise FormatError("no `Name ID ...` header")
     domains = {}
     for number, fields in lines[1:]:
         if len(fields) < 5 or not all(field.isdigit() for field in fields[1:4]):
-            raise ValueError(f"line {number} is no domain")
+            raise FormatError(f"line {number} is no domain")
         domains[fields[0]] = fields[4] if len(fields) > 5 else ""
     if domains.pop("Domain-0", None) is None:
-        raise ValueError("no Domain-0")
+        raise FormatError("no Domain-0")
     return domains
 
 
@@ -30,13 +32,13 @@ def parse_virsh_list(text: str) -> dict[str, str]:
     """`virsh list --all` -> {name: state} (a name may hold spaces; the state ends the line)."""
     lines = [(number, line.rstrip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
     if len(lines) < 2 or lines[0][1].split() != ["Id", "Name", "State"] or set(lines[1][1].strip()) != {"-"}:
-        raise ValueError("no `Id Name State` header")
+        raise FormatError("no `Id Name State` header")
     states = {}
     for number, line in lines[2:]:
         fields = line.split(None, 1)
         state = next((st for st in VIRSH_STATES if line.endswith(" " + st)), None)
         name = fields[1][:-len(state)].strip() if state and len(fields) == 2 else ""
         if not name or not (fields[0] == "-" or fields[0].isdigit()):
-            raise ValueError(f"line {number} is no domain in a state virsh prints")
+            raise FormatError(f"line {number} is no domain in a state virsh prints")
         states[name] = state
     return states

@@ -21,6 +21,9 @@ hold for every peer, and so is DRBD 9's quorum (a device line's `quorum:no`).
 
 from __future__ import annotations
 
+from ..errors import quoted
+from . import FormatError
+
 import json
 import re
 from dataclasses import dataclass, field, replace
@@ -118,10 +121,8 @@ class DrbdState:
                 and all(d == "UpToDate" for d in self.peer_disks))
 
 
-def _bad(what: str, lineno: int, line: str) -> ValueError:
-    shown = line.strip()
-    shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    return ValueError(f"not {what} output, line {lineno}: {shown!r}")
+def _bad(what: str, lineno: int, line: str) -> FormatError:
+    return FormatError(f"not {what} output, line {lineno}: {quoted(line.strip())}")
 
 
 def _lines(text: str):
@@ -311,19 +312,19 @@ def parse_drbdsetup_status_json(text: str) -> dict[str, DrbdState]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"not drbdsetup status --json output: {exc}") from None
+        raise FormatError(f"not drbdsetup status --json output: {exc}") from None
     if not isinstance(data, list):
-        raise ValueError("not drbdsetup status --json output: expected a list of resources")
+        raise FormatError("not drbdsetup status --json output: expected a list of resources")
     states = {}
     for index, item in enumerate(data):
         try:
             name = _str(item["name"])
             states[name] = _summarise(name, _json_resource(item))
         except KeyError as exc:
-            raise ValueError(f"not drbdsetup status --json output: resource {index} has no "
+            raise FormatError(f"not drbdsetup status --json output: resource {index} has no "
                              f"{exc.args[0]!r}") from None
         except (TypeError, AttributeError, ValueError):
-            raise ValueError(f"not drbdsetup status --json output: resource {index} is "
+            raise FormatError(f"not drbdsetup status --json output: resource {index} is "
                              "malformed") from None
     return states
 
@@ -356,7 +357,7 @@ def _json_resource(item: dict) -> dict:
                 "done": pd.get("percent-resync-done", pd.get("percent-in-sync")),
             }
     if any(role not in ROLES for role in [res["role"]] + [p["role"] for p in res["peers"].values()]):
-        raise ValueError("bad role")
+        raise FormatError("bad role")
     return res
 
 
@@ -439,7 +440,7 @@ def parse_events2(text: str) -> dict[str, DrbdState]:
 def _answer_lines(text: str, what: str) -> list[str]:
     lines = [line.strip() for _, line in _lines(text) if line.strip()]
     if not lines:
-        raise ValueError(f"empty {what} output")
+        raise FormatError(f"empty {what} output")
     return lines
 
 

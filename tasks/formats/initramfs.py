@@ -7,7 +7,7 @@ here are always included, whatever MODULES says; update-initramfs must run after
 
 import re
 
-from tasks.errors import InputError
+from . import FormatError
 from tasks.formats.fstab import split_lines
 
 KVM_MODULES = ("ata_piix", "ahci", "virtio_blk", "virtio_pci", "virtio_net", "sd_mod")
@@ -27,7 +27,7 @@ def plan_initramfs_modules(modules_text: str, required: tuple[str, ...] = KVM_MO
     """
     for name in required:
         if not isinstance(name, str) or not _MODULE.fullmatch(name):
-            raise InputError(f"module name {name!r} is not a plain kernel module name")
+            raise FormatError(f"module name {name!r} is not a plain kernel module name")
     lines = split_lines(modules_text)
     listed = {_canonical(words[0]) for line in lines
               if (words := line.split()) and not words[0].startswith("#")}

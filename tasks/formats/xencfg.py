@@ -12,6 +12,8 @@ xm-only mode spellings (`w!`) are accepted as well.
 
 from __future__ import annotations
 
+from . import FormatError
+
 import bisect
 import re
 from dataclasses import dataclass, field
@@ -24,18 +26,8 @@ from ..errors import quoted, shown
 MAX_LIST_DEPTH = 16
 
 
-class CfgSyntaxError(ValueError):
-    """A cfg the tool cannot read, located so that the operator can fix it."""
-
-    def __init__(self, filename: str, line: int | None, message: str):
-        self.filename = filename
-        self.line = line
-        self.message = message
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = self.filename if self.line is None else f"{self.filename}:{self.line}"
-        return f"{where}: {self.message}"
+class CfgSyntaxError(FormatError):
+    """A cfg the tool cannot read, with the line to fix."""
 
 
 @dataclass(frozen=True)
@@ -182,7 +174,7 @@ def _encode(text: str, quote: str, raw: bool) -> str:
     """Write `text` inside a literal of this quote style, escaped the way both xm and xl read it."""
     if raw:
         if any(c in text for c in ("\\", quote[0], "\n", "\r")):
-            raise ValueError(f"cannot write {quoted(text)} into a raw string literal")
+            raise FormatError(f"cannot write {quoted(text)} into a raw string literal")
         return text
     out = []
     for c in text:
@@ -202,15 +194,14 @@ def _encode(text: str, quote: str, raw: bool) -> str:
 class _Parser:
     """Recursive descent over `key = value` / `key += value` statements (xm's Python subset, xl's grammar)."""
 
-    def __init__(self, text: str, filename: str):
+    def __init__(self, text: str):
         self.text = text
-        self.filename = filename
         self.line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
         self.tokens = self._lex()  # lazily, so that the first error in the file is the one reported
         self.ahead = next(self.tokens)
 
     def error(self, pos: int, message: str) -> CfgSyntaxError:
-        return CfgSyntaxError(self.filename, bisect.bisect_right(self.line_starts, pos), message)
+        return CfgSyntaxError(message, bisect.bisect_right(self.line_starts, pos))
 
     # -- lexer
 
@@ -398,7 +389,7 @@ def _parse_disk(spec: str) -> _DiskParse:
 
     def put(key: str, value: str, at: int) -> None:
         if key in given:
-            raise ValueError(f"{key} given twice")
+            raise FormatError(f"{key} given twice")
         given[key] = (value, at)
 
     pos = 0
@@ -421,7 +412,7 @@ def _parse_disk(spec: str) -> _DiskParse:
         elif "=" in item:
             key, _, value = item.partition("=")
             if key not in _DISK_KEYS:
-                raise ValueError(f"unknown parameter {quoted(item)}")
+                raise FormatError(f"unknown parameter {quoted(item)}")
             put(key, value, pos + len(key) + 1)
             xl_only = True
         else:
@@ -437,7 +428,7 @@ def _parse_disk(spec: str) -> _DiskParse:
                     set() if prefixes else _PREFIXES)
                 if m.group(1) not in allowed:
                     if not prefixes and not item[m.end():m.end() + 1].isalnum():
-                        raise ValueError(f"unknown disk prefix {quoted(m.group())}")
+                        raise FormatError(f"unknown disk prefix {quoted(m.group())}")
                     break  # rbd:pool/image and the like: the colon belongs to the target
                 prefixes.append(m.group(1))
                 item, at = item[m.end():], at + m.end()
@@ -455,32 +446,32 @@ def _parse_disk(spec: str) -> _DiskParse:
             vdev, colon, kind = item.rpartition(":")
             if colon:
                 if kind not in ("cdrom", "disk"):
-                    raise ValueError(f"unknown device type {quoted(kind)}")
+                    raise FormatError(f"unknown device type {quoted(kind)}")
                 devtype = "cdrom" if kind == "cdrom" else devtype
                 item = vdev
             put("vdev", item, at)
         elif "access" not in given:
             put("access", item, at)
         else:
-            raise ValueError(f"too many positional parameters at {quoted(item)}")
+            raise FormatError(f"too many positional parameters at {quoted(item)}")
 
     if "devtype" in given:
         value = given["devtype"][0]
         if value not in ("cdrom", "disk"):
-            raise ValueError(f"unknown devtype {quoted(value)}")
+            raise FormatError(f"unknown devtype {quoted(value)}")
         devtype = "cdrom" if value == "cdrom" else devtype
     vdev, vdev_at = given.get("vdev", ("", 0))
     if not vdev:
-        raise ValueError("no vdev (the guest's name for the disk)")
+        raise FormatError("no vdev (the guest's name for the disk)")
     path = given.get("target", ("", 0))[0]
     if not path and devtype != "cdrom":
-        raise ValueError("no target (only an empty CD-ROM may have none)")
+        raise FormatError("no target (only an empty CD-ROM may have none)")
     access = given.get("access", ("", 0))[0]
     if access and access not in _ACCESS:
-        raise ValueError(f"unknown access mode {quoted(access)}")
+        raise FormatError(f"unknown access mode {quoted(access)}")
     fmt = given.get("format", ("", 0))[0] or next((p for p in prefixes if p in _FORMATS), None)
     if fmt and fmt not in _FORMATS:
-        raise ValueError(f"unknown format {quoted(fmt)}")
+        raise FormatError(f"unknown format {quoted(fmt)}")
     backend = given["backendtype"][0] if "backendtype" in given else ":".join(prefixes)
     if not backend and given.get("script", ("", 0))[0].rsplit("/", 1)[-1] == "block-drbd":
         backend = "drbd"    # xl's spelling of drbd:RES: the target is a resource, not a path
@@ -512,9 +503,9 @@ _XL_ONLY_KEYS = {"type", "cmdline", "device_model_version", "max_event_channels"
 class _Cfg:
     """A parsed cfg: every assignment with its spans, and for each key the ones that make its value."""
 
-    def __init__(self, text: str, filename: str):
+    def __init__(self, text: str):
         self.text = text
-        self.parser = _Parser(text, filename)
+        self.parser = _Parser(text)
         self.assigns = self.parser.statements()
         self.effective: dict[str, list[_Assign]] = {}
         for a in self.assigns:
@@ -604,9 +595,9 @@ class _Cfg:
         )
 
 
-def parse_xen_cfg(text: str, filename: str = "<cfg>") -> XenConfig:
-    """Read an xm or xl cfg without executing it; CfgSyntaxError names the file and line."""
-    return _Cfg(text, filename).config()
+def parse_xen_cfg(text: str) -> XenConfig:
+    """Read an xm or xl cfg without executing it; CfgSyntaxError names the line."""
+    return _Cfg(text).config()
 
 
 # Settings only an ARM guest, or one handed host hardware, has: no x86_64 KVM domain carries them.
@@ -628,15 +619,15 @@ def check_movable(cfg: XenConfig) -> None:
     rendering any of them would give something that looks right and cannot boot.
     """
     if not cfg.name:
-        raise ValueError("no name=: a fragment of a guest cfg, not a whole guest")
+        raise FormatError("no name=: a fragment of a guest cfg, not a whole guest")
     for key, what in _NOT_FOR_KVM.items():
         if key in cfg.values:
-            raise ValueError(f"{key}= ({what}): not a guest an x86_64 KVM host can run")
+            raise FormatError(f"{key}= ({what}): not a guest an x86_64 KVM host can run")
     if cfg.kernel and _FOREIGN_KERNEL.search(cfg.kernel):
-        raise ValueError(f"kernel {shown(cfg.kernel)} is an ARM or RISC-V image: "
+        raise FormatError(f"kernel {shown(cfg.kernel)} is an ARM or RISC-V image: "
                          f"not a guest an x86_64 KVM host can run")
     if all(d.devtype == "cdrom" for d in cfg.disks):
-        raise ValueError("no disk to boot from (NFS root, or a unikernel): only guests with a disk move")
+        raise FormatError("no disk to boot from (NFS root, or a unikernel): only guests with a disk move")
 
 
 # ---------------------------------------------------------------------------
@@ -702,23 +693,22 @@ def _console_edits(cfg: _Cfg) -> list[tuple[int, int, str]]:
     return [(pos, pos, line)]
 
 
-def rewrite_xen_cfg(text: str, renames: dict[str, str], add_console: bool = False,
-                    filename: str = "<cfg>") -> str:
+def rewrite_xen_cfg(text: str, renames: dict[str, str], add_console: bool = False) -> str:
     """The same cfg with disks renamed, root= following them, and optionally a console for KVM too.
 
     Only the bytes of each renamed vdev, of each renamed /dev name in root=, and of root=/dev/...
     in extra= and cmdline= change; everything else is kept byte for byte.  Renames apply all at
     once (a permutation such as sda <-> sdb is fine), so a second run with the same renames changes
-    nothing as long as no new name is also an old one.  Raises ValueError if two disks would end up
+    nothing as long as no new name is also an old one.  Raises FormatError if two disks would end up
     with the same name.
     """
-    cfg = _Cfg(text, filename)
+    cfg = _Cfg(text)
     vdevs = [d.vdev for d in cfg.config().disks]  # refuses what parse_xen_cfg refuses
     active = {old: new for old, new in renames.items() if old in vdevs and old != new}
     after = [active.get(v, v) for v in vdevs]
     clashes = sorted({v for v in after if after.count(v) > max(1, vdevs.count(v))})
     if clashes:
-        raise ValueError(f"{filename}: the renames would give two disks the name {clashes[0]}")
+        raise FormatError(f"the renames would give two disks the name {clashes[0]}")
 
     edits = [node.replace(p.vdev_span, active[p.disk.vdev]) for node, p in cfg.disks if p.disk.vdev in active]
     for node in cfg.string_nodes("root"):

@@ -24,6 +24,7 @@ from tasks.formats.drbdconf import render_drbd_resource
 from tasks.formats.drbdstatus import DrbdState, parse_drbdadm_status
 from tasks.inventory import VM, Host, Inventory, LocalDisk, ReplicatedDisk
 from tasks.remote import Remote, RemoteError, Site
+from tasks.ssh import ConnectError
 from tests.conftest import REPO
 from tests.realdrbd import drbdadm, needs_drbdadm
 from tests.wire import LOCALE, HostMock, bare
@@ -533,7 +534,7 @@ def xen1(run=None, unreachable=False) -> tuple[drbd.OtherHost, list[Remote]]:
 
     def connect() -> Remote:       # one connection per run, as Site keeps it
         if unreachable:
-            raise ToolError("xen1: cannot connect to root@192.0.2.11:22: [Errno 113] No route to host")
+            raise ConnectError("xen1", "cannot connect to root@192.0.2.11:22: [Errno 113] No route to host")
         if not opened:
             opened.append(remote("xen1", run))
         return opened[0]
@@ -1099,7 +1100,7 @@ def test_status_task_prints_a_table_and_the_host_it_could_not_read(tmp_path, moc
                      "drbdadm --version": Result(VERSION9), DUMP: real_dump(tmp_path, "9")},
             "kvm1": {STATUS: Result(stderr="ssh: connect to host kvm1 port 22: No route to host\n", exited=255)}}
     status_site(mocker, runs)
-    with pytest.raises(drbd.ToolError, match="could not read the DRBD state on 1 host"):
+    with pytest.raises(ToolError, match="could not read the DRBD state on 1 host"):
         drbd.status(c, vm="logger")
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["RESOURCE", "HOST", "ROLE", "PEER", "ROLE", "CONNECTION", "DISK", "PEER", "DISK",
@@ -1139,7 +1140,7 @@ def test_status_shows_the_states_of_a_host_whose_configuration_cannot_be_read(tm
             "kvm1": {STATUS: both(drbd9("logger-system", peer_role="Primary"), drbd9("logger-var", peer_role="Primary")),
                      "drbdadm --version": Result(VERSION84)}}
     status_site(mocker, runs)
-    with pytest.raises(drbd.ToolError, match="could not read the DRBD state on 1 host"):
+    with pytest.raises(ToolError, match="could not read the DRBD state on 1 host"):
         drbd.status(c, vm="logger")
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in lines[1:5]] == [[r, h] for h in ("xen1", "kvm1") for r in RES]

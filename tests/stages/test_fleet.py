@@ -16,6 +16,7 @@ from tasks.interrupt import Interruption
 from tasks.errors import InputError, ToolError
 from tasks.inventory import parse_inventory
 from tasks.remote import AuditLog, Site
+from tasks.ssh import ConnectError
 from tests.conftest import REPO
 from tests.seed import SEED_CFG
 from tests.stages.fakehosts import FakeHost, Shared
@@ -257,7 +258,7 @@ def status_of(fleet, tmp_path, mocker, capsys):
         def connect(label, *args, **kw):
             attempts.append(label)
             if label in down:
-                raise ToolError(f"{label}: cannot connect to root@{label}:22: the proxy command exited")
+                raise ConnectError(label, f"cannot connect to root@{label}:22: the proxy command exited")
             return FakeHost(label, inv.host(label).role, ({"xen1", "kvm1"} - {label}).pop(), shared)
 
         mocker.patch.object(flows.inventory, "from_context", return_value=inv)

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from invoke import Context, MockContext, Result
 
 from tasks import guest as stage
+from tasks import vmplan
 from tasks.diskmap import MappedDisk, plan_disk_map
 from tasks.errors import GuardError, InputError
 from tasks.formats.bootloader import convert_default_grub, convert_menu_lst
@@ -446,7 +447,7 @@ def remote(ctx: MockContext, dry_run: bool = False) -> Remote:
 
 
 def disk_map(cfg_text: str) -> list[MappedDisk]:
-    return plan_disk_map(parse_xen_cfg(cfg_text, "logger.cfg"))
+    return plan_disk_map(parse_xen_cfg(cfg_text))
 
 
 def sent(ctx: MockContext) -> list[str]:
@@ -862,7 +863,7 @@ def test_cfg_syntax_error_on_the_xen_host_is_one_line(monkeypatch):
     xen = HostMock(run={read_cmd("/etc/xen/auto/logger.cfg"): Result(stdout="memory = [\n")})
     site = Site(inv, connect=lambda label, *a, **k: xen)
     with pytest.raises(InputError) as info:
-        stage.read_disk_map(site, inv.vm("logger"))
+        vmplan.of_vm(site, inv.vm("logger"))
     assert str(info.value).startswith("xen1:/etc/xen/auto/logger.cfg:")
     assert "\n" not in str(info.value)
 
@@ -890,8 +891,8 @@ def test_property_hostile_names_arrive_quoted(version, path, vdev):
     vm = VM("logger", "xen1", "kvm1", cfg, (ReplicatedDisk("r0", {"xen1": "/dev/drbd5", "kvm1": "/dev/drbd5"}),
                                            LocalDisk({"xen1": "/dev/vg/swap", "kvm1": "/dev/vg/swap"})))
     xen = HostMock(run={read_cmd(cfg): Result(stdout=LENNY_CFG.replace("/dev/vg_main/logger-swap", "/dev/vg/swap"))})
-    disk_map, hvm = stage.read_disk_map(Site(inv, connect=lambda *a, **k: xen), vm)
-    assert [d.target for d in disk_map] == ["sda", "sdb"] and not hvm
+    plan = vmplan.of_vm(Site(inv, connect=lambda *a, **k: xen), vm)
+    assert [d.target for d in plan.disk_map] == ["sda", "sdb"] and not plan.cfg.hvm
     assert [shlex.split(c) for c in sent(xen)] == [["sh", "-c", READ, "sh", cfg]]
 
     # Device names from a disk map, probed in the guest.

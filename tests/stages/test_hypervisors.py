@@ -10,13 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from invoke import Context, MockContext, Result
 
-from tasks import hypervisors, kvmhost, xenhost
+from tasks import hypervisors, kvmhost, vmplan, xenhost
 from tasks.formats.domains import parse_xl_list
 from tasks.hypervisors import KvmHost, XenHost
 from tasks.errors import GuardError, ToolError
 from tasks.interrupt import Interrupted, Interruption
 from tasks.inventory import Host, load_inventory
 from tasks.remote import Remote, RemoteError, Site
+from tasks.ssh import ConnectError
 from tests.wire import HostMock, bare
 
 XEN = Host(name="xen1", address="192.0.2.11", role="xen", toolstack="auto")
@@ -301,7 +302,7 @@ def test_prepare_cfg_leaves_an_hvm_cfg_as_it_is_and_says_why(mocker, capsys):
     xenhost.prepare_cfg(Context(), vm="wincl1")
     assert sent(xen) == [shlex.join(["sh", "-c", READ, "sh", "/etc/xen/wincl1.cfg"])]
     assert capsys.readouterr().out.splitlines() == [
-        f"* xen1:/etc/xen/wincl1.cfg: {xenhost.HVM_CFG_NOTE}",
+        f"* xen1:/etc/xen/wincl1.cfg: {vmplan.HVM_CFG_NOTE}",
         "* xen1: /etc/xen/wincl1.cfg ... unchanged"]
 
 
@@ -312,7 +313,7 @@ def test_the_kvm_host_says_whether_a_local_disk_is_a_file(answer, kind):
     kvm = HostMock(run={f"test -b {path}": answer for path in paths})
     hosts = {"xen1": read_cfg("/etc/xen/web3.cfg", "pv-xm-phy-file.cfg"), "kvm1": kvm}
     site = Site(INVENTORY, connect=lambda label, *a, **k: hosts[label])
-    spec = kvmhost.vm_spec(site, INVENTORY, INVENTORY.vm("web3"))
+    spec = vmplan.of_vm(site, INVENTORY.vm("web3"), kvm_devices=True).domain_spec()
     assert [(d.source, d.kind) for d in spec.disks] == [(path, kind) for path in paths]
     assert sent(kvm) == [f"test -b {path}" for path in paths]
 
@@ -321,7 +322,7 @@ def test_drbd_devices_are_block_devices_without_asking():
     kvm = HostMock(run={})
     hosts = {"xen1": read_cfg("/etc/xen/gfs1.cfg", "pv-xm-gfs.cfg"), "kvm1": kvm}
     site = Site(INVENTORY, connect=lambda label, *a, **k: hosts[label])
-    spec = kvmhost.vm_spec(site, INVENTORY, INVENTORY.vm("gfs1"))
+    spec = vmplan.of_vm(site, INVENTORY.vm("gfs1"), kvm_devices=True).domain_spec()
     assert [(d.source, d.kind, d.shareable) for d in spec.disks] == [("/dev/drbd20", "block", False),
                                                                     ("/dev/drbd22", "block", True)]
     assert sent(kvm) == []
@@ -352,7 +353,7 @@ def site_of(mocker):
 
     def connect(label, *args, **kwargs):
         if label in down:
-            raise ToolError(f"{label}: cannot connect to root@{label}:22: [Errno 113] No route to host")
+            raise ConnectError(label, f"cannot connect to root@{label}:22: [Errno 113] No route to host")
         return hosts[label]
 
     for stage in STAGE.values():

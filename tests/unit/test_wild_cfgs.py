@@ -24,7 +24,7 @@ from tasks import kvmhost, xenhost
 from tasks.errors import InputError
 from tasks.formats.domainxml import default_schema_dir, validate_domain_xml
 from tasks.formats.xencfg import parse_xen_cfg
-from tasks.xenhost import HVM_CFG_NOTE
+from tasks.vmplan import HVM_CFG_NOTE
 from tests.conftest import CORPUS, REPO
 
 OWN = REPO / "tests" / "data" / "cfgs"
