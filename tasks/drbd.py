@@ -16,13 +16,16 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Mapping
 
-from invoke import Collection, task
+from invoke import Collection
 
+from .cli import task
 from . import inventory
 from .errors import GuardError, InputError, ToolError
 from .inventory import VM, Host, ReplicatedDisk
-from .remote import Remote, RemoteError, Site, concurrently, say, site_from_context
+from .remote import Remote, RemoteError, Site, concurrently, site_from_context
 from .ssh import ConnectError
+from . import output
+from .output import log
 
 if TYPE_CHECKING:
     from .formats.drbdstatus import DrbdState, Peer
@@ -242,13 +245,6 @@ def status_row(state: DrbdState, host: str) -> tuple[str, ...]:
             f"{state.sync_percent:.1f}%" if state.sync_percent is not None else "-")
 
 
-def format_table(rows: list[tuple[str, ...]]) -> str:
-    """Plain aligned columns: readable in a terminal, a log and a diff alike."""
-    table = [STATUS_HEADER, *rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(STATUS_HEADER))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table)
-
-
 # --- probes ---------------------------------------------------------------------
 
 def _minor(vm: VM, resource: str, host_name: str) -> int | None:
@@ -459,7 +455,7 @@ def _wait_for(remote: Remote, vm: VM, host_name: str, ready, *, what: str, timeo
 
 
 def wait_sync(remote: Remote, vm: VM, host_name: str, *, timeout: float | None, poll: float = 2.0,
-              progress=say, bars=None) -> dict[str, DrbdState]:
+              progress=log.info, bars=None) -> dict[str, DrbdState]:
     """Until every resource is Connected and UpToDate on both sides: the only state to move a guest in.
 
     `bars` (progress.SyncBars) shows each resource's resync on a terminal.
@@ -467,7 +463,7 @@ def wait_sync(remote: Remote, vm: VM, host_name: str, *, timeout: float | None, 
     states = _wait_for(remote, vm, host_name, lambda s: s.is_connected and s.is_uptodate_pair,
                        what="waiting for sync", timeout=timeout, poll=poll, progress=progress,
                        on_poll=bars.update if bars is not None else None)
-    say(f"* {host_name}: {', '.join(states)} UpToDate/UpToDate ... ok")
+    log.info(f"* {host_name}: {', '.join(states)} UpToDate/UpToDate ... ok")
     return states
 
 
@@ -495,7 +491,7 @@ def guard_start(site: Site, vm: VM, host_name: str, *, allow_disconnected: bool 
                 raise GuardError(f"{host_name}: refusing to start {vm.name}: cannot ask {other} whether it runs "
                                  f"there ({why}); only if {other} is known to be down, retry with "
                                  f"--allow-disconnected")
-            say(f"  WARNING {host_name}: {other} cannot be reached ({why}); starting {vm.name} on the "
+            log.warning(f"  WARNING {host_name}: {other} cannot be reached ({why}); starting {vm.name} on the "
                 f"operator's word that it is down (--allow-disconnected)")
             return False
         return domain_running_on(site, other, vm.name)
@@ -510,7 +506,7 @@ def start_guarded(site: Site, vm: VM, host_name: str, start: Callable[[], None],
                   allow_disconnected: bool = False) -> None:
     """`start()` the VM's domain on a host, unless it runs there already, once guard_start passed."""
     if domain_running_on(site, host_name, vm.name):
-        say(f"* {host_name}: {vm.name} already running ... ok")
+        log.info(f"* {host_name}: {vm.name} already running ... ok")
         return
     guard_start(site, vm, host_name, allow_disconnected=allow_disconnected)
     start()
@@ -587,9 +583,9 @@ def promote(remote: Remote, vm: VM, host_name: str, *, allow_disconnected: bool 
     todo = [n for n, s in states.items() if not s.is_primary]
     for name in states:
         if name not in todo:
-            say(f"* {host_name}: {name} already Primary ... ok")
+            log.info(f"* {host_name}: {name} already Primary ... ok")
     if blind:
-        say(f"  WARNING {host_name}: promoting {', '.join(blind)} without every peer connected "
+        log.warning(f"  WARNING {host_name}: promoting {', '.join(blind)} without every peer connected "
             f"(--allow-disconnected): {_blind_basis(blind, answers)}")
     _apply(remote, ["primary"], todo)
     return todo
@@ -614,7 +610,7 @@ def demote(remote: Remote, vm: VM, host_name: str, *, domain_running: bool) -> l
     todo = [n for n, s in states.items() if s.is_primary]
     for name, state in states.items():
         if name not in todo:
-            say(f"* {host_name}: {name} already {'down' if state.connection == DOWN else state.role} ... ok")
+            log.info(f"* {host_name}: {name} already {'down' if state.connection == DOWN else state.role} ... ok")
     _secondary(remote, todo)
     return todo
 
@@ -643,7 +639,7 @@ def _secondary(remote: Remote, names: list[str]) -> None:
                 refusal = next(line for line in exc.output.splitlines() if HELD_OPEN in line).strip()
                 raise RemoteError(exc.host, exc.command, exc.exit_code,
                                   f"{exc.output}\n{refusal} (still after {sum(HELD_OPEN_PAUSES):g}s)") from None
-            say(f"  {remote.name}: {', '.join(names)} held open by someone, trying again in {pause:g}s")
+            log.info(f"  {remote.name}: {', '.join(names)} held open by someone, trying again in {pause:g}s")
             remote.interruption.sleep(pause)
 
 
@@ -663,11 +659,11 @@ def _survey(remote: Remote, vm: VM, host_name: str) -> _HostWork:
     for disk in vm.resources:
         state = states[disk.resource]
         if state is not None and state.connection != DOWN:
-            say(f"* {host_name}: {disk.resource} is up ... ok")
+            log.info(f"* {host_name}: {disk.resource} is up ... ok")
             continue
         work.up.append(disk.resource)
         if state is None:
-            say(f"  {host_name}: {disk.resource} is unknown to drbdadm until its file is written: "
+            log.info(f"  {host_name}: {disk.resource} is unknown to drbdadm until its file is written: "
                 f"its metadata is not probed in a dry run")
         elif has_metadata(remote, disk.resource):
             continue
@@ -703,7 +699,7 @@ def setup(site: Site, vm: VM, hosts: dict[str, Host], *, force_initial_sync: boo
     work = {h: _survey(remotes[h], vm, h) for h in pair}
     for h in pair:
         for line in work[h].warnings:
-            say(line)
+            log.info(line)
     for h in pair:
         for name in work[h].create_md:
             remotes[h].change(["drbdadm", *forced("create-md", versions[h]), name])
@@ -716,18 +712,18 @@ def setup(site: Site, vm: VM, hosts: dict[str, Host], *, force_initial_sync: boo
                 remotes[h].change(["drbdadm", "adjust", name])
     xen = remotes[vm.xen_host]
     if xen.dry_run and any(work[h].up for h in pair):
-        say(f"  would then wait for the connection, start the initial sync from {vm.xen_host} where both sides "
+        log.info(f"  would then wait for the connection, start the initial sync from {vm.xen_host} where both sides "
             f"are Inconsistent (with --force-initial-sync), and wait for the sync")
         return
     states = _wait_for(xen, vm, vm.xen_host, lambda s: s.is_connected, what="waiting for the peer to connect",
-                       timeout=CONNECT_TIMEOUT, poll=1.0, progress=say)
+                       timeout=CONNECT_TIMEOUT, poll=1.0, progress=log.info)
     sync_from_xen = [n for n, s in states.items() if plan_initial_sync(s, vm.xen_host, force_initial_sync)]
     _apply(xen, forced("primary", versions[vm.xen_host]), sync_from_xen)
     if xen.dry_run:
-        say(f"  would then wait for the sync on {vm.xen_host}")
+        log.info(f"  would then wait for the sync on {vm.xen_host}")
         return
     if sync_timeout is None:
-        say(f"  {vm.xen_host}: waiting for the initial sync without a time limit "
+        log.info(f"  {vm.xen_host}: waiting for the initial sync without a time limit "
             f"(Ctrl-C ends the wait; the sync goes on, and `fab drbd.wait-sync` waits again)")
     wait_sync(xen, vm, vm.xen_host, timeout=sync_timeout)
 
@@ -768,7 +764,7 @@ def status(c, vm):
             warnings += [auto_promote_warning(host, name) for name in auto_promoting(remote, model)]
         except ToolError as exc:
             failures.append(str(exc))
-    print(format_table(rows))
+    print(output.table_text(STATUS_HEADER, rows))
     for line in failures + warnings:
         print(f"  {line}")
     if failures:

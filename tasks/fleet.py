@@ -12,15 +12,16 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
-from . import remote
+from . import output
 from .errors import InputError, ToolError
 from .interrupt import Interruption
 from .inventory import VM, Inventory
-from .remote import Site, say, set_output_prefix
+from .output import RESULT, log, set_vm
+from .remote import Site
 
 
 @dataclass
@@ -76,7 +77,7 @@ class HostSlots:
             return
         gate, limit = self._starts[host]
         if not gate.acquire(blocking=False):
-            say(f"* {host}: waiting for a start slot (max_starts {limit}) ...")
+            log.info(f"* {host}: waiting for a start slot (max_starts {limit}) ...")
             self._interruption.acquire(gate)
         try:
             yield
@@ -112,14 +113,14 @@ def run_fleet(site: Site, vms: list[VM], job: Callable[[VM, Slot], VmResult], *,
             result = not_started(vm, "--fail-fast after a failure" if failed_once.is_set() else interruption.reason)
             view.finish(vm.name, False, f"not started, on {', '.join(result.runs_on) or 'no host'}")
             return result
-        set_output_prefix(vm.name if tag else "")
+        set_vm(vm.name if tag else "")
         try:
             with slots.hold(vm):
                 result = job(vm, Slot(lambda name: view.step(vm.name, name), slots.starting))
         except ToolError as exc:
             result = VmResult(vm.name, False, [], f"{vm.name}: {exc}", exc.code)
         finally:
-            set_output_prefix("")
+            set_vm("")
         if not result.ok and fail_fast:
             failed_once.set()
         view.finish(vm.name, result.ok, ", ".join(result.runs_on) or "?")
@@ -140,9 +141,9 @@ def report(results: list[VmResult], interruption: Interruption) -> None:
         if interruption.requested:
             raise ToolError(f"{interruption.reason} after the move was done: {results[0].message}", code)
         return
-    say(f"== {len(results) - len(failed)} of {len(results)} VMs done")
+    log.log(RESULT, f"== {len(results) - len(failed)} of {len(results)} VMs done")
     for result in results:
-        say(f"  {'ok    ' if result.ok else 'FAILED'} {result.message}")
+        log.log(RESULT, f"  {'ok    ' if result.ok else 'FAILED'} {result.message}")
     if failed or interruption.requested:
         stopped = f"{interruption.reason}: " if interruption.requested else ""
         raise ToolError(f"{stopped}{len(failed)} of {len(results)} VMs failed: "
@@ -176,6 +177,7 @@ class FleetView:
         self.live = sys.stdout.isatty() if live is None else live
         self._lock = threading.Lock()
         self._display = None
+        self._lines: ExitStack | None = None
 
     def __enter__(self) -> "FleetView":
         if self.live:
@@ -183,14 +185,15 @@ class FleetView:
 
             self._display = Live(self._table(), refresh_per_second=4, transient=False)
             self._display.__enter__()
-            remote.set_sink(self._display.console.print)
+            self._lines = ExitStack()
+            self._lines.enter_context(output.live(self._display.console.print))
         return self
 
     def __exit__(self, *exc) -> None:
         if self._display is not None:
             self._display.update(self._table())
+            self._lines.close()
             self._display.__exit__(*exc)
-            remote.set_sink(None)
 
     def step(self, vm: str, name: str) -> None:
         with self._lock:
@@ -210,10 +213,6 @@ class FleetView:
             self._display.update(self._table())
 
     def _table(self):
-        from rich.table import Table
-
-        table = Table("VM", "step", "elapsed", "result")
         with self._lock:
-            for name, row in self.rows.items():
-                table.add_row(name, row.step, row.elapsed(), row.result)
-        return table
+            return output.table(("VM", "step", "elapsed", "result"),
+                                [(name, row.step, row.elapsed(), row.result) for name, row in self.rows.items()])

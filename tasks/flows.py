@@ -15,16 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from invoke import task
 
-from . import drbd, fleet, hypervisors, inventory, kvmhost, localdisk, vmplan
+from .cli import task
+from . import drbd, fleet, hypervisors, inventory, kvmhost, localdisk, output, vmplan
 from .errors import GuardError, InputError, ToolError
 from .fleet import VmResult
 from .hypervisors import DEFAULT_SHUTDOWN_TIMEOUT
 from .interrupt import Interrupted, Interruption
 from .inventory import SIDES, VM, Inventory, other
 from .journal import Journal, JournalError, VmLock, journal_dir, lock_dir, undo_steps
-from .remote import RemoteError, Site, concurrently, say, site_from_context
+from .remote import RemoteError, Site, concurrently, site_from_context
+from .output import RESULT, log
 
 ROLLBACK_TIMEOUT = 120.0
 
@@ -139,7 +140,7 @@ def plan_move(ctx: Ctx, target_side: str, xml: str | None, kvm_state: str) -> li
                               lambda: kvmhost.define_domain(target, vm.name, xml, was_new=is_new),
                               undo={"op": "undefine", "side": "kvm"} if is_new else None))
         else:
-            say(f"  ok: {vm.name} is defined on {dst} as rendered")
+            log.info(f"  ok: {vm.name} is defined on {dst} as rendered")
     for swap in localdisk.plan_swap_matches(ctx.site, vm, src, dst):
         steps.append(Step(f"give {dst}:{swap.path} the UUID of {vm.name}'s swap", dst,
                           [target.command(localdisk.mkswap_argv(swap))],
@@ -174,13 +175,13 @@ def plan_move(ctx: Ctx, target_side: str, xml: str | None, kvm_state: str) -> li
 
 
 def print_plan(steps: list[Step]) -> None:
-    say("plan:")
+    log.info("plan:")
     for number, step in enumerate(steps, 1):
-        say(f"  {number}. {step.name}")
+        log.info(f"  {number}. {step.name}")
         for command in step.sends:
-            say(f"       {step.host}: {command}")
+            log.info(f"       {step.host}: {command}")
         if step.then:
-            say(f"       then {step.then}")
+            log.info(f"       then {step.then}")
 
 
 def _verify(ctx: Ctx, side: str) -> None:
@@ -200,12 +201,12 @@ def check_move(ctx: Ctx, target_side: str, runs_on: list[str]) -> str | None:
     src, dst = vm.host_for(source_side), vm.host_for(target_side)
     for host in (src, dst):
         site.host(host)
-    say(f"  ok: {src} and {dst} reachable")
+    log.info(f"  ok: {src} and {dst} reachable")
     if dst in runs_on:
         raise GuardError(f"{vm.name} already runs on {dst}: refusing to start it twice")
     if src not in runs_on:
         raise GuardError(f"{vm.name} is not running on {src}: nothing to move (start it there first)")
-    say(f"  ok: {vm.name} runs on {src}, not on {dst}")
+    log.info(f"  ok: {vm.name} runs on {src}, not on {dst}")
     both_states = concurrently(*(lambda host=host: drbd.resource_states(site.host(host), vm, host)
                                  for host in (src, dst)))
     for host, role, states in zip((src, dst), ("Primary", "Secondary"), both_states):
@@ -218,18 +219,18 @@ def check_move(ctx: Ctx, target_side: str, runs_on: list[str]) -> str | None:
             if not st.is_uptodate_pair:
                 raise GuardError(f"{host}: DRBD {disk.resource} is {st.disk}/{'/'.join(st.peer_disks) or '?'}, "
                                  f"not UpToDate/UpToDate")
-    say(f"  ok: DRBD {', '.join(d.resource for d in vm.resources)} Connected, UpToDate/UpToDate, "
+    log.info(f"  ok: DRBD {', '.join(d.resource for d in vm.resources)} Connected, UpToDate/UpToDate, "
         f"Primary on {src}")
     if target_side == "kvm":
         xml = kvmhost.render_checked(vmplan.of_vm(site, vm, kvm_devices=True).domain_spec())
-        say(f"  ok: domain XML for {vm.name} renders and is valid")
+        log.info(f"  ok: domain XML for {vm.name} renders and is valid")
         if vm.boot == "direct-kernel":
             version = kvmhost.require_fetched_kernel(site.host(dst), vm)
-            say(f"  ok: {dst} has kernel {version} and its initrd for {vm.name}'s direct boot")
+            log.info(f"  ok: {dst} has kernel {version} and its initrd for {vm.name}'s direct boot")
         return xml
     if site.host(dst).read_file(vm.cfg) is None:
         raise GuardError(f"{dst}: {vm.cfg} does not exist: run `fab xenhost.prepare-cfg --vm {vm.name}`")
-    say(f"  ok: {dst}:{vm.cfg} present")
+    log.info(f"  ok: {dst}:{vm.cfg} present")
     return None
 
 
@@ -247,8 +248,8 @@ def move(ctx: Ctx, to: str | None, journals: Path, locks: Path, dry_run: bool = 
         if target_side is None:
             return VmResult(vm.name, True, runs_on, f"{vm.name}: already on {', '.join(runs_on)}")
         src, dst = vm.host_for(other(target_side)), vm.host_for(target_side)
-        say(f"== {vm.name}: {src} -> {dst}{' (dry run)' if dry_run else ''}")
-        say("checks:")
+        log.info(f"== {vm.name}: {src} -> {dst}{' (dry run)' if dry_run else ''}")
+        log.info("checks:")
         ctx.on_step("checks")
         xml = check_move(ctx, target_side, runs_on)
         steps = plan_move(ctx, target_side, xml, kvm_state)
@@ -302,7 +303,7 @@ def _execute(ctx: Ctx, steps: list[Step], journal: Journal, dst: str) -> VmResul
             return _fail(ctx, journal, step, exc)
     journal.finish("done")
     message = f"{vm.name} now runs on {dst} ({time.monotonic() - started:.1f}s)"
-    say(f"== {message}")
+    log.log(RESULT, f"== {message}")
     return VmResult(vm.name, True, [dst], message)
 
 
@@ -322,7 +323,7 @@ def _fail(ctx: Ctx, journal: Journal, step: Step, exc: BaseException) -> VmResul
         if entry["status"] == "started":
             journal.mark_in_undo(entry, "failed")
         what = f"step '{step.name}' failed: {reason}"
-    say(f"! {what}")
+    log.warning(f"! {what}")
     return _roll_back_after_failure(ctx, journal, what)
 
 
@@ -359,7 +360,7 @@ def _close(journal: Journal, status: str, keep: bool = False) -> None:
         else:
             journal.finish(status)
     except JournalError as exc:
-        say(f"! {exc}: `fab rollback --vm {journal.data['vm']}` will find nothing left to undo")
+        log.warning(f"! {exc}: `fab rollback --vm {journal.data['vm']}` will find nothing left to undo")
 
 
 def rollback_vm(ctx: Ctx, journals: Path, locks: Path) -> VmResult:
@@ -371,7 +372,7 @@ def rollback_vm(ctx: Ctx, journals: Path, locks: Path) -> VmResult:
             runs_on = _where_now(ctx)
             return VmResult(vm.name, True, runs_on, f"{vm.name}: no unfinished run; it runs on "
                                                      f"{', '.join(runs_on) or 'no host'}")
-        say(f"== rollback {vm.name}: {journal.summary()}")
+        log.info(f"== rollback {vm.name}: {journal.summary()}")
         undone, failed = undo_steps(ctx, journal)
         if failed:
             raise ToolError(f"{vm.name}: the rollback could not finish ({'; '.join(failed)}); the journal is "
@@ -468,7 +469,7 @@ def rollback(c, vm):
             result = rollback_vm(Ctx(site, inv, model), journal_dir(c), lock_dir(c))
     finally:
         site.close()
-    say(f"== {result.message}")
+    log.log(RESULT, f"== {result.message}")
 
 
 STATUS_HEADER = ("VM", "runs on", "resource", "host", "role", "conn", "disk/peer", "sync")
@@ -522,7 +523,8 @@ def status(c, vm=None):
     inv = inventory.from_context(c)
     models = inv.select(vm)
     site = site_from_context(c, inv)
-    rows, notes, failed = [STATUS_HEADER], [], []
+    rows: list[tuple] = []
+    notes, failed = [], []
     try:
         hosts = sorted({host for model in models for host in (model.xen_host, model.kvm_host)})
         errors = concurrently(*(lambda host=host: _connect_error(site, host) for host in hosts)) if hosts else []
@@ -538,9 +540,7 @@ def status(c, vm=None):
                 notes.append(f"! {model.name}: unfinished run ({pending.summary()}): `fab rollback --vm {model.name}`")
     finally:
         site.close()
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    print(output.table_text(STATUS_HEADER, rows))
     for note in notes:
         print(note)
     if unreachable or failed:
@@ -574,7 +574,7 @@ def match_swap(c, vm, to, dry_run=False):
     site = site_from_context(c, inv, dry_run)
     try:
         if not match_swaps(site, inv, model, to):
-            say(f"* {model.host_for(to)}: no swap of {model.name} to format there ... ok")
+            log.info(f"* {model.host_for(to)}: no swap of {model.name} to format there ... ok")
     finally:
         site.close()
 

@@ -12,14 +12,16 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from invoke import Collection, task
+from invoke import Collection
 
+from .cli import task
 from . import inventory, vmplan
 from .errors import GuardError, ToolError, reading
 from .formats import FormatError
 from .inventory import VM
-from .remote import SLOW_TIMEOUT, Remote, say, site_from_context
+from .remote import SLOW_TIMEOUT, Remote, site_from_context
 from .vmplan import read_local
+from .output import log
 
 if TYPE_CHECKING:
     from .diskmap import MappedDisk
@@ -328,7 +330,7 @@ def device_uuids(guest: Remote, renames: dict[str, str]) -> dict[str, str]:
         if found.ok and found.stdout.strip():
             uuids[new] = found.stdout.strip()
         else:
-            say(f"  {guest.name}: /dev/{old} has no UUID: fstab keeps a device name for {new}")
+            log.info(f"  {guest.name}: /dev/{old} has no UUID: fstab keeps a device name for {new}")
     return uuids
 
 
@@ -437,15 +439,15 @@ def apply_console(guest: Remote, facts: GuestFacts, plan: GettyPlan) -> None:
             # Only a reload: the file is written, and init reads it at the next boot anyway.
             reload = guest.change(["telinit", "q"], ok_codes=(0, 1), quiet=True)
             if reload is not None and reload.exit_code:
-                say(f"! {guest.name}: telinit q failed ({(reload.stderr or reload.stdout).strip()}): init "
+                log.warning(f"! {guest.name}: telinit q failed ({(reload.stderr or reload.stdout).strip()}): init "
                     f"reads the new {INITTAB} at the next boot")
             elif reload is not None:
-                say(f"* {guest.name}: telinit q ... ok")
+                log.info(f"* {guest.name}: telinit q ... ok")
     else:
         for argv in commands(plan):
             guest.change(argv)
         if not commands(plan):
-            say(f"* {guest.name}: getty units ... unchanged")
+            log.info(f"* {guest.name}: getty units ... unchanged")
     if plan.edit_securetty:
         guest.edit_file(SECURETTY, convert_securetty)
 
@@ -483,9 +485,9 @@ def apply_boot(guest: Remote, facts: GuestFacts, disk_map: list[MappedDisk], fst
     if plan.kernel_package:
         guest.change(["apt-get", "install", "-y", plan.kernel_package], env=APT_ENV, timeout=SLOW_TIMEOUT)
     else:
-        say(f"* {guest.name}: kernel {', '.join(facts.bootable_kernels)} boots under KVM ... unchanged")
+        log.info(f"* {guest.name}: kernel {', '.join(facts.bootable_kernels)} boots under KVM ... unchanged")
     if not plan.grub2:
-        say(f"* {guest.name}: grub 2 ... skipped (boot: direct-kernel)")
+        log.info(f"* {guest.name}: grub 2 ... skipped (boot: direct-kernel)")
     else:
         grub_changed = plan.kernel_package is not None
         if plan.install_grub_pc:
@@ -495,16 +497,16 @@ def apply_boot(guest: Remote, facts: GuestFacts, disk_map: list[MappedDisk], fst
         device_map = render_device_map([d.target for d in disk_map])
         grub_changed |= guest.edit_file(DEVICE_MAP, lambda _: device_map, create=True)
         if guest.dry_run and facts.default_grub is None:
-            say(f"  would edit {guest.name}:{DEFAULT_GRUB} once grub-pc has installed it")
+            log.info(f"  would edit {guest.name}:{DEFAULT_GRUB} once grub-pc has installed it")
         else:
             grub_changed |= guest.edit_file(
                 DEFAULT_GRUB, lambda text: convert_default_grub(text, fstab_plan.renames, fstab_plan.root))
         if grub_changed or not facts.grub_cfg:
             guest.change(["update-grub"], timeout=SLOW_TIMEOUT)
         else:
-            say(f"* {guest.name}: update-grub ... unchanged (nothing it reads changed)")
+            log.info(f"* {guest.name}: update-grub ... unchanged (nothing it reads changed)")
         if plan.grub_install_device:
-            say(f"! {guest.name}: grub-install --force on {plan.grub_install_device}, a disk without a "
+            log.warning(f"! {guest.name}: grub-install --force on {plan.grub_install_device}, a disk without a "
                 f"partition table: {BLOCKLIST_WARNING}")
             guest.change(grub_install_argv(guest, plan.grub_install_device), timeout=SLOW_TIMEOUT)
     if facts.menu_lst is not None:
@@ -515,20 +517,20 @@ def apply_power_button(guest: Remote, facts: GuestFacts, install: bool) -> None:
     if install:
         guest.change(["apt-get", "install", "-y", *POWER_BUTTON_PACKAGES], env=APT_ENV, timeout=SLOW_TIMEOUT)
     else:
-        say(f"* {guest.name}: power button handled by {POWER_BUTTON_SUMMARY[facts.power_button]} ... unchanged")
+        log.info(f"* {guest.name}: power button handled by {POWER_BUTTON_SUMMARY[facts.power_button]} ... unchanged")
 
 
 def apply_initramfs(guest: Remote, present: bool, force: bool = False) -> None:
     """KVM's disk and network drivers in every initramfs; rebuilt only when the list changed."""
     from .formats.initramfs import plan_initramfs_modules
     if not present and guest.dry_run:
-        say(f"  would edit {guest.name}:{INITRAMFS_MODULES} once the kernel has installed initramfs-tools")
+        log.info(f"  would edit {guest.name}:{INITRAMFS_MODULES} once the kernel has installed initramfs-tools")
         return
     changed = guest.edit_file(INITRAMFS_MODULES, lambda text: plan_initramfs_modules(text) or text, create=True)
     if changed or force:
         guest.change(["update-initramfs", "-u", "-k", "all"], timeout=SLOW_TIMEOUT)
     else:
-        say(f"* {guest.name}: update-initramfs ... unchanged")
+        log.info(f"* {guest.name}: update-initramfs ... unchanged")
 
 
 def prepare_guest(guest: Remote, disk_map: list[MappedDisk], *, boot: str = "grub", uuid: bool = False,
@@ -537,7 +539,7 @@ def prepare_guest(guest: Remote, disk_map: list[MappedDisk], *, boot: str = "gru
     (an HVM guest: the last two only)."""
     found = gather_facts(guest)
     for line in summary(guest.name, found, hvm):
-        say(line)
+        log.info(line)
     console_plan = fstab_plan = boot_plan = None
     if not hvm:
         console_plan = check_console(guest, found)
@@ -558,7 +560,7 @@ def prepare_guest(guest: Remote, disk_map: list[MappedDisk], *, boot: str = "gru
 
 def skip_for_hvm(guest: Remote, steps: str) -> None:
     """Say that steps only a PV guest needs are left out."""
-    say(f"* {guest.name}: {steps} ... skipped ({HVM_REASON})")
+    log.info(f"* {guest.name}: {steps} ... skipped ({HVM_REASON})")
 
 
 # -- tasks --------------------------------------------------------------------------------------
@@ -567,7 +569,7 @@ def fetch_hint(vm: VM) -> None:
     """A direct-kernel VM boots the KVM host's copy of its kernel and initrd, which the guest
     tasks cannot refresh: they reach the guest only."""
     if vm.boot == "direct-kernel":
-        say(f"! {vm.name} boots direct-kernel: copy its kernel and initrd to {vm.kvm_host} with "
+        log.warning(f"! {vm.name} boots direct-kernel: copy its kernel and initrd to {vm.kvm_host} with "
             f"`fab kvmhost.fetch-kernel --vm {vm.name}` (after every kernel or initramfs change)")
 
 
@@ -604,7 +606,7 @@ def facts(c, vm, dry_run=False):
     hvm = vmplan.of_vm(site, model).cfg.hvm
     found = gather_facts(guest)
     for line in summary(guest.name, found, hvm):
-        say(line)
+        log.info(line)
     return found
 
 

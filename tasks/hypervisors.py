@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Callable
 
 from .errors import ToolError
 from .inventory import VM, Host
-from .remote import START_TIMEOUT, Remote, RemoteError, say
+from .remote import START_TIMEOUT, Remote, RemoteError
+from .output import log
 
 if TYPE_CHECKING:
     from .interrupt import Interruption
@@ -82,12 +83,12 @@ class Hypervisor:
         down at any moment, and an undo must wait for that before starting it again.
         """
         if not self.remote.dry_run and not self.running(name):
-            say(f"* {self.host.name}: {name} is not running ... ok")
+            log.info(f"* {self.host.name}: {name} is not running ... ok")
             return
         self.remote.change(self.shutdown_argv(name))
         if self.remote.dry_run:
             if force:
-                say(f"  would run on {self.host.name} after {timeout:.0f}s: {self.command(self.destroy_argv(name))}")
+                log.info(f"  would run on {self.host.name} after {timeout:.0f}s: {self.command(self.destroy_argv(name))}")
             return
         if on_requested:
             on_requested()
@@ -97,7 +98,7 @@ class Hypervisor:
             if not force:
                 raise ToolError(f"{self.host.name}: {name} still running after {timeout:.0f}s; "
                                 f"retry with a longer --timeout, or --force to destroy it")
-            say(f"* {self.host.name}: {name} did not shut down in {timeout:.0f}s: destroying (--force)")
+            log.info(f"* {self.host.name}: {name} did not shut down in {timeout:.0f}s: destroying (--force)")
             self.destroy(name)
 
     def _listing(self, argv: list[str], label: str, parse: Callable[[str], dict[str, str]],
@@ -233,7 +234,7 @@ def wait_until(done, timeout: float, poll: float, label: str, interruption: Inte
         if now - started >= timeout:
             return False
         if now >= next_report:
-            say(f"  {label} ... {now - started:.0f}s of {timeout:.0f}s")
+            log.info(f"  {label} ... {now - started:.0f}s of {timeout:.0f}s")
             next_report = now + every
         interruption.sleep(poll)
     return True

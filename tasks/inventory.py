@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from invoke import Collection, task
+from invoke import Collection
 
+from .cli import task
 from .errors import GuardError, InputError, quoted, shown
 
 DEFAULT_CFG_DIR = "/etc/xen/auto"

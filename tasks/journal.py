@@ -21,7 +21,8 @@ from .errors import GuardError, ToolError, quoted
 from .hostlock import holder, operator
 from .hypervisors import SHUTDOWN_POLL, wait_until
 from .inventory import SIDES, VM, other
-from .remote import make_private_dir, say, state_dir
+from .remote import make_private_dir, state_dir
+from .output import log
 
 if TYPE_CHECKING:
     from .flows import Ctx, Step
@@ -93,7 +94,7 @@ class Journal:
         try:
             self.mark(entry, status)
         except JournalError as exc:
-            say(f"! {exc}: the undo goes on without it")
+            log.warning(f"! {exc}: the undo goes on without it")
 
     def finish(self, status: str) -> None:
         """Close the run and move the journal to the history folder."""
@@ -233,7 +234,7 @@ def _start(ctx: Ctx, undo: dict) -> None:
                           f"{host}: waiting for the shutdown already requested of {ctx.vm.name} to end",
                           ctx.interruption)
         if not gone:
-            say(f"* {host}: {ctx.vm.name} still runs {ctx.rollback_timeout:.0f}s after its shutdown was "
+            log.info(f"* {host}: {ctx.vm.name} still runs {ctx.rollback_timeout:.0f}s after its shutdown was "
                 f"requested: it ignored the request ... ok")
             return
     drbd.start_guarded(ctx.site, ctx.vm, host, lambda: ctx.launch(side))
@@ -273,11 +274,11 @@ def undo_steps(ctx: Ctx, journal: Journal) -> tuple[list[str], list[str]]:
         for entry in reversed(journal.data["steps"]):
             if entry["status"] not in ("started", "done", "failed") or not entry.get("undo"):
                 continue
-            say(f"  undo: {entry['name']}")
+            log.info(f"  undo: {entry['name']}")
             try:
                 UNDO_OPS[entry["undo"]["op"]](ctx, entry["undo"])
             except ToolError as exc:
-                say(f"! undo of '{entry['name']}' failed: {exc}")
+                log.warning(f"! undo of '{entry['name']}' failed: {exc}")
                 failed.append(f"{entry['name']} ({exc})")
                 continue
             journal.mark_in_undo(entry, "undone")

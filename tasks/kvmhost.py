@@ -13,16 +13,18 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from invoke import Collection, task
+from invoke import Collection
 
+from .cli import task
 from . import drbd, hypervisors, inventory, vmplan
 from .errors import GuardError, InputError, ToolError, shown
 from .formats.domainxml import BOOT_DIR, console_log
 from .hypervisors import DEFAULT_SHUTDOWN_TIMEOUT, KvmHost
 from .inventory import VM, Inventory, ReplicatedDisk
 from .localdisk import plan_swap_matches
-from .remote import Remote, RemoteError, say, site_from_context
+from .remote import Remote, RemoteError, site_from_context
 from .ssh import describe_ssh_error
+from .output import log
 
 XML_DIR = "/var/lib/xenkvm"
 REHEARSAL_SUFFIX = "-rehearsal"
@@ -161,13 +163,13 @@ def rehearse_vm(site, inv: Inventory, vm: VM, *, seconds: float = 20.0, method: 
     snapper = SNAPSHOT_METHODS[method or vm.snapshot]
     snapper = snapper(snapshot_size) if snapper is LvmSnapshot else snapper()
     if vm.boot == "direct-kernel":
-        say(f"* {host.name}: {vm.name} boots kernel {require_fetched_kernel(remote, vm)} ... ok")
+        log.info(f"* {host.name}: {vm.name} boots kernel {require_fetched_kernel(remote, vm)} ... ok")
     try:
         for swap in plan_swap_matches(site, vm, vm.xen_host, host.name):
-            say(f"  note: {host.name}:{swap.path} lacks the UUID of {vm.name}'s swap, so the trial may wait for "
+            log.info(f"  note: {host.name}:{swap.path} lacks the UUID of {vm.name}'s swap, so the trial may wait for "
                 f"it at boot (systemd: 90 s); `fab match-swap --vm {vm.name} --to kvm` gives it that UUID")
     except GuardError as exc:   # the trial writes only a snapshot of it: a note, not a refusal
-        say(f"  note: {exc}")
+        log.info(f"  note: {exc}")
     name = f"{vm.name}{REHEARSAL_SUFFIX}"
     if kvm.state(name) != "not found":
         raise ToolError(f"{host.name}: a domain {name} exists from an earlier rehearsal; "
@@ -196,18 +198,18 @@ def rehearse_vm(site, inv: Inventory, vm: VM, *, seconds: float = 20.0, method: 
                 raise ToolError(f"{host.name}: rehearsal domain {name} is {state} after "
                                 f"{time.monotonic() - started:.0f}s; its console: {console_log(name)}")
             if login and console_shows_login(remote, name):
-                say(f"* {host.name}: {name} booted to a login prompt on snapshots in "
+                log.info(f"* {host.name}: {name} booted to a login prompt on snapshots in "
                     f"{time.monotonic() - started:.0f}s ... ok")
                 return
             if time.monotonic() >= next_report:
-                say(f"  {host.name}: {name} {'booting' if login else 'running'} ... "
+                log.info(f"  {host.name}: {name} {'booting' if login else 'running'} ... "
                     f"{time.monotonic() - started:.0f}s of {seconds:.0f}s")
                 next_report += 30
             time.sleep(1.0)
         if login:
             raise ToolError(f"{host.name}: no login prompt on {name}'s console in {seconds:.0f}s; "
                             f"read {console_log(name)} on {host.name}")
-        say(f"* {host.name}: {name} ran for {seconds:.0f}s on snapshots ... ok")
+        log.info(f"* {host.name}: {name} ran for {seconds:.0f}s on snapshots ... ok")
     finally:
         cleanup_errors = []
         steps = [(lambda: kvm.destroy(name)), (lambda: kvm.undefine(name))] \
@@ -219,7 +221,7 @@ def rehearse_vm(site, inv: Inventory, vm: VM, *, seconds: float = 20.0, method: 
             except ToolError as exc:
                 cleanup_errors.append(str(exc))
         if cleanup_errors:
-            say("! rehearsal cleanup left something behind: " + "; ".join(cleanup_errors))
+            log.warning("! rehearsal cleanup left something behind: " + "; ".join(cleanup_errors))
 
 
 # -- the kernel a direct-kernel domain boots --------------------------------------------------
@@ -289,7 +291,7 @@ def copy_boot_files(guest: Remote, kvm: Remote, directory: str, files: list[Boot
     the guest reported first, then installed in one command, so a failed copy installs nothing."""
     if kvm.dry_run:
         for f in files:
-            say(f"  would copy {guest.name}:{f.source} to {kvm.name}:{directory}/{f.name}")
+            log.info(f"  would copy {guest.name}:{f.source} to {kvm.name}:{directory}/{f.name}")
         return
     staged = {f.name: f"/tmp/.xenkvm-{uuid.uuid4().hex}" for f in files}
     try:
@@ -299,7 +301,7 @@ def copy_boot_files(guest: Remote, kvm: Remote, directory: str, files: list[Boot
             if digest != f.sha256:
                 raise ToolError(f"{guest.name}:{f.source} changed while it was copied (a kernel "
                                 f"upgrade running?): run this again when it is done")
-            say(f"* {kvm.name}: copy {guest.name}:{f.source} ({size / 1e6:.1f} MB) ... ok "
+            log.info(f"* {kvm.name}: copy {guest.name}:{f.source} ({size / 1e6:.1f} MB) ... ok "
                 f"{time.monotonic() - started:.1f}s")
     except (Exception, KeyboardInterrupt):
         kvm.change(["rm", "-f", "--", *staged.values()], quiet=True)
@@ -307,7 +309,7 @@ def copy_boot_files(guest: Remote, kvm: Remote, directory: str, files: list[Boot
     started = time.monotonic()
     kvm.change(["sh", "-c", _INSTALL, "sh", directory, *(a for f in files for a in (f.name, staged[f.name]))],
                quiet=True)
-    say(f"* {kvm.name}: install {', '.join(f.name for f in files)} in {directory} ... ok "
+    log.info(f"* {kvm.name}: install {', '.join(f.name for f in files)} in {directory} ... ok "
         f"{time.monotonic() - started:.1f}s")
 
 
@@ -320,7 +322,7 @@ def fetch_guest_kernel(site, vm: VM) -> str:
                          f"copied to its KVM host")
     guest, kvm = site.guest(vm), site.host(vm.kvm_host)
     version = newest_bootable_kernel(guest, vm.name)
-    say(f"* {guest.name}: newest kernel that boots under KVM: {version}")
+    log.info(f"* {guest.name}: newest kernel that boots under KVM: {version}")
     wanted = []
     for name, source in (("vmlinuz", f"/boot/vmlinuz-{version}"), ("initrd.img", f"/boot/initrd.img-{version}")):
         digest = file_sha256(guest, source)
@@ -332,7 +334,7 @@ def fetch_guest_kernel(site, vm: VM) -> str:
     stale = []
     for f in wanted:
         if file_sha256(kvm, f"{directory}/{f.name}") == f.sha256:
-            say(f"* {kvm.name}: {directory}/{f.name} ... unchanged")
+            log.info(f"* {kvm.name}: {directory}/{f.name} ... unchanged")
         else:
             stale.append(f)
     if stale:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from .errors import GuardError
 from .inventory import VM, LocalDisk
-from .remote import Remote, Site, say
+from .remote import Remote, Site
+from .output import log
 
 NOTHING_FOUND = 2   # blkid's exit code when the device holds no known signature
 BLANK_SPAN = 1 << 20   # bytes at the start of a volume that must be zeros for it to count as blank
@@ -121,7 +122,7 @@ def plan_swap_matches(site: Site, vm: VM, src: str, dst: str) -> list[SwapMatch]
         if needs_swap(site.host(dst), path, source["UUID"]):
             matches.append(SwapMatch(path, source["UUID"]))
         else:
-            say(f"  ok: {dst}:{path} is swap with the UUID the guest's fstab names")
+            log.info(f"  ok: {dst}:{path} is swap with the UUID the guest's fstab names")
     return matches
 
 

@@ -27,6 +27,7 @@ from .errors import GuardError, ToolError
 from .hostlock import HostLocks, holder
 from .interrupt import Interruption
 from .inventory import VM, Host, Inventory
+from .output import log
 
 BACKUP_SUFFIX = ".xenkvm-"
 LOCALE = {"LC_ALL": "C"}
@@ -34,20 +35,6 @@ COMMAND_TIMEOUT = 60.0   # one probe or short change (inventory: a host's comman
 START_TIMEOUT = 300.0    # a domain start: Xen scrubs a large guest's memory before it runs
 SLOW_TIMEOUT = 1800.0    # package installs, initramfs and grub in a guest
 T = TypeVar("T")
-_print_lock = threading.Lock()
-_prefix: contextvars.ContextVar[str] = contextvars.ContextVar("prefix", default="")   # the VM a fleet thread moves
-_sink: Callable[[str], None] = lambda line: print(line, flush=True)
-
-
-def say(line: str) -> None:
-    """One line of progress; whole lines, tagged with the VM, when several VMs move at once."""
-    prefix = _prefix.get()
-    with _print_lock:
-        _sink(f"[{prefix}] {line}" if prefix else line)
-
-
-def set_output_prefix(prefix: str) -> None:
-    _prefix.set(prefix)
 
 
 def concurrently(*calls: Callable[[], T]) -> list[T]:
@@ -60,12 +47,6 @@ def concurrently(*calls: Callable[[], T]) -> list[T]:
         others = [pool.submit(contextvars.copy_context().run, call) for call in calls[1:]]
         first = calls[0]()
         return [first, *(future.result() for future in others)]
-
-
-def set_sink(sink: Callable[[str], None] | None) -> None:
-    """Send progress lines elsewhere (a live display); None restores plain printing."""
-    global _sink
-    _sink = sink or (lambda line: print(line, flush=True))
 
 
 def join(argv: Sequence[str]) -> str:
@@ -228,8 +209,12 @@ class Remote:
         return outcome
 
     def _record(self, command: str, exit_code: int | None, started: float, kind: str) -> None:
-        """Audit the command; a log that cannot be written stops the run (not its undo)."""
-        self.audit.record(self.name, command, exit_code, time.monotonic() - started, kind)
+        """Audit the command (and show a probe with -v); a log that cannot be written stops the
+        run (not its undo)."""
+        took = time.monotonic() - started
+        self.audit.record(self.name, command, exit_code, took, kind)
+        if kind == "probe":
+            log.debug(f"  {self.name}: {command} ... exit {exit_code} {took:.1f}s")
         if self.audit.failure:
             self.interruption.request(self.audit.failure)
             self.interruption.check()
@@ -294,17 +279,17 @@ class Remote:
         """Mutates the host: printed, skipped in a dry run, raises RemoteError on failure."""
         command = self.command(argv, env)
         if self.dry_run:
-            say(f"  would run on {self.name}: {command}")
+            log.info(f"  would run on {self.name}: {command}")
             return None
         started = time.monotonic()
         outcome = self._run(argv, kind="change", env=env, stdin=stdin, timeout=timeout)
         took = time.monotonic() - started
         if outcome.exit_code not in ok_codes:
             if not quiet:
-                say(f"* {self.name}: {command} ... FAILED {took:.1f}s")
+                log.info(f"* {self.name}: {command} ... FAILED {took:.1f}s")
             raise RemoteError(self.name, command, outcome.exit_code, outcome.stderr or outcome.stdout)
         if not quiet:
-            say(f"* {self.name}: {command} ... ok {took:.1f}s")
+            log.info(f"* {self.name}: {command} ... ok {took:.1f}s")
         return outcome
 
     def read_file(self, path: str) -> str | None:
@@ -327,7 +312,7 @@ class Remote:
         stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
         backup = f"{path}{BACKUP_SUFFIX}{stamp}"
         if self.dry_run:
-            say(f"  would write {self.name}:{path} (backup {backup})")
+            log.info(f"  would write {self.name}:{path} (backup {backup})")
             return
         started = time.monotonic()
         staged = self._stage(text)
@@ -340,7 +325,7 @@ class Remote:
         target = printable(outcome.stdout)   # the link's target, when path is a symlink
         if target:
             path, backup = f"{path} -> {target}", f"{target}{BACKUP_SUFFIX}{stamp}"
-        say(f"* {self.name}: write {path} (backup {backup} if it existed) ... ok {time.monotonic() - started:.1f}s")
+        log.info(f"* {self.name}: write {path} (backup {backup} if it existed) ... ok {time.monotonic() - started:.1f}s")
 
     @contextmanager
     def sftp(self):
@@ -389,9 +374,9 @@ class Remote:
             raise ToolError(f"{self.name}: {path} does not exist")
         new = transform(old or "")
         if new == old:
-            say(f"* {self.name}: {path} ... unchanged")
+            log.info(f"* {self.name}: {path} ... unchanged")
             return False
-        say(unified_diff(old or "", new, f"{self.name}:{path}"))
+        log.info(unified_diff(old or "", new, f"{self.name}:{path}"))
         self.write_file(path, new, make_parent=old is None)
         return True
 
@@ -417,7 +402,7 @@ class Site:
         self.dry_run = dry_run
         self.audit = audit or AuditLog(None)
         self.interruption = interruption or Interruption()
-        self._connect = connect or (lambda _label, target: ssh.open_connection(target, say))
+        self._connect = connect or (lambda _label, target: ssh.open_connection(target))
         self._remotes: dict[str, Remote] = {}
         self._lock = threading.Lock()
         self._host_locks: dict[str, threading.Lock] = {}
@@ -464,7 +449,7 @@ class Site:
             try:
                 locks.release(vm.name)
             except ToolError as exc:
-                say(f"! {exc}: the lock of {vm.name} is released when this run ends")
+                log.warning(f"! {exc}: the lock of {vm.name} is released when this run ends")
 
     def close(self) -> None:
         for locks in self._vm_locks.values():

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ToolError
+from .output import log
 
 CONNECT_TIMEOUT = 15.0      # TCP or proxy, the server's banner, authentication
 KEEPALIVE_INTERVAL = 15     # seconds between SSH keepalives on an idle connection
@@ -149,7 +150,7 @@ def host_stopped_answering(conn, exc: BaseException) -> bool:
     return "Timeout opening channel" in str(exc)
 
 
-def _host_key_policy(known_hosts: Path, accept_new: bool, label: str, say):
+def _host_key_policy(known_hosts: Path, accept_new: bool, label: str):
     """Refuse unknown keys (Fabric's default silently accepts them); opt-in: record new ones."""
     import paramiko
 
@@ -163,7 +164,7 @@ def _host_key_policy(known_hosts: Path, accept_new: bool, label: str, say):
             known_hosts.parent.mkdir(parents=True, exist_ok=True)
             with known_hosts.open("a") as fh:
                 fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
-            say(f"* {label}: recorded new host key {key.get_name()} for {hostname} in {known_hosts}")
+            log.info(f"* {label}: recorded new host key {key.get_name()} for {hostname} in {known_hosts}")
 
     return Policy()
 
@@ -219,7 +220,7 @@ def _quiet_paramiko() -> None:
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 
-def _connection(target: SshTarget, say, gateway=None):
+def _connection(target: SshTarget, gateway=None):
     """An unopened fabric Connection for the target, with strict host key checking."""
     from fabric import Config, Connection
     from paramiko import SSHConfig
@@ -237,21 +238,21 @@ def _connection(target: SshTarget, say, gateway=None):
     known = Path(target.known_hosts or "~/.ssh/known_hosts").expanduser()
     if known.exists():
         conn.client.load_host_keys(str(known))
-    conn.client.set_missing_host_key_policy(_host_key_policy(known, target.accept_new, target.label, say))
+    conn.client.set_missing_host_key_policy(_host_key_policy(known, target.accept_new, target.label))
     return conn, proxy
 
 
-def open_connection(target: SshTarget, say=print):
+def open_connection(target: SshTarget):
     """A connected fabric Connection: host keys verified, every wait bounded, no agent forwarding."""
     _quiet_paramiko()
     gateway = None
     for hop in target.jumps:   # each hop is reached through the previous one
-        gateway = _open(hop, say, gateway)
-    return _open(target, say, gateway)
+        gateway = _open(hop, gateway)
+    return _open(target, gateway)
 
 
-def _open(target: SshTarget, say, gateway):
-    conn, proxy = _connection(target, say, gateway)
+def _open(target: SshTarget, gateway):
+    conn, proxy = _connection(target, gateway)
     try:
         conn.open()
     except Exception as exc:

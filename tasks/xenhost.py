@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import sys
 
-from invoke import Collection, task
+from invoke import Collection
 
+from .cli import task
 from . import drbd, hypervisors, inventory, vmplan
 from .hypervisors import DEFAULT_SHUTDOWN_TIMEOUT
-from .remote import say, site_from_context
+from .remote import site_from_context
 from .vmplan import HVM_CFG_NOTE
+from .output import log
 
 
 def _context(c, vm_name: str, dry_run: bool = False):
@@ -45,7 +47,7 @@ def prepare_cfg(c, vm, console=False, dry_run=False):
     def transform(text: str) -> str:
         converted = vmplan.plan(text, label, model).converted_cfg(console)
         if converted is None:
-            say(f"* {label}: {HVM_CFG_NOTE}")
+            log.info(f"* {label}: {HVM_CFG_NOTE}")
         return text if converted is None else converted
 
     site.host(host.name).edit_file(model.cfg, transform)

@@ -149,26 +149,27 @@ def test_once_connected_the_proxys_end_is_a_quiet_end_of_stream():
 def test_concurrently_overlaps_the_calls_and_keeps_order_tag_and_first_failure():
     import threading
 
-    from tasks.remote import concurrently, say, set_output_prefix, set_sink
+    from tasks import output
+    from tasks.output import log, set_vm
+    from tasks.remote import concurrently
 
     meet = threading.Barrier(3, timeout=30)   # passes only if all three calls run at the same time
     lines = []
-    set_sink(lines.append)
-    set_output_prefix("logger")
+    set_vm("logger")
     try:
-        def call(value):
-            meet.wait()
-            say(f"probe {value}")
-            return value
-        assert concurrently(lambda: call("a"), lambda: call("b"), lambda: call("c")) == ["a", "b", "c"]
+        with output.live(lines.append):
+            def call(value):
+                meet.wait()
+                log.info(f"probe {value}")
+                return value
+            assert concurrently(lambda: call("a"), lambda: call("b"), lambda: call("c")) == ["a", "b", "c"]
 
-        def fail(text):
-            raise ToolError(text)
-        with pytest.raises(ToolError, match="^second$"):
-            concurrently(lambda: "ok", lambda: fail("second"), lambda: fail("third"))
+            def fail(text):
+                raise ToolError(text)
+            with pytest.raises(ToolError, match="^second$"):
+                concurrently(lambda: "ok", lambda: fail("second"), lambda: fail("third"))
     finally:
-        set_output_prefix("")
-        set_sink(None)
+        set_vm("")
     assert sorted(lines) == ["[logger] probe a", "[logger] probe b", "[logger] probe c"]
 
 
