@@ -30,6 +30,7 @@ from tasks.formats.domainxml import (
 )
 from tasks.formats.xencfg import parse_xen_cfg
 from tasks.inventory import VM, is_domain_name, load_inventory
+from tests.conftest import corpus_params, need_corpus
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_SCHEMAS = default_schema_dir()
@@ -218,7 +219,7 @@ def corpus_cases(kind: str) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.cfg") if p.with_suffix(".xml").is_file())
 
 
-@pytest.mark.parametrize("kind,case", [(k, c) for k in ("xm", "xl") for c in corpus_cases(k)])
+@pytest.mark.parametrize("kind,case", corpus_params([(k, c) for k in ("xm", "xl") for c in corpus_cases(k)], 2))
 def test_corpus_config_plans_like_libvirt(kind, case, corpus, schema_dirs):
     folder = corpus / f"libvirt-{kind}config"
     oracle = etree.parse(str(folder / f"{case}.xml")).getroot()
@@ -557,7 +558,7 @@ def hvm_corpus_cases() -> list[tuple[str, str]]:
     return cases
 
 
-@pytest.mark.parametrize("kind,case", hvm_corpus_cases())
+@pytest.mark.parametrize("kind,case", corpus_params(hvm_corpus_cases(), 2))
 def test_corpus_hvm_guest_keeps_its_disk_buses_and_nic_models_as_libvirt_reads_them(kind, case, corpus):
     """libvirt's own reading of the cfg is the oracle: the same target and bus for every disk, the
     same NIC model (rtl8139, libxl's default, where libvirt names none or the PV-only netfront)."""
@@ -577,6 +578,7 @@ def test_corpus_hvm_guest_keeps_its_disk_buses_and_nic_models_as_libvirt_reads_t
 
 
 def test_hvm_corpus_cases_were_collected():
+    need_corpus()
     assert len(hvm_corpus_cases()) >= 40
 
 

@@ -24,8 +24,8 @@ from tasks.formats.xencfg import (
     parse_xen_cfg,
     rewrite_xen_cfg,
 )
+from tests.conftest import CORPUS, corpus_params
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
 LIBVIRT_CFGS = sorted(
     f"{p.parent.name}/{p.name}" for d in ("libvirt-xmconfig", "libvirt-xlconfig") for p in (CORPUS / d).glob("*.cfg")
 )
@@ -78,7 +78,7 @@ def _mib(dom, tag: str) -> int:
     return int(element.text) // 1024
 
 
-@pytest.mark.parametrize("rel", LIBVIRT_CFGS)
+@pytest.mark.parametrize("rel", corpus_params(LIBVIRT_CFGS))
 def test_libvirt_corpus_agrees_with_libvirt(corpus, rel):
     cfg_path = corpus / rel
     cfg = parse_xen_cfg(cfg_path.read_text())
@@ -115,7 +115,7 @@ def test_libvirt_corpus_agrees_with_libvirt(corpus, rel):
     ]
 
 
-@pytest.mark.parametrize("rel", LIBVIRT_CFGS)
+@pytest.mark.parametrize("rel", corpus_params(LIBVIRT_CFGS))
 def test_libvirt_corpus_syntax_guess(corpus, rel):
     cfg = parse_xen_cfg((corpus / rel).read_text())
     if rel.startswith("libvirt-xmconfig/") or rel in XL_CFGS_WITHOUT_XL_FEATURES:
@@ -124,7 +124,7 @@ def test_libvirt_corpus_syntax_guess(corpus, rel):
         assert cfg.syntax == "xl"
 
 
-@pytest.mark.parametrize("rel", LIBVIRT_CFGS)
+@pytest.mark.parametrize("rel", corpus_params(LIBVIRT_CFGS))
 def test_libvirt_corpus_identity_rewrite_is_byte_identical(corpus, rel):
     text = (corpus / rel).read_text()
     cfg = parse_xen_cfg(text)
@@ -154,7 +154,7 @@ def test_corpus_is_complete(corpus):
     assert len(EXAMPLES) == 8
 
 
-@pytest.mark.parametrize("name", EXAMPLES)
+@pytest.mark.parametrize("name", corpus_params(EXAMPLES))
 def test_xen_project_examples_parse(corpus, name):
     text = (corpus / "xen-examples" / name).read_text()
     cfg = parse_xen_cfg(text)
