@@ -20,8 +20,8 @@ from pathlib import Path
 import yaml
 
 from tests.lab import INVENTORY, control
-from tests.wire import bare
 from tests.lab.config import Settings
+from tests.wire import bare
 
 from .common import fab, report
 

@@ -14,18 +14,17 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping, cast
 
 from invoke import Collection
 
+from . import inventory, output
 from .cli import task
-from . import inventory
 from .errors import GuardError, InputError, ToolError
 from .inventory import VM, Host, ReplicatedDisk
-from .remote import Remote, RemoteError, Site, concurrently, site_from_context
-from .ssh import ConnectError
-from . import output
 from .output import log
+from .remote import Remote, RemoteError, Site, concurrently, replaced_by, site_from_context
+from .ssh import ConnectError
 
 if TYPE_CHECKING:
     from .formats.drbdstatus import DrbdState, Peer
@@ -353,7 +352,7 @@ def _down_state(vm: VM, name: str, host_name: str) -> DrbdState:
 
 def resource_states(remote: Remote, vm: VM, host_name: str) -> dict[str, DrbdState]:
     """Every DRBD resource of the VM as one host sees it; a resource drbdadm does not know refuses."""
-    return _query(remote, vm, host_name)
+    return cast("dict[str, DrbdState]", _query(remote, vm, host_name))   # None only when undefined_ok
 
 
 def drbd_version(remote: Remote) -> str:
@@ -598,7 +597,8 @@ def _blind_basis(blind: list[str], answers: dict[str, PeerAnswer]) -> str:
         return "the operator states the peer hosts are down"
     if asked[0].state is None:
         return f"{asked[0].host} cannot be reached ({asked[0].unreachable}); the operator states it is down"
-    seen = ", ".join(f"{a.state.name} {'down' if a.state.connection == DOWN else a.state.disk}" for a in asked)
+    seen = ", ".join(f"{a.state.name} {'down' if a.state.connection == DOWN else a.state.disk}"
+                     for a in asked if a.state is not None)
     return f"{asked[0].host} says: {seen}"
 
 
@@ -695,7 +695,7 @@ def setup(site: Site, vm: VM, hosts: dict[str, Host], *, force_initial_sync: boo
         raise InputError(str(exc)) from None
     paths = {name: res_path(name) for name in files}
     rewritten = {h: [name for name, text in files.items()
-                     if remotes[h].edit_file(paths[name], lambda _old, text=text: text, create=True)] for h in pair}
+                     if remotes[h].edit_file(paths[name], replaced_by(text), create=True)] for h in pair}
     work = {h: _survey(remotes[h], vm, h) for h in pair}
     for h in pair:
         for line in work[h].warnings:

@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from . import output
 from .errors import InputError, ToolError
@@ -176,8 +176,8 @@ class FleetView:
         self.rows = {name: _Row() for name in names}
         self.live = sys.stdout.isatty() if live is None else live
         self._lock = threading.Lock()
-        self._display = None
-        self._lines: ExitStack | None = None
+        self._display: Any = None           # rich's Live, on a terminal
+        self._lines = ExitStack()
 
     def __enter__(self) -> "FleetView":
         if self.live:
@@ -185,7 +185,6 @@ class FleetView:
 
             self._display = Live(self._table(), refresh_per_second=4, transient=False)
             self._display.__enter__()
-            self._lines = ExitStack()
             self._lines.enter_context(output.live(self._display.console.print))
         return self
 

@@ -9,23 +9,23 @@ VMs at once go through fleet.py.
 
 from __future__ import annotations
 
+import functools
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-
-from .cli import task
 from . import drbd, fleet, hypervisors, inventory, kvmhost, localdisk, output, vmplan
+from .cli import task
 from .errors import GuardError, InputError, ToolError
 from .fleet import VmResult
 from .hypervisors import DEFAULT_SHUTDOWN_TIMEOUT
 from .interrupt import Interrupted, Interruption
 from .inventory import SIDES, VM, Inventory, other
 from .journal import Journal, JournalError, VmLock, journal_dir, lock_dir, undo_steps
-from .remote import RemoteError, Site, concurrently, site_from_context
 from .output import RESULT, log
+from .remote import RemoteError, Site, concurrently, site_from_context
 
 ROLLBACK_TIMEOUT = 120.0
 
@@ -63,7 +63,7 @@ class Ctx:
     def interruption(self) -> Interruption:
         return self.site.interruption
 
-    def hypervisor(self, side: str) -> hypervisors.XenHost | hypervisors.KvmHost:
+    def hypervisor(self, side: str) -> hypervisors.Hypervisor:
         return hypervisors.on(self.site, self.vm.host_for(side))
 
     def running(self, side: str, max_age: float = 0.0) -> bool:
@@ -144,7 +144,7 @@ def plan_move(ctx: Ctx, target_side: str, xml: str | None, kvm_state: str) -> li
     for swap in localdisk.plan_swap_matches(ctx.site, vm, src, dst):
         steps.append(Step(f"give {dst}:{swap.path} the UUID of {vm.name}'s swap", dst,
                           [target.command(localdisk.mkswap_argv(swap))],
-                          lambda swap=swap: localdisk.format_swap(target.remote, swap)))
+                          functools.partial(localdisk.format_swap, target.remote, swap)))
     established = Established()
 
     def stop_source() -> None:
@@ -209,7 +209,7 @@ def check_move(ctx: Ctx, target_side: str, runs_on: list[str]) -> str | None:
     log.info(f"  ok: {vm.name} runs on {src}, not on {dst}")
     both_states = concurrently(*(lambda host=host: drbd.resource_states(site.host(host), vm, host)
                                  for host in (src, dst)))
-    for host, role, states in zip((src, dst), ("Primary", "Secondary"), both_states):
+    for host, role, states in zip((src, dst), ("Primary", "Secondary"), both_states, strict=True):
         for disk in vm.resources:
             st = states[disk.resource]
             if st.role != role:
@@ -498,12 +498,12 @@ def status_rows(site: Site, inv: Inventory, vm: VM, unreachable: set[str]) -> tu
             problems.append(str(exc))
             return None
 
-    running = {side: ask(vm.host_for(side), lambda side=side: running_on(site, vm, side)) for side in SIDES}
+    running = {side: ask(vm.host_for(side), functools.partial(running_on, site, vm, side)) for side in SIDES}
     runs_on = ", ".join([vm.host_for(side) for side in SIDES if running[side]]
                         + [f"{vm.host_for(side)}?" for side in SIDES if running[side] is None]) or "-"
     rows = []
     for host in (vm.xen_host, vm.kvm_host):
-        states = ask(host, lambda host=host: drbd.resource_states(site.host(host), vm, host))
+        states = ask(host, functools.partial(_states_on, site, vm, host))
         for disk in vm.resources:
             if states is None:
                 rows.append((vm.name, runs_on, disk.resource, host,
@@ -514,6 +514,11 @@ def status_rows(site: Site, inv: Inventory, vm: VM, unreachable: set[str]) -> tu
             rows.append((vm.name, runs_on, disk.resource, host, st.role, st.connection,
                          f"{st.disk}/{'/'.join(st.peer_disks) or '?'}", sync))
     return rows, problems
+
+
+def _states_on(site: Site, vm: VM, host: str) -> dict:
+    """The VM's DRBD states on a host, connecting to it only now (the host may be unreachable)."""
+    return drbd.resource_states(site.host(host), vm, host)
 
 
 @task(help={"vm": "VM name (default: every VM in the inventory)"})
@@ -528,7 +533,7 @@ def status(c, vm=None):
     try:
         hosts = sorted({host for model in models for host in (model.xen_host, model.kvm_host)})
         errors = concurrently(*(lambda host=host: _connect_error(site, host) for host in hosts)) if hosts else []
-        unreachable = [host for host, error in zip(hosts, errors) if error]
+        unreachable = [host for host, error in zip(hosts, errors, strict=True) if error]
         notes += [f"! {error}" for error in errors if error]
         for model in models:
             vm_rows, problems = status_rows(site, inv, model, set(unreachable))

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING
 
 from invoke import Collection
 
-from .cli import task
 from . import inventory, vmplan
+from .cli import task
 from .errors import GuardError, ToolError, reading
 from .formats import FormatError
 from .inventory import VM
+from .output import log
 from .remote import SLOW_TIMEOUT, Remote, site_from_context
 from .vmplan import read_local
-from .output import log
 
 if TYPE_CHECKING:
     from .diskmap import MappedDisk
@@ -551,6 +551,7 @@ def prepare_guest(guest: Remote, disk_map: list[MappedDisk], *, boot: str = "gru
     if hvm:
         skip_for_hvm(guest, HVM_SKIPS)
     else:
+        assert console_plan and fstab_plan and boot_plan   # checked above for every PV guest
         apply_console(guest, found, console_plan)
         apply_fstab(guest, fstab_plan)
         apply_boot(guest, found, disk_map, fstab_plan, boot_plan)

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Callable
 
 from .errors import ToolError
 from .inventory import VM, Host
-from .remote import START_TIMEOUT, Remote, RemoteError
 from .output import log
+from .remote import START_TIMEOUT, Remote, RemoteError, replaced_by
 
 if TYPE_CHECKING:
     from .interrupt import Interruption
@@ -202,7 +202,7 @@ class KvmHost(Hypervisor):
         """
         if was_new is None:
             was_new = self.state(name) == "not found"
-        changed = self.remote.edit_file(path, lambda _old: xml, create=True)
+        changed = self.remote.edit_file(path, replaced_by(xml), create=True)
         if changed or was_new:
             self.remote.change(self.define_argv(path))
         return was_new
@@ -212,11 +212,19 @@ class KvmHost(Hypervisor):
             self.remote.change(self.virsh("undefine", name))
 
 
-def on(site: Site, host_name: str) -> XenHost | KvmHost:
+def on(site: Site, host_name: str) -> Hypervisor:
     """The hypervisor of an inventory host, over the run's connection to it."""
     host = site.inventory.host(host_name)
     kind = XenHost if host.role == "xen" else KvmHost
     return kind(site.host(host_name), host)
+
+
+def kvm(site: Site, host_name: str) -> KvmHost:
+    """A KVM host's hypervisor, for what only libvirt does (define, undefine, a named start)."""
+    host = site.inventory.host(host_name)
+    if host.role != "kvm":
+        raise ToolError(f"{host_name} is no KVM host")
+    return KvmHost(site.host(host_name), host)
 
 
 def wait_until(done, timeout: float, poll: float, label: str, interruption: Interruption,

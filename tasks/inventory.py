@@ -203,10 +203,10 @@ class _Checker:
         if choices and value not in choices:
             self.error(at, f"must be one of {', '.join(choices)}, got {quoted(value)}")
             return default
-        if kind is int and value <= 0:
+        if isinstance(value, int) and value <= 0:
             self.error(at, f"must be positive, got {quoted(value)}")
             return default
-        if at_most is not None and value > at_most:
+        if at_most is not None and isinstance(value, int) and value > at_most:
             self.error(at, f"must be at most {at_most}, got {quoted(value)}")
             return default
         return value
@@ -510,7 +510,7 @@ def _strict_loader():
     characters (`hostname: >` is "xen1\\n"). This loader refuses each, at the line it is on;
     a string may hold no unprintable character at all (control, line separator, bidi override).
     """
-    import yaml   # here, not at import time: `fab --list` stays fast
+    import yaml  # here, not at import time: `fab --list` stays fast
 
     class Refused(yaml.MarkedYAMLError):
         pass

@@ -14,15 +14,15 @@ import re
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import IO, TYPE_CHECKING, Callable, Mapping
 
-from . import drbd
+from . import drbd, hypervisors
 from .errors import GuardError, ToolError, quoted
 from .hostlock import holder, operator
 from .hypervisors import SHUTDOWN_POLL, wait_until
 from .inventory import SIDES, VM, other
-from .remote import make_private_dir, state_dir
 from .output import log
+from .remote import make_private_dir, state_dir
 
 if TYPE_CHECKING:
     from .flows import Ctx, Step
@@ -137,12 +137,12 @@ def parse_journal(raw: bytes, path: str, vm_name: str) -> dict:
     def refused(problem: str) -> ToolError:
         return ToolError(f"{path}: not a journal this tool can use ({problem}); inspect it, then move it away")
 
-    def check_fields(record: dict, fields: dict[str, type], where: str) -> None:
+    def check_fields(record: dict, fields: Mapping[str, type], where: str) -> None:
         for key, kind in fields.items():
             value = record.get(key)
             if not isinstance(value, kind):
                 raise refused(f"{where}{key}: expected {kind.__name__}, got {type(value).__name__}")
-            if kind is str and not (len(value) <= MAX_JOURNAL_TEXT and value.isprintable()):
+            if isinstance(value, str) and not (len(value) <= MAX_JOURNAL_TEXT and value.isprintable()):
                 raise refused(f"{where}{key}: {quoted(value)} is not one short line")
 
     if len(raw) > MAX_JOURNAL_BYTES:
@@ -188,7 +188,7 @@ class VmLock:
     def __init__(self, directory: Path, vm_name: str):
         self.path = make_private_dir(directory) / f"{vm_name}.lock"
         self.vm_name = vm_name
-        self.fh = None
+        self.fh: IO[str] | None = None
 
     def __enter__(self) -> "VmLock":
         fh = self.path.open("a+")
@@ -207,6 +207,7 @@ class VmLock:
         return self
 
     def __exit__(self, *exc) -> None:
+        assert self.fh is not None
         self.fh.truncate(0)
         fcntl.flock(self.fh, fcntl.LOCK_UN)
         self.fh.close()
@@ -246,7 +247,7 @@ def _demote(ctx: Ctx, undo: dict) -> None:
 
 
 def _undefine(ctx: Ctx, undo: dict) -> None:
-    kvm = ctx.hypervisor("kvm")
+    kvm = hypervisors.kvm(ctx.site, ctx.vm.kvm_host)
     if not kvm.running(ctx.vm.name):
         kvm.undefine(ctx.vm.name)
 

@@ -6,6 +6,7 @@ shutdown by hand (through hypervisors.KvmHost).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import re
 import sys
@@ -15,16 +16,16 @@ from dataclasses import dataclass
 
 from invoke import Collection
 
-from .cli import task
 from . import drbd, hypervisors, inventory, vmplan
+from .cli import task
 from .errors import GuardError, InputError, ToolError, shown
 from .formats.domainxml import BOOT_DIR, console_log
 from .hypervisors import DEFAULT_SHUTDOWN_TIMEOUT, KvmHost
 from .inventory import VM, Inventory, ReplicatedDisk
 from .localdisk import plan_swap_matches
-from .remote import Remote, RemoteError, site_from_context
-from .ssh import describe_ssh_error
 from .output import log
+from .remote import Remote, RemoteError, replaced_by, site_from_context
+from .ssh import describe_ssh_error
 
 XML_DIR = "/var/lib/xenkvm"
 REHEARSAL_SUFFIX = "-rehearsal"
@@ -156,12 +157,12 @@ def rehearse_vm(site, inv: Inventory, vm: VM, *, seconds: float = 20.0, method: 
     It passes when the domain keeps running for `seconds`, or with `login` as soon as its
     serial console shows a login prompt (within `seconds`).
     """
-    kvm = hypervisors.on(site, vm.kvm_host)
+    kvm = hypervisors.kvm(site, vm.kvm_host)
     host, remote = kvm.host, kvm.remote
     spec = vmplan.of_vm(site, vm, kvm_devices=True).domain_spec()
     sources = rehearsal_sources(vm, spec)
-    snapper = SNAPSHOT_METHODS[method or vm.snapshot]
-    snapper = snapper(snapshot_size) if snapper is LvmSnapshot else snapper()
+    snapper: LvmSnapshot | Qcow2Overlay = (LvmSnapshot(snapshot_size) if (method or vm.snapshot) == "lvm"
+                                           else Qcow2Overlay())
     if vm.boot == "direct-kernel":
         log.info(f"* {host.name}: {vm.name} boots kernel {require_fetched_kernel(remote, vm)} ... ok")
     try:
@@ -178,7 +179,7 @@ def rehearse_vm(site, inv: Inventory, vm: VM, *, seconds: float = 20.0, method: 
     domain_attempted = False
     try:
         disks = []
-        for disk, source in zip(spec.disks, sources):
+        for disk, source in zip(spec.disks, sources, strict=True):
             path = snapper.create(remote, source, f"{vm.name}-{disk.target}{REHEARSAL_SUFFIX}")
             snapshots.append(path)
             disks.append(dataclasses.replace(disk, source=path, kind=snapper.kind, format=snapper.format))
@@ -214,7 +215,7 @@ def rehearse_vm(site, inv: Inventory, vm: VM, *, seconds: float = 20.0, method: 
         cleanup_errors = []
         steps = [(lambda: kvm.destroy(name)), (lambda: kvm.undefine(name))] \
             if domain_attempted else []
-        steps += [(lambda p=p: snapper.remove(remote, p)) for p in reversed(snapshots)]
+        steps += [functools.partial(snapper.remove, remote, p) for p in reversed(snapshots)]
         for step in steps:
             try:
                 step()
@@ -339,7 +340,7 @@ def fetch_guest_kernel(site, vm: VM) -> str:
             stale.append(f)
     if stale:
         copy_boot_files(guest, kvm, directory, stale)
-    kvm.edit_file(f"{directory}/version", lambda _old: f"{version}\n", create=True)
+    kvm.edit_file(f"{directory}/version", replaced_by(f"{version}\n"), create=True)
     return version
 
 
@@ -389,7 +390,7 @@ def render_xml(c, cfg, vm=None, drbd_version=None):
 def define(c, vm, dry_run=False):
     """Render the VM's domain from its Xen cfg, upload it and define it with libvirt."""
     inv, model, site, host = _context(c, vm, dry_run)
-    define_domain(hypervisors.on(site, host.name), model.name, render_checked(vmplan.of_vm(site, model, kvm_devices=True).domain_spec()))
+    define_domain(hypervisors.kvm(site, host.name), model.name, render_checked(vmplan.of_vm(site, model, kvm_devices=True).domain_spec()))
 
 
 @task(help={"vm": "VM name from the inventory"})

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from .errors import GuardError
 from .inventory import VM, LocalDisk
-from .remote import Remote, Site
 from .output import log
+from .remote import Remote, Site
 
 NOTHING_FOUND = 2   # blkid's exit code when the device holds no known signature
 BLANK_SPAN = 1 << 20   # bytes at the start of a volume that must be zeros for it to count as blank

@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextvars
 import io
 import json
-import sys
 import os
 import shlex
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from itertools import takewhile
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Any, Callable, Sequence
 
 from . import ssh
 from .errors import GuardError, ToolError
@@ -34,10 +34,9 @@ LOCALE = {"LC_ALL": "C"}
 COMMAND_TIMEOUT = 60.0   # one probe or short change (inventory: a host's command_timeout)
 START_TIMEOUT = 300.0    # a domain start: Xen scrubs a large guest's memory before it runs
 SLOW_TIMEOUT = 1800.0    # package installs, initramfs and grub in a guest
-T = TypeVar("T")
 
 
-def concurrently(*calls: Callable[[], T]) -> list[T]:
+def concurrently(*calls: Callable[[], Any]) -> list[Any]:
     """Run the calls at once (probes of different hosts), results in call order; the first call
     that failed, in that order, raises. Each runs in a copy of the caller's context: the lines
     it prints keep the caller's VM tag, and inside an undo it is shielded as the undo is."""
@@ -319,6 +318,7 @@ class Remote:
         outcome = self.change(["sh", "-c", _write_script(make_parent), "sh", path, f"{BACKUP_SUFFIX}{stamp}",
                                staged or ""],
                               stdin=None if staged else text, ok_codes=(0, _DANGLING), quiet=True)
+        assert outcome is not None   # not a dry run: that returned above
         if outcome.exit_code == _DANGLING:
             raise GuardError(f"{self.name}: {path} is a symlink to a file that does not exist: refusing to "
                              f"write through it; point it at the real file or remove it")
@@ -379,6 +379,11 @@ class Remote:
         log.info(unified_diff(old or "", new, f"{self.name}:{path}"))
         self.write_file(path, new, make_parent=old is None)
         return True
+
+
+def replaced_by(text: str) -> Callable[[str], str]:
+    """An edit_file transform that writes `text` whatever the file held (a rendered file)."""
+    return lambda _old: text
 
 
 def unified_diff(old: str, new: str, label: str) -> str:

@@ -199,9 +199,11 @@ def _proxy(command: str):
                     if buffer:
                         return buffer
                     raise TimeoutError("proxy command timed out")
-                ready, _, _ = select([self.process.stdout], [], [], wait)
+                stdout = self.process.stdout
+                assert stdout is not None   # Popen(stdout=PIPE)
+                ready, _, _ = select([stdout], [], [], wait)
                 if ready:
-                    chunk = os.read(self.process.stdout.fileno(), size - len(buffer))
+                    chunk = os.read(stdout.fileno(), size - len(buffer))
                     if not chunk:
                         if buffer or self.connected:
                             return buffer

@@ -7,12 +7,12 @@ import sys
 
 from invoke import Collection
 
-from .cli import task
 from . import drbd, hypervisors, inventory, vmplan
+from .cli import task
 from .hypervisors import DEFAULT_SHUTDOWN_TIMEOUT
+from .output import log
 from .remote import site_from_context
 from .vmplan import HVM_CFG_NOTE
-from .output import log
 
 
 def _context(c, vm_name: str, dry_run: bool = False):

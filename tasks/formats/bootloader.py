@@ -25,8 +25,9 @@ side only.
 
 import re
 
-from . import FormatError
 from tasks.formats.fstab import DEVICE_NAME, UUID, check_device_name, check_renames, split_lines
+
+from . import FormatError
 
 CONSOLE_ARGS = ("console=ttyS0,115200n8", "console=hvc0")
 NIC_NAMES = "net.ifnames=0"
@@ -109,9 +110,11 @@ def convert_default_grub(text: str, renames: dict[str, str], root: str | None = 
     last_linux = max((i for i, k in enumerate(keys) if k == "GRUB_CMDLINE_LINUX"), default=None)
 
     out = []
-    for i, (line, m) in enumerate(zip(lines, matches)):
+    for i, (line, m) in enumerate(zip(lines, matches, strict=True)):
         key = keys[i]
-        if key in ("GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT"):
+        if m is None:   # not an assignment: kept as it is
+            pass
+        elif key in ("GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT"):
             raw = m.group("value")
             inner = raw[1:-1] if raw[:1] in ("'", '"') else raw
             words = _edit_args(inner.split(), renames, drop, add if i == last_linux else ())

@@ -38,7 +38,7 @@ def parse_virsh_list(text: str) -> dict[str, str]:
         fields = line.split(None, 1)
         state = next((st for st in VIRSH_STATES if line.endswith(" " + st)), None)
         name = fields[1][:-len(state)].strip() if state and len(fields) == 2 else ""
-        if not name or not (fields[0] == "-" or fields[0].isdigit()):
+        if state is None or not name or not (fields[0] == "-" or fields[0].isdigit()):
             raise FormatError(f"line {number} is no domain in a state virsh prints")
         states[name] = state
     return states

@@ -7,8 +7,6 @@ this module (and so `fab --list`) stays fast.
 
 from __future__ import annotations
 
-from . import FormatError
-
 import dataclasses
 import re
 from dataclasses import dataclass
@@ -16,9 +14,10 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import shown
+from . import FormatError
 from .bootloader import NIC_NAMES
-from .xencfg import HVM_DISK
 from .templating import template
+from .xencfg import HVM_DISK
 
 BUSES = ("ide", "sata", "scsi", "virtio")
 DOMAIN_TYPES = ("kvm", "qemu")
@@ -132,7 +131,7 @@ def _check(spec: DomainSpec) -> list[tuple[str, str, DomainDisk]]:
         if value is not None and _NOT_XML.search(value):
             raise DomainXmlError(f"{value!r} holds a control character or one XML cannot carry")
     ordered = sorted(spec.disks, key=lambda d: (_disk_index(d.target), d.target))
-    placed = []
+    placed: list[tuple[str, str, DomainDisk]] = []
     for disk in ordered:
         bus = disk.bus or spec.bus
         if disk.kind not in DISK_KINDS:
@@ -247,7 +246,9 @@ def _hvm_disks(cfg, disks: tuple[DomainDisk, ...], vm) -> tuple[tuple[DomainDisk
     overridden = vm is not None and vm.bus != "ide"
     moved = []
     for disk in disks:
-        prefix, letters = HVM_DISK.fullmatch(disk.target).groups()
+        named = HVM_DISK.fullmatch(disk.target)
+        assert named is not None   # the disk map keeps only such names for an HVM guest
+        prefix, letters = named.groups()
         if overridden:
             bus = vm.bus
         elif prefix == "sd":
@@ -303,7 +304,7 @@ def plan_domain_spec(cfg, disk_map, vm=None) -> DomainSpec:
                    format=_QEMU_FORMAT.get(d.format or "raw", d.format or "raw"), shareable=d.shared)
         for d in disk_map
     )
-    controllers = {}
+    controllers: dict[str, str] = {}
     if cfg.hvm:
         if cfg.hvm_kernel:
             raise FormatError(f"kernel {shown(cfg.hvm_kernel)}: an HVM guest booted from a kernel on the Xen host "

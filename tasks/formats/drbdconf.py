@@ -24,12 +24,11 @@ imported on first use, so importing this module stays fast.
 
 from __future__ import annotations
 
-from . import FormatError
-
 import ipaddress
 import re
 
 from ..inventory import VM, Host, ReplicatedDisk, is_domain_name
+from . import FormatError
 from .templating import template
 
 TEMPLATE = "drbd-resource.res.j2"

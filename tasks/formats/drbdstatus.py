@@ -21,12 +21,12 @@ hold for every peer, and so is DRBD 9's quorum (a device line's `quorum:no`).
 
 from __future__ import annotations
 
-from ..errors import quoted
-from . import FormatError
-
 import json
 import re
 from dataclasses import dataclass, field, replace
+
+from ..errors import quoted
+from . import FormatError
 
 ROLES = ("Primary", "Secondary", "Unknown")
 
@@ -99,7 +99,7 @@ class DrbdState:
             return self.peers
         names = ["peer"] if len(self.peer_roles) == 1 else [f"peer {i}" for i in range(1, len(self.peer_roles) + 1)]
         disks = (*self.peer_disks, *("DUnknown",) * len(self.peer_roles))
-        return tuple(Peer(name, role, self.connection, disk) for name, role, disk in zip(names, self.peer_roles, disks))
+        return tuple(Peer(name, role, self.connection, disk) for name, role, disk in zip(names, self.peer_roles, disks, strict=False))
 
     @property
     def is_primary(self) -> bool:
@@ -469,11 +469,11 @@ def parse_cstate(text: str) -> str:
 def parse_dstate(text: str) -> tuple[str, tuple[str, ...]]:
     """`drbdadm dstate RES`: "local/peer[/peer...]", one line per volume on 9 (worst per position)."""
     what = "drbdadm dstate"
-    rows = []
+    rows: list[list[str]] = []
     for lineno, line in enumerate(_answer_lines(text, what), 1):
         parts = line.split("/")
         if not all(_WORD.match(p) for p in parts) or (rows and len(parts) != len(rows[0])):
             raise _bad(what, lineno, line)
         rows.append(parts)
-    local, *peers = [_worst_disk(column) for column in zip(*rows)]
+    local, *peers = [_worst_disk(column) for column in zip(*rows, strict=True)]
     return local, tuple(peers)

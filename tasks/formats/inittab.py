@@ -11,8 +11,9 @@ for five minutes at a time ("respawning too fast"): noise in the log, never a fa
 import re
 from dataclasses import dataclass
 
-from . import FormatError
 from tasks.formats.fstab import split_lines
+
+from . import FormatError
 
 MARK = "#xenkvm: "
 CO_LINE = "co:23:respawn:/sbin/getty -L hvc0 9600 vt102"

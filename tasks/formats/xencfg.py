@@ -12,14 +12,13 @@ xm-only mode spellings (`w!`) are accepted as well.
 
 from __future__ import annotations
 
-from . import FormatError
-
 import bisect
 import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..errors import quoted, shown
+from . import FormatError
 
 # Lists inside lists: xl's deepest setting (vnuma) nests two; deeper is refused before Python's
 # recursion limit turns a hostile cfg into a traceback.
@@ -211,7 +210,7 @@ class _Parser:
             m = _LEX.match(text, pos)
             if m is None:
                 raise self.error(pos, f"unexpected character {text[pos]!r}")
-            kind = m.lastgroup
+            kind = m.lastgroup or ""
             if kind == "string":
                 node = self._string(m)
                 yield _Tok("string", text[node.start:node.end], node.start, node.end, node)
@@ -264,6 +263,7 @@ class _Parser:
                     c, end = chr(int(digits.group(), 16)), digits.end()
                 elif nxt and nxt in "01234567":
                     digits = _OCTAL.match(text, pos + 1, stop)
+                    assert digits is not None   # nxt is an octal digit
                     c, end = chr(int(digits.group(), 8)), digits.end()
             chars.append(c)
             starts.append(pos)
@@ -287,7 +287,7 @@ class _Parser:
         return {"nl": "end of line", "eof": "end of file"}.get(tok.kind) or quoted(tok.text)
 
     def statements(self) -> list[_Assign]:
-        out = []
+        out: list[_Assign] = []
         while True:
             tok = self._next()
             if tok.kind == "eof":
@@ -526,7 +526,7 @@ class _Cfg:
             if not (isinstance(value, str) and isinstance(more, str)
                     or isinstance(value, list) and isinstance(more, list)):
                 raise self.error(a.op_start, f"{a.key} += only adds a string to a string or a list to a list")
-            value = value + more
+            value = value + more   # type: ignore[operator]   # both str or both list, checked above
         return value
 
     def string_nodes(self, key: str) -> list[_Str]:

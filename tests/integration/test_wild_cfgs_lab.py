@@ -60,7 +60,7 @@ def test_qemu_runs_the_hardware_an_hvm_guest_had_under_xen(lab, cfg, devices):
     files = [f"/root/xenkvm-wild-{spec.name}-{disk.target}.img" for disk in spec.disks]
     spec = dataclasses.replace(
         spec, domain_type="qemu", memory_mib=64,
-        disks=tuple(dataclasses.replace(d, source=f, kind="file") for d, f in zip(spec.disks, files)),
+        disks=tuple(dataclasses.replace(d, source=f, kind="file") for d, f in zip(spec.disks, files, strict=False)),
         interfaces=tuple(dataclasses.replace(n, bridge="br0") for n in spec.interfaces))
     path, log = f"/tmp/xenkvm-wild-{spec.name}.xml", f"/var/log/libvirt/qemu/{spec.name}.log"
     lab.exec("kvm1", ["rm", "-f", "--", log], check=True)   # libvirt appends: only this start's lines

@@ -15,9 +15,34 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import (APT_PROXY_PORT, CLIENT_KEY, FLEET_DISK_SIZE, GUEST, HOST_PYTHON, HOSTS, INVENTORY, KEYS, KNOWN_HOSTS, NETMASK,
-               RESOURCES, STATE_DIR, SWITCH_ADDRESS, SWITCH_BRIDGE, SWITCH_NS, WORK, fleet_vms, host_dir, netns)
-from . import config, guest, hosts, image, mirror, realguest, spaces
+from . import (
+    APT_PROXY_PORT,
+    CLIENT_KEY,
+    FLEET_DISK_SIZE,
+    GUEST,
+    HOST_PYTHON,
+    HOSTS,
+    INVENTORY,
+    KEYS,
+    KNOWN_HOSTS,
+    NETMASK,
+    RESOURCES,
+    STATE_DIR,
+    SWITCH_ADDRESS,
+    SWITCH_BRIDGE,
+    SWITCH_NS,
+    WORK,
+    config,
+    fleet_vms,
+    guest,
+    host_dir,
+    hosts,
+    image,
+    mirror,
+    netns,
+    realguest,
+    spaces,
+)
 from .spaces import LabError, alive, enter, run
 
 STATE = WORK / "lab.json"
@@ -205,7 +230,7 @@ def up(settings_: config.Settings | None = None) -> None:
             hosts.start_libvirt(pid)
             hosts.start_acpi_agent(host, pid)
     for host, h in state["hosts"].items():
-        spaces.wait_for(f"sshd on {host}", lambda: spaces.listening(h["pid"], 22), 10)
+        spaces.wait_for(f"sshd on {host}", lambda h=h: spaces.listening(h["pid"], 22), 10)
     state["up"] = True
     _save(state)
     try:

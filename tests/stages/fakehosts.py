@@ -218,7 +218,7 @@ class FakeHost:
             return Result()
         if 'names="$names $1"' in script:
             directory, pairs = args[0], args[1:]
-            for name, staged in zip(pairs[::2], pairs[1::2]):
+            for name, staged in zip(pairs[::2], pairs[1::2], strict=False):
                 files[(self.name, f"{directory}/{name}")] = files.pop((self.name, staged))
             return Result()
         raise AssertionError(f"unexpected script {script!r}")

@@ -10,10 +10,10 @@ import yaml
 from invoke import Config, Context
 
 from tasks import flows
+from tasks.errors import InputError, ToolError
 from tasks.fleet import HostSlots, select_vms
 from tasks.hypervisors import KvmHost
 from tasks.interrupt import Interruption
-from tasks.errors import InputError, ToolError
 from tasks.inventory import parse_inventory
 from tasks.remote import AuditLog, Site
 from tasks.ssh import ConnectError

@@ -12,14 +12,14 @@ import threading
 import pytest
 
 from tasks import flows
-from tasks.journal import UNDO_OPS, Journal, JournalError, VmLock
 from tasks.errors import GuardError, ToolError
 from tasks.inventory import load_inventory
+from tasks.journal import UNDO_OPS, Journal, JournalError, VmLock
 from tasks.remote import AuditLog, RemoteError, Site
 from tests.conftest import REPO
 from tests.seed import SEED_CFG as CFG
-from tests.wire import bare
 from tests.stages.fakehosts import FakeHost, Shared
+from tests.wire import bare
 
 RESOURCES = ("logger-system", "logger-var")
 

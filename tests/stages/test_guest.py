@@ -25,7 +25,7 @@ from tasks.formats.fstab import convert_fstab
 from tasks.formats.getty import GuestConsoleFacts
 from tasks.formats.inittab import convert_inittab, convert_securetty
 from tasks.formats.xencfg import parse_xen_cfg
-from tasks.inventory import Host, Inventory, LocalDisk, ReplicatedDisk, VM, parse_inventory
+from tasks.inventory import VM, Host, Inventory, LocalDisk, ReplicatedDisk, parse_inventory
 from tasks.remote import Remote, Site
 from tests.wire import HostMock, bare
 

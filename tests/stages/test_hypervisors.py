@@ -1,8 +1,8 @@
 """xenhost and kvmhost stages at command level: exact commands, states, quoting."""
 
 import re
-import time
 import shlex
+import time
 from pathlib import Path
 
 import pytest
@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from invoke import Context, MockContext, Result
 
 from tasks import hypervisors, kvmhost, vmplan, xenhost
+from tasks.errors import GuardError, ToolError
 from tasks.formats.domains import parse_xl_list
 from tasks.hypervisors import KvmHost, XenHost
-from tasks.errors import GuardError, ToolError
 from tasks.interrupt import Interrupted, Interruption
 from tasks.inventory import Host, load_inventory
 from tasks.remote import Remote, RemoteError, Site

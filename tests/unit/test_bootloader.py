@@ -14,7 +14,13 @@ from hypothesis import strategies as st
 
 from tasks.formats import FormatError
 from tasks.formats.bootloader import (
-    CONSOLE_ARGS, NIC_NAMES, convert_default_grub, convert_menu_lst, kernel_is_xen_only, render_device_map)
+    CONSOLE_ARGS,
+    NIC_NAMES,
+    convert_default_grub,
+    convert_menu_lst,
+    kernel_is_xen_only,
+    render_device_map,
+)
 
 RENAMES = {"xvda2": "sda", "xvda1": "sdb"}
 CONSOLES = " ".join(CONSOLE_ARGS)
@@ -396,7 +402,7 @@ def test_property_default_grub_idempotent_and_other_lines_kept(text, renames, ro
     assert convert_default_grub(out, renames, root) == out
     before, after = _lines(text), _lines(out)
     assert len(after) >= len(before)
-    for old, new in zip(before, after):
+    for old, new in zip(before, after, strict=False):
         assert old == new or _owned(old)
 
 
@@ -409,7 +415,7 @@ def test_property_default_grub_hostile_names_keep_shell_words(text, renames, roo
     except FormatError:
         return
     before, after = _lines(text), _lines(out)
-    for old, new in zip(before, after):
+    for old, new in zip(before, after, strict=False):
         try:
             words = shlex.split(old, comments=True)
         except ValueError:
@@ -434,7 +440,7 @@ def test_property_menu_lst_idempotent_and_other_lines_kept(text, renames, consol
     assert convert_menu_lst(out, renames, console) == out
     before, after = _lines(text), _lines(out)
     assert len(before) == len(after)
-    for old, new in zip(before, after):
+    for old, new in zip(before, after, strict=False):
         stripped = old.lstrip(" \t")
         assert old == new or stripped.startswith("kernel") or stripped.lstrip("#").lstrip(" \t").startswith("kopt")
 
@@ -446,5 +452,5 @@ def test_property_menu_lst_hostile_names_never_add_lines(text, renames):
     except FormatError:
         return
     assert out.count("\n") == text.count("\n")
-    for old, new in zip(text.split("\n"), out.split("\n")):
+    for old, new in zip(text.split("\n"), out.split("\n"), strict=False):
         assert new == old or new.split()[:2] == old.split()[:2] or new.split()[0].startswith("#")

@@ -320,7 +320,7 @@ def assert_round_trip(xml: str, spec: DomainSpec) -> None:
     assert doc.xpath("devices/disk/source/@dev | devices/disk/source/@file") == [d.source for d in ordered]
     assert doc.xpath("devices/disk/@type") == [d.kind for d in ordered]
     assert doc.xpath("devices/disk/target/@dev") == [
-        ("vd" if bus == "virtio" else "sd") + d.target[2:] for d, bus in zip(ordered, buses)]
+        ("vd" if bus == "virtio" else "sd") + d.target[2:] for d, bus in zip(ordered, buses, strict=False)]
     assert doc.xpath("devices/disk/target/@bus") == buses
     assert [d.find("readonly") is not None for d in doc.iterfind("devices/disk")] == [d.readonly for d in ordered]
     assert [d.find("shareable") is not None for d in doc.iterfind("devices/disk")] == [d.shareable for d in ordered]

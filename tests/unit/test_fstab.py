@@ -170,7 +170,7 @@ def test_property_idempotent_and_untouched_lines_kept(text, renames, with_uuids)
     assert convert_fstab(out, renames, uuids) == out
     before, after = text.split("\n"), out.split("\n")
     assert len(before) == len(after)
-    for old, new in zip(before, after):
+    for old, new in zip(before, after, strict=False):
         if old != new:
             assert _fields(old)[0][5:] in renames
             assert _around_device(old) == _around_device(new)
@@ -185,6 +185,6 @@ def test_property_hostile_names_never_break_a_line(text, renames, uuids):
         return
     before, after = text.split("\n"), out.split("\n")
     assert len(before) == len(after)
-    for old, new in zip(before, after):
+    for old, new in zip(before, after, strict=False):
         assert len(_fields(old)) == len(_fields(new))
         assert "#" not in new or new == old

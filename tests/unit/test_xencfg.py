@@ -106,7 +106,7 @@ def test_libvirt_corpus_agrees_with_libvirt(corpus, rel):
          "r" if d.find("readonly") is not None else "w")
         for d in dom.findall("devices/disk")
     ]
-    for disk, element in zip(cfg.disks, dom.findall("devices/disk")):
+    for disk, element in zip(cfg.disks, dom.findall("devices/disk"), strict=False):
         if disk.format is not None:
             assert disk.format == element.find("driver").get("type")
 
@@ -393,7 +393,7 @@ def test_xm_rewrite_console_and_idempotence():
 
 def test_untouched_lines_are_kept_byte_for_byte():
     out = rewrite_xen_cfg(XM_CFG, XM_RENAMES, add_console=True)
-    changed = [i for i, (a, b) in enumerate(zip(XM_CFG.splitlines(True), out.splitlines(True))) if a != b]
+    changed = [i for i, (a, b) in enumerate(zip(XM_CFG.splitlines(True), out.splitlines(True), strict=False)) if a != b]
     assert changed == [5, 6, 8, 9, 10]
     assert len(out.splitlines()) == len(XM_CFG.splitlines())
 
@@ -656,7 +656,7 @@ def test_property_untouched_lines_are_kept(case, console):
         assert console and not any(line.startswith("extra") for line in before)
         after = [line for line in after if not line.startswith("extra")]
     assert len(after) == len(before)
-    for i, (old, new) in enumerate(zip(before, after)):
+    for i, (old, new) in enumerate(zip(before, after, strict=False)):
         if i not in touchable:
             assert new == old
 
