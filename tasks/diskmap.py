@@ -19,7 +19,6 @@ from .inventory import VM, ReplicatedDisk
 class MappedDisk:
     xen_vdev: str            # as in the cfg: xvda2, hda, sda1
     target: str              # sda, sdb, ... (root disk first)
-    xen_source: str          # path (or DRBD resource) on the Xen host, as the cfg names it
     kvm_source: str          # block device or file on the KVM host
     source_kind: str         # "block" or "file"
     resource: str | None     # DRBD resource when replicated
@@ -152,7 +151,6 @@ def plan_disk_map(cfg, vm: VM | None = None, *, block_devices: frozenset[str] | 
         mapped.append(MappedDisk(
             xen_vdev=disk.vdev,
             target=names[disk.vdev],
-            xen_source=disk.path,
             kvm_source=kvm_source,
             source_kind="block" if resource else _source_kind(kvm_source, block_devices),
             resource=resource,

@@ -99,9 +99,6 @@ class ReplicatedDisk:
     vdev: str | None = None
     shared: bool = False     # other VMs name it too (a cluster file system's disk, w! in each cfg)
 
-    def device_on(self, host: str) -> str:
-        return self.device[host]
-
 
 @dataclass(frozen=True)
 class LocalDisk:

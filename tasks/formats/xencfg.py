@@ -44,26 +44,19 @@ class XenDisk:
 
 @dataclass(frozen=True)
 class XenVif:
-    spec: str
     mac: str | None
     bridge: str | None
     model: str | None
-    ip: str | None
-    script: str | None
-    vifname: str | None
-    type: str | None
 
 
 @dataclass(frozen=True)
 class XenConfig:
-    syntax: str
     name: str | None
     uuid: str | None
     memory: int | None
     maxmem: int | None
     vcpus: int | None
     kernel: str | None
-    ramdisk: str | None
     bootloader: str | None
     root: str | None
     extra: str | None
@@ -74,7 +67,6 @@ class XenConfig:
     on_reboot: str | None
     on_crash: str | None
     values: dict = field(hash=False)
-    maxvcpus: int | None = None
     # The kernel command line the guest gets: xl's cmdline= wins over root= and extra=.
     cmdline: str | None = None
     hdtype: str | None = None    # HVM: "ahci" puts hd* and xvd* disks on SATA instead of IDE
@@ -105,7 +97,6 @@ class _Str:
     value: str
     start: int
     end: int
-    body_start: int
     body_end: int
     quote: str
     raw: bool
@@ -140,7 +131,6 @@ class _Assign:
     key: str
     op: str
     node: _Str | _Atom | _List
-    key_start: int
     key_end: int
     op_start: int
     op_end: int
@@ -239,7 +229,7 @@ class _Parser:
             else:
                 i += 1
         value, starts, ends = self._decode(m.end(), i, raw)
-        return _Str(value, m.start(), i + len(quote), m.end(), i, quote, raw, starts, ends)
+        return _Str(value, m.start(), i + len(quote), i, quote, raw, starts, ends)
 
     def _decode(self, pos: int, stop: int, raw: bool) -> tuple[str, list[int], list[int]]:
         """Escapes as Python 2 (xend) and xl both read them; an unknown escape keeps its backslash."""
@@ -304,7 +294,7 @@ class _Parser:
             if end.kind not in ("nl", "eof") and end.text != ";":
                 raise self.error(end.start, f"expected end of line after the value of {quoted(tok.text)}, "
                                             f"found {self._describe(end)}")
-            out.append(_Assign(tok.text, op.text, node, tok.start, tok.end, op.start, op.end))
+            out.append(_Assign(tok.text, op.text, node, tok.end, op.start, op.end))
 
     def _value(self, depth: int = 0):
         tok = self._next()
@@ -373,19 +363,12 @@ HVM_DISK = re.compile(r"(xvd|hd|sd)([a-z]+)[0-9]*")
 class _DiskParse(NamedTuple):
     disk: XenDisk
     vdev_span: tuple[int, int]   # where the vdev name sits in the spec string
-    xl_only: bool                # written in a form xm never knew (key=value, positional format)
-
-
-def parse_disk_spec(spec: str) -> XenDisk:
-    """One disk spec, in any of the xm and xl forms; ValueError says why one is not understood."""
-    return _parse_disk(spec).disk
 
 
 def _parse_disk(spec: str) -> _DiskParse:
     given: dict[str, tuple[str, int]] = {}
     positional: list[tuple[str, int]] = []
     devtype = None
-    xl_only = False
 
     def put(key: str, value: str, at: int) -> None:
         if key in given:
@@ -401,20 +384,17 @@ def _parse_disk(spec: str) -> _DiskParse:
         if spec.startswith("target=", pos):  # eats the rest: the one place a path may hold commas
             target = spec[pos + 7:]
             put("target", target[:-1] if target.endswith(",") else target, pos + 7)
-            xl_only = True
             break
         end = spec.find(",", pos)
         end = len(spec) if end < 0 else end
         item = spec[pos:end]
         if item in _DISK_FLAGS:
             devtype = "cdrom" if item == "cdrom" else devtype
-            xl_only = True
         elif "=" in item:
             key, _, value = item.partition("=")
             if key not in _DISK_KEYS:
                 raise FormatError(f"unknown parameter {quoted(item)}")
             put(key, value, pos + len(key) + 1)
-            xl_only = True
         else:
             positional.append((item.rstrip(" \t\n"), pos))
         pos = end + 1
@@ -438,7 +418,6 @@ def _parse_disk(spec: str) -> _DiskParse:
             format_taken = True
             if not (given["target"][0] == "" and ":" in item):  # ,hdc:cdrom,r has no format slot
                 put("format", item, at)
-                xl_only = True
                 continue
         if "vdev" not in given:
             if item.startswith("ioemu:"):
@@ -478,7 +457,7 @@ def _parse_disk(spec: str) -> _DiskParse:
     disk = XenDisk(spec=spec, backend=backend, path=path, vdev=vdev,
                    mode=_ACCESS.get(access) or ("r" if devtype == "cdrom" else "w"),
                    format=fmt or None, devtype=devtype, shared=access in _SHARED_ACCESS)
-    return _DiskParse(disk, (vdev_at, vdev_at + len(vdev)), xl_only)
+    return _DiskParse(disk, (vdev_at, vdev_at + len(vdev)))
 
 
 def _parse_vif(spec: str) -> XenVif:
@@ -487,18 +466,11 @@ def _parse_vif(spec: str) -> XenVif:
         key, eq, value = part.partition("=")
         if eq:
             fields[key.strip()] = value.strip()
-    return XenVif(spec=spec, mac=fields.get("mac"), bridge=fields.get("bridge"), model=fields.get("model"),
-                  ip=fields.get("ip"), script=fields.get("script"), vifname=fields.get("vifname"),
-                  type=fields.get("type"))
+    return XenVif(mac=fields.get("mac"), bridge=fields.get("bridge"), model=fields.get("model"))
 
 
 # ---------------------------------------------------------------------------
 # The whole cfg
-
-# Keys xend never knew: one of them means the cfg is meant for xl.
-_XL_ONLY_KEYS = {"type", "cmdline", "device_model_version", "max_event_channels", "max_grant_frames",
-                 "usbctrl", "usbdev", "channel", "vnuma"}
-
 
 class _Cfg:
     """A parsed cfg: every assignment with its spans, and for each key the ones that make its value."""
@@ -577,19 +549,16 @@ class _Cfg:
         root, extra, cmdline = string("root"), string("extra"), string("cmdline")
         if cmdline is None and (root or extra):
             cmdline = " ".join(part for part in (root and f"root={root}", extra) if part)
-        xl = any(p.xl_only for _, p in disks) or bool(_XL_ONLY_KEYS & self.values.keys())
         return XenConfig(
-            syntax="xl" if xl else "xm",
             name=string("name"), uuid=string("uuid"),
             memory=self.integer("memory"), maxmem=self.integer("maxmem"), vcpus=self.integer("vcpus"),
-            kernel=string("kernel"), ramdisk=string("ramdisk"), bootloader=string("bootloader"),
+            kernel=string("kernel"), bootloader=string("bootloader"),
             root=root, extra=extra,
             builder=string("type") or string("builder"),
             disks=tuple(p.disk for _, p in disks),
             vifs=tuple(_parse_vif(item.value) for item in self.list_items("vif")),
             on_poweroff=string("on_poweroff"), on_reboot=string("on_reboot"), on_crash=string("on_crash"),
             values=self.values,
-            maxvcpus=self.integer("maxvcpus"),
             cmdline=cmdline,
             hdtype=string("hdtype"),
         )

@@ -650,21 +650,21 @@ def primaries():
     return both(drbd9("logger-system", role="Primary"), drbd9("logger-var", role="Primary"))
 
 
-def test_demote_tries_again_while_a_device_is_held_open_for_a_moment(monkeypatch, capsys):
+def test_demote_tries_again_while_a_device_is_held_open_for_a_moment(mocker, capsys):
     pauses = []
     r = remote("xen1", {STATUS: primaries(), BOTH_SECONDARY: [HELD, HELD, Result()]})
-    monkeypatch.setattr(r.interruption, "sleep", pauses.append)
+    mocker.patch.object(r.interruption, "sleep", pauses.append)
     assert drbd.demote(r, VM_, "xen1", domain_running=False) == list(RES)
     assert sent(r) == [STATUS] + [BOTH_SECONDARY] * 3
     assert pauses == list(drbd.HELD_OPEN_PAUSES[:2])
     assert "xen1: logger-system, logger-var held open by someone, trying again in 0.25s" in capsys.readouterr().out
 
 
-def test_demote_gives_up_when_the_device_stays_held_open(monkeypatch):
+def test_demote_gives_up_when_the_device_stays_held_open(mocker):
     pauses = []
     tries = len(drbd.HELD_OPEN_PAUSES) + 1
     r = remote("xen1", {STATUS: primaries(), BOTH_SECONDARY: [HELD] * tries})
-    monkeypatch.setattr(r.interruption, "sleep", pauses.append)
+    mocker.patch.object(r.interruption, "sleep", pauses.append)
     with pytest.raises(RemoteError) as info:
         drbd.demote(r, VM_, "xen1", domain_running=False)
     assert str(info.value) == (f"xen1: `{LOCALE}{BOTH_SECONDARY}` failed (exit 11): logger-system: State change failed: "
@@ -673,10 +673,10 @@ def test_demote_gives_up_when_the_device_stays_held_open(monkeypatch):
     assert 8 <= sum(pauses) <= 12
 
 
-def test_demote_fails_at_once_on_any_other_refusal(monkeypatch):
+def test_demote_fails_at_once_on_any_other_refusal(mocker):
     r = remote("xen1", {STATUS: primaries(),
                         BOTH_SECONDARY: Result(stderr="logger-system: No such resource\n", exited=10)})
-    monkeypatch.setattr(r.interruption, "sleep", lambda s: pytest.fail("no retry expected"))
+    mocker.patch.object(r.interruption, "sleep", lambda s: pytest.fail("no retry expected"))
     with pytest.raises(RemoteError):
         drbd.demote(r, VM_, "xen1", domain_running=False)
     assert sent(r) == [STATUS, BOTH_SECONDARY]

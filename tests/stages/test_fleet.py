@@ -54,7 +54,7 @@ def cfg_of(name: str, n: int) -> str:
 
 
 @pytest.fixture
-def fleet(tmp_path, monkeypatch, request):
+def fleet(tmp_path, mocker, request):
     inv = fleet_inventory(max_starts=getattr(request, "param", None))
     resources = {vm.name: [d.resource for d in vm.resources] for vm in inv.vms.values()}
     every = [r for rs in resources.values() for r in rs]
@@ -71,7 +71,7 @@ def fleet(tmp_path, monkeypatch, request):
         return Site(inventory, dry_run=dry_run, audit=AuditLog(tmp_path / "audit.jsonl"),
                     connect=lambda label, *a, **k: hosts[label], interruption=interruption)
 
-    monkeypatch.setattr(flows, "site_from_context", site_for)
+    mocker.patch.object(flows, "site_from_context", site_for)
     c = Context(Config(overrides={"state_dir": str(tmp_path / "state")}))
 
     def run(vms=None, **kw):

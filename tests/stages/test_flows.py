@@ -825,7 +825,7 @@ def test_a_start_refused_by_its_host_leaves_a_domain_someone_else_started(world)
     assert "logger" in world.shared.kvm_running
 
 
-def test_a_journal_that_cannot_be_written_stops_the_move_and_undoes_it(world, monkeypatch):
+def test_a_journal_that_cannot_be_written_stops_the_move_and_undoes_it(world, mocker):
     """A full disk on the control machine after the shutdown: the step after it cannot be
     recorded, so it does not start; the undo runs without its records and says so."""
     saves = []
@@ -838,7 +838,7 @@ def test_a_journal_that_cannot_be_written_stops_the_move_and_undoes_it(world, mo
                                      "(No space left on device)")
         real_save(journal)
 
-    monkeypatch.setattr(Journal, "save", save)
+    mocker.patch.object(Journal, "save", save)
     site = world.site()
     outcome = _move_on(world, site, "kvm")
     assert not outcome.ok and outcome.runs_on == ["xen1"]

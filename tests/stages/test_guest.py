@@ -775,7 +775,7 @@ def test_root_off_the_root_disk_is_refused():
 
 
 def test_partitions_of_a_whole_disk_follow_it():
-    cfg_map = [MappedDisk("xvda", "sda", "/dev/drbd5", "/dev/drbd5", "block", "r0")]
+    cfg_map = [MappedDisk("xvda", "sda", "/dev/drbd5", "block", "r0")]
     fstab = "/dev/xvda1 / ext4 defaults 0 1\n/dev/xvda5 none swap sw 0 0\n"
     assert stage.plan_renames(fstab, cfg_map) == ({"xvda": "sda", "xvda1": "sda1", "xvda5": "sda5"}, "/dev/sda1")
 
@@ -805,12 +805,12 @@ vms:
 
 
 @pytest.fixture
-def site_of(monkeypatch):
+def site_of(mocker):
     """The tasks see the inventory above and these MockContexts as their connections."""
     contexts = {}
     inv = parse_inventory(INVENTORY)
-    monkeypatch.setattr(stage.inventory, "from_context", lambda c: inv)
-    monkeypatch.setattr(stage, "site_from_context", lambda c, i, dry_run=False: Site(
+    mocker.patch.object(stage.inventory, "from_context", lambda c: inv)
+    mocker.patch.object(stage, "site_from_context", lambda c, i, dry_run=False: Site(
         i, dry_run=dry_run, connect=lambda label, *a, **k: contexts[label]))
     return contexts
 
@@ -824,13 +824,13 @@ def test_prepare_task_reads_the_cfg_on_the_xen_host(site_of):
 
 
 @pytest.mark.parametrize("boot", ["grub", "direct-kernel"])
-def test_prepare_of_a_direct_kernel_vm_ends_by_naming_fetch_kernel(monkeypatch, capsys, boot):
+def test_prepare_of_a_direct_kernel_vm_ends_by_naming_fetch_kernel(mocker, capsys, boot):
     """prepare reaches the guest only (kvm1 has no connection here): it names the next step."""
     inv = parse_inventory(INVENTORY.replace("    guest_address:", f"    boot: {boot}\n    guest_address:"))
     contexts = {"xen1": HostMock(run={read_cmd("/etc/xen/auto/logger.cfg"): Result(stdout=LENNY_CFG)}),
                 "logger (guest)": lenny()}
-    monkeypatch.setattr(stage.inventory, "from_context", lambda c: inv)
-    monkeypatch.setattr(stage, "site_from_context", lambda c, i, dry_run=False: Site(
+    mocker.patch.object(stage.inventory, "from_context", lambda c: inv)
+    mocker.patch.object(stage, "site_from_context", lambda c, i, dry_run=False: Site(
         i, dry_run=dry_run, connect=lambda label, *a, **k: contexts[label]))
     stage.prepare(Context(), vm="logger", uuid=False)
     last = capsys.readouterr().out.splitlines()[-1]
@@ -858,7 +858,7 @@ def test_dry_run_task_changes_nothing(site_of):
     assert changes(guest) == []
 
 
-def test_cfg_syntax_error_on_the_xen_host_is_one_line(monkeypatch):
+def test_cfg_syntax_error_on_the_xen_host_is_one_line(mocker):
     inv = parse_inventory(INVENTORY)
     xen = HostMock(run={read_cmd("/etc/xen/auto/logger.cfg"): Result(stdout="memory = [\n")})
     site = Site(inv, connect=lambda label, *a, **k: xen)
@@ -902,7 +902,7 @@ def test_property_hostile_names_arrive_quoted(version, path, vdev):
     assert stage.device_uuids(guest, {vdev: "sda"}) == {}
     with pytest.raises(GuardError):
         stage.check_boot(guest, FACTS_WITH_KVM_KERNEL,
-                         [MappedDisk(vdev, "sda", "x", "x", "block", None)], boot="grub", grub_install=True)
+                         [MappedDisk(vdev, "sda", "x", "block", None)], boot="grub", grub_install=True)
     assert [shlex.split(c) for c in sent(ctx)] == [["blkid", "-o", "value", "-s", "UUID", f"/dev/{vdev}"],
                                                    ["test", "-b", f"/dev/{vdev}"]]
 

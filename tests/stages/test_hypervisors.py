@@ -156,7 +156,7 @@ def test_a_listing_up_to_max_age_old_is_shared_and_an_older_one_is_not():
     assert len(calls) == 2
 
 
-def test_a_wait_takes_listings_up_to_one_poll_old_but_never_older_than_the_wait(monkeypatch):
+def test_a_wait_takes_listings_up_to_one_poll_old_but_never_older_than_the_wait(mocker):
     clock, ages = [100.0], []
 
     def done(max_age):
@@ -167,9 +167,9 @@ def test_a_wait_takes_listings_up_to_one_poll_old_but_never_older_than_the_wait(
     def sleep(seconds):
         clock[0] += seconds
 
-    monkeypatch.setattr(hypervisors.time, "monotonic", lambda: clock[0])
+    mocker.patch.object(hypervisors.time, "monotonic", lambda: clock[0])
     interruption = Interruption()
-    monkeypatch.setattr(interruption, "sleep", sleep)
+    mocker.patch.object(interruption, "sleep", sleep)
     assert hypervisors.wait_until(done, timeout=10, poll=1.0, label="waiting", interruption=interruption)
     assert ages == [0.0, 1.0, 1.0]
 

@@ -483,9 +483,9 @@ def test_inventory_mac_gives_a_vifless_guest_its_nic():
 
 def test_disk_map_becomes_disks_with_qemu_format_names():
     disk_map = [
-        MappedDisk("xvda", "sda", "/dev/drbd5", "/dev/drbd5", "block", "r0"),
-        MappedDisk("xvdb", "sdb", "/x/b.vhd", "/k/b.vhd", "file", None, readonly=True, format="vhd"),
-        MappedDisk("xvdc", "sdc", "/x/c.img", "/k/c.img", "file", None, format="qcow2"),
+        MappedDisk("xvda", "sda", "/dev/drbd5", "block", "r0"),
+        MappedDisk("xvdb", "sdb", "/k/b.vhd", "file", None, readonly=True, format="vhd"),
+        MappedDisk("xvdc", "sdc", "/k/c.img", "file", None, format="qcow2"),
     ]
     assert plan_domain_spec(xen_cfg(), disk_map).disks == (
         DomainDisk("sda", "/dev/drbd5", "block"),
@@ -631,7 +631,7 @@ def test_a_pv_guests_nics_are_virtio_whatever_model_says():
 
 
 def test_a_shared_disk_is_shareable_and_uncached(schema_dirs):
-    disk_map = [MappedDisk("sdb1", "sdb", "/dev/drbd22", "/dev/drbd22", "block", "gfs", shared=True)]
+    disk_map = [MappedDisk("sdb1", "sdb", "/dev/drbd22", "block", "gfs", shared=True)]
     spec = plan_domain_spec(xen_cfg(), disk_map)
     xml = render_domain_xml(spec)
     assert_valid(xml, schema_dirs)

@@ -20,7 +20,6 @@ from tasks.formats.xencfg import (
     CfgSyntaxError,
     XenDisk,
     check_movable,
-    parse_disk_spec,
     parse_xen_cfg,
     rewrite_xen_cfg,
 )
@@ -37,12 +36,6 @@ NO_ORACLE = {
 }
 
 # xl cfgs that use nothing xend lacked (no disks, no xl-only key), so the best guess is "xm".
-XL_CFGS_WITHOUT_XL_FEATURES = {
-    "libvirt-xlconfig/test-fullvirt-cpuid.cfg",
-    "libvirt-xlconfig/test-net-fakemodel.cfg",
-}
-
-
 # ---------------------------------------------------------------------------
 # 1. libvirt as the oracle
 
@@ -93,13 +86,11 @@ def test_libvirt_corpus_agrees_with_libvirt(corpus, rel):
     assert (cfg.maxmem or cfg.memory) == _mib(dom, "memory")
     vcpu = dom.find("vcpu")
     assert cfg.vcpus == int(vcpu.get("current", vcpu.text))
-    assert (cfg.maxvcpus or cfg.vcpus) == int(vcpu.text)
 
     assert cfg.bootloader == dom.findtext("bootloader")
     assert cfg.cmdline == dom.findtext("os/cmdline")
     if dom.find("os/kernel") is not None:  # for HVM, kernel= is the hvmloader: libvirt's <loader>
         assert cfg.kernel == dom.findtext("os/kernel")
-        assert cfg.ramdisk == dom.findtext("os/initrd")
 
     assert [(d.path, d.vdev, d.devtype or "disk", d.mode) for d in cfg.disks] == [
         (_libvirt_source(d.find("source")), d.find("target").get("dev"), d.get("device"),
@@ -113,15 +104,6 @@ def test_libvirt_corpus_agrees_with_libvirt(corpus, rel):
     assert [(v.mac, v.bridge) for v in cfg.vifs] == [
         (i.find("mac").get("address"), _libvirt_bridge(i)) for i in dom.findall("devices/interface")
     ]
-
-
-@pytest.mark.parametrize("rel", corpus_params(LIBVIRT_CFGS))
-def test_libvirt_corpus_syntax_guess(corpus, rel):
-    cfg = parse_xen_cfg((corpus / rel).read_text())
-    if rel.startswith("libvirt-xmconfig/") or rel in XL_CFGS_WITHOUT_XL_FEATURES:
-        assert cfg.syntax == "xm"
-    else:
-        assert cfg.syntax == "xl"
 
 
 @pytest.mark.parametrize("rel", corpus_params(LIBVIRT_CFGS))
@@ -159,7 +141,6 @@ def test_xen_project_examples_parse(corpus, name):
     text = (corpus / "xen-examples" / name).read_text()
     cfg = parse_xen_cfg(text)
     assert cfg.disks and cfg.memory
-    assert cfg.syntax == ("xl" if name.startswith("xl") else "xm")
     assert rewrite_xen_cfg(text, {d.vdev: d.vdev for d in cfg.disks}) == text
 
 
@@ -170,7 +151,7 @@ def test_xen_example_disk_forms(corpus):
                 None, None),
         XenDisk(",hdc:cdrom,r", "", "", "hdc", "r", None, "cdrom"),
     )
-    assert cfg.vifs[0].type == "ioemu" and cfg.vifs[0].bridge == "xenbr0"
+    assert cfg.vifs[0].bridge == "xenbr0"
     nbd = parse_xen_cfg((corpus / "xen-examples/xmexample.nbd").read_text())
     assert (nbd.disks[0].backend, nbd.disks[0].path) == ("nbd", "134.100.233.115 20004")
     assert nbd.cmdline == "root=/dev/hda1 ro 3"
@@ -263,7 +244,6 @@ def test_xen_tools_configs(tmp_path, corpus, template, case):
     text = _xen_tools_cfg(tmp_path, TEMPLATES[template], env)
 
     cfg = parse_xen_cfg(text)
-    assert cfg.syntax == ("xl" if template == "corpus" else "xm")  # type = is an xl-only key
     assert (cfg.name, cfg.memory, cfg.vcpus) == ("web1", 512, 2)
     assert cfg.maxmem == (1024 if "maxmem" in env else None)
     assert [(d.backend, d.path, d.vdev, d.mode) for d in cfg.disks] == [(*d, "w") for d in disks]
@@ -271,9 +251,9 @@ def test_xen_tools_configs(tmp_path, corpus, template, case):
     if "pygrub" in env:
         assert (cfg.bootloader, cfg.kernel, cfg.extra) == ("pygrub", None, None)
     else:
-        assert (cfg.kernel, cfg.ramdisk, cfg.extra) == (KERNEL["kernel"], KERNEL["initrd"], "elevator=noop")
+        assert (cfg.kernel, cfg.extra) == (KERNEL["kernel"], "elevator=noop")
     vif = cfg.vifs[0]
-    assert (vif.mac, vif.bridge, vif.ip) == (env["mac"], env["bridge"], env.get("ips"))
+    assert (vif.mac, vif.bridge) == (env["mac"], env["bridge"])
 
     # What the rewrite must do, line by line, in the template's own layout.
     expected = text
@@ -329,9 +309,14 @@ DISK_SPECS = {
 }
 
 
+def _one_disk(spec: str) -> XenDisk:
+    (disk,) = parse_xen_cfg(f"disk = [ {spec!r} ]\n").disks
+    return disk
+
+
 @pytest.mark.parametrize("spec", sorted(DISK_SPECS))
 def test_disk_specs(spec):
-    assert parse_disk_spec(spec) == XenDisk(spec, *DISK_SPECS[spec])
+    assert _one_disk(spec) == XenDisk(spec, *DISK_SPECS[spec])
 
 
 @pytest.mark.parametrize("spec, reason", [
@@ -347,7 +332,7 @@ def test_disk_specs(spec):
 ])
 def test_disk_spec_errors(spec, reason):
     with pytest.raises(ValueError, match=reason):
-        parse_disk_spec(spec)
+        _one_disk(spec)
 
 
 XM_CFG = """\
@@ -454,7 +439,7 @@ def test_xl_rewrite_keeps_the_spec_form():
         '         "/srv/boot.iso,raw,hdc,ro,devtype=cdrom" ]\n'
     )
     cfg = parse_xen_cfg(out)
-    assert cfg.syntax == "xl" and cfg.builder == "pv" and cfg.memory == 1024
+    assert cfg.builder == "pv" and cfg.memory == 1024
     assert [d.path for d in cfg.disks] == ["/srv/xvda1,copy.img", "/dev/vg/web1-swap", "/srv/boot.iso"]
     assert rewrite_xen_cfg(out, {"xvda1": "sda", "xvda2": "sdb"}, add_console=True) == out
 
