@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -265,7 +266,11 @@ def down() -> None:
     _release_netns_dir()
     for loop in lab_loops():
         run(["losetup", "--detach", loop], check=False)
-    spaces.wait_for("the lab's loop devices to detach", lambda: not lab_loops(), 10)
+    try:
+        spaces.wait_for("the lab's loop devices to detach", lambda: not lab_loops(), 5)
+    except spaces.LabError:
+        _thaw_orphans(lab_loops())
+        spaces.wait_for("the lab's loop devices to detach", lambda: not lab_loops(), 10)
     for mount in lab_mounts():
         run(["umount", "--lazy", mount], check=False)
     for sub in ("hosts", "guests", "disks", "state"):
@@ -281,6 +286,19 @@ def _release_netns_dir() -> None:
         if mounted:
             run(["umount", netns_dir])
         netns_dir.rmdir()
+
+
+def _thaw_orphans(loops: list[str]) -> None:
+    """Thaw the file systems a killed run left frozen (fsfreeze in a guest that then died).
+
+    Their mount namespace is gone, but a frozen superblock cannot be released, so the loop
+    device stays open; mounting it again reaches the same superblock, which can then be thawed.
+    """
+    for loop in loops:
+        with tempfile.TemporaryDirectory(prefix="xenkvm-thaw-") as point:
+            if run(["mount", loop, point], check=False, timeout=20).returncode == 0:
+                run(["fsfreeze", "--unfreeze", point], check=False, timeout=10)
+                run(["umount", point], check=False, timeout=30)
 
 
 def lab_loops() -> list[str]:
