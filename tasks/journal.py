@@ -11,7 +11,6 @@ import fcntl
 import json
 import os
 import re
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Callable, Mapping
@@ -38,7 +37,7 @@ class Journal:
     @classmethod
     def start(cls, directory: Path, vm: VM, target_side: str) -> "Journal":
         data = {
-            "vm": vm.name, "run": uuid.uuid4().hex[:12], "pid": os.getpid(),
+            "vm": vm.name, "run": os.urandom(6).hex(), "pid": os.getpid(),
             "who": operator(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "source": vm.host_for(other(target_side)), "target": vm.host_for(target_side),

@@ -11,7 +11,6 @@ import hashlib
 import re
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 
 from invoke import Collection
@@ -19,7 +18,6 @@ from invoke import Collection
 from . import drbd, hypervisors, inventory, vmplan
 from .cli import task
 from .errors import GuardError, InputError, ToolError, shown
-from .formats.domainxml import BOOT_DIR, console_log
 from .hypervisors import DEFAULT_SHUTDOWN_TIMEOUT, KvmHost
 from .inventory import VM, Inventory, ReplicatedDisk
 from .localdisk import plan_swap_matches
@@ -147,6 +145,7 @@ def rehearsal_sources(vm: VM, spec) -> list[str]:
 
 def console_shows_login(remote: Remote, name: str) -> bool:
     """Whether the domain's serial console has printed a login prompt (getty is up: it booted)."""
+    from .formats.domainxml import console_log
     return remote.probe(["grep", "-q", "-E", LOGIN_PROMPT, console_log(name)]).ok
 
 
@@ -157,6 +156,7 @@ def rehearse_vm(site, inv: Inventory, vm: VM, *, seconds: float = 20.0, method: 
     It passes when the domain keeps running for `seconds`, or with `login` as soon as its
     serial console shows a login prompt (within `seconds`).
     """
+    from .formats.domainxml import console_log
     kvm = hypervisors.kvm(site, vm.kvm_host)
     host, remote = kvm.host, kvm.remote
     spec = vmplan.of_vm(site, vm, kvm_devices=True).domain_spec()
@@ -235,6 +235,7 @@ class BootFile:
 
 
 def boot_dir(vm_name: str) -> str:
+    from .formats.domainxml import BOOT_DIR
     return f"{BOOT_DIR}/{vm_name}"
 
 
@@ -290,6 +291,7 @@ def _stream(source: Remote, path: str, dest: Remote, staged: str) -> tuple[int, 
 def copy_boot_files(guest: Remote, kvm: Remote, directory: str, files: list[BootFile]) -> None:
     """Copy the files into directory on the KVM host: all staged and checked against the sha256
     the guest reported first, then installed in one command, so a failed copy installs nothing."""
+    import uuid
     if kvm.dry_run:
         for f in files:
             log.info(f"  would copy {guest.name}:{f.source} to {kvm.name}:{directory}/{f.name}")

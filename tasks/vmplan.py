@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .diskmap import MappedDisk, plan_disk_map, renames
 from .errors import InputError, reading
 from .inventory import VM, LocalDisk
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:   # the formats load when a plan is made, not at import: `fab --list` stays fast
+    from .diskmap import MappedDisk
     from .formats.domainxml import DomainSpec
     from .formats.xencfg import XenConfig
     from .remote import Remote, Site
@@ -36,6 +36,7 @@ class VmPlan:
 
     @property
     def renames(self) -> dict[str, str]:
+        from .diskmap import renames
         return renames(self.disk_map)
 
     def domain_spec(self) -> DomainSpec:
@@ -56,6 +57,7 @@ class VmPlan:
 def plan(text: str, label: str, vm: VM | None = None, *, block_devices: frozenset[str] | None = None,
          drbd_version: str | None = None) -> VmPlan:
     """The plan of a cfg's text (plan_disk_map says what block_devices and drbd_version change)."""
+    from .diskmap import plan_disk_map
     from .formats.xencfg import parse_xen_cfg
     with reading(label):
         cfg = parse_xen_cfg(text)
