@@ -14,6 +14,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Callable, Mapping
 
 from invoke import Collection, task
@@ -24,7 +25,8 @@ from .inventory import VM, Host, ReplicatedDisk
 from .remote import Remote, RemoteError, Site, concurrently, say, site_from_context
 
 if TYPE_CHECKING:
-    from .formats.drbdstatus import DrbdState, Peer
+    from .formats.cib import Primitive
+    from .formats.drbdstatus import DrbdState, GenerationIds, Peer
 
 DRBD_DIR = "/etc/drbd.d"
 DOWN = "Unconfigured"                 # DRBD's word for a resource that is defined but not up
@@ -35,6 +37,14 @@ HELD_OPEN = "Device is held open by someone"   # the kernel's state-change refus
 HELD_OPEN_PAUSES = (0.25, 0.5, 1.0, 2.0, 2.0, 2.0, 2.0)   # about 10 s in all, then the refusal stands
 # A peer's connection states that mean "not connected" (DRBD 8.4's cs: and DRBD 9's connection
 # words) but not StandAlone; any word outside these and the connected ones refuses.
+SPLIT_BRAIN_GUIDE = 'DRBD\'s user guide, "Manual split brain recovery"'
+# Cluster managers that can own a VM or its DRBD resources, and how their operators move one.
+CLUSTER_TOOLS = {"Pacemaker": "crm_resource --move", "Ganeti": "gnt-instance failover or migrate",
+                 "LINSTOR": "linstor, or the platform that drives it"}
+CIB_FILE = "/var/lib/pacemaker/cib/cib.xml"                 # the CIB a stopped cluster node starts from
+GANETI_INSTANCES = "/var/lib/ganeti/ssconf_instance_list"   # on every Ganeti node
+LINSTOR_RESOURCES = "/var/lib/linstor.d"                    # the resource files a LINSTOR satellite writes
+CLUSTER_FACTS_AGE = 30.0    # seconds a host's cluster facts are shared by the VMs of one run
 DISCONNECTED = frozenset({"Connecting", "WFConnection", "WFReportParams", "Unconnected", "Timeout", "BrokenPipe",
                           "NetworkFailure", "ProtocolError", "TearDown", "Disconnecting"})
 
@@ -57,9 +67,9 @@ class PeerAnswer:
         return peer.name == self.drbd_name or (peer.name == "peer" and only_peer)
 
 
-def _shown(word: str) -> str:
+def _shown(word: str, limit: int = 40) -> str:
     """A word from a host's output, bounded for a one-line message."""
-    return word if len(word) <= 40 else word[:37] + "..."
+    return word if len(word) <= limit else word[:limit - 3] + "..."
 
 
 def _peer_label(peer: Peer) -> str:
@@ -150,6 +160,47 @@ def check_demote(state: DrbdState, host: str, domain_running: bool) -> None:
     if domain_running:
         raise GuardError(f"{host}: refusing to demote {state.name}: the VM's domain still runs on {host}; "
                          f"shut it down first")
+
+
+def check_split_brain(vm: VM, action: str, hosts: tuple[str, str],
+                      ids: Mapping[str, tuple[GenerationIds, GenerationIds]]) -> None:
+    """Refuse while any resource's data diverged between the two hosts (`ids`: resource ->
+    the two hosts' generation ids): whichever side ran the guest next would have its writes
+    thrown away or the other's, and which of them to keep is the operator's call, never ours."""
+    from .formats.drbdstatus import diverged
+    split = [name for name, (here, there) in ids.items() if diverged(here, there)]
+    if split:
+        raise GuardError(f"refusing to {action} {vm.name}: split brain on DRBD {', '.join(split)}: the data on "
+                         f"{hosts[0]} and {hosts[1]} diverged (each side was Primary while they were apart); "
+                         f"DRBD will not reconnect them and this tool resolves nothing: choose the side whose "
+                         f"changes are lost and recover by hand ({SPLIT_BRAIN_GUIDE}), then retry")
+
+
+def pacemaker_claims(primitives: list[Primitive], vm: VM) -> list[str]:
+    """The primitives that manage the VM: one of its DRBD resources (ocf:linbit:drbd), its
+    domain (VirtualDomain's config file, Xen's xmfile or domain name), or one named after it."""
+    resources = {d.resource for d in vm.resources}
+    claims = []
+    for primitive in primitives:
+        params, agent = primitive.params, primitive.agent
+        domain_file = params.get("config" if agent.endswith(":VirtualDomain") else "xmfile", "")
+        if agent == "ocf:linbit:drbd" and params.get("drbd_resource") in resources:
+            claims.append(f"{primitive.id}, {agent} of {params['drbd_resource']}")
+        elif agent.endswith((":VirtualDomain", ":Xen")) and (
+                domain_file == vm.cfg or PurePosixPath(domain_file).stem == vm.name or params.get("name") == vm.name):
+            claims.append(f"{primitive.id}, {agent} of {domain_file or params['name']}")
+        elif primitive.id == vm.name:
+            claims.append(f"{primitive.id}, {agent}")
+    return [_shown(claim, 120) for claim in claims]
+
+
+def check_unmanaged(vm: VM, host: str, action: str, claims: list[tuple[str, str]]) -> None:
+    """A cluster manager that owns the VM (claims: (manager, evidence)) would fight a move made
+    behind its back, up to starting the guest on both sides: it moves the VM, not this tool."""
+    if claims:
+        manager, evidence = claims[0]
+        raise GuardError(f"{host}: refusing to {action} {vm.name}: {manager} manages it ({evidence}); move it "
+                         f"with {manager} ({CLUSTER_TOOLS[manager]}), not behind its back")
 
 
 def plan_initial_sync(state: DrbdState, host: str, force: bool) -> bool:
