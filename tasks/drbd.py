@@ -44,6 +44,7 @@ CLUSTER_TOOLS = {"Pacemaker": "crm_resource --move", "Ganeti": "gnt-instance fai
 CIB_FILE = "/var/lib/pacemaker/cib/cib.xml"                 # the CIB a stopped cluster node starts from
 GANETI_INSTANCES = "/var/lib/ganeti/ssconf_instance_list"   # on every Ganeti node
 LINSTOR_RESOURCES = "/var/lib/linstor.d"                    # the resource files a LINSTOR satellite writes
+CIB_NOT_CONNECTED, CIB_NO_SUCH_FILE = 102, 105   # cibadmin's exits: no cluster running, no CIB file
 CLUSTER_FACTS_AGE = 30.0    # seconds a host's cluster facts are shared by the VMs of one run
 DISCONNECTED = frozenset({"Connecting", "WFConnection", "WFReportParams", "Unconnected", "Timeout", "BrokenPipe",
                           "NetworkFailure", "ProtocolError", "TearDown", "Disconnecting"})
@@ -468,6 +469,73 @@ def has_metadata(remote: Remote, resource: str) -> bool:
     raise RemoteError(remote.name, remote.command(argv), outcome.exit_code, outcome.stderr or outcome.stdout)
 
 
+def generation_ids(remote: Remote, resource: str) -> GenerationIds:
+    """A resource's data generation ids on a host (DRBD 8.x; read from its metadata)."""
+    from .formats.drbdstatus import parse_gi
+    argv = ["drbdadm", "get-gi", resource]
+    outcome = remote.probe(argv)
+    if not outcome.ok:
+        raise RemoteError(remote.name, remote.command(argv), outcome.exit_code, outcome.stderr or outcome.stdout)
+    try:
+        return parse_gi(outcome.stdout)
+    except ValueError as exc:
+        raise GuardError(f"{remote.name}: cannot read the DRBD generation ids of {resource} ({exc}): "
+                         f"refusing to act on them") from None
+
+
+def refuse_split_brain(vm: VM, action: str, remotes: Mapping[str, Remote],
+                       states: Mapping[str, Mapping[str, DrbdState]]) -> None:
+    """check_split_brain on live generation ids, asked only where a split brain can be: resources
+    up on both hosts (`remotes`, `states`: host -> its view) but not connected, on DRBD 8.x
+    (DRBD 9 keeps them per peer; there a split brain shows only as StandAlone)."""
+    hosts = tuple(remotes)
+    apart = [d.resource for d in vm.resources
+             if all(states[h][d.resource].connection != DOWN for h in hosts)
+             and not all(states[h][d.resource].is_connected for h in hosts)]
+    if not apart or any(_major_minor(drbd_version(remotes[h])) >= (9,) for h in hosts):
+        return
+    ids = concurrently(*(lambda h=h: [generation_ids(remotes[h], name) for name in apart] for h in hosts))
+    check_split_brain(vm, action, hosts, {name: pair for name, *pair in zip(apart, *ids)})
+
+
+def cluster_claims(remote: Remote, vm: VM) -> list[tuple[str, str]]:
+    """(manager, evidence) for each cluster manager on this host that owns the VM or one of its
+    DRBD resources: Pacemaker's CIB (the live one, else the file a stopped node starts from),
+    Ganeti's instance list, LINSTOR's resource files. Host-wide facts, shared by one run's VMs."""
+    claims = [("Pacemaker", f"primitive {claim}") for claim in pacemaker_claims(_cib_primitives(remote), vm)]
+    instances = remote.read_file(GANETI_INSTANCES, max_age=CLUSTER_FACTS_AGE) or ""
+    if any(line.strip() == vm.name or line.strip().startswith(f"{vm.name}.") for line in instances.splitlines()):
+        claims.append(("Ganeti", f"instance {vm.name} in {GANETI_INSTANCES}"))
+    argv = ["ls", "-1", "--", LINSTOR_RESOURCES]
+    listing = remote.shared_probe(argv, max_age=CLUSTER_FACTS_AGE)
+    if not listing.ok and "No such file" not in listing.stderr:
+        raise RemoteError(remote.name, remote.command(argv), listing.exit_code, listing.stderr or listing.stdout)
+    files = set(listing.stdout.split()) if listing.ok else set()
+    claims += [("LINSTOR", f"{LINSTOR_RESOURCES}/{d.resource}.res") for d in vm.resources if f"{d.resource}.res" in files]
+    return claims
+
+
+def _cib_primitives(remote: Remote) -> list[Primitive]:
+    """Pacemaker's primitives on this host: none where its tools are not installed."""
+    from .formats.cib import parse_cib_primitives
+    argv = ["cibadmin", "--query", "--scope", "resources"]
+    outcome = remote.shared_probe(argv, max_age=CLUSTER_FACTS_AGE)
+    if outcome.exit_code == 127 or "command not found" in outcome.stderr:
+        return []
+    if outcome.exit_code == CIB_NOT_CONNECTED:      # the cluster is stopped here: what it would start with
+        outcome = remote.shared_probe(argv, env={"CIB_file": CIB_FILE}, max_age=CLUSTER_FACTS_AGE)
+        if outcome.exit_code == CIB_NO_SUCH_FILE:
+            return []
+    try:
+        if not outcome.ok:
+            raise ValueError(f"{remote.command(argv)} exited {outcome.exit_code}: "
+                             f"{_shown((outcome.stderr or outcome.stdout).strip(), 200)}")
+        return parse_cib_primitives(outcome.stdout)
+    except ValueError as exc:
+        raise GuardError(f"{remote.name}: cannot read Pacemaker's CIB ({exc}): refusing to act on a VM "
+                         f"the cluster may own") from None
+
+
 def fs_type(remote: Remote, device: str) -> str | None:
     """What signature a device holds (low-level probe, no cache), or None when blank."""
     argv = ["blkid", "-p", "-o", "value", "-s", "TYPE", device]
@@ -534,6 +602,19 @@ def domain_running_on(site: Site, host_name: str, vm_name: str) -> bool:
     else:
         from .kvmhost import domain_running
     return domain_running(site.host(host_name), host, vm_name)
+
+
+def check_movable(site: Site, vm: VM) -> dict[str, dict[str, DrbdState]]:
+    """What a move checks before anything else, even before asking where the VM runs: no cluster
+    manager owns it on either host, and its DRBD data did not split. Returns both hosts' DRBD
+    states (host -> its view), for the rest of the checks."""
+    hosts = (vm.xen_host, vm.kvm_host)
+    remotes = {h: site.host(h) for h in hosts}
+    for host, claims in zip(hosts, concurrently(*(lambda h=h: cluster_claims(remotes[h], vm) for h in hosts))):
+        check_unmanaged(vm, host, "move", claims)
+    states = dict(zip(hosts, concurrently(*(lambda h=h: resource_states(remotes[h], vm, h) for h in hosts))))
+    refuse_split_brain(vm, "move", remotes, states)
+    return states
 
 
 def guard_start(site: Site, vm: VM, host_name: str, *, allow_disconnected: bool = False) -> None:
@@ -631,7 +712,15 @@ def promote(remote: Remote, vm: VM, host_name: str, *, allow_disconnected: bool 
     """
     states = resource_states(remote, vm, host_name)
     blind = [n for n, s in states.items() if _is_blind(s)]
-    answers = ask_other_host(other, vm) if allow_disconnected and blind and other is not None else {}
+    standalone = any(s.connection == "StandAlone" or not s.peer_list() for s in states.values())
+    asking = blind and other is not None and (allow_disconnected or standalone)
+    answers = ask_other_host(other, vm) if asking else {}
+    seen = {n: a.state for n, a in answers.items() if a.state is not None}
+    if standalone and len(seen) == len(states):   # DRBD refused to connect: a split brain is named as such
+        refuse_split_brain(vm, "promote", {host_name: remote, other.name: other.remote()},
+                           {host_name: states, other.name: seen})
+    if not allow_disconnected:
+        answers = {}
     for state in states.values():
         check_promote(state, host_name, allow_disconnected, answers.get(state.name))
     todo = [n for n, s in states.items() if not s.is_primary]
@@ -843,8 +932,9 @@ def promote_task(c, vm, host, allow_disconnected=False, dry_run=False):
     """Make the VM's DRBD resources Primary on one host, after the guards pass for all of them."""
     _, model, site = _context(c, vm, dry_run)
     name = _vm_host(model, host)
-    promote(site.host(name), model, name, allow_disconnected=allow_disconnected,
-            other=OtherHost.of(site, model, name))
+    remote = site.host(name)
+    check_unmanaged(model, name, "promote", cluster_claims(remote, model))
+    promote(remote, model, name, allow_disconnected=allow_disconnected, other=OtherHost.of(site, model, name))
 
 
 @task(auto_shortflags=False,
@@ -856,6 +946,7 @@ def demote_task(c, vm, host, dry_run=False):
     inv, model, site = _context(c, vm, dry_run)
     name = _vm_host(model, host)
     remote = site.host(name)
+    check_unmanaged(model, name, "demote", cluster_claims(remote, model))
     if name == model.xen_host:
         from .xenhost import domain_running
     else:
