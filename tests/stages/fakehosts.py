@@ -172,8 +172,11 @@ class FakeHost:
             if self.shared.cib is None:
                 return Result(stderr="sh: 1: cibadmin: not found\n", exited=127)
             return Result(stdout=self.shared.cib)
-        if argv == ["ls", "-1", "--", "/var/lib/linstor.d"]:
-            return Result(stderr="ls: cannot access '/var/lib/linstor.d': No such file or directory\n", exited=2)
+        if argv == ["ls", "-1", "--", "/var/lib/linstor.d"]:    # a LINSTOR satellite's resource files
+            names = sorted(p.rpartition("/")[2] for h, p in self.shared.files
+                           if h == self.name and p.startswith("/var/lib/linstor.d/"))
+            return Result(stdout="".join(f"{n}\n" for n in names)) if names else \
+                Result(stderr="ls: cannot access '/var/lib/linstor.d': No such file or directory\n", exited=2)
         if argv == ["ls", "-1", "/boot"]:
             return Result(stdout="".join(f"{p[6:]}\n" for h, p in sorted(self.shared.files)
                                          if h == self.name and re.fullmatch(r"/boot/[^/]+", p)))
