@@ -16,6 +16,7 @@ and its command line tools.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,18 @@ def inventory() -> str:
     vm = {"xen_host": XEN, "kvm_host": KVM, "bridge": "br0", "disks": [dict(r) for r in RESOURCES]}
     return ("# The real DRBD pair's inventory, written by tests/lab/drbdpair.py (do not edit).\n"
             + yaml.safe_dump({"hosts": hosts, "vms": {VM: vm}}, sort_keys=False))
+
+
+def resource_files() -> dict[str, str]:
+    """The pair's DRBD resource files as the tool renders them for its 8.4.11 kernel."""
+    from tasks.formats.drbdconf import render_drbd_resource
+    from tasks.inventory import load_inventory
+
+    with tempfile.TemporaryDirectory() as work:
+        path = Path(work) / "hosts.yml"
+        path.write_text(inventory())
+        inv = load_inventory(path)
+    return render_drbd_resource(inv.vm(VM), inv.hosts, "8.4.11")
 
 
 @dataclass

@@ -389,6 +389,7 @@ def _qemu_argv(spec: VmSpec, image: Image, disks: list[Path], directory: Path, t
 
 def _boot(spec: VmSpec, image: Image, index: int) -> Vm:
     directory = VM_WORK / spec.name
+    stop(Vm(spec, directory))     # one of that name left running: its disks are about to be replaced
     disks = _prepare_disks(spec, image, directory)
     tap = f"xkvmtap{index}"
     run(["ip", "-n", NETNS, "link", "del", tap], check=False)
