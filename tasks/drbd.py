@@ -712,8 +712,9 @@ def promote(remote: Remote, vm: VM, host_name: str, *, allow_disconnected: bool 
     """
     states = resource_states(remote, vm, host_name)
     blind = [n for n, s in states.items() if _is_blind(s)]
-    standalone = any(s.connection == "StandAlone" or not s.peer_list() for s in states.values())
-    asking = blind and other is not None and (allow_disconnected or standalone)
+    standalone = [n for n, s in states.items()
+                  if not s.is_primary and (s.connection == "StandAlone" or not s.peer_list())]
+    asking = other is not None and (allow_disconnected and blind or standalone)
     answers = ask_other_host(other, vm) if asking else {}
     seen = {n: a.state for n, a in answers.items() if a.state is not None}
     if standalone and len(seen) == len(states):   # DRBD refused to connect: a split brain is named as such

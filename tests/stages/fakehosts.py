@@ -53,6 +53,7 @@ class Shared:
     fail_halfway: tuple | None = None    # (host, verb, resource): drbdadm fails there, once, after the ones before
     lock_root: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="xenkvm-locks-"))   # hosts' lock dirs
     generations: dict[tuple[str, str], str] = field(default_factory=dict)   # (resource, host) -> get-gi
+    standalone_hides_peer: bool = False   # DRBD 8.4's status: no peer line at all when StandAlone
     cib: str | None = None       # Pacemaker's CIB (`cibadmin --query`), None: no Pacemaker installed
     auto_promote: bool = False   # DRBD 9's default: a domain opening a Secondary for writing promotes it
 
@@ -312,6 +313,8 @@ class FakeHost:
         conn = self.shared.connection
         peer = (f"  {self.peer} role:{roles[self.peer]}\n    peer-disk:{disk[self.peer]}\n"
                 if conn == "Connected" else f"  {self.peer} connection:{conn}\n")
+        if conn == "StandAlone" and self.shared.standalone_hides_peer:
+            peer = ""
         return f"{res} role:{roles[self.name]}\n  disk:{disk[self.name]}\n{peer}\n"
 
     def virsh(self, args):

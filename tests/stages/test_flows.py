@@ -285,6 +285,24 @@ def test_a_split_brain_refuses_either_way_before_any_change_and_names_it(world, 
     assert not any(cmd.startswith(("xl", "virsh")) for _, cmd in world.shared.log), "refused before asking"
 
 
+@pytest.mark.parametrize("split, message", [
+    (True, "refusing to promote logger: split brain on DRBD logger-var: the data on kvm1 and xen1 diverged"),
+    (False, "kvm1: refusing to promote logger-system: it is StandAlone, no peer shown"),
+])
+def test_promote_on_a_standalone_host_asks_the_other_and_names_a_split_brain(world, split, message):
+    """DRBD 8.4 shows a StandAlone resource without its peer (measured on drbd.ko 8.4.11)."""
+    from tasks import drbd
+    world.shared.connection, world.shared.standalone_hides_peer = "StandAlone", True
+    world.shared.roles["logger-system"]["xen1"] = world.shared.roles["logger-var"]["xen1"] = "Secondary"
+    if split:
+        world.shared.generations.update({("logger-var", host): gi for host, gi in SPLIT.items()})
+    site, vm = world.site(), world.inv.vm("logger")
+    with pytest.raises(GuardError, match=message):
+        drbd.promote(site.host("kvm1"), vm, "kvm1", other=drbd.OtherHost.of(site, vm, "kvm1"))
+    assert ("xen1", "drbdadm get-gi logger-var") in world.shared.log
+    assert world.changes() == []
+
+
 def test_a_disconnected_pair_that_did_not_split_is_refused_as_not_connected(world):
     world.shared.connection = "StandAlone"
     with pytest.raises(GuardError, match="logger-system is StandAlone, not Connected"):
