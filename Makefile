@@ -7,7 +7,7 @@ APT_PACKAGES := openssh-server openssh-client netcat-openbsd iproute2 kmod e2fsp
 	libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils \
 	libxml2-utils drbd-utils xen-tools debootstrap fdisk lvm2
 
-.PHONY: deps apt venv test e2e conformance lab-up lab-down demo bench clean
+.PHONY: deps apt venv lint test e2e conformance lab-up lab-down demo bench clean
 
 deps: apt venv
 
@@ -30,8 +30,13 @@ $(BIN)/fab: pyproject.toml
 
 E2E_REPORT := tests/lab/.work/e2e-report.txt
 
-# Every test, the real-guest boots included (about 12 of its 16 minutes on 2 cores).
-test: deps
+# ruff (pyflakes, bugbear, import order) over everything, mypy over tasks/.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy tasks
+
+# The checks, then every test, the real-guest boots included.
+test: deps lint
 	rm -f $(E2E_REPORT)
 	$(BIN)/pytest -q
 	if [ -f $(E2E_REPORT) ]; then cat $(E2E_REPORT); fi

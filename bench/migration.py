@@ -21,6 +21,7 @@ import yaml
 
 from tests.lab import INVENTORY, control
 from tests.lab.config import Settings
+from tests.wire import bare
 
 from .common import fab, report
 
@@ -64,7 +65,7 @@ def _at(entry: dict, end: bool) -> float:
 
 def downtime_gap(entries: list[dict]) -> float:
     """Seconds from the probe that saw the source domain gone to the start command on the target."""
-    demote = next(i for i, e in enumerate(entries) if e["command"].startswith("drbdadm secondary"))
+    demote = next(i for i, e in enumerate(entries) if bare(e["command"]).startswith("drbdadm secondary"))
     gone = max(i for i, e in enumerate(entries[:demote])
                if e["kind"] == "probe" and ("list" in e["command"] or "domstate" in e["command"]))
     start = next(e for e in entries[demote:] if e["kind"] == "change"

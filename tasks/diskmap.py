@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import InputError, shown
+from .errors import shown
+from .formats import FormatError
 from .formats.xencfg import HVM_DISK, check_movable
 from .inventory import VM, ReplicatedDisk
 
@@ -18,7 +19,6 @@ from .inventory import VM, ReplicatedDisk
 class MappedDisk:
     xen_vdev: str            # as in the cfg: xvda2, hda, sda1
     target: str              # sda, sdb, ... (root disk first)
-    xen_source: str          # path (or DRBD resource) on the Xen host, as the cfg names it
     kvm_source: str          # block device or file on the KVM host
     source_kind: str         # "block" or "file"
     resource: str | None     # DRBD resource when replicated
@@ -57,7 +57,7 @@ def _hvm_target(vdev: str) -> str:
     emulated disk with its own boot loader on both sides, so nothing may rename it."""
     match = HVM_DISK.fullmatch(vdev)
     if match is None:
-        raise ValueError(f"disk {shown(vdev)}: an HVM guest's disk needs a name qemu-xen emulates "
+        raise FormatError(f"disk {shown(vdev)}: an HVM guest's disk needs a name qemu-xen emulates "
                          f"(hd*, sd* or xvd*)")
     return match.group(1) + match.group(2)
 
@@ -120,8 +120,8 @@ def plan_disk_map(cfg, vm: VM | None = None, *, block_devices: frozenset[str] | 
     as udev names it for `drbd_version`. With one, every cfg disk must be an inventory disk and
     every inventory disk in the cfg. `block_devices`: which of the VM's local disks the KVM
     host has as block devices (its probe's answer); without it the names decide.
-    ValueError (the caller names the cfg) for a cfg no KVM domain can be made from
-    (xencfg.check_movable, relative paths), InputError where the cfg and the inventory disagree.
+    FormatError (the caller names the cfg) for a cfg no KVM domain can be made from
+    (xencfg.check_movable, relative paths) and where the cfg and the inventory disagree.
     """
     check_movable(cfg)
     names = plan_target_names(cfg)
@@ -129,7 +129,7 @@ def plan_disk_map(cfg, vm: VM | None = None, *, block_devices: frozenset[str] | 
     used = set()
     for disk in _disks(cfg):
         if disk.backend != "drbd" and not disk.path.startswith("/"):
-            raise ValueError(f"disk {shown(disk.vdev)}: {shown(disk.path)} is not an absolute path: only block "
+            raise FormatError(f"disk {shown(disk.vdev)}: {shown(disk.path)} is not an absolute path: only block "
                              f"devices and files named by one move (xl reads a relative one from its working "
                              f"directory)")
         resource, per_host = None, False
@@ -138,11 +138,11 @@ def plan_disk_map(cfg, vm: VM | None = None, *, block_devices: frozenset[str] | 
         else:
             entry = _match(disk, vm)
             if entry is None:
-                raise InputError(f"{vm.cfg}: disk {disk.vdev} ({disk.spec}) matches no disk in "
+                raise FormatError(f"disk {shown(disk.vdev)} ({shown(disk.spec)}) matches no disk in "
                                  f"vms.{vm.name}.disks (give it a vdev: or fix the path)")
             used.add(id(entry))
             if (isinstance(entry, ReplicatedDisk) and entry.shared) != disk.shared:
-                raise InputError(_shared_mismatch(vm, entry, disk))
+                raise FormatError(_shared_mismatch(vm, entry, disk))
             if isinstance(entry, ReplicatedDisk):
                 resource = entry.resource
                 kvm_source = entry.device[vm.kvm_host]
@@ -151,7 +151,6 @@ def plan_disk_map(cfg, vm: VM | None = None, *, block_devices: frozenset[str] | 
         mapped.append(MappedDisk(
             xen_vdev=disk.vdev,
             target=names[disk.vdev],
-            xen_source=disk.path,
             kvm_source=kvm_source,
             source_kind="block" if resource else _source_kind(kvm_source, block_devices),
             resource=resource,
@@ -164,7 +163,7 @@ def plan_disk_map(cfg, vm: VM | None = None, *, block_devices: frozenset[str] | 
         for i, entry in enumerate(vm.disks):
             if id(entry) not in used:
                 what = entry.resource if isinstance(entry, ReplicatedDisk) else next(iter(entry.path.values()))
-                raise InputError(f"vms.{vm.name}.disks[{i}] ({what}) is not a disk of {vm.cfg}")
+                raise FormatError(f"vms.{vm.name}.disks[{i}] ({what}) is not a disk of the cfg")
     return sorted(mapped, key=lambda d: (len(d.target), d.target))
 
 
@@ -173,11 +172,11 @@ def _shared_mismatch(vm: VM, entry, disk) -> str:
     and only a DRBD disk can be shared: a local one is another volume on each host."""
     where = f"vms.{vm.name}.disks[{vm.disks.index(entry)}]"
     if not isinstance(entry, ReplicatedDisk):
-        return f"{vm.cfg}: disk {shown(disk.vdev)} is shared (mode w!) but {where} is a local: disk, each host's own"
+        return f"disk {shown(disk.vdev)} is shared (mode w!) but {where} is a local: disk, each host's own"
     if disk.shared:
-        return (f"{vm.cfg}: disk {shown(disk.vdev)} is shared (mode w!) but {where} ({entry.resource}) "
+        return (f"disk {shown(disk.vdev)} is shared (mode w!) but {where} ({entry.resource}) "
                 f"lacks shared: true")
-    return f"{vm.cfg}: {where} ({entry.resource}) says shared: true but disk {shown(disk.vdev)} has no mode w!"
+    return f"{where} ({entry.resource}) says shared: true but disk {shown(disk.vdev)} has no mode w!"
 
 
 def renames(disk_map: list[MappedDisk]) -> dict[str, str]:

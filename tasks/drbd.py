@@ -15,14 +15,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping, cast
 
-from invoke import Collection, task
+from invoke import Collection
 
-from . import inventory
+from . import inventory, output
+from .cli import task
 from .errors import GuardError, InputError, ToolError
 from .inventory import VM, Host, ReplicatedDisk
-from .remote import Remote, RemoteError, Site, concurrently, say, site_from_context
+from .output import log
+from .remote import Remote, RemoteError, Site, concurrently, replaced_by, site_from_context
+from .ssh import ConnectError
 
 if TYPE_CHECKING:
     from .formats.cib import Primitive
@@ -293,13 +296,6 @@ def status_row(state: DrbdState, host: str) -> tuple[str, ...]:
             f"{state.sync_percent:.1f}%" if state.sync_percent is not None else "-")
 
 
-def format_table(rows: list[tuple[str, ...]]) -> str:
-    """Plain aligned columns: readable in a terminal, a log and a diff alike."""
-    table = [STATUS_HEADER, *rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(STATUS_HEADER))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table)
-
-
 # --- probes ---------------------------------------------------------------------
 
 def _minor(vm: VM, resource: str, host_name: str) -> int | None:
@@ -408,7 +404,7 @@ def _down_state(vm: VM, name: str, host_name: str) -> DrbdState:
 
 def resource_states(remote: Remote, vm: VM, host_name: str) -> dict[str, DrbdState]:
     """Every DRBD resource of the VM as one host sees it; a resource drbdadm does not know refuses."""
-    return _query(remote, vm, host_name)
+    return cast("dict[str, DrbdState]", _query(remote, vm, host_name))   # None only when undefined_ok
 
 
 def drbd_version(remote: Remote) -> str:
@@ -488,14 +484,15 @@ def refuse_split_brain(vm: VM, action: str, remotes: Mapping[str, Remote],
     """check_split_brain on live generation ids, asked only where a split brain can be: resources
     up on both hosts (`remotes`, `states`: host -> its view) but not connected, on DRBD 8.x
     (DRBD 9 keeps them per peer; there a split brain shows only as StandAlone)."""
-    hosts = tuple(remotes)
+    a, b = remotes
     apart = [d.resource for d in vm.resources
-             if all(states[h][d.resource].connection != DOWN for h in hosts)
-             and not all(states[h][d.resource].is_connected for h in hosts)]
-    if not apart or any(_major_minor(drbd_version(remotes[h])) >= (9,) for h in hosts):
+             if all(states[h][d.resource].connection != DOWN for h in (a, b))
+             and not all(states[h][d.resource].is_connected for h in (a, b))]
+    if not apart or any(_major_minor(drbd_version(remotes[h])) >= (9,) for h in (a, b)):
         return
-    ids = concurrently(*(lambda h=h: [generation_ids(remotes[h], name) for name in apart] for h in hosts))
-    check_split_brain(vm, action, hosts, {name: pair for name, *pair in zip(apart, *ids)})
+    ids_a, ids_b = concurrently(*(lambda h=h: [generation_ids(remotes[h], name) for name in apart] for h in (a, b)))
+    check_split_brain(vm, action, (a, b),
+                      {name: (x, y) for name, x, y in zip(apart, ids_a, ids_b, strict=True)})
 
 
 def cluster_claims(remote: Remote, vm: VM) -> list[tuple[str, str]]:
@@ -577,7 +574,7 @@ def _wait_for(remote: Remote, vm: VM, host_name: str, ready, *, what: str, timeo
 
 
 def wait_sync(remote: Remote, vm: VM, host_name: str, *, timeout: float | None, poll: float = 2.0,
-              progress=say, bars=None) -> dict[str, DrbdState]:
+              progress=log.info, bars=None) -> dict[str, DrbdState]:
     """Until every resource is Connected and UpToDate on both sides: the only state to move a guest in.
 
     `bars` (progress.SyncBars) shows each resource's resync on a terminal.
@@ -585,7 +582,7 @@ def wait_sync(remote: Remote, vm: VM, host_name: str, *, timeout: float | None, 
     states = _wait_for(remote, vm, host_name, lambda s: s.is_connected and s.is_uptodate_pair,
                        what="waiting for sync", timeout=timeout, poll=poll, progress=progress,
                        on_poll=bars.update if bars is not None else None)
-    say(f"* {host_name}: {', '.join(states)} UpToDate/UpToDate ... ok")
+    log.info(f"* {host_name}: {', '.join(states)} UpToDate/UpToDate ... ok")
     return states
 
 
@@ -595,13 +592,9 @@ def other_host(vm: VM, host_name: str) -> str:
 
 
 def domain_running_on(site: Site, host_name: str, vm_name: str) -> bool:
-    """Whether the VM's domain runs on a host, asked of that host's hypervisor stage."""
-    host = site.inventory.host(host_name)
-    if host.role == "xen":
-        from .xenhost import domain_running
-    else:
-        from .kvmhost import domain_running
-    return domain_running(site.host(host_name), host, vm_name)
+    """Whether the VM's domain runs on a host, asked of that host's hypervisor."""
+    from .hypervisors import on
+    return on(site, host_name).running(vm_name)
 
 
 def check_movable(site: Site, vm: VM) -> dict[str, dict[str, DrbdState]]:
@@ -610,9 +603,11 @@ def check_movable(site: Site, vm: VM) -> dict[str, dict[str, DrbdState]]:
     states (host -> its view), for the rest of the checks."""
     hosts = (vm.xen_host, vm.kvm_host)
     remotes = {h: site.host(h) for h in hosts}
-    for host, claims in zip(hosts, concurrently(*(lambda h=h: cluster_claims(remotes[h], vm) for h in hosts))):
+    for host, claims in zip(hosts, concurrently(*(lambda h=h: cluster_claims(remotes[h], vm) for h in hosts)),
+                            strict=True):
         check_unmanaged(vm, host, "move", claims)
-    states = dict(zip(hosts, concurrently(*(lambda h=h: resource_states(remotes[h], vm, h) for h in hosts))))
+    states = dict(zip(hosts, concurrently(*(lambda h=h: resource_states(remotes[h], vm, h) for h in hosts)),
+                      strict=True))
     refuse_split_brain(vm, "move", remotes, states)
     return states
 
@@ -630,7 +625,7 @@ def guard_start(site: Site, vm: VM, host_name: str, *, allow_disconnected: bool 
                 raise GuardError(f"{host_name}: refusing to start {vm.name}: cannot ask {other} whether it runs "
                                  f"there ({why}); only if {other} is known to be down, retry with "
                                  f"--allow-disconnected")
-            say(f"  WARNING {host_name}: {other} cannot be reached ({why}); starting {vm.name} on the "
+            log.warning(f"  WARNING {host_name}: {other} cannot be reached ({why}); starting {vm.name} on the "
                 f"operator's word that it is down (--allow-disconnected)")
             return False
         return domain_running_on(site, other, vm.name)
@@ -645,20 +640,24 @@ def start_guarded(site: Site, vm: VM, host_name: str, start: Callable[[], None],
                   allow_disconnected: bool = False) -> None:
     """`start()` the VM's domain on a host, unless it runs there already, once guard_start passed."""
     if domain_running_on(site, host_name, vm.name):
-        say(f"* {host_name}: {vm.name} already running ... ok")
+        log.info(f"* {host_name}: {vm.name} already running ... ok")
         return
     guard_start(site, vm, host_name, allow_disconnected=allow_disconnected)
     start()
 
 
-def _apply(remote: Remote, verb: list[str], names: list[str]) -> None:
+def drbdadm_argv(verb: list[str], names: list[str]) -> list[str]:
     """One `drbdadm VERB RES...` for all of them: one round trip inside the guest's downtime.
 
     drbdadm acts on each named resource in turn, so a failure may leave some changed;
     undo and rollback read live state and need not know which.
     """
+    return ["drbdadm", *verb, *names]
+
+
+def _apply(remote: Remote, verb: list[str], names: list[str]) -> None:
     if names:
-        remote.change(["drbdadm", *verb, *names])
+        remote.change(drbdadm_argv(verb, names))
 
 
 @dataclass(frozen=True)
@@ -684,8 +683,8 @@ def _reach(other: str, connect: Callable[[], Remote]) -> tuple[Remote | None, st
     """
     try:
         return connect(), ""
-    except ToolError as exc:
-        return None, str(exc).removeprefix(f"{other}: ")
+    except ConnectError as exc:
+        return None, exc.reason
 
 
 def ask_other_host(other: OtherHost, vm: VM) -> dict[str, PeerAnswer]:
@@ -714,12 +713,13 @@ def promote(remote: Remote, vm: VM, host_name: str, *, allow_disconnected: bool 
     blind = [n for n, s in states.items() if _is_blind(s)]
     standalone = [n for n, s in states.items()
                   if not s.is_primary and (s.connection == "StandAlone" or not s.peer_list())]
-    asking = other is not None and (allow_disconnected and blind or standalone)
-    answers = ask_other_host(other, vm) if asking else {}
-    seen = {n: a.state for n, a in answers.items() if a.state is not None}
-    if standalone and len(seen) == len(states):   # DRBD refused to connect: a split brain is named as such
-        refuse_split_brain(vm, "promote", {host_name: remote, other.name: other.remote()},
-                           {host_name: states, other.name: seen})
+    answers: dict[str, PeerAnswer] = {}
+    if other is not None and (allow_disconnected and blind or standalone):
+        answers = ask_other_host(other, vm)
+        seen = {n: a.state for n, a in answers.items() if a.state is not None}
+        if standalone and len(seen) == len(states):   # DRBD refused to connect: a split brain is named as such
+            refuse_split_brain(vm, "promote", {host_name: remote, other.name: other.remote()},
+                               {host_name: states, other.name: seen})
     if not allow_disconnected:
         answers = {}
     for state in states.values():
@@ -727,9 +727,9 @@ def promote(remote: Remote, vm: VM, host_name: str, *, allow_disconnected: bool 
     todo = [n for n, s in states.items() if not s.is_primary]
     for name in states:
         if name not in todo:
-            say(f"* {host_name}: {name} already Primary ... ok")
+            log.info(f"* {host_name}: {name} already Primary ... ok")
     if blind:
-        say(f"  WARNING {host_name}: promoting {', '.join(blind)} without every peer connected "
+        log.warning(f"  WARNING {host_name}: promoting {', '.join(blind)} without every peer connected "
             f"(--allow-disconnected): {_blind_basis(blind, answers)}")
     _apply(remote, ["primary"], todo)
     return todo
@@ -742,7 +742,8 @@ def _blind_basis(blind: list[str], answers: dict[str, PeerAnswer]) -> str:
         return "the operator states the peer hosts are down"
     if asked[0].state is None:
         return f"{asked[0].host} cannot be reached ({asked[0].unreachable}); the operator states it is down"
-    seen = ", ".join(f"{a.state.name} {'down' if a.state.connection == DOWN else a.state.disk}" for a in asked)
+    seen = ", ".join(f"{a.state.name} {'down' if a.state.connection == DOWN else a.state.disk}"
+                     for a in asked if a.state is not None)
     return f"{asked[0].host} says: {seen}"
 
 
@@ -754,7 +755,7 @@ def demote(remote: Remote, vm: VM, host_name: str, *, domain_running: bool) -> l
     todo = [n for n, s in states.items() if s.is_primary]
     for name, state in states.items():
         if name not in todo:
-            say(f"* {host_name}: {name} already {'down' if state.connection == DOWN else state.role} ... ok")
+            log.info(f"* {host_name}: {name} already {'down' if state.connection == DOWN else state.role} ... ok")
     _secondary(remote, todo)
     return todo
 
@@ -783,7 +784,7 @@ def _secondary(remote: Remote, names: list[str]) -> None:
                 refusal = next(line for line in exc.output.splitlines() if HELD_OPEN in line).strip()
                 raise RemoteError(exc.host, exc.command, exc.exit_code,
                                   f"{exc.output}\n{refusal} (still after {sum(HELD_OPEN_PAUSES):g}s)") from None
-            say(f"  {remote.name}: {', '.join(names)} held open by someone, trying again in {pause:g}s")
+            log.info(f"  {remote.name}: {', '.join(names)} held open by someone, trying again in {pause:g}s")
             remote.interruption.sleep(pause)
 
 
@@ -803,11 +804,11 @@ def _survey(remote: Remote, vm: VM, host_name: str) -> _HostWork:
     for disk in vm.resources:
         state = states[disk.resource]
         if state is not None and state.connection != DOWN:
-            say(f"* {host_name}: {disk.resource} is up ... ok")
+            log.info(f"* {host_name}: {disk.resource} is up ... ok")
             continue
         work.up.append(disk.resource)
         if state is None:
-            say(f"  {host_name}: {disk.resource} is unknown to drbdadm until its file is written: "
+            log.info(f"  {host_name}: {disk.resource} is unknown to drbdadm until its file is written: "
                 f"its metadata is not probed in a dry run")
         elif has_metadata(remote, disk.resource):
             continue
@@ -839,11 +840,11 @@ def setup(site: Site, vm: VM, hosts: dict[str, Host], *, force_initial_sync: boo
         raise InputError(str(exc)) from None
     paths = {name: res_path(name) for name in files}
     rewritten = {h: [name for name, text in files.items()
-                     if remotes[h].edit_file(paths[name], lambda _old, text=text: text, create=True)] for h in pair}
+                     if remotes[h].edit_file(paths[name], replaced_by(text), create=True)] for h in pair}
     work = {h: _survey(remotes[h], vm, h) for h in pair}
     for h in pair:
         for line in work[h].warnings:
-            say(line)
+            log.info(line)
     for h in pair:
         for name in work[h].create_md:
             remotes[h].change(["drbdadm", *forced("create-md", versions[h]), name])
@@ -856,18 +857,18 @@ def setup(site: Site, vm: VM, hosts: dict[str, Host], *, force_initial_sync: boo
                 remotes[h].change(["drbdadm", "adjust", name])
     xen = remotes[vm.xen_host]
     if xen.dry_run and any(work[h].up for h in pair):
-        say(f"  would then wait for the connection, start the initial sync from {vm.xen_host} where both sides "
+        log.info(f"  would then wait for the connection, start the initial sync from {vm.xen_host} where both sides "
             f"are Inconsistent (with --force-initial-sync), and wait for the sync")
         return
     states = _wait_for(xen, vm, vm.xen_host, lambda s: s.is_connected, what="waiting for the peer to connect",
-                       timeout=CONNECT_TIMEOUT, poll=1.0, progress=say)
+                       timeout=CONNECT_TIMEOUT, poll=1.0, progress=log.info)
     sync_from_xen = [n for n, s in states.items() if plan_initial_sync(s, vm.xen_host, force_initial_sync)]
     _apply(xen, forced("primary", versions[vm.xen_host]), sync_from_xen)
     if xen.dry_run:
-        say(f"  would then wait for the sync on {vm.xen_host}")
+        log.info(f"  would then wait for the sync on {vm.xen_host}")
         return
     if sync_timeout is None:
-        say(f"  {vm.xen_host}: waiting for the initial sync without a time limit "
+        log.info(f"  {vm.xen_host}: waiting for the initial sync without a time limit "
             f"(Ctrl-C ends the wait; the sync goes on, and `fab drbd.wait-sync` waits again)")
     wait_sync(xen, vm, vm.xen_host, timeout=sync_timeout)
 
@@ -908,7 +909,7 @@ def status(c, vm):
             warnings += [auto_promote_warning(host, name) for name in auto_promoting(remote, model)]
         except ToolError as exc:
             failures.append(str(exc))
-    print(format_table(rows))
+    print(output.table_text(STATUS_HEADER, rows))
     for line in failures + warnings:
         print(f"  {line}")
     if failures:
@@ -948,11 +949,7 @@ def demote_task(c, vm, host, dry_run=False):
     name = _vm_host(model, host)
     remote = site.host(name)
     check_unmanaged(model, name, "demote", cluster_claims(remote, model))
-    if name == model.xen_host:
-        from .xenhost import domain_running
-    else:
-        from .kvmhost import domain_running
-    demote(remote, model, name, domain_running=domain_running(remote, inv.host(name), model.name))
+    demote(remote, model, name, domain_running=domain_running_on(site, name, model.name))
 
 
 @task(help={"vm": "VM name from the inventory",

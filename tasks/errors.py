@@ -8,9 +8,12 @@ line nor forge another, and a line longer than MAX_LINE loses its middle.
 """
 
 import re
+from contextlib import contextmanager
 from typing import Sequence
 
 from invoke.exceptions import Exit
+
+from .formats import FormatError
 
 MAX_LINE = 4000     # characters of one error line: a failed move and its undo can take 1000
 CUT = " [...] "     # where a longer line lost its middle (its end says what to do)
@@ -81,3 +84,15 @@ def shown(value: object) -> str:
     """A name or value for a message: as it is when plain and short (xvda2, /dev/drbd5), else
     quoted and cut as `quoted` does, since a file or an argument may hold anything."""
     return value if isinstance(value, str) and _PLAIN.fullmatch(value) else quoted(value)
+
+
+@contextmanager
+def reading(label: str, error: type[ToolError] = InputError):
+    """Where pure code reads a file or plans from it, what it cannot read or map (FormatError)
+    becomes one line naming the file, and its line where one is to blame: InputError (exit 2)
+    for the operator's own input, GuardError for a file a host or guest holds."""
+    try:
+        yield
+    except FormatError as exc:
+        where = label if exc.line is None else f"{label}:{exc.line}"
+        raise error(f"{where}: {exc.message}") from None

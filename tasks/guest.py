@@ -12,13 +12,16 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from invoke import Collection, task
+from invoke import Collection
 
-from . import inventory
-from .errors import GuardError, InputError, ToolError
+from . import inventory, vmplan
+from .cli import task
+from .errors import GuardError, ToolError, reading
+from .formats import FormatError
 from .inventory import VM
-from .remote import SLOW_TIMEOUT, Remote, say, site_from_context
-from .xenhost import cfg_errors, read_local, read_vm_cfg
+from .output import log
+from .remote import SLOW_TIMEOUT, Remote, site_from_context
+from .vmplan import read_local
 
 if TYPE_CHECKING:
     from .diskmap import MappedDisk
@@ -291,7 +294,7 @@ def fstab_root(text: str) -> str | None:
 def plan_renames(fstab: str, disk_map: list[MappedDisk]) -> tuple[dict[str, str], str]:
     """Renames for this fstab, and its root device after them.
 
-    Refuses (InputError) a disk-like device the map does not know, and a / that is not on the
+    Refuses (FormatError) a disk-like device the map does not know, and a / that is not on the
     map's root disk (sda): either would leave a guest that cannot mount its disks under KVM.
     """
     from .diskmap import renames as disk_renames
@@ -304,16 +307,16 @@ def plan_renames(fstab: str, disk_map: list[MappedDisk]) -> tuple[dict[str, str]
         if new is not None:
             renames[name] = new
         elif _DISK_LIKE.fullmatch(name) and not _on(name, targets):
-            raise InputError(f"/dev/{name} is not in the disk map ({', '.join(disk_renames(disk_map))}): "
+            raise FormatError(f"/dev/{name} is not in the disk map ({', '.join(disk_renames(disk_map))}): "
                              f"fix the line or the cfg")
     root = fstab_root(fstab)
     if root is None:
-        raise InputError("no / entry")
+        raise FormatError("no / entry")
     if root.startswith("/dev/") and _DISK_LIKE.fullmatch(root[5:]):
         new = renames.get(root[5:], root[5:])
         if not _on(new, {"sda"}):
             sda = next((d.xen_vdev for d in disk_map if d.target == "sda"), "none")
-            raise InputError(f"/ is on {root}, which becomes /dev/{new}, not the root disk sda "
+            raise FormatError(f"/ is on {root}, which becomes /dev/{new}, not the root disk sda "
                              f"(sda is {sda}): check root= in the cfg")
         root = f"/dev/{new}"
     return renames, root
@@ -327,7 +330,7 @@ def device_uuids(guest: Remote, renames: dict[str, str]) -> dict[str, str]:
         if found.ok and found.stdout.strip():
             uuids[new] = found.stdout.strip()
         else:
-            say(f"  {guest.name}: /dev/{old} has no UUID: fstab keeps a device name for {new}")
+            log.info(f"  {guest.name}: /dev/{old} has no UUID: fstab keeps a device name for {new}")
     return uuids
 
 
@@ -336,14 +339,12 @@ def check_fstab(guest: Remote, facts: GuestFacts, disk_map: list[MappedDisk], uu
     if facts.fstab is None:
         raise GuardError(f"{guest.name}: {FSTAB} does not exist")
     local = [d.target for d in disk_map if d.per_host]
-    try:
+    with reading(f"{guest.name}: {FSTAB}", GuardError):
         renames, root = plan_renames(facts.fstab, disk_map)
         per_host = frozenset(new for new in renames.values()
                              if any(new == t or (new.startswith(t) and new[len(t):].isdigit()) for t in local))
         uuids = device_uuids(guest, renames) if uuid else {}
         convert_fstab(facts.fstab, renames, uuids, per_host)
-    except InputError as exc:
-        raise GuardError(f"{guest.name}: {FSTAB}: {exc.text}") from None
     if root.startswith("/dev/") and root[5:] in uuids:
         root = f"UUID={uuids[root[5:]]}"
     return FstabPlan(renames, uuids, root, per_host)
@@ -353,16 +354,14 @@ def check_console(guest: Remote, facts: GuestFacts) -> GettyPlan:
     from .formats.getty import plan_getty_units
     from .formats.inittab import convert_inittab
     if facts.init == "sysvinit":
-        try:
+        with reading(f"{guest.name}: {INITTAB}", GuardError):
             convert_inittab(facts.inittab or "")
-        except InputError as exc:
-            raise GuardError(f"{guest.name}: {INITTAB}: {exc.text.removeprefix('inittab: ')}") from None
     return plan_getty_units(facts.console)
 
 
 def apt_candidate(guest: Remote, package: str) -> bool:
-    """Whether apt could install the package now (LANG=C: the field name is translated)."""
-    policy = guest.probe(["apt-cache", "policy", package], env={"LANG": "C"})
+    """Whether apt could install the package now (in the C locale, as every command: the field name is translated)."""
+    policy = guest.probe(["apt-cache", "policy", package])
     for line in policy.stdout.splitlines() if policy.ok else ():
         key, _, value = line.strip().partition(":")
         if key == "Candidate":
@@ -440,15 +439,15 @@ def apply_console(guest: Remote, facts: GuestFacts, plan: GettyPlan) -> None:
             # Only a reload: the file is written, and init reads it at the next boot anyway.
             reload = guest.change(["telinit", "q"], ok_codes=(0, 1), quiet=True)
             if reload is not None and reload.exit_code:
-                say(f"! {guest.name}: telinit q failed ({(reload.stderr or reload.stdout).strip()}): init "
+                log.warning(f"! {guest.name}: telinit q failed ({(reload.stderr or reload.stdout).strip()}): init "
                     f"reads the new {INITTAB} at the next boot")
             elif reload is not None:
-                say(f"* {guest.name}: telinit q ... ok")
+                log.info(f"* {guest.name}: telinit q ... ok")
     else:
         for argv in commands(plan):
             guest.change(argv)
         if not commands(plan):
-            say(f"* {guest.name}: getty units ... unchanged")
+            log.info(f"* {guest.name}: getty units ... unchanged")
     if plan.edit_securetty:
         guest.edit_file(SECURETTY, convert_securetty)
 
@@ -486,9 +485,9 @@ def apply_boot(guest: Remote, facts: GuestFacts, disk_map: list[MappedDisk], fst
     if plan.kernel_package:
         guest.change(["apt-get", "install", "-y", plan.kernel_package], env=APT_ENV, timeout=SLOW_TIMEOUT)
     else:
-        say(f"* {guest.name}: kernel {', '.join(facts.bootable_kernels)} boots under KVM ... unchanged")
+        log.info(f"* {guest.name}: kernel {', '.join(facts.bootable_kernels)} boots under KVM ... unchanged")
     if not plan.grub2:
-        say(f"* {guest.name}: grub 2 ... skipped (boot: direct-kernel)")
+        log.info(f"* {guest.name}: grub 2 ... skipped (boot: direct-kernel)")
     else:
         grub_changed = plan.kernel_package is not None
         if plan.install_grub_pc:
@@ -498,16 +497,16 @@ def apply_boot(guest: Remote, facts: GuestFacts, disk_map: list[MappedDisk], fst
         device_map = render_device_map([d.target for d in disk_map])
         grub_changed |= guest.edit_file(DEVICE_MAP, lambda _: device_map, create=True)
         if guest.dry_run and facts.default_grub is None:
-            say(f"  would edit {guest.name}:{DEFAULT_GRUB} once grub-pc has installed it")
+            log.info(f"  would edit {guest.name}:{DEFAULT_GRUB} once grub-pc has installed it")
         else:
             grub_changed |= guest.edit_file(
                 DEFAULT_GRUB, lambda text: convert_default_grub(text, fstab_plan.renames, fstab_plan.root))
         if grub_changed or not facts.grub_cfg:
             guest.change(["update-grub"], timeout=SLOW_TIMEOUT)
         else:
-            say(f"* {guest.name}: update-grub ... unchanged (nothing it reads changed)")
+            log.info(f"* {guest.name}: update-grub ... unchanged (nothing it reads changed)")
         if plan.grub_install_device:
-            say(f"! {guest.name}: grub-install --force on {plan.grub_install_device}, a disk without a "
+            log.warning(f"! {guest.name}: grub-install --force on {plan.grub_install_device}, a disk without a "
                 f"partition table: {BLOCKLIST_WARNING}")
             guest.change(grub_install_argv(guest, plan.grub_install_device), timeout=SLOW_TIMEOUT)
     if facts.menu_lst is not None:
@@ -518,20 +517,20 @@ def apply_power_button(guest: Remote, facts: GuestFacts, install: bool) -> None:
     if install:
         guest.change(["apt-get", "install", "-y", *POWER_BUTTON_PACKAGES], env=APT_ENV, timeout=SLOW_TIMEOUT)
     else:
-        say(f"* {guest.name}: power button handled by {POWER_BUTTON_SUMMARY[facts.power_button]} ... unchanged")
+        log.info(f"* {guest.name}: power button handled by {POWER_BUTTON_SUMMARY[facts.power_button]} ... unchanged")
 
 
 def apply_initramfs(guest: Remote, present: bool, force: bool = False) -> None:
     """KVM's disk and network drivers in every initramfs; rebuilt only when the list changed."""
     from .formats.initramfs import plan_initramfs_modules
     if not present and guest.dry_run:
-        say(f"  would edit {guest.name}:{INITRAMFS_MODULES} once the kernel has installed initramfs-tools")
+        log.info(f"  would edit {guest.name}:{INITRAMFS_MODULES} once the kernel has installed initramfs-tools")
         return
     changed = guest.edit_file(INITRAMFS_MODULES, lambda text: plan_initramfs_modules(text) or text, create=True)
     if changed or force:
         guest.change(["update-initramfs", "-u", "-k", "all"], timeout=SLOW_TIMEOUT)
     else:
-        say(f"* {guest.name}: update-initramfs ... unchanged")
+        log.info(f"* {guest.name}: update-initramfs ... unchanged")
 
 
 def prepare_guest(guest: Remote, disk_map: list[MappedDisk], *, boot: str = "grub", uuid: bool = False,
@@ -540,7 +539,7 @@ def prepare_guest(guest: Remote, disk_map: list[MappedDisk], *, boot: str = "gru
     (an HVM guest: the last two only)."""
     found = gather_facts(guest)
     for line in summary(guest.name, found, hvm):
-        say(line)
+        log.info(line)
     console_plan = fstab_plan = boot_plan = None
     if not hvm:
         console_plan = check_console(guest, found)
@@ -552,6 +551,7 @@ def prepare_guest(guest: Remote, disk_map: list[MappedDisk], *, boot: str = "gru
     if hvm:
         skip_for_hvm(guest, HVM_SKIPS)
     else:
+        assert console_plan and fstab_plan and boot_plan   # checked above for every PV guest
         apply_console(guest, found, console_plan)
         apply_fstab(guest, fstab_plan)
         apply_boot(guest, found, disk_map, fstab_plan, boot_plan)
@@ -561,26 +561,16 @@ def prepare_guest(guest: Remote, disk_map: list[MappedDisk], *, boot: str = "gru
 
 def skip_for_hvm(guest: Remote, steps: str) -> None:
     """Say that steps only a PV guest needs are left out."""
-    say(f"* {guest.name}: {steps} ... skipped ({HVM_REASON})")
+    log.info(f"* {guest.name}: {steps} ... skipped ({HVM_REASON})")
 
 
 # -- tasks --------------------------------------------------------------------------------------
-
-def read_disk_map(site, vm: VM) -> tuple[list[MappedDisk], bool]:
-    """The VM's disk map from its cfg as the Xen host has it now, and whether the guest is HVM."""
-    from .diskmap import plan_disk_map
-    from .formats.xencfg import parse_xen_cfg
-    text, label = read_vm_cfg(site, vm)
-    with cfg_errors(label):
-        cfg = parse_xen_cfg(text, label)
-        return plan_disk_map(cfg, vm), cfg.hvm
-
 
 def fetch_hint(vm: VM) -> None:
     """A direct-kernel VM boots the KVM host's copy of its kernel and initrd, which the guest
     tasks cannot refresh: they reach the guest only."""
     if vm.boot == "direct-kernel":
-        say(f"! {vm.name} boots direct-kernel: copy its kernel and initrd to {vm.kvm_host} with "
+        log.warning(f"! {vm.name} boots direct-kernel: copy its kernel and initrd to {vm.kvm_host} with "
             f"`fab kvmhost.fetch-kernel --vm {vm.name}` (after every kernel or initramfs change)")
 
 
@@ -594,11 +584,11 @@ def _connect(c, vm_name: str, dry_run: bool):
 def _connect_pv(c, vm_name: str, dry_run: bool, steps: str):
     """(VM, guest, disk map) for steps only a PV guest needs; None for an HVM guest, told it skips them."""
     vm, site, guest = _connect(c, vm_name, dry_run)
-    disk_map, hvm = read_disk_map(site, vm)
-    if hvm:
+    plan = vmplan.of_vm(site, vm)
+    if plan.cfg.hvm:
         skip_for_hvm(guest, steps)
         return None
-    return vm, guest, disk_map
+    return vm, guest, plan.disk_map
 
 
 VM_HELP = "VM name from the inventory"
@@ -614,10 +604,10 @@ def facts(c, vm, dry_run=False):
     """Show (and return, as GuestFacts) what the other guest steps decide on, and for an HVM
     guest the steps they skip."""
     model, site, guest = _connect(c, vm, dry_run)
-    _, hvm = read_disk_map(site, model)
+    hvm = vmplan.of_vm(site, model).cfg.hvm
     found = gather_facts(guest)
     for line in summary(guest.name, found, hvm):
-        say(line)
+        log.info(line)
     return found
 
 
@@ -669,8 +659,9 @@ def initramfs(c, vm, force=False, dry_run=False):
 def prepare(c, vm, uuid=True, grub_install=False, force=False, dry_run=False):
     """Every guest step in order; checks all first, and a second run changes nothing."""
     model, site, guest = _connect(c, vm, dry_run)
-    disk_map, hvm = read_disk_map(site, model)
-    prepare_guest(guest, disk_map, boot=model.boot, uuid=uuid, grub_install=grub_install, force=force, hvm=hvm)
+    plan = vmplan.of_vm(site, model)
+    prepare_guest(guest, plan.disk_map, boot=model.boot, uuid=uuid, grub_install=grub_install, force=force,
+                  hvm=plan.cfg.hvm)
     fetch_hint(model)
 
 
@@ -679,26 +670,19 @@ def convert_inittab_file(c, inittab):
     """Print the converted inittab (offline preview; contacts nothing)."""
     from .formats.inittab import convert_inittab
     text = read_local(inittab, "inittab")
-    try:
+    with reading(inittab):
         sys.stdout.write(convert_inittab(text))
-    except InputError as exc:
-        raise InputError(f"{inittab}: {exc.text.removeprefix('inittab: ')}") from None
 
 
 @task(help={"fstab": "path of an /etc/fstab on this machine",
             "cfg": "path of the guest's Xen cfg on this machine: its disk map gives the new names"})
 def convert_fstab_file(c, fstab, cfg):
     """Print the converted fstab (offline preview; contacts nothing)."""
-    from .diskmap import plan_disk_map
     from .formats.fstab import convert_fstab
-    from .formats.xencfg import parse_xen_cfg
-    with cfg_errors(cfg):
-        disk_map = plan_disk_map(parse_xen_cfg(read_local(cfg, "Xen cfg"), cfg))
+    disk_map = vmplan.of_file(cfg).disk_map
     text = read_local(fstab, "fstab")
-    try:
+    with reading(fstab):
         sys.stdout.write(convert_fstab(text, plan_renames(text, disk_map)[0]))
-    except InputError as exc:
-        raise InputError(f"{fstab}: {exc.text}") from None
 
 
 ns = Collection("guest", facts, console, fstab, bootloader, initramfs, prepare)

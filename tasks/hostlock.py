@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from datetime import datetime
+from typing import Any
 
 from .errors import GuardError, ToolError
 
@@ -67,7 +68,7 @@ class HostLocks:
     def __init__(self, remote, who: str):
         self.remote = remote
         self.who = who
-        self._channel = None
+        self._channel: Any = None   # a paramiko Channel (a double in tests)
         self._buffer = b""
         self._lock = threading.Lock()
 

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from invoke import Collection, task
+from invoke import Collection
 
+from .cli import task
 from .errors import GuardError, InputError, quoted, shown
 
 DEFAULT_CFG_DIR = "/etc/xen/auto"
-ROLES = ("xen", "kvm")
+ROLES = SIDES = ("xen", "kvm")   # a host's role; the side of a VM's pair it stands for
 TOOLSTACKS = ("auto", "xm", "xl")
 BUSES = ("ide", "sata", "scsi", "virtio")
 DOMAIN_TYPES = ("kvm", "qemu")
@@ -53,6 +54,11 @@ MAX_VALUES = 200_000
 def is_domain_name(text: str) -> bool:
     """A DNS name: dot-separated labels of letters, digits and inner hyphens."""
     return 0 < len(text) <= 253 and all(_LABEL.fullmatch(label) for label in text.split("."))
+
+
+def other(side: str) -> str:
+    """The other side of a VM's pair: kvm for xen, xen for kvm."""
+    return "kvm" if side == "xen" else "xen"
 
 
 def _at(where: str, key: object) -> str:
@@ -92,9 +98,6 @@ class ReplicatedDisk:
     port: int = 7789
     vdev: str | None = None
     shared: bool = False     # other VMs name it too (a cluster file system's disk, w! in each cfg)
-
-    def device_on(self, host: str) -> str:
-        return self.device[host]
 
 
 @dataclass(frozen=True)
@@ -197,10 +200,10 @@ class _Checker:
         if choices and value not in choices:
             self.error(at, f"must be one of {', '.join(choices)}, got {quoted(value)}")
             return default
-        if kind is int and value <= 0:
+        if isinstance(value, int) and value <= 0:
             self.error(at, f"must be positive, got {quoted(value)}")
             return default
-        if at_most is not None and value > at_most:
+        if at_most is not None and isinstance(value, int) and value > at_most:
             self.error(at, f"must be at most {at_most}, got {quoted(value)}")
             return default
         return value
@@ -504,7 +507,7 @@ def _strict_loader():
     characters (`hostname: >` is "xen1\\n"). This loader refuses each, at the line it is on;
     a string may hold no unprintable character at all (control, line separator, bidi override).
     """
-    import yaml   # here, not at import time: `fab --list` stays fast
+    import yaml  # here, not at import time: `fab --list` stays fast
 
     class Refused(yaml.MarkedYAMLError):
         pass

@@ -1,13 +1,12 @@
-"""Stage: the KVM host. Render and define the libvirt domain, start, stop, rehearse, and keep
-the copy of the guest's kernel that a direct-kernel domain boots.
-
-Domain state is read from `LANG=C virsh list --all`, shared by concurrent callers; as in the
-Pacemaker VirtualDomain agent, "shut off" or a missing domain means stopped.
+"""Stage: the KVM host. Render and define the libvirt domain, rehearse it on snapshots, keep the
+copy of the guest's kernel that a direct-kernel domain boots; the domain's state, start and
+shutdown by hand (through hypervisors.KvmHost).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import re
 import sys
@@ -15,19 +14,20 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from invoke import Collection, task
+from invoke import Collection
 
-from . import drbd, inventory
+from . import drbd, hypervisors, inventory, vmplan
+from .cli import task
 from .errors import GuardError, InputError, ToolError, shown
 from .formats.domainxml import BOOT_DIR, console_log
-from .inventory import VM, Host, Inventory, LocalDisk, ReplicatedDisk
+from .hypervisors import DEFAULT_SHUTDOWN_TIMEOUT, KvmHost
+from .inventory import VM, Inventory, ReplicatedDisk
 from .localdisk import plan_swap_matches
-from .remote import START_TIMEOUT, Remote, RemoteError, say, site_from_context
+from .output import log
+from .remote import Remote, RemoteError, replaced_by, site_from_context
 from .ssh import describe_ssh_error
-from .xenhost import DEFAULT_SHUTDOWN_TIMEOUT, SHUTDOWN_POLL, cfg_errors, read_local, read_vm_cfg, wait_until
 
 XML_DIR = "/var/lib/xenkvm"
-STOPPED = ("shut off", "not found")
 REHEARSAL_SUFFIX = "-rehearsal"
 LOGIN_PROMPT = r"login: *$"     # getty's prompt on the serial console: the guest has booted
 COPY_CHUNK = 1 << 20
@@ -44,113 +44,6 @@ _INSTALL = ('set -e; dir=$1; shift; mkdir -p -- "$dir"; names=; '
             'for name in $names; do mv -f -- "$dir/.$name.new" "$dir/$name"; done')
 
 
-def virsh(host: Host, *args: str) -> list[str]:
-    return ["virsh", "-c", host.libvirt_uri, *args]
-
-
-# What `virsh list` prints in a domain's State column (LANG=C), longest first.
-DOMAIN_STATES = ("in shutdown", "pmsuspended", "shut off", "crashed", "running", "blocked", "paused", "idle",
-                 "dying", "no state")
-
-
-def parse_domain_states(text: str) -> dict[str, str]:
-    """`virsh list --all`: domain name -> state (a name may hold spaces; the state ends the line).
-
-    A domain missing from the list counts as stopped, so a listing without its header, or with
-    a line that is no domain in a state virsh prints, is a ValueError rather than a guess.
-    """
-    lines = [(number, line.rstrip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
-    if len(lines) < 2 or lines[0][1].split() != ["Id", "Name", "State"] or set(lines[1][1].strip()) != {"-"}:
-        raise ValueError("no `Id Name State` header")
-    states = {}
-    for number, line in lines[2:]:
-        fields = line.split(None, 1)
-        state = next((st for st in DOMAIN_STATES if line.endswith(" " + st)), None)
-        name = fields[1][:-len(state)].strip() if state and len(fields) == 2 else ""
-        if not name or not (fields[0] == "-" or fields[0].isdigit()):
-            raise ValueError(f"line {number} is no domain in a state virsh prints")
-        states[name] = state
-    return states
-
-
-def domain_state(remote: Remote, host: Host, name: str, max_age: float = 0.0) -> str:
-    """`running`, `shut off`, `paused`, ... or `not found` when libvirt has no such domain.
-
-    From one `virsh list --all` that concurrent callers share (Remote.shared_probe), begun
-    at most max_age seconds ago.
-    """
-    outcome = remote.shared_probe(virsh(host, "list", "--all"), env={"LANG": "C"}, max_age=max_age)
-    if not outcome.ok:
-        raise ToolError(f"{host.name}: `virsh list --all` failed (exit {outcome.exit_code}): "
-                        f"{(outcome.stderr or outcome.stdout).strip()}")
-    try:
-        return parse_domain_states(outcome.stdout).get(name, "not found")
-    except ValueError as exc:
-        raise ToolError(f"{host.name}: `virsh list --all` printed a listing this tool does not recognise "
-                        f"({exc}): refusing to guess which domains run") from None
-
-
-def domain_running(remote: Remote, host: Host, name: str, max_age: float = 0.0) -> bool:
-    """Anything but stopped counts as running: a paused or crashed domain still holds its disks."""
-    return domain_state(remote, host, name, max_age) not in STOPPED
-
-
-def start_domain(remote: Remote, host: Host, name: str) -> None:
-    remote.change(virsh(host, "start", name), env={"LANG": "C"}, timeout=START_TIMEOUT)
-
-
-def destroy_domain(remote: Remote, host: Host, name: str) -> None:
-    """Hard stop; "domain is not running" counts as success, as in the Pacemaker agent."""
-    try:
-        remote.change(virsh(host, "destroy", name), env={"LANG": "C"})
-    except RemoteError as exc:
-        if not any(text in exc.output for text in ("not running", "not found", "failed to get domain")):
-            raise
-
-
-def shutdown_domain(remote: Remote, host: Host, name: str, *, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
-                    force: bool = False, poll: float = SHUTDOWN_POLL, on_requested=None) -> None:
-    """ACPI shutdown, wait until shut off; destroy after the wait only if forced.
-
-    `on_requested` is called once the guest was asked to shut down: from then on it may go
-    down at any moment, and an undo must wait for that before starting it again."""
-    if not remote.dry_run and not domain_running(remote, host, name):
-        say(f"* {host.name}: {name} is not running ... ok")
-        return
-    remote.change(virsh(host, "shutdown", name), env={"LANG": "C"})
-    if remote.dry_run:
-        return
-    if on_requested:
-        on_requested()
-    gone = wait_until(lambda max_age: not domain_running(remote, host, name, max_age), timeout, poll,
-                      f"{host.name}: waiting for {name} to shut down", remote.interruption)
-    if not gone:
-        if not force:
-            raise ToolError(f"{host.name}: {name} still running after {timeout:.0f}s; "
-                            f"retry with a longer --timeout, or --force to destroy it")
-        say(f"* {host.name}: {name} did not shut down in {timeout:.0f}s: destroying (--force)")
-        destroy_domain(remote, host, name)
-
-
-def undefine_domain(remote: Remote, host: Host, name: str) -> None:
-    if remote.dry_run or domain_state(remote, host, name) != "not found":
-        remote.change(virsh(host, "undefine", name), env={"LANG": "C"})
-
-
-def plan_spec(cfg_text: str, cfg_name: str, vm: VM | None, *, block_devices: frozenset[str] | None = None,
-              drbd_version: str | None = None):
-    """DomainSpec from a Xen cfg's text, through the VM's one disk map (plan_disk_map says what
-    block_devices and drbd_version change)."""
-    from .diskmap import plan_disk_map
-    from .formats.domainxml import plan_domain_spec
-    from .formats.xencfg import parse_xen_cfg
-
-    with cfg_errors(cfg_name):
-        cfg = parse_xen_cfg(cfg_text, cfg_name)
-        disk_map = plan_disk_map(cfg, vm, block_devices=block_devices, drbd_version=drbd_version)
-        return plan_domain_spec(cfg, disk_map, vm)
-
-
 def render_checked(spec) -> str:
     """Render and validate against libvirt's schema where this machine has it."""
     from .formats.domainxml import DomainXmlError, default_schema_dir, render_domain_xml, validate_domain_xml
@@ -165,33 +58,13 @@ def render_checked(spec) -> str:
     return xml
 
 
-def probe_block_devices(remote: Remote, paths) -> frozenset[str]:
-    """Which of the paths are block devices on the host (`test -b`, a probe): the domain XML
-    needs a file as a file, whatever the Xen cfg's prefix said."""
-    return frozenset(path for path in paths if remote.probe(["test", "-b", path]).ok)
+def xml_path(name: str) -> str:
+    return f"{XML_DIR}/{name}.xml"
 
 
-def vm_spec(site, inv: Inventory, vm: VM):
-    """The VM's domain spec, from the cfg as it is on its Xen host now; what its local disks are
-    on the KVM host, that host says (a DRBD device is a block device)."""
-    local = [d.path[vm.kvm_host] for d in vm.disks if isinstance(d, LocalDisk)]
-    block_devices = probe_block_devices(site.host(vm.kvm_host), local)
-    return plan_spec(*read_vm_cfg(site, vm), vm, block_devices=block_devices)
-
-
-def define_domain(remote: Remote, host: Host, name: str, xml: str, *, was_new: bool | None = None) -> bool:
-    """Upload the XML (diff shown, backup kept) and `virsh define --validate` it.
-
-    Returns whether the domain was new, so that the undo knows to undefine it; a caller that
-    has just looked (a migration's plan, under the VM's lock) passes what it saw.
-    """
-    if was_new is None:
-        was_new = domain_state(remote, host, name) == "not found"
-    path = f"{XML_DIR}/{name}.xml"
-    changed = remote.edit_file(path, lambda _old: xml, create=True)
-    if changed or was_new:
-        remote.change(virsh(host, "define", "--validate", path), env={"LANG": "C"})
-    return was_new
+def define_domain(kvm: KvmHost, name: str, xml: str, *, was_new: bool | None = None) -> bool:
+    """The domain's XML in XML_DIR, defined (KvmHost.define)."""
+    return kvm.define(name, xml, xml_path(name), was_new=was_new)
 
 
 # -- rehearsal on snapshots -------------------------------------------------------------------
@@ -284,72 +157,72 @@ def rehearse_vm(site, inv: Inventory, vm: VM, *, seconds: float = 20.0, method: 
     It passes when the domain keeps running for `seconds`, or with `login` as soon as its
     serial console shows a login prompt (within `seconds`).
     """
-    host = inv.host(vm.kvm_host)
-    remote = site.host(host.name)
-    spec = vm_spec(site, inv, vm)
+    kvm = hypervisors.kvm(site, vm.kvm_host)
+    host, remote = kvm.host, kvm.remote
+    spec = vmplan.of_vm(site, vm, kvm_devices=True).domain_spec()
     sources = rehearsal_sources(vm, spec)
-    snapper = SNAPSHOT_METHODS[method or vm.snapshot]
-    snapper = snapper(snapshot_size) if snapper is LvmSnapshot else snapper()
+    snapper: LvmSnapshot | Qcow2Overlay = (LvmSnapshot(snapshot_size) if (method or vm.snapshot) == "lvm"
+                                           else Qcow2Overlay())
     if vm.boot == "direct-kernel":
-        say(f"* {host.name}: {vm.name} boots kernel {require_fetched_kernel(remote, vm)} ... ok")
+        log.info(f"* {host.name}: {vm.name} boots kernel {require_fetched_kernel(remote, vm)} ... ok")
     try:
         for swap in plan_swap_matches(site, vm, vm.xen_host, host.name):
-            say(f"  note: {host.name}:{swap.path} lacks the UUID of {vm.name}'s swap, so the trial may wait for "
+            log.info(f"  note: {host.name}:{swap.path} lacks the UUID of {vm.name}'s swap, so the trial may wait for "
                 f"it at boot (systemd: 90 s); `fab match-swap --vm {vm.name} --to kvm` gives it that UUID")
     except GuardError as exc:   # the trial writes only a snapshot of it: a note, not a refusal
-        say(f"  note: {exc}")
+        log.info(f"  note: {exc}")
     name = f"{vm.name}{REHEARSAL_SUFFIX}"
-    if domain_state(remote, host, name) != "not found":
+    if kvm.state(name) != "not found":
         raise ToolError(f"{host.name}: a domain {name} exists from an earlier rehearsal; "
                         f"remove it (virsh destroy/undefine) and its snapshots first")
     snapshots: list[str] = []
     domain_attempted = False
     try:
         disks = []
-        for disk, source in zip(spec.disks, sources):
+        for disk, source in zip(spec.disks, sources, strict=True):
             path = snapper.create(remote, source, f"{vm.name}-{disk.target}{REHEARSAL_SUFFIX}")
             snapshots.append(path)
             disks.append(dataclasses.replace(disk, source=path, kind=snapper.kind, format=snapper.format))
         # No network: the real guest still runs on Xen with the same MAC and address.
         trial = dataclasses.replace(spec, name=name, uuid=None, disks=tuple(disks), interfaces=())
         domain_attempted = True
-        define_domain(remote, host, name, render_checked(trial))
+        define_domain(kvm, name, render_checked(trial))
         remote.change(["rm", "-f", "--", console_log(name)], quiet=True)   # an earlier trial's prompt
-        start_domain(remote, host, name)
+        kvm.start_named(name)
         if remote.dry_run:
             return
         started = time.monotonic()
         next_report = started + 30
         while time.monotonic() - started < seconds:
-            state = domain_state(remote, host, name)
+            state = kvm.state(name)
             if state != "running":
                 raise ToolError(f"{host.name}: rehearsal domain {name} is {state} after "
                                 f"{time.monotonic() - started:.0f}s; its console: {console_log(name)}")
             if login and console_shows_login(remote, name):
-                say(f"* {host.name}: {name} booted to a login prompt on snapshots in "
+                log.info(f"* {host.name}: {name} booted to a login prompt on snapshots in "
                     f"{time.monotonic() - started:.0f}s ... ok")
                 return
             if time.monotonic() >= next_report:
-                say(f"  {host.name}: {name} {'booting' if login else 'running'} ... "
+                log.info(f"  {host.name}: {name} {'booting' if login else 'running'} ... "
                     f"{time.monotonic() - started:.0f}s of {seconds:.0f}s")
                 next_report += 30
             time.sleep(1.0)
         if login:
             raise ToolError(f"{host.name}: no login prompt on {name}'s console in {seconds:.0f}s; "
                             f"read {console_log(name)} on {host.name}")
-        say(f"* {host.name}: {name} ran for {seconds:.0f}s on snapshots ... ok")
+        log.info(f"* {host.name}: {name} ran for {seconds:.0f}s on snapshots ... ok")
     finally:
         cleanup_errors = []
-        steps = [(lambda: destroy_domain(remote, host, name)), (lambda: undefine_domain(remote, host, name))] \
+        steps = [(lambda: kvm.destroy(name)), (lambda: kvm.undefine(name))] \
             if domain_attempted else []
-        steps += [(lambda p=p: snapper.remove(remote, p)) for p in reversed(snapshots)]
+        steps += [functools.partial(snapper.remove, remote, p) for p in reversed(snapshots)]
         for step in steps:
             try:
                 step()
             except ToolError as exc:
                 cleanup_errors.append(str(exc))
         if cleanup_errors:
-            say("! rehearsal cleanup left something behind: " + "; ".join(cleanup_errors))
+            log.warning("! rehearsal cleanup left something behind: " + "; ".join(cleanup_errors))
 
 
 # -- the kernel a direct-kernel domain boots --------------------------------------------------
@@ -419,7 +292,7 @@ def copy_boot_files(guest: Remote, kvm: Remote, directory: str, files: list[Boot
     the guest reported first, then installed in one command, so a failed copy installs nothing."""
     if kvm.dry_run:
         for f in files:
-            say(f"  would copy {guest.name}:{f.source} to {kvm.name}:{directory}/{f.name}")
+            log.info(f"  would copy {guest.name}:{f.source} to {kvm.name}:{directory}/{f.name}")
         return
     staged = {f.name: f"/tmp/.xenkvm-{uuid.uuid4().hex}" for f in files}
     try:
@@ -429,7 +302,7 @@ def copy_boot_files(guest: Remote, kvm: Remote, directory: str, files: list[Boot
             if digest != f.sha256:
                 raise ToolError(f"{guest.name}:{f.source} changed while it was copied (a kernel "
                                 f"upgrade running?): run this again when it is done")
-            say(f"* {kvm.name}: copy {guest.name}:{f.source} ({size / 1e6:.1f} MB) ... ok "
+            log.info(f"* {kvm.name}: copy {guest.name}:{f.source} ({size / 1e6:.1f} MB) ... ok "
                 f"{time.monotonic() - started:.1f}s")
     except (Exception, KeyboardInterrupt):
         kvm.change(["rm", "-f", "--", *staged.values()], quiet=True)
@@ -437,7 +310,7 @@ def copy_boot_files(guest: Remote, kvm: Remote, directory: str, files: list[Boot
     started = time.monotonic()
     kvm.change(["sh", "-c", _INSTALL, "sh", directory, *(a for f in files for a in (f.name, staged[f.name]))],
                quiet=True)
-    say(f"* {kvm.name}: install {', '.join(f.name for f in files)} in {directory} ... ok "
+    log.info(f"* {kvm.name}: install {', '.join(f.name for f in files)} in {directory} ... ok "
         f"{time.monotonic() - started:.1f}s")
 
 
@@ -450,7 +323,7 @@ def fetch_guest_kernel(site, vm: VM) -> str:
                          f"copied to its KVM host")
     guest, kvm = site.guest(vm), site.host(vm.kvm_host)
     version = newest_bootable_kernel(guest, vm.name)
-    say(f"* {guest.name}: newest kernel that boots under KVM: {version}")
+    log.info(f"* {guest.name}: newest kernel that boots under KVM: {version}")
     wanted = []
     for name, source in (("vmlinuz", f"/boot/vmlinuz-{version}"), ("initrd.img", f"/boot/initrd.img-{version}")):
         digest = file_sha256(guest, source)
@@ -462,12 +335,12 @@ def fetch_guest_kernel(site, vm: VM) -> str:
     stale = []
     for f in wanted:
         if file_sha256(kvm, f"{directory}/{f.name}") == f.sha256:
-            say(f"* {kvm.name}: {directory}/{f.name} ... unchanged")
+            log.info(f"* {kvm.name}: {directory}/{f.name} ... unchanged")
         else:
             stale.append(f)
     if stale:
         copy_boot_files(guest, kvm, directory, stale)
-    kvm.edit_file(f"{directory}/version", lambda _old: f"{version}\n", create=True)
+    kvm.edit_file(f"{directory}/version", replaced_by(f"{version}\n"), create=True)
     return version
 
 
@@ -510,23 +383,23 @@ def render_xml(c, cfg, vm=None, drbd_version=None):
     if drbd_version is not None and not re.fullmatch(r"\d+(\.\d+)*", drbd_version):
         raise InputError(f"--drbd-version must be a version such as 8.3, 8.4 or 9, got {shown(drbd_version)}")
     model = inventory.from_context(c).vm(vm) if vm else None
-    sys.stdout.write(render_checked(plan_spec(read_local(cfg, "Xen cfg"), cfg, model, drbd_version=drbd_version)))
+    sys.stdout.write(render_checked(vmplan.of_file(cfg, model, drbd_version=drbd_version).domain_spec()))
 
 
 @task(help={"vm": "VM name from the inventory", "dry_run": "show the XML diff, change nothing"})
 def define(c, vm, dry_run=False):
     """Render the VM's domain from its Xen cfg, upload it and define it with libvirt."""
     inv, model, site, host = _context(c, vm, dry_run)
-    define_domain(site.host(host.name), host, model.name, render_checked(vm_spec(site, inv, model)))
+    define_domain(hypervisors.kvm(site, host.name), model.name, render_checked(vmplan.of_vm(site, model, kvm_devices=True).domain_spec()))
 
 
 @task(help={"vm": "VM name from the inventory"})
 def state(c, vm):
-    """Print the VM's domain state on its KVM host (LANG=C virsh list --all), and for a
+    """Print the VM's domain state on its KVM host (virsh list --all), and for a
     direct-kernel VM the kernel it boots there."""
     _, model, site, host = _context(c, vm)
     remote = site.host(host.name)
-    print(f"{host.name}: {model.name} {domain_state(remote, host, model.name)}")
+    print(f"{host.name}: {model.name} {hypervisors.on(site, host.name).state(model.name)}")
     if model.boot == "direct-kernel":
         version = fetched_kernel(remote, model.name)
         print(f"{host.name}: {model.name} boots kernel {version} from {boot_dir(model.name)}" if version else
@@ -548,7 +421,7 @@ def start(c, vm, allow_disconnected=False, dry_run=False):
     """Start the VM's (defined) domain on its KVM host, once its DRBD resources are Primary there
     and the domain is not running on the Xen host."""
     _, model, site, host = _context(c, vm, dry_run)
-    drbd.start_guarded(site, model, host.name, lambda: start_domain(site.host(host.name), host, model.name),
+    drbd.start_guarded(site, model, host.name, lambda: hypervisors.on(site, host.name).start(model),
                        allow_disconnected=allow_disconnected)
 
 
@@ -559,7 +432,7 @@ def start(c, vm, allow_disconnected=False, dry_run=False):
 def shutdown(c, vm, timeout=DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False):
     """Shut the VM's domain down on its KVM host and wait until it is off."""
     _, model, site, host = _context(c, vm, dry_run)
-    shutdown_domain(site.host(host.name), host, model.name, timeout=float(timeout), force=force)
+    hypervisors.on(site, host.name).shutdown(model.name, timeout=float(timeout), force=force)
 
 
 @task(help={"vm": "VM name from the inventory",

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from .errors import GuardError
 from .inventory import VM, LocalDisk
-from .remote import Remote, Site, say
+from .output import log
+from .remote import Remote, Site
 
 NOTHING_FOUND = 2   # blkid's exit code when the device holds no known signature
 BLANK_SPAN = 1 << 20   # bytes at the start of a volume that must be zeros for it to count as blank
@@ -121,9 +122,13 @@ def plan_swap_matches(site: Site, vm: VM, src: str, dst: str) -> list[SwapMatch]
         if needs_swap(site.host(dst), path, source["UUID"]):
             matches.append(SwapMatch(path, source["UUID"]))
         else:
-            say(f"  ok: {dst}:{path} is swap with the UUID the guest's fstab names")
+            log.info(f"  ok: {dst}:{path} is swap with the UUID the guest's fstab names")
     return matches
 
 
+def mkswap_argv(match: SwapMatch) -> list[str]:
+    return ["mkswap", "-U", match.uuid, match.path]
+
+
 def format_swap(remote: Remote, match: SwapMatch) -> None:
-    remote.change(["mkswap", "-U", match.uuid, match.path])
+    remote.change(mkswap_argv(match))

@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextvars
 import io
 import json
-import sys
 import os
 import shlex
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -20,36 +20,23 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from itertools import takewhile
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Any, Callable, Sequence
 
 from . import ssh
 from .errors import GuardError, ToolError
 from .hostlock import HostLocks, holder
 from .interrupt import Interruption
 from .inventory import VM, Host, Inventory
+from .output import log
 
 BACKUP_SUFFIX = ".xenkvm-"
+LOCALE = {"LC_ALL": "C"}
 COMMAND_TIMEOUT = 60.0   # one probe or short change (inventory: a host's command_timeout)
 START_TIMEOUT = 300.0    # a domain start: Xen scrubs a large guest's memory before it runs
 SLOW_TIMEOUT = 1800.0    # package installs, initramfs and grub in a guest
-T = TypeVar("T")
-_print_lock = threading.Lock()
-_prefix: contextvars.ContextVar[str] = contextvars.ContextVar("prefix", default="")   # the VM a fleet thread moves
-_sink: Callable[[str], None] = lambda line: print(line, flush=True)
 
 
-def say(line: str) -> None:
-    """One line of progress; whole lines, tagged with the VM, when several VMs move at once."""
-    prefix = _prefix.get()
-    with _print_lock:
-        _sink(f"[{prefix}] {line}" if prefix else line)
-
-
-def set_output_prefix(prefix: str) -> None:
-    _prefix.set(prefix)
-
-
-def concurrently(*calls: Callable[[], T]) -> list[T]:
+def concurrently(*calls: Callable[[], Any]) -> list[Any]:
     """Run the calls at once (probes of different hosts), results in call order; the first call
     that failed, in that order, raises. Each runs in a copy of the caller's context: the lines
     it prints keep the caller's VM tag, and inside an undo it is shielded as the undo is."""
@@ -59,12 +46,6 @@ def concurrently(*calls: Callable[[], T]) -> list[T]:
         others = [pool.submit(contextvars.copy_context().run, call) for call in calls[1:]]
         first = calls[0]()
         return [first, *(future.result() for future in others)]
-
-
-def set_sink(sink: Callable[[str], None] | None) -> None:
-    """Send progress lines elsewhere (a live display); None restores plain printing."""
-    global _sink
-    _sink = sink or (lambda line: print(line, flush=True))
 
 
 def join(argv: Sequence[str]) -> str:
@@ -110,7 +91,7 @@ class RemoteError(ToolError):
 
 
 @dataclass(frozen=True)
-class Outcome:
+class CommandResult:
     """What a command returned: the parts a caller reads."""
 
     exit_code: int
@@ -163,7 +144,7 @@ class _Listing:
     its failure, which its waiters share too) and when that run began (time.monotonic())."""
 
     running: bool = False
-    outcome: Outcome | ToolError | None = None
+    outcome: CommandResult | ToolError | None = None
     outcome_began: float = float("-inf")
 
 
@@ -193,13 +174,15 @@ class Remote:
         self._listings_changed = threading.Condition()
 
     def command(self, argv: Sequence[str], env: dict[str, str] | None = None) -> str:
-        prefix = ["env", *(f"{k}={v}" for k, v in (env or {}).items())] if env else []
+        """The exact command line sent: through `sudo -n` for a user other than root, and always
+        in the C locale, since the parsers read what virsh, lvs, blkid and the rest print."""
+        prefix = ["env", *(f"{k}={v}" for k, v in {**LOCALE, **(env or {})}.items())]
         if self.sudo:
             prefix = ["sudo", "-n", "--", *prefix]
         return join([*prefix, *argv])
 
     def _run(self, argv, *, kind: str, env=None, stdin: str | None = None,
-             timeout: float | None = None) -> Outcome:
+             timeout: float | None = None) -> CommandResult:
         from invoke.exceptions import CommandTimedOut
 
         command = self.command(argv, env)
@@ -220,13 +203,17 @@ class Remote:
             if ssh.host_stopped_answering(self.conn, exc):
                 self.silent = f"it stopped answering earlier in this run ({reason})"
             raise ToolError(f"{self.name}: `{command}` did not complete: {reason}") from None
-        outcome = Outcome(result.exited, result.stdout, result.stderr)
+        outcome = CommandResult(result.exited, result.stdout, result.stderr)
         self._record(command, outcome.exit_code, started, kind)
         return outcome
 
     def _record(self, command: str, exit_code: int | None, started: float, kind: str) -> None:
-        """Audit the command; a log that cannot be written stops the run (not its undo)."""
-        self.audit.record(self.name, command, exit_code, time.monotonic() - started, kind)
+        """Audit the command (and show a probe with -v); a log that cannot be written stops the
+        run (not its undo)."""
+        took = time.monotonic() - started
+        self.audit.record(self.name, command, exit_code, took, kind)
+        if kind == "probe":
+            log.debug(f"  {self.name}: {command} ... exit {exit_code} {took:.1f}s")
         if self.audit.failure:
             self.interruption.request(self.audit.failure)
             self.interruption.check()
@@ -246,12 +233,12 @@ class Remote:
         return channel
 
     def probe(self, argv: Sequence[str], *, env: dict[str, str] | None = None,
-              timeout: float | None = None) -> Outcome:
+              timeout: float | None = None) -> CommandResult:
         """Read-only: always runs, even in a dry run; the caller judges the exit code."""
         return self._run(argv, kind="probe", env=env, timeout=timeout)
 
     def shared_probe(self, argv: Sequence[str], *, env: dict[str, str] | None = None,
-                     max_age: float = 0.0) -> Outcome:
+                     max_age: float = 0.0) -> CommandResult:
         """A read-only listing (`xl list`) run once for every thread asking at the same time.
 
         Each caller gets the output of a run begun at most `max_age` seconds before it
@@ -271,7 +258,7 @@ class Remote:
                     break
                 self._listings_changed.wait()   # that run may be fresh enough; if not, ours follows it
             listing.running, began = True, time.monotonic()
-        outcome: Outcome | ToolError | None = None
+        outcome: CommandResult | ToolError | None = None
         try:
             outcome = self.probe(argv, env=env)
             return outcome
@@ -287,21 +274,21 @@ class Remote:
 
     def change(self, argv: Sequence[str], *, env: dict[str, str] | None = None, stdin: str | None = None,
                ok_codes: tuple[int, ...] = (0,), timeout: float | None = None,
-               quiet: bool = False) -> Outcome | None:
+               quiet: bool = False) -> CommandResult | None:
         """Mutates the host: printed, skipped in a dry run, raises RemoteError on failure."""
         command = self.command(argv, env)
         if self.dry_run:
-            say(f"  would run on {self.name}: {command}")
+            log.info(f"  would run on {self.name}: {command}")
             return None
         started = time.monotonic()
         outcome = self._run(argv, kind="change", env=env, stdin=stdin, timeout=timeout)
         took = time.monotonic() - started
         if outcome.exit_code not in ok_codes:
             if not quiet:
-                say(f"* {self.name}: {command} ... FAILED {took:.1f}s")
+                log.info(f"* {self.name}: {command} ... FAILED {took:.1f}s")
             raise RemoteError(self.name, command, outcome.exit_code, outcome.stderr or outcome.stdout)
         if not quiet:
-            say(f"* {self.name}: {command} ... ok {took:.1f}s")
+            log.info(f"* {self.name}: {command} ... ok {took:.1f}s")
         return outcome
 
     def read_file(self, path: str, max_age: float | None = None) -> str | None:
@@ -325,20 +312,21 @@ class Remote:
         stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
         backup = f"{path}{BACKUP_SUFFIX}{stamp}"
         if self.dry_run:
-            say(f"  would write {self.name}:{path} (backup {backup})")
+            log.info(f"  would write {self.name}:{path} (backup {backup})")
             return
         started = time.monotonic()
         staged = self._stage(text)
         outcome = self.change(["sh", "-c", _write_script(make_parent), "sh", path, f"{BACKUP_SUFFIX}{stamp}",
                                staged or ""],
                               stdin=None if staged else text, ok_codes=(0, _DANGLING), quiet=True)
+        assert outcome is not None   # not a dry run: that returned above
         if outcome.exit_code == _DANGLING:
             raise GuardError(f"{self.name}: {path} is a symlink to a file that does not exist: refusing to "
                              f"write through it; point it at the real file or remove it")
         target = printable(outcome.stdout)   # the link's target, when path is a symlink
         if target:
             path, backup = f"{path} -> {target}", f"{target}{BACKUP_SUFFIX}{stamp}"
-        say(f"* {self.name}: write {path} (backup {backup} if it existed) ... ok {time.monotonic() - started:.1f}s")
+        log.info(f"* {self.name}: write {path} (backup {backup} if it existed) ... ok {time.monotonic() - started:.1f}s")
 
     @contextmanager
     def sftp(self):
@@ -387,11 +375,16 @@ class Remote:
             raise ToolError(f"{self.name}: {path} does not exist")
         new = transform(old or "")
         if new == old:
-            say(f"* {self.name}: {path} ... unchanged")
+            log.info(f"* {self.name}: {path} ... unchanged")
             return False
-        say(unified_diff(old or "", new, f"{self.name}:{path}"))
+        log.info(unified_diff(old or "", new, f"{self.name}:{path}"))
         self.write_file(path, new, make_parent=old is None)
         return True
+
+
+def replaced_by(text: str) -> Callable[[str], str]:
+    """An edit_file transform that writes `text` whatever the file held (a rendered file)."""
+    return lambda _old: text
 
 
 def unified_diff(old: str, new: str, label: str) -> str:
@@ -415,7 +408,7 @@ class Site:
         self.dry_run = dry_run
         self.audit = audit or AuditLog(None)
         self.interruption = interruption or Interruption()
-        self._connect = connect or (lambda _label, target: ssh.open_connection(target, say))
+        self._connect = connect or (lambda _label, target: ssh.open_connection(target))
         self._remotes: dict[str, Remote] = {}
         self._lock = threading.Lock()
         self._host_locks: dict[str, threading.Lock] = {}
@@ -462,7 +455,7 @@ class Site:
             try:
                 locks.release(vm.name)
             except ToolError as exc:
-                say(f"! {exc}: the lock of {vm.name} is released when this run ends")
+                log.warning(f"! {exc}: the lock of {vm.name} is released when this run ends")
 
     def close(self) -> None:
         for locks in self._vm_locks.values():

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ToolError
+from .output import log
 
 CONNECT_TIMEOUT = 15.0      # TCP or proxy, the server's banner, authentication
 KEEPALIVE_INTERVAL = 15     # seconds between SSH keepalives on an idle connection
@@ -118,6 +119,14 @@ class UnknownHostKey(Exception):
     pass
 
 
+class ConnectError(ToolError):
+    """A host that cannot be reached; `reason` says why, without the host's name."""
+
+    def __init__(self, label: str, reason: str):
+        super().__init__(f"{label}: {reason}")
+        self.reason = reason
+
+
 def describe_ssh_error(exc: BaseException) -> str:
     """One line for the usual SSH failures, without a traceback."""
     import paramiko
@@ -141,7 +150,7 @@ def host_stopped_answering(conn, exc: BaseException) -> bool:
     return "Timeout opening channel" in str(exc)
 
 
-def _host_key_policy(known_hosts: Path, accept_new: bool, label: str, say):
+def _host_key_policy(known_hosts: Path, accept_new: bool, label: str):
     """Refuse unknown keys (Fabric's default silently accepts them); opt-in: record new ones."""
     import paramiko
 
@@ -155,7 +164,7 @@ def _host_key_policy(known_hosts: Path, accept_new: bool, label: str, say):
             known_hosts.parent.mkdir(parents=True, exist_ok=True)
             with known_hosts.open("a") as fh:
                 fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
-            say(f"* {label}: recorded new host key {key.get_name()} for {hostname} in {known_hosts}")
+            log.info(f"* {label}: recorded new host key {key.get_name()} for {hostname} in {known_hosts}")
 
     return Policy()
 
@@ -190,9 +199,11 @@ def _proxy(command: str):
                     if buffer:
                         return buffer
                     raise TimeoutError("proxy command timed out")
-                ready, _, _ = select([self.process.stdout], [], [], wait)
+                stdout = self.process.stdout
+                assert stdout is not None   # Popen(stdout=PIPE)
+                ready, _, _ = select([stdout], [], [], wait)
                 if ready:
-                    chunk = os.read(self.process.stdout.fileno(), size - len(buffer))
+                    chunk = os.read(stdout.fileno(), size - len(buffer))
                     if not chunk:
                         if buffer or self.connected:
                             return buffer
@@ -211,7 +222,7 @@ def _quiet_paramiko() -> None:
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 
-def _connection(target: SshTarget, say, gateway=None):
+def _connection(target: SshTarget, gateway=None):
     """An unopened fabric Connection for the target, with strict host key checking."""
     from fabric import Config, Connection
     from paramiko import SSHConfig
@@ -229,25 +240,25 @@ def _connection(target: SshTarget, say, gateway=None):
     known = Path(target.known_hosts or "~/.ssh/known_hosts").expanduser()
     if known.exists():
         conn.client.load_host_keys(str(known))
-    conn.client.set_missing_host_key_policy(_host_key_policy(known, target.accept_new, target.label, say))
+    conn.client.set_missing_host_key_policy(_host_key_policy(known, target.accept_new, target.label))
     return conn, proxy
 
 
-def open_connection(target: SshTarget, say=print):
+def open_connection(target: SshTarget):
     """A connected fabric Connection: host keys verified, every wait bounded, no agent forwarding."""
     _quiet_paramiko()
     gateway = None
     for hop in target.jumps:   # each hop is reached through the previous one
-        gateway = _open(hop, say, gateway)
-    return _open(target, say, gateway)
+        gateway = _open(hop, gateway)
+    return _open(target, gateway)
 
 
-def _open(target: SshTarget, say, gateway):
-    conn, proxy = _connection(target, say, gateway)
+def _open(target: SshTarget, gateway):
+    conn, proxy = _connection(target, gateway)
     try:
         conn.open()
     except Exception as exc:
-        raise ToolError(f"{target.label}: cannot connect to {target.describe()}: {describe_ssh_error(exc)}") from None
+        raise ConnectError(target.label, f"cannot connect to {target.describe()}: {describe_ssh_error(exc)}") from None
     if proxy:
         proxy.connected = True   # closing the connection ends the proxy: no "proxy exited" then
     conn.transport.set_keepalive(KEEPALIVE_INTERVAL)

@@ -25,8 +25,9 @@ side only.
 
 import re
 
-from tasks.errors import InputError
 from tasks.formats.fstab import DEVICE_NAME, UUID, check_device_name, check_renames, split_lines
+
+from . import FormatError
 
 CONSOLE_ARGS = ("console=ttyS0,115200n8", "console=hvc0")
 NIC_NAMES = "net.ifnames=0"
@@ -81,7 +82,7 @@ def _parse_assignment(number: int, line: str) -> re.Match | None:
     rewriting `$(...)` or half a quoted value would change what the shell makes of it."""
     m = _ASSIGNMENT.fullmatch(line)
     if _OWNED_START.match(line) and (m is None or "`" in m.group("value") or "$(" in m.group("value")):
-        raise InputError(f"/etc/default/grub line {number} is not a plain assignment; edit it by hand: "
+        raise FormatError(f"/etc/default/grub line {number} is not a plain assignment; edit it by hand: "
                          f"{line.strip()!r}")
     return m
 
@@ -99,7 +100,7 @@ def convert_default_grub(text: str, renames: dict[str, str], root: str | None = 
     """
     check_renames(renames)
     if root is not None and not _ROOT.fullmatch(root):
-        raise InputError(f"root {root!r} is not /dev/NAME, UUID=, PARTUUID= or LABEL=")
+        raise FormatError(f"root {root!r} is not /dev/NAME, UUID=, PARTUUID= or LABEL=")
     drop = ("console", "net.ifnames", "root") if root else ("console", "net.ifnames")
     add = ((f"root={root}",) if root else ()) + (NIC_NAMES, *CONSOLE_ARGS)
     wanted = {"GRUB_TERMINAL": GRUB_TERMINAL, "GRUB_SERIAL_COMMAND": GRUB_SERIAL_COMMAND}
@@ -109,9 +110,11 @@ def convert_default_grub(text: str, renames: dict[str, str], root: str | None = 
     last_linux = max((i for i, k in enumerate(keys) if k == "GRUB_CMDLINE_LINUX"), default=None)
 
     out = []
-    for i, (line, m) in enumerate(zip(lines, matches)):
+    for i, (line, m) in enumerate(zip(lines, matches, strict=True)):
         key = keys[i]
-        if key in ("GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT"):
+        if m is None:   # not an assignment: kept as it is
+            pass
+        elif key in ("GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT"):
             raw = m.group("value")
             inner = raw[1:-1] if raw[:1] in ("'", '"') else raw
             words = _edit_args(inner.split(), renames, drop, add if i == last_linux else ())

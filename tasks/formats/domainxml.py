@@ -14,9 +14,10 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import shown
+from . import FormatError
 from .bootloader import NIC_NAMES
-from .xencfg import HVM_DISK
 from .templating import template
+from .xencfg import HVM_DISK
 
 BUSES = ("ide", "sata", "scsi", "virtio")
 DOMAIN_TYPES = ("kvm", "qemu")
@@ -53,7 +54,7 @@ HVM_NIC_MODELS = {"rtl8139": "rtl8139", "e1000": "e1000", "e1000e": "e1000e", "n
 HVM_DEFAULT_NIC = "rtl8139"
 
 
-class DomainXmlError(ValueError):
+class DomainXmlError(FormatError):
     """A domain that libvirt or qemu would refuse: one line, naming the first problem."""
 
 
@@ -130,7 +131,7 @@ def _check(spec: DomainSpec) -> list[tuple[str, str, DomainDisk]]:
         if value is not None and _NOT_XML.search(value):
             raise DomainXmlError(f"{value!r} holds a control character or one XML cannot carry")
     ordered = sorted(spec.disks, key=lambda d: (_disk_index(d.target), d.target))
-    placed = []
+    placed: list[tuple[str, str, DomainDisk]] = []
     for disk in ordered:
         bus = disk.bus or spec.bus
         if disk.kind not in DISK_KINDS:
@@ -208,7 +209,7 @@ def _nic_model(cfg, index: int, vif) -> str:
         return "virtio"
     model = vif.model or HVM_DEFAULT_NIC
     if model not in HVM_NIC_MODELS:
-        raise ValueError(f"vif {index}: model={shown(model)} is not a NIC qemu emulates "
+        raise FormatError(f"vif {index}: model={shown(model)} is not a NIC qemu emulates "
                          f"({', '.join(sorted(HVM_NIC_MODELS))}): the guest would find other hardware under KVM")
     return HVM_NIC_MODELS[model]
 
@@ -218,7 +219,7 @@ def _interfaces(cfg, vm) -> tuple[DomainInterface, ...]:
     cfg's order; its mac and bridge describe the first NIC."""
     macs = vm.macs if vm is not None else ()
     if macs and len(macs) != len(cfg.vifs):
-        raise ValueError(f"vms.{vm.name}.macs has {len(macs)} MACs for the cfg's {len(cfg.vifs)} vifs")
+        raise FormatError(f"vms.{vm.name}.macs has {len(macs)} MACs for the cfg's {len(cfg.vifs)} vifs")
     nics = []
     for i, vif in enumerate(cfg.vifs):
         mac = macs[i] if macs else vif.mac
@@ -228,7 +229,7 @@ def _interfaces(cfg, vm) -> tuple[DomainInterface, ...]:
             bridge = vm.bridge
         if not mac:
             where = f"vms.{vm.name}.macs" if vm is not None else "macs: of its inventory entry (and --vm)"
-            raise ValueError(f"vif {i} has no mac=: Xen draws a random one at each start and KVM would invent "
+            raise FormatError(f"vif {i} has no mac=: Xen draws a random one at each start and KVM would invent "
                              f"another, so the guest's network would change: give every vif's MAC in {where}")
         nics.append(DomainInterface(mac=mac.lower(), bridge=bridge, model=_nic_model(cfg, i, vif)))
     if not cfg.vifs and vm is not None and vm.mac:
@@ -245,7 +246,9 @@ def _hvm_disks(cfg, disks: tuple[DomainDisk, ...], vm) -> tuple[tuple[DomainDisk
     overridden = vm is not None and vm.bus != "ide"
     moved = []
     for disk in disks:
-        prefix, letters = HVM_DISK.fullmatch(disk.target).groups()
+        named = HVM_DISK.fullmatch(disk.target)
+        assert named is not None   # the disk map keeps only such names for an HVM guest
+        prefix, letters = named.groups()
         if overridden:
             bus = vm.bus
         elif prefix == "sd":
@@ -254,7 +257,7 @@ def _hvm_disks(cfg, disks: tuple[DomainDisk, ...], vm) -> tuple[tuple[DomainDisk
             bus = "sata" if cfg.hdtype == "ahci" else "ide"
         target = ("sd" if prefix == "sd" else "hd") + letters
         if bus == "ide" and _disk_index(target) >= IDE_DISKS:
-            raise ValueError(f"disk {disk.target}: qemu-xen emulates IDE disks hda-hdd only (this one reaches "
+            raise FormatError(f"disk {disk.target}: qemu-xen emulates IDE disks hda-hdd only (this one reaches "
                              f"PV drivers only), and KVM cannot give the guest a fifth IDE disk")
         moved.append(dataclasses.replace(disk, target=target, bus=bus))
     return tuple(moved), {} if overridden else {"scsi_model": "lsilogic"}
@@ -264,7 +267,7 @@ def _cmdline(cfg) -> str:
     """The guest's Xen command line (root= and extra=, or xl's cmdline=) plus the consoles KVM has
     and eth0 names for its NIC (bootloader.NIC_NAMES: the guest's network config says eth0)."""
     if not re.search(r"(?:^|\s)root=", cfg.cmdline or ""):
-        raise ValueError("direct-kernel boot needs root= in the Xen cfg (root=, extra= or cmdline=)")
+        raise FormatError("direct-kernel boot needs root= in the Xen cfg (root=, extra= or cmdline=)")
     words = [w for w in cfg.cmdline.split() if not w.startswith("net.ifnames=")]
     return " ".join([*words, NIC_NAMES, KVM_CONSOLES])
 
@@ -278,7 +281,7 @@ def _lifecycle(cfg) -> dict[str, str]:
         if value:
             actions[key] = table.get(value, value)
     if actions.get("on_poweroff") == "restart" and actions.get("on_reboot") == "destroy":
-        raise ValueError("on_poweroff restart with on_reboot destroy: libvirt's qemu driver refuses it")
+        raise FormatError("on_poweroff restart with on_reboot destroy: libvirt's qemu driver refuses it")
     return actions
 
 
@@ -291,26 +294,26 @@ def plan_domain_spec(cfg, disk_map, vm=None) -> DomainSpec:
     """
     name = vm.name if vm is not None else cfg.name
     if not name:
-        raise ValueError("the Xen cfg has no name=")
+        raise FormatError("the Xen cfg has no name=")
     memory = (vm.memory if vm is not None else None) or cfg.memory or cfg.maxmem
     if not memory:
-        raise ValueError(f"{name}: no memory= or maxmem= in the Xen cfg and none in the inventory")
+        raise FormatError(f"{name}: no memory= or maxmem= in the Xen cfg and none in the inventory")
     vcpus = (vm.vcpus if vm is not None else None) or cfg.vcpus or 1
     disks = tuple(
         DomainDisk(target=d.target, source=d.kvm_source, kind=d.source_kind, readonly=d.readonly,
                    format=_QEMU_FORMAT.get(d.format or "raw", d.format or "raw"), shareable=d.shared)
         for d in disk_map
     )
-    controllers = {}
+    controllers: dict[str, str] = {}
     if cfg.hvm:
         if cfg.hvm_kernel:
-            raise ValueError(f"kernel {shown(cfg.hvm_kernel)}: an HVM guest booted from a kernel on the Xen host "
+            raise FormatError(f"kernel {shown(cfg.hvm_kernel)}: an HVM guest booted from a kernel on the Xen host "
                              f"is not supported (its KVM domain boots its disk)")
         disks, controllers = _hvm_disks(cfg, disks, vm)
     boot = {}
     if vm is not None and vm.boot == "direct-kernel":
         if cfg.hvm:
-            raise ValueError(f"vms.{name}.boot is direct-kernel, but an HVM guest boots its own boot loader "
+            raise FormatError(f"vms.{name}.boot is direct-kernel, but an HVM guest boots its own boot loader "
                              f"from its disk: use boot: grub")
         boot = dict(kernel=f"{BOOT_DIR}/{name}/vmlinuz", initrd=f"{BOOT_DIR}/{name}/initrd.img",
                     cmdline=_cmdline(cfg))

@@ -28,6 +28,7 @@ import ipaddress
 import re
 
 from ..inventory import VM, Host, ReplicatedDisk, is_domain_name
+from . import FormatError
 from .templating import template
 
 TEMPLATE = "drbd-resource.res.j2"
@@ -47,7 +48,7 @@ def _major_minor(drbd_version: str) -> tuple[int, int]:
     match = _VERSION.match(drbd_version)
     major, minor = (int(match.group(1)), int(match.group(2) or 0)) if match else (0, 0)
     if major < 8:
-        raise ValueError(f"drbd_version {drbd_version[:40]!r}: expected a DRBD version "
+        raise FormatError(f"drbd_version {drbd_version[:40]!r}: expected a DRBD version "
                          "such as 8.3, 8.4 or 9")
     return major, minor
 
@@ -56,17 +57,17 @@ def _token(value: str, key: str) -> str:
     """A name or path drbd.conf can carry: one printable word the kernel's fields can hold."""
     if (not value or not value.isprintable() or " " in value
             or len(value.encode()) > MAX_PATH_BYTES):
-        raise ValueError(f"{key}: {value!r} cannot go into a DRBD resource file (one printable "
+        raise FormatError(f"{key}: {value!r} cannot go into a DRBD resource file (one printable "
                          f"word without spaces, at most {MAX_PATH_BYTES} bytes)")
     return value
 
 
 def _path(paths: dict[str, str], host: str, key: str) -> str:
     if host not in paths:
-        raise ValueError(f"{key}: no entry for host {host}")
+        raise FormatError(f"{key}: no entry for host {host}")
     value = _token(paths[host], f"{key}.{host}")
     if not value.startswith("/"):
-        raise ValueError(f"{key}.{host}: {value!r} is not an absolute path")
+        raise FormatError(f"{key}.{host}: {value!r} is not an absolute path")
     return value
 
 
@@ -75,7 +76,7 @@ def _address(host: Host, port: int) -> str:
     try:
         ip = ipaddress.ip_address(host.drbd_address)
     except ValueError:
-        raise ValueError(f"hosts.{host.name}.drbd_address: DRBD needs an IP address, got "
+        raise FormatError(f"hosts.{host.name}.drbd_address: DRBD needs an IP address, got "
                          f"{host.drbd_address!r}") from None
     return f"ipv6 [{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
@@ -84,13 +85,13 @@ def _hosts(vm: VM, hosts: dict[str, Host]) -> list[Host]:
     pair = []
     for key, name in (("xen_host", vm.xen_host), ("kvm_host", vm.kvm_host)):
         if name not in hosts:
-            raise ValueError(f"vms.{vm.name}.{key}: host {name!r} is not in the inventory")
+            raise FormatError(f"vms.{vm.name}.{key}: host {name!r} is not in the inventory")
         host = hosts[name]
         if not is_domain_name(host.hostname):
-            raise ValueError(f"hosts.{name}.hostname: {host.hostname!r} is not a host name")
+            raise FormatError(f"hosts.{name}.hostname: {host.hostname!r} is not a host name")
         pair.append(host)
     if pair[0].hostname == pair[1].hostname:
-        raise ValueError(f"hosts.{pair[0].name} and hosts.{pair[1].name} have the same hostname "
+        raise FormatError(f"hosts.{pair[0].name} and hosts.{pair[1].name} have the same hostname "
                          f"{pair[0].hostname!r}: DRBD tells its two hosts apart by it")
     return pair
 
@@ -113,18 +114,18 @@ def render_drbd_resource(vm: VM, hosts: dict[str, Host], drbd_version: str = "9"
         key = f"vms.{vm.name}.disks[{index}]"
         resource = _token(disk.resource, f"{key}.resource")
         if resource == "all":
-            raise ValueError(f"{key}.resource: to drbdadm 'all' means every resource")
+            raise FormatError(f"{key}.resource: to drbdadm 'all' means every resource")
         if not 0 < disk.port < 65536:
-            raise ValueError(f"{key}.port: {disk.port} is not a TCP port")
+            raise FormatError(f"{key}.port: {disk.port} is not a TCP port")
         if disk.port in ports:
-            raise ValueError(f"{key}.port: {disk.port} is already used by "
+            raise FormatError(f"{key}.port: {disk.port} is already used by "
                              f"vms.{vm.name}.disks[{ports[disk.port]}]")
         ports[disk.port] = index
         sections = []
         for host in pair:
             device = _path(disk.device, host.name, f"{key}.device")
             if not _DEVICE.match(device):
-                raise ValueError(f"{key}.device: expected /dev/drbdN on {host.name}, got {device!r}")
+                raise FormatError(f"{key}.device: expected /dev/drbdN on {host.name}, got {device!r}")
             sections.append({
                 "name": host.hostname,
                 "device": device,
@@ -163,7 +164,7 @@ def parse_dump_options(text: str) -> dict[str, dict[str, str]]:
                     resources[name.strip('"')] = {}
         elif token == "}":
             if words or not path:
-                raise ValueError("not drbdadm dump output: unbalanced braces")
+                raise FormatError("not drbdadm dump output: unbalanced braces")
             path.pop()
         elif token == ";":
             in_options = len(path) == 2 and path[1] == "options" and path[0].startswith("resource ")
@@ -173,5 +174,5 @@ def parse_dump_options(text: str) -> dict[str, dict[str, str]]:
         else:
             words.append(token)
     if path or words:
-        raise ValueError("not drbdadm dump output: it ends inside a block")
+        raise FormatError("not drbdadm dump output: it ends inside a block")
     return resources

@@ -3,13 +3,12 @@
 The guards (never two Primaries, promote only UpToDate data) must ask the same
 questions whatever DRBD a host runs, so every format below reduces to one
 DrbdState per resource: /proc/drbd (8.0-8.4), `drbdadm status` and
-`drbdsetup status [--verbose] [--statistics]` (8.4 and 9), `drbdsetup status
---json` (9), a replay of `drbdsetup events2` (9), and the one-line answers of
-`drbdadm role|cstate|dstate`.
+`drbdsetup status [--verbose] [--statistics]` (8.4 and 9), and the one-line
+answers of `drbdadm role|cstate|dstate`.
 
 Input contract, the same for every parser: output that says "no resources"
-(empty, the version banner alone, `# No currently configured DRBD found.`,
-`exists -`) gives an empty dict; anything that is not the expected format
+(empty, the version banner alone, `# No currently configured DRBD found.`)
+gives an empty dict; anything that is not the expected format
 raises ValueError with a one-line message naming the line. Nothing is guessed:
 a guard that gets a ValueError refuses to act.
 
@@ -21,9 +20,11 @@ hold for every peer, and so is DRBD 9's quorum (a device line's `quorum:no`).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field, replace
+
+from ..errors import quoted
+from . import FormatError
 
 ROLES = ("Primary", "Secondary", "Unknown")
 
@@ -47,7 +48,6 @@ _PROC_MINOR = re.compile(
     r"^\s*(\d+):\s+cs:(\w+)(?:\s+(?:st|ro):(\w+)/(\w+)\s+ds:(\w+)/(\w+))?(?:\s|$)")
 _PROC_HEADER = re.compile(r"^(?:version:|GIT-hash:|srcversion:|Transports )")
 _PROC_PERCENT = re.compile(r"(?:sync'ed|verified):\s*([\d.]+)%")
-_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT")   # `events2 --timestamps`
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class DrbdState:
             return self.peers
         names = ["peer"] if len(self.peer_roles) == 1 else [f"peer {i}" for i in range(1, len(self.peer_roles) + 1)]
         disks = (*self.peer_disks, *("DUnknown",) * len(self.peer_roles))
-        return tuple(Peer(name, role, self.connection, disk) for name, role, disk in zip(names, self.peer_roles, disks))
+        return tuple(Peer(name, role, self.connection, disk) for name, role, disk in zip(names, self.peer_roles, disks, strict=False))
 
     @property
     def is_primary(self) -> bool:
@@ -118,10 +118,8 @@ class DrbdState:
                 and all(d == "UpToDate" for d in self.peer_disks))
 
 
-def _bad(what: str, lineno: int, line: str) -> ValueError:
-    shown = line.strip()
-    shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    return ValueError(f"not {what} output, line {lineno}: {shown!r}")
+def _bad(what: str, lineno: int, line: str) -> FormatError:
+    return FormatError(f"not {what} output, line {lineno}: {quoted(line.strip())}")
 
 
 def _lines(text: str):
@@ -249,12 +247,6 @@ def _pairs(tokens: list[str], what: str, lineno: int, line: str) -> list[tuple[s
     return pairs
 
 
-def _volume(kv: dict, what: str, lineno: int, line: str) -> int:
-    if "volume" not in kv:
-        raise _bad(what, lineno, line)
-    return int(kv["volume"])
-
-
 # --- drbdadm status / drbdsetup status (8.4 and 9) ----------------------------
 
 def parse_drbdadm_status(text: str) -> dict[str, DrbdState]:
@@ -302,144 +294,12 @@ def parse_drbdadm_status(text: str) -> dict[str, DrbdState]:
     return {name: _summarise(name, res) for name, res in resources.items()}
 
 
-# --- drbdsetup status --json (9) ----------------------------------------------
-
-def parse_drbdsetup_status_json(text: str) -> dict[str, DrbdState]:
-    """DRBD 9 `drbdsetup status --json` (a list of resources with devices and connections)."""
-    if not text.strip():
-        return {}
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not drbdsetup status --json output: {exc}") from None
-    if not isinstance(data, list):
-        raise ValueError("not drbdsetup status --json output: expected a list of resources")
-    states = {}
-    for index, item in enumerate(data):
-        try:
-            name = _str(item["name"])
-            states[name] = _summarise(name, _json_resource(item))
-        except KeyError as exc:
-            raise ValueError(f"not drbdsetup status --json output: resource {index} has no "
-                             f"{exc.args[0]!r}") from None
-        except (TypeError, AttributeError, ValueError):
-            raise ValueError(f"not drbdsetup status --json output: resource {index} is "
-                             "malformed") from None
-    return states
-
-
-def _str(value) -> str:
-    if not isinstance(value, str):
-        raise TypeError(value)
-    return value
-
-
-def _bool(value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(value)
-    return value
-
-
-def _json_resource(item: dict) -> dict:
-    res = _new_resource(_str(item["role"]))
-    for dev in item.get("devices", []):
-        res["devices"][dev["volume"]] = {"disk": _str(dev["disk-state"]), "minor": dev.get("minor"),
-                                         "quorum": "yes" if _bool(dev.get("quorum", True)) else "no"}
-    for conn in item.get("connections", []):
-        peer = res["peers"][conn["peer-node-id"]] = _new_peer(_str(conn.get("name", f"node-id:{conn['peer-node-id']}")),
-                                                             _str(conn["connection-state"]))
-        peer["role"] = _str(conn["peer-role"])
-        for pd in conn.get("peer_devices", []):
-            peer["volumes"][pd["volume"]] = {
-                "replication": _str(pd["replication-state"]),
-                "peer-disk": _str(pd["peer-disk-state"]),
-                "done": pd.get("percent-resync-done", pd.get("percent-in-sync")),
-            }
-    if any(role not in ROLES for role in [res["role"]] + [p["role"] for p in res["peers"].values()]):
-        raise ValueError("bad role")
-    return res
-
-
-# --- drbdsetup events2 (9) ----------------------------------------------------
-
-_EVENT_VERBS = ("exists", "create", "change", "destroy", "rename", "call", "response")
-
-
-def parse_events2(text: str) -> dict[str, DrbdState]:
-    """The state left after replaying `drbdsetup events2` lines (also --full, --diff, --statistics).
-
-    Objects are created on first mention, whatever the verb, so a stream that
-    starts mid-way (change before exists) still yields what it says.
-    """
-    what = "drbdsetup events2"
-    resources: dict[str, dict] = {}
-    for lineno, line in _lines(text):
-        tokens = line.split()
-        if tokens and _TIMESTAMP.match(tokens[0]):
-            tokens = tokens[1:]
-        if not tokens or tokens == ["exists", "-"]:
-            continue
-        if tokens[0] not in _EVENT_VERBS or len(tokens) < 2:
-            raise _bad(what, lineno, line)
-        verb, obj = tokens[0], tokens[1]
-        kv = dict(_pairs(tokens[2:], what, lineno, line))
-        if obj == "helper" or obj == "path":
-            continue
-        if obj not in ("resource", "device", "connection", "peer-device") or "name" not in kv:
-            raise _bad(what, lineno, line)
-        name = kv["name"]
-        if obj == "resource" and verb == "destroy":
-            resources.pop(name, None)
-            continue
-        if obj == "resource" and verb == "rename":
-            if "new_name" not in kv:
-                raise _bad(what, lineno, line)
-            resources[kv["new_name"]] = resources.pop(name, _new_resource())
-            continue
-        res = resources.setdefault(name, _new_resource())
-        if obj == "resource":
-            if "role" in kv:
-                res["role"] = _role(kv["role"], what, lineno, line)
-            continue
-        if obj == "device":
-            volume = _volume(kv, what, lineno, line)
-            if verb == "destroy":
-                res["devices"].pop(volume, None)
-            else:
-                res["devices"].setdefault(volume, {}).update(
-                    {k: kv[k] for k in ("disk", "minor", "quorum") if k in kv})
-            continue
-        key = kv.get("peer-node-id") or kv.get("conn-name")
-        if key is None:
-            raise _bad(what, lineno, line)
-        peer_name = kv.get("conn-name") or f"node-id:{key}"
-        if obj == "connection":
-            if verb == "destroy":
-                res["peers"].pop(key, None)
-                continue
-            peer = res["peers"].setdefault(key, _new_peer(peer_name))
-            if "connection" in kv:
-                peer["connection"] = kv["connection"]
-            if "role" in kv:
-                peer["role"] = _role(kv["role"], what, lineno, line)
-            continue
-        volume = _volume(kv, what, lineno, line)
-        peer = res["peers"].setdefault(key, _new_peer(peer_name))
-        if verb == "destroy":
-            peer["volumes"].pop(volume, None)
-            continue
-        record = peer["volumes"].setdefault(volume, {})
-        record.pop("done", None)        # progress is on every event of a resync, absent after it
-        record.update({k: kv[k] for k in ("replication", "peer-disk", "done") if k in kv})
-    return {name: _summarise(name, res) for name, res in resources.items()}
-
-
 # --- drbdadm role | cstate | dstate -------------------------------------------
 
 def _answer_lines(text: str, what: str) -> list[str]:
     lines = [line.strip() for _, line in _lines(text) if line.strip()]
     if not lines:
-        raise ValueError(f"empty {what} output")
+        raise FormatError(f"empty {what} output")
     return lines
 
 
@@ -468,13 +328,13 @@ def parse_cstate(text: str) -> str:
 def parse_dstate(text: str) -> tuple[str, tuple[str, ...]]:
     """`drbdadm dstate RES`: "local/peer[/peer...]", one line per volume on 9 (worst per position)."""
     what = "drbdadm dstate"
-    rows = []
+    rows: list[list[str]] = []
     for lineno, line in enumerate(_answer_lines(text, what), 1):
         parts = line.split("/")
         if not all(_WORD.match(p) for p in parts) or (rows and len(parts) != len(rows[0])):
             raise _bad(what, lineno, line)
         rows.append(parts)
-    local, *peers = [_worst_disk(column) for column in zip(*rows)]
+    local, *peers = [_worst_disk(column) for column in zip(*rows, strict=True)]
     return local, tuple(peers)
 
 

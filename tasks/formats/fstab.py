@@ -8,7 +8,7 @@ uses, so a name that could break a file (a space, a quote, a newline) is refused
 
 import re
 
-from tasks.errors import InputError
+from . import FormatError
 
 # A kernel block device name as it appears after /dev/: sda, xvda2, nvme0n1p1, cciss/c0d0p1.
 # Each path component starts with a letter or digit, so "..", "-x" and "" cannot pass.
@@ -22,7 +22,7 @@ _FIRST_FIELD = re.compile(r"([ \t]*)(\S+)")
 def check_device_name(name: str, what: str = "device name") -> None:
     """Refuse a name that could break a line of fstab, grub's files or a kernel command line."""
     if not isinstance(name, str) or not DEVICE_NAME.fullmatch(name):
-        raise InputError(f"{what} {name!r} is not a plain device name (like xvda2 or sda)")
+        raise FormatError(f"{what} {name!r} is not a plain device name (like xvda2 or sda)")
 
 
 def check_renames(renames: dict[str, str]) -> None:
@@ -37,12 +37,12 @@ def check_renames(renames: dict[str, str]) -> None:
         check_device_name(new, "new device name")
     chained = sorted(set(renames) & set(renames.values()))
     if chained:
-        raise InputError(f"disk map renames {', '.join(chained)} and also renames to it: "
+        raise FormatError(f"disk map renames {', '.join(chained)} and also renames to it: "
                          "a second run would rename again")
     news = list(renames.values())
     doubled = sorted({n for n in news if news.count(n) > 1})
     if doubled:
-        raise InputError(f"disk map gives {', '.join(doubled)} to more than one old device")
+        raise FormatError(f"disk map gives {', '.join(doubled)} to more than one old device")
 
 
 def check_uuids(uuids: dict[str, str]) -> None:
@@ -50,7 +50,7 @@ def check_uuids(uuids: dict[str, str]) -> None:
     for name, uuid in uuids.items():
         check_device_name(name)
         if not isinstance(uuid, str) or not UUID.fullmatch(uuid):
-            raise InputError(f"UUID {uuid!r} of {name} is not a filesystem UUID")
+            raise FormatError(f"UUID {uuid!r} of {name} is not a filesystem UUID")
 
 
 def split_lines(text: str) -> list[str]:

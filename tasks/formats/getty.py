@@ -15,7 +15,7 @@ wants the units.
 
 from dataclasses import dataclass, field
 
-from tasks.errors import InputError
+from . import FormatError
 
 INIT_SYSTEMS = ("systemd", "sysvinit")
 
@@ -67,7 +67,7 @@ class GettyPlan:
 def plan_getty_units(facts: GuestConsoleFacts) -> GettyPlan:
     """The plan for one guest; sysvinit guests get their gettys from inittab (convert_inittab)."""
     if facts.init not in INIT_SYSTEMS:
-        raise InputError(f"unknown init system {facts.init!r} (expected one of {', '.join(INIT_SYSTEMS)})")
+        raise FormatError(f"unknown init system {facts.init!r} (expected one of {', '.join(INIT_SYSTEMS)})")
     if facts.init != "systemd":
         return GettyPlan(edit_securetty=facts.has_securetty)
     on_cmdline = ", ".join(facts.kernel_consoles) or "none"

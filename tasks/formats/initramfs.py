@@ -7,8 +7,9 @@ here are always included, whatever MODULES says; update-initramfs must run after
 
 import re
 
-from tasks.errors import InputError
 from tasks.formats.fstab import split_lines
+
+from . import FormatError
 
 KVM_MODULES = ("ata_piix", "ahci", "virtio_blk", "virtio_pci", "virtio_net", "sd_mod")
 _MODULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -27,11 +28,11 @@ def plan_initramfs_modules(modules_text: str, required: tuple[str, ...] = KVM_MO
     """
     for name in required:
         if not isinstance(name, str) or not _MODULE.fullmatch(name):
-            raise InputError(f"module name {name!r} is not a plain kernel module name")
+            raise FormatError(f"module name {name!r} is not a plain kernel module name")
     lines = split_lines(modules_text)
     listed = {_canonical(words[0]) for line in lines
               if (words := line.split()) and not words[0].startswith("#")}
-    missing = []
+    missing: list[str] = []
     for name in required:
         if _canonical(name) not in listed and _canonical(name) not in map(_canonical, missing):
             missing.append(name)

@@ -11,8 +11,9 @@ for five minutes at a time ("respawning too fast"): noise in the log, never a fa
 import re
 from dataclasses import dataclass
 
-from tasks.errors import InputError
 from tasks.formats.fstab import split_lines
+
+from . import FormatError
 
 MARK = "#xenkvm: "
 CO_LINE = "co:23:respawn:/sbin/getty -L hvc0 9600 vt102"
@@ -68,7 +69,7 @@ def _free(entries: list[_Entry], wanted: str, line: str) -> None:
     """Two entries with one id make init ignore the second: refuse rather than add a dead line."""
     for e in entries:
         if e.id == wanted:
-            raise InputError(f"inittab: id {wanted!r} is taken by {e.id}:{e.runlevels}:{e.action}:"
+            raise FormatError(f"id {wanted!r} is taken by {e.id}:{e.runlevels}:{e.action}:"
                              f"{e.process.strip()}; cannot add {line!r}")
 
 

@@ -18,24 +18,15 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..errors import quoted, shown
+from . import FormatError
 
 # Lists inside lists: xl's deepest setting (vnuma) nests two; deeper is refused before Python's
 # recursion limit turns a hostile cfg into a traceback.
 MAX_LIST_DEPTH = 16
 
 
-class CfgSyntaxError(ValueError):
-    """A cfg the tool cannot read, located so that the operator can fix it."""
-
-    def __init__(self, filename: str, line: int | None, message: str):
-        self.filename = filename
-        self.line = line
-        self.message = message
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = self.filename if self.line is None else f"{self.filename}:{self.line}"
-        return f"{where}: {self.message}"
+class CfgSyntaxError(FormatError):
+    """A cfg the tool cannot read, with the line to fix."""
 
 
 @dataclass(frozen=True)
@@ -53,26 +44,19 @@ class XenDisk:
 
 @dataclass(frozen=True)
 class XenVif:
-    spec: str
     mac: str | None
     bridge: str | None
     model: str | None
-    ip: str | None
-    script: str | None
-    vifname: str | None
-    type: str | None
 
 
 @dataclass(frozen=True)
 class XenConfig:
-    syntax: str
     name: str | None
     uuid: str | None
     memory: int | None
     maxmem: int | None
     vcpus: int | None
     kernel: str | None
-    ramdisk: str | None
     bootloader: str | None
     root: str | None
     extra: str | None
@@ -83,7 +67,6 @@ class XenConfig:
     on_reboot: str | None
     on_crash: str | None
     values: dict = field(hash=False)
-    maxvcpus: int | None = None
     # The kernel command line the guest gets: xl's cmdline= wins over root= and extra=.
     cmdline: str | None = None
     hdtype: str | None = None    # HVM: "ahci" puts hd* and xvd* disks on SATA instead of IDE
@@ -114,7 +97,6 @@ class _Str:
     value: str
     start: int
     end: int
-    body_start: int
     body_end: int
     quote: str
     raw: bool
@@ -149,7 +131,6 @@ class _Assign:
     key: str
     op: str
     node: _Str | _Atom | _List
-    key_start: int
     key_end: int
     op_start: int
     op_end: int
@@ -182,7 +163,7 @@ def _encode(text: str, quote: str, raw: bool) -> str:
     """Write `text` inside a literal of this quote style, escaped the way both xm and xl read it."""
     if raw:
         if any(c in text for c in ("\\", quote[0], "\n", "\r")):
-            raise ValueError(f"cannot write {quoted(text)} into a raw string literal")
+            raise FormatError(f"cannot write {quoted(text)} into a raw string literal")
         return text
     out = []
     for c in text:
@@ -202,15 +183,14 @@ def _encode(text: str, quote: str, raw: bool) -> str:
 class _Parser:
     """Recursive descent over `key = value` / `key += value` statements (xm's Python subset, xl's grammar)."""
 
-    def __init__(self, text: str, filename: str):
+    def __init__(self, text: str):
         self.text = text
-        self.filename = filename
         self.line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
         self.tokens = self._lex()  # lazily, so that the first error in the file is the one reported
         self.ahead = next(self.tokens)
 
     def error(self, pos: int, message: str) -> CfgSyntaxError:
-        return CfgSyntaxError(self.filename, bisect.bisect_right(self.line_starts, pos), message)
+        return CfgSyntaxError(message, bisect.bisect_right(self.line_starts, pos))
 
     # -- lexer
 
@@ -220,7 +200,7 @@ class _Parser:
             m = _LEX.match(text, pos)
             if m is None:
                 raise self.error(pos, f"unexpected character {text[pos]!r}")
-            kind = m.lastgroup
+            kind = m.lastgroup or ""
             if kind == "string":
                 node = self._string(m)
                 yield _Tok("string", text[node.start:node.end], node.start, node.end, node)
@@ -249,7 +229,7 @@ class _Parser:
             else:
                 i += 1
         value, starts, ends = self._decode(m.end(), i, raw)
-        return _Str(value, m.start(), i + len(quote), m.end(), i, quote, raw, starts, ends)
+        return _Str(value, m.start(), i + len(quote), i, quote, raw, starts, ends)
 
     def _decode(self, pos: int, stop: int, raw: bool) -> tuple[str, list[int], list[int]]:
         """Escapes as Python 2 (xend) and xl both read them; an unknown escape keeps its backslash."""
@@ -273,6 +253,7 @@ class _Parser:
                     c, end = chr(int(digits.group(), 16)), digits.end()
                 elif nxt and nxt in "01234567":
                     digits = _OCTAL.match(text, pos + 1, stop)
+                    assert digits is not None   # nxt is an octal digit
                     c, end = chr(int(digits.group(), 8)), digits.end()
             chars.append(c)
             starts.append(pos)
@@ -296,7 +277,7 @@ class _Parser:
         return {"nl": "end of line", "eof": "end of file"}.get(tok.kind) or quoted(tok.text)
 
     def statements(self) -> list[_Assign]:
-        out = []
+        out: list[_Assign] = []
         while True:
             tok = self._next()
             if tok.kind == "eof":
@@ -313,7 +294,7 @@ class _Parser:
             if end.kind not in ("nl", "eof") and end.text != ";":
                 raise self.error(end.start, f"expected end of line after the value of {quoted(tok.text)}, "
                                             f"found {self._describe(end)}")
-            out.append(_Assign(tok.text, op.text, node, tok.start, tok.end, op.start, op.end))
+            out.append(_Assign(tok.text, op.text, node, tok.end, op.start, op.end))
 
     def _value(self, depth: int = 0):
         tok = self._next()
@@ -382,23 +363,16 @@ HVM_DISK = re.compile(r"(xvd|hd|sd)([a-z]+)[0-9]*")
 class _DiskParse(NamedTuple):
     disk: XenDisk
     vdev_span: tuple[int, int]   # where the vdev name sits in the spec string
-    xl_only: bool                # written in a form xm never knew (key=value, positional format)
-
-
-def parse_disk_spec(spec: str) -> XenDisk:
-    """One disk spec, in any of the xm and xl forms; ValueError says why one is not understood."""
-    return _parse_disk(spec).disk
 
 
 def _parse_disk(spec: str) -> _DiskParse:
     given: dict[str, tuple[str, int]] = {}
     positional: list[tuple[str, int]] = []
     devtype = None
-    xl_only = False
 
     def put(key: str, value: str, at: int) -> None:
         if key in given:
-            raise ValueError(f"{key} given twice")
+            raise FormatError(f"{key} given twice")
         given[key] = (value, at)
 
     pos = 0
@@ -410,20 +384,17 @@ def _parse_disk(spec: str) -> _DiskParse:
         if spec.startswith("target=", pos):  # eats the rest: the one place a path may hold commas
             target = spec[pos + 7:]
             put("target", target[:-1] if target.endswith(",") else target, pos + 7)
-            xl_only = True
             break
         end = spec.find(",", pos)
         end = len(spec) if end < 0 else end
         item = spec[pos:end]
         if item in _DISK_FLAGS:
             devtype = "cdrom" if item == "cdrom" else devtype
-            xl_only = True
         elif "=" in item:
             key, _, value = item.partition("=")
             if key not in _DISK_KEYS:
-                raise ValueError(f"unknown parameter {quoted(item)}")
+                raise FormatError(f"unknown parameter {quoted(item)}")
             put(key, value, pos + len(key) + 1)
-            xl_only = True
         else:
             positional.append((item.rstrip(" \t\n"), pos))
         pos = end + 1
@@ -437,7 +408,7 @@ def _parse_disk(spec: str) -> _DiskParse:
                     set() if prefixes else _PREFIXES)
                 if m.group(1) not in allowed:
                     if not prefixes and not item[m.end():m.end() + 1].isalnum():
-                        raise ValueError(f"unknown disk prefix {quoted(m.group())}")
+                        raise FormatError(f"unknown disk prefix {quoted(m.group())}")
                     break  # rbd:pool/image and the like: the colon belongs to the target
                 prefixes.append(m.group(1))
                 item, at = item[m.end():], at + m.end()
@@ -447,7 +418,6 @@ def _parse_disk(spec: str) -> _DiskParse:
             format_taken = True
             if not (given["target"][0] == "" and ":" in item):  # ,hdc:cdrom,r has no format slot
                 put("format", item, at)
-                xl_only = True
                 continue
         if "vdev" not in given:
             if item.startswith("ioemu:"):
@@ -455,39 +425,39 @@ def _parse_disk(spec: str) -> _DiskParse:
             vdev, colon, kind = item.rpartition(":")
             if colon:
                 if kind not in ("cdrom", "disk"):
-                    raise ValueError(f"unknown device type {quoted(kind)}")
+                    raise FormatError(f"unknown device type {quoted(kind)}")
                 devtype = "cdrom" if kind == "cdrom" else devtype
                 item = vdev
             put("vdev", item, at)
         elif "access" not in given:
             put("access", item, at)
         else:
-            raise ValueError(f"too many positional parameters at {quoted(item)}")
+            raise FormatError(f"too many positional parameters at {quoted(item)}")
 
     if "devtype" in given:
         value = given["devtype"][0]
         if value not in ("cdrom", "disk"):
-            raise ValueError(f"unknown devtype {quoted(value)}")
+            raise FormatError(f"unknown devtype {quoted(value)}")
         devtype = "cdrom" if value == "cdrom" else devtype
     vdev, vdev_at = given.get("vdev", ("", 0))
     if not vdev:
-        raise ValueError("no vdev (the guest's name for the disk)")
+        raise FormatError("no vdev (the guest's name for the disk)")
     path = given.get("target", ("", 0))[0]
     if not path and devtype != "cdrom":
-        raise ValueError("no target (only an empty CD-ROM may have none)")
+        raise FormatError("no target (only an empty CD-ROM may have none)")
     access = given.get("access", ("", 0))[0]
     if access and access not in _ACCESS:
-        raise ValueError(f"unknown access mode {quoted(access)}")
+        raise FormatError(f"unknown access mode {quoted(access)}")
     fmt = given.get("format", ("", 0))[0] or next((p for p in prefixes if p in _FORMATS), None)
     if fmt and fmt not in _FORMATS:
-        raise ValueError(f"unknown format {quoted(fmt)}")
+        raise FormatError(f"unknown format {quoted(fmt)}")
     backend = given["backendtype"][0] if "backendtype" in given else ":".join(prefixes)
     if not backend and given.get("script", ("", 0))[0].rsplit("/", 1)[-1] == "block-drbd":
         backend = "drbd"    # xl's spelling of drbd:RES: the target is a resource, not a path
     disk = XenDisk(spec=spec, backend=backend, path=path, vdev=vdev,
                    mode=_ACCESS.get(access) or ("r" if devtype == "cdrom" else "w"),
                    format=fmt or None, devtype=devtype, shared=access in _SHARED_ACCESS)
-    return _DiskParse(disk, (vdev_at, vdev_at + len(vdev)), xl_only)
+    return _DiskParse(disk, (vdev_at, vdev_at + len(vdev)))
 
 
 def _parse_vif(spec: str) -> XenVif:
@@ -496,25 +466,18 @@ def _parse_vif(spec: str) -> XenVif:
         key, eq, value = part.partition("=")
         if eq:
             fields[key.strip()] = value.strip()
-    return XenVif(spec=spec, mac=fields.get("mac"), bridge=fields.get("bridge"), model=fields.get("model"),
-                  ip=fields.get("ip"), script=fields.get("script"), vifname=fields.get("vifname"),
-                  type=fields.get("type"))
+    return XenVif(mac=fields.get("mac"), bridge=fields.get("bridge"), model=fields.get("model"))
 
 
 # ---------------------------------------------------------------------------
 # The whole cfg
 
-# Keys xend never knew: one of them means the cfg is meant for xl.
-_XL_ONLY_KEYS = {"type", "cmdline", "device_model_version", "max_event_channels", "max_grant_frames",
-                 "usbctrl", "usbdev", "channel", "vnuma"}
-
-
 class _Cfg:
     """A parsed cfg: every assignment with its spans, and for each key the ones that make its value."""
 
-    def __init__(self, text: str, filename: str):
+    def __init__(self, text: str):
         self.text = text
-        self.parser = _Parser(text, filename)
+        self.parser = _Parser(text)
         self.assigns = self.parser.statements()
         self.effective: dict[str, list[_Assign]] = {}
         for a in self.assigns:
@@ -535,7 +498,7 @@ class _Cfg:
             if not (isinstance(value, str) and isinstance(more, str)
                     or isinstance(value, list) and isinstance(more, list)):
                 raise self.error(a.op_start, f"{a.key} += only adds a string to a string or a list to a list")
-            value = value + more
+            value = value + more   # type: ignore[operator]   # both str or both list, checked above
         return value
 
     def string_nodes(self, key: str) -> list[_Str]:
@@ -586,27 +549,24 @@ class _Cfg:
         root, extra, cmdline = string("root"), string("extra"), string("cmdline")
         if cmdline is None and (root or extra):
             cmdline = " ".join(part for part in (root and f"root={root}", extra) if part)
-        xl = any(p.xl_only for _, p in disks) or bool(_XL_ONLY_KEYS & self.values.keys())
         return XenConfig(
-            syntax="xl" if xl else "xm",
             name=string("name"), uuid=string("uuid"),
             memory=self.integer("memory"), maxmem=self.integer("maxmem"), vcpus=self.integer("vcpus"),
-            kernel=string("kernel"), ramdisk=string("ramdisk"), bootloader=string("bootloader"),
+            kernel=string("kernel"), bootloader=string("bootloader"),
             root=root, extra=extra,
             builder=string("type") or string("builder"),
             disks=tuple(p.disk for _, p in disks),
             vifs=tuple(_parse_vif(item.value) for item in self.list_items("vif")),
             on_poweroff=string("on_poweroff"), on_reboot=string("on_reboot"), on_crash=string("on_crash"),
             values=self.values,
-            maxvcpus=self.integer("maxvcpus"),
             cmdline=cmdline,
             hdtype=string("hdtype"),
         )
 
 
-def parse_xen_cfg(text: str, filename: str = "<cfg>") -> XenConfig:
-    """Read an xm or xl cfg without executing it; CfgSyntaxError names the file and line."""
-    return _Cfg(text, filename).config()
+def parse_xen_cfg(text: str) -> XenConfig:
+    """Read an xm or xl cfg without executing it; CfgSyntaxError names the line."""
+    return _Cfg(text).config()
 
 
 # Settings only an ARM guest, or one handed host hardware, has: no x86_64 KVM domain carries them.
@@ -628,15 +588,15 @@ def check_movable(cfg: XenConfig) -> None:
     rendering any of them would give something that looks right and cannot boot.
     """
     if not cfg.name:
-        raise ValueError("no name=: a fragment of a guest cfg, not a whole guest")
+        raise FormatError("no name=: a fragment of a guest cfg, not a whole guest")
     for key, what in _NOT_FOR_KVM.items():
         if key in cfg.values:
-            raise ValueError(f"{key}= ({what}): not a guest an x86_64 KVM host can run")
+            raise FormatError(f"{key}= ({what}): not a guest an x86_64 KVM host can run")
     if cfg.kernel and _FOREIGN_KERNEL.search(cfg.kernel):
-        raise ValueError(f"kernel {shown(cfg.kernel)} is an ARM or RISC-V image: "
+        raise FormatError(f"kernel {shown(cfg.kernel)} is an ARM or RISC-V image: "
                          f"not a guest an x86_64 KVM host can run")
     if all(d.devtype == "cdrom" for d in cfg.disks):
-        raise ValueError("no disk to boot from (NFS root, or a unikernel): only guests with a disk move")
+        raise FormatError("no disk to boot from (NFS root, or a unikernel): only guests with a disk move")
 
 
 # ---------------------------------------------------------------------------
@@ -702,23 +662,22 @@ def _console_edits(cfg: _Cfg) -> list[tuple[int, int, str]]:
     return [(pos, pos, line)]
 
 
-def rewrite_xen_cfg(text: str, renames: dict[str, str], add_console: bool = False,
-                    filename: str = "<cfg>") -> str:
+def rewrite_xen_cfg(text: str, renames: dict[str, str], add_console: bool = False) -> str:
     """The same cfg with disks renamed, root= following them, and optionally a console for KVM too.
 
     Only the bytes of each renamed vdev, of each renamed /dev name in root=, and of root=/dev/...
     in extra= and cmdline= change; everything else is kept byte for byte.  Renames apply all at
     once (a permutation such as sda <-> sdb is fine), so a second run with the same renames changes
-    nothing as long as no new name is also an old one.  Raises ValueError if two disks would end up
+    nothing as long as no new name is also an old one.  Raises FormatError if two disks would end up
     with the same name.
     """
-    cfg = _Cfg(text, filename)
+    cfg = _Cfg(text)
     vdevs = [d.vdev for d in cfg.config().disks]  # refuses what parse_xen_cfg refuses
     active = {old: new for old, new in renames.items() if old in vdevs and old != new}
     after = [active.get(v, v) for v in vdevs]
     clashes = sorted({v for v in after if after.count(v) > max(1, vdevs.count(v))})
     if clashes:
-        raise ValueError(f"{filename}: the renames would give two disks the name {clashes[0]}")
+        raise FormatError(f"the renames would give two disks the name {clashes[0]}")
 
     edits = [node.replace(p.vdev_span, active[p.disk.vdev]) for node, p in cfg.disks if p.disk.vdev in active]
     for node in cfg.string_nodes("root"):

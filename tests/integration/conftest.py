@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.runner import Runner
 from tests.lab import GUEST, INVENTORY, REPO, STATE_DIR, control, drbdpair, vms
 from tests.lab.config import Settings
 from tests.lab.spaces import LabError
-from tests.integration.runner import Runner
 
 
 @dataclass

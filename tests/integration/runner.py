@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 from tests.conftest import REPO
+from tests.wire import bare
 
 FAB = REPO / ".venv" / "bin" / "fab"
 RESOURCES = ("logger-system", "logger-var")
@@ -30,8 +31,10 @@ class Runner:
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
 
     def audit(self) -> list[dict]:
+        """The audit log's entries, each command as the tests write it (tests.wire.bare)."""
         path = self.state_dir / "audit.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        entries = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        return [{**entry, "command": bare(entry["command"])} for entry in entries]
 
 
 def where(lab) -> tuple:

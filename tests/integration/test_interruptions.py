@@ -215,7 +215,7 @@ def test_a_second_control_machine_is_refused_while_the_first_moves_the_vm(lab, f
     assert "already being handled" not in again.stderr, again.stderr
 
 
-def test_ssh_config_is_honoured_and_the_agent_is_never_forwarded(lab, tmp_path, monkeypatch):
+def test_ssh_config_is_honoured_and_the_agent_is_never_forwarded(lab, tmp_path, mocker):
     """An inventory that names only an alias: ~/.ssh/config gives the address, user, key and
     proxy; its `ForwardAgent yes` is ignored, so the host never sees the operator's agent."""
     from tasks.inventory import parse_inventory
@@ -233,8 +233,7 @@ def test_ssh_config_is_honoured_and_the_agent_is_never_forwarded(lab, tmp_path, 
     try:
         subprocess.run(["ssh-add", str(CLIENT_KEY)], env={**os.environ, "SSH_AUTH_SOCK": str(agent_dir / "sock")},
                        capture_output=True, check=True)
-        monkeypatch.setenv("HOME", str(home))
-        monkeypatch.setenv("SSH_AUTH_SOCK", str(agent_dir / "sock"))
+        mocker.patch.dict(os.environ, {"HOME": str(home), "SSH_AUTH_SOCK": str(agent_dir / "sock")})
         data = yaml.safe_load(Path(lab.inventory).read_text())
         xen1 = data["hosts"]["xen1"]
         for key in ("proxy_command", "identity_file", "user", "port"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import signal
 import time
 from pathlib import Path
@@ -116,7 +117,8 @@ def test_dry_runs_change_nothing(lab, fab):
     ok(fab("kvmhost.define", "--vm", "logger", "--dry-run"))
     after = (where(lab), _checksums(lab), lab.state())
     assert after == before
-    assert all(e["kind"] == "probe" for e in fab.audit())
+    kinds = {e["kind"] for e in fab.audit()}
+    assert kinds == {"probe", "lock"}, "probes, and the lock on xen1 that every control machine sees"
 
 
 def test_unknown_host_key_is_refused(lab, fab, tmp_path):
@@ -156,3 +158,34 @@ def test_a_broken_journal_is_one_line_for_rollback_migrate_and_status(lab, fab, 
         assert line.endswith("); inspect it, then move it away"), line
     assert where(lab) == ON_XEN
     assert [entry for entry in fab.audit() if entry["kind"] not in ("probe", "lock")] == []
+
+
+def _planned(out: str) -> list[str]:
+    """`HOST: COMMAND` for every command the printed plan names, in order."""
+    plan = out.split("plan:\n", 1)[1]
+    return [line.strip() for line in plan.splitlines()
+            if line.startswith("       ") and not line.strip().startswith("then ")]
+
+
+def _changes_sent(state_dir: Path) -> list[str]:
+    """`HOST: COMMAND` for every change the audit log recorded; a file write as `write PATH`."""
+    shown = []
+    for line in (state_dir / "audit.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if entry["kind"] == "change":
+            argv = shlex.split(entry["command"])
+            write = argv[2:4] == ["sh", "-c"] and "mktemp" in argv[4]
+            shown.append(f"{entry['host']}: {'write ' + argv[6] if write else entry['command']}")
+    return shown
+
+
+def test_a_moves_changes_are_exactly_its_dry_run_plan_both_ways(lab, fab):
+    """What --dry-run prints is what the move then sends, command for command, in order."""
+    for direction in ("to KVM", "back to Xen"):
+        plan = _planned(ok(fab("migrate", "--vm", "logger", "--dry-run")).stdout)
+        (fab.state_dir / "audit.jsonl").unlink()
+        ok(fab("migrate", "--vm", "logger"))
+        assert _changes_sent(fab.state_dir) == plan, direction
+        assert all(command.split(": ", 1)[1].startswith(("env LC_ALL=C ", "write ")) for command in plan)
+        (fab.state_dir / "audit.jsonl").unlink()
+    assert where(lab) == ON_XEN

@@ -9,9 +9,10 @@ import dataclasses
 import pytest
 from lxml import etree
 
-from tasks import kvmhost
+from tasks import kvmhost, vmplan
 from tasks.inventory import load_inventory
 from tasks.remote import Site
+from tests.conftest import need_corpus
 from tests.unit.test_wild_cfgs import INVENTORY, TABLE
 
 pytestmark = pytest.mark.lab
@@ -23,12 +24,14 @@ RENDERED = [row for row in TABLE if row.expect[0] == "rendered"]
 def rendered_xml(row) -> str:
     """The row's domain as render-xml prints it, as a TCG domain: the lab's qemu has no KVM."""
     vm = load_inventory(INVENTORY).vm(row.vm) if row.vm else None
-    spec = kvmhost.plan_spec(row.path.read_text(), str(row.path), vm, drbd_version=row.drbd_version)
+    spec = vmplan.of_file(str(row.path), vm, drbd_version=row.drbd_version).domain_spec()
     return kvmhost.render_checked(dataclasses.replace(spec, domain_type="qemu"))
 
 
 @pytest.mark.parametrize("row", RENDERED, ids=str)
 def test_libvirt_defines_every_rendered_domain(lab, row):
+    if row.cfg.startswith("wild/"):
+        need_corpus()
     xml = rendered_xml(row)
     name = etree.fromstring(xml.encode()).findtext("name")
     path = f"/tmp/xenkvm-wild-{name}.xml"
@@ -53,11 +56,11 @@ def test_qemu_runs_the_hardware_an_hvm_guest_had_under_xen(lab, cfg, devices):
     (its command line, in libvirt's log of the domain, says so)."""
     row = next(r for r in RENDERED if r.cfg == f"own/{cfg}")
     vm = load_inventory(INVENTORY).vm(row.vm) if row.vm else None
-    spec = kvmhost.plan_spec(row.path.read_text(), str(row.path), vm)
+    spec = vmplan.of_file(str(row.path), vm).domain_spec()
     files = [f"/root/xenkvm-wild-{spec.name}-{disk.target}.img" for disk in spec.disks]
     spec = dataclasses.replace(
         spec, domain_type="qemu", memory_mib=64,
-        disks=tuple(dataclasses.replace(d, source=f, kind="file") for d, f in zip(spec.disks, files)),
+        disks=tuple(dataclasses.replace(d, source=f, kind="file") for d, f in zip(spec.disks, files, strict=False)),
         interfaces=tuple(dataclasses.replace(n, bridge="br0") for n in spec.interfaces))
     path, log = f"/tmp/xenkvm-wild-{spec.name}.xml", f"/var/log/libvirt/qemu/{spec.name}.log"
     lab.exec("kvm1", ["rm", "-f", "--", log], check=True)   # libvirt appends: only this start's lines
@@ -85,9 +88,9 @@ def test_the_kvm_hosts_test_b_tells_a_file_from_a_device(lab):
     inv = load_inventory(lab.inventory)
     site = Site(inv)
     try:
-        found = kvmhost.probe_block_devices(site.host("kvm1"), ["/dev/vg_main/logger-swap", image, "/dev/no-such"])
+        found = vmplan.block_devices_of(site.host("kvm1"), ["/dev/vg_main/logger-swap", image, "/dev/no-such"])
         assert found == frozenset({"/dev/vg_main/logger-swap"})
-        spec = kvmhost.vm_spec(site, inv, inv.vm("logger"))
+        spec = vmplan.of_vm(site, inv.vm("logger"), kvm_devices=True).domain_spec()
         assert {(d.source, d.kind) for d in spec.disks} >= {("/dev/vg_main/logger-swap", "block")}
     finally:
         site.close()

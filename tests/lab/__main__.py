@@ -16,7 +16,6 @@ from . import GUEST, HOSTS, IMAGES
 from .spaces import LabError
 
 
-
 def _hang(text: str) -> float:
     """Seconds, or `forever` (a command that never returns, as on a wedged host)."""
     return float("inf") if text == "forever" else float(text)

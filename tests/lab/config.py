@@ -18,8 +18,22 @@ from pathlib import Path
 
 import yaml
 
-from . import (CLIENT_KEY, FLEET_MAX, IMAGES, FLEET_MEMORY, GUEST, HOST_PYTHON, HOSTS, KNOWN_HOSTS, REPO, RESOURCES, STATE_DIR,
-               SWAP, SWITCH_NS, fleet_vms)
+from . import (
+    CLIENT_KEY,
+    FLEET_MAX,
+    FLEET_MEMORY,
+    GUEST,
+    HOST_PYTHON,
+    HOSTS,
+    IMAGES,
+    KNOWN_HOSTS,
+    REPO,
+    RESOURCES,
+    STATE_DIR,
+    SWAP,
+    SWITCH_NS,
+    fleet_vms,
+)
 
 XEN_CFG = f"/etc/xen/auto/{GUEST['name']}.cfg"
 

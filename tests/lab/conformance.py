@@ -244,7 +244,7 @@ class SimPair(Pair):
         (work / "drbd.d").mkdir()
         for name, text in _resource_files(work).items():
             (work / "drbd.d" / f"{name}.res").write_text(text)
-        for host, role in zip(HOSTS, ("xen", "kvm")):
+        for host, role in zip(HOSTS, ("xen", "kvm"), strict=True):
             (work / f"{host}.json").write_text(json.dumps({
                 "host": host, "role": role, "state_dir": str(self.state), "drbd_style": "8.4",
                 "drbd_sync_delay": 0.5, "peers": {h: {} for h in HOSTS if h != host}}))
@@ -271,8 +271,9 @@ class SimPair(Pair):
             self.holder = None
 
     def reset(self, start: str) -> None:
-        from . import sim
         import shutil
+
+        from . import sim
         shutil.rmtree(self.state, ignore_errors=True)
         self.state.mkdir()
         if start == "synced":
@@ -327,7 +328,7 @@ def check(log=print) -> tuple[int, int, list[str]]:
 
 
 def _first_difference(real: str, simulated: str) -> str:
-    for want, got in zip(real.splitlines(), simulated.splitlines()):
+    for want, got in zip(real.splitlines(), simulated.splitlines(), strict=False):
         if want != got:
             return f"kernel {want!r}, simulator {got!r}"
     return "the simulator's transcript is " + ("shorter" if len(simulated) < len(real) else "longer")

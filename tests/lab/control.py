@@ -12,12 +12,38 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
-from . import (APT_PROXY_PORT, CLIENT_KEY, FLEET_DISK_SIZE, GUEST, HOST_PYTHON, HOSTS, INVENTORY, KEYS, KNOWN_HOSTS, NETMASK,
-               RESOURCES, STATE_DIR, SWITCH_ADDRESS, SWITCH_BRIDGE, SWITCH_NS, WORK, fleet_vms, host_dir, netns)
-from . import config, guest, hosts, image, mirror, realguest, spaces
+from . import (
+    APT_PROXY_PORT,
+    CLIENT_KEY,
+    FLEET_DISK_SIZE,
+    GUEST,
+    HOST_PYTHON,
+    HOSTS,
+    INVENTORY,
+    KEYS,
+    KNOWN_HOSTS,
+    NETMASK,
+    RESOURCES,
+    STATE_DIR,
+    SWITCH_ADDRESS,
+    SWITCH_BRIDGE,
+    SWITCH_NS,
+    WORK,
+    config,
+    fleet_vms,
+    guest,
+    host_dir,
+    hosts,
+    image,
+    mirror,
+    netns,
+    realguest,
+    spaces,
+)
 from .spaces import LabError, alive, enter, run
 
 STATE = WORK / "lab.json"
@@ -205,7 +231,7 @@ def up(settings_: config.Settings | None = None) -> None:
             hosts.start_libvirt(pid)
             hosts.start_acpi_agent(host, pid)
     for host, h in state["hosts"].items():
-        spaces.wait_for(f"sshd on {host}", lambda: spaces.listening(h["pid"], 22), 10)
+        spaces.wait_for(f"sshd on {host}", lambda h=h: spaces.listening(h["pid"], 22), 10)
     state["up"] = True
     _save(state)
     try:
@@ -240,7 +266,11 @@ def down() -> None:
     _release_netns_dir()
     for loop in lab_loops():
         run(["losetup", "--detach", loop], check=False)
-    spaces.wait_for("the lab's loop devices to detach", lambda: not lab_loops(), 10)
+    try:
+        spaces.wait_for("the lab's loop devices to detach", lambda: not lab_loops(), 5)
+    except spaces.LabError:
+        _thaw_orphans(lab_loops())
+        spaces.wait_for("the lab's loop devices to detach", lambda: not lab_loops(), 10)
     for mount in lab_mounts():
         run(["umount", "--lazy", mount], check=False)
     for sub in ("hosts", "guests", "disks", "state"):
@@ -256,6 +286,19 @@ def _release_netns_dir() -> None:
         if mounted:
             run(["umount", netns_dir])
         netns_dir.rmdir()
+
+
+def _thaw_orphans(loops: list[str]) -> None:
+    """Thaw the file systems a killed run left frozen (fsfreeze in a guest that then died).
+
+    Their mount namespace is gone, but a frozen superblock cannot be released, so the loop
+    device stays open; mounting it again reaches the same superblock, which can then be thawed.
+    """
+    for loop in loops:
+        with tempfile.TemporaryDirectory(prefix="xenkvm-thaw-") as point:
+            if run(["mount", loop, point], check=False, timeout=20).returncode == 0:
+                run(["fsfreeze", "--unfreeze", point], check=False, timeout=10)
+                run(["umount", point], check=False, timeout=30)
 
 
 def lab_loops() -> list[str]:

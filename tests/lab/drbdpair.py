@@ -22,8 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from . import CLIENT_KEY, WORK
-from . import vms
+from . import CLIENT_KEY, WORK, vms
 
 DRBD_IMAGE = vms.ImageSpec("drbd", packages=("drbd-utils", "libvirt-clients"))
 PACEMAKER_IMAGE = vms.ImageSpec("drbd-pacemaker",
@@ -43,7 +42,7 @@ INVENTORY = WORK / "drbdpair" / "hosts.yml"
 def inventory() -> str:
     """The tool's inventory for the pair (absolute paths of this checkout)."""
     hosts = {}
-    for spec, role in zip(SPECS, ("xen", "kvm")):
+    for spec, role in zip(SPECS, ("xen", "kvm"), strict=True):
         hosts[spec.name] = {"address": spec.address, "role": role, "known_hosts": str(vms.KNOWN_HOSTS),
                             "identity_file": str(CLIENT_KEY), "proxy_command": vms.proxy_command(spec.address),
                             **({"toolstack": "xl"} if role == "xen" else {"libvirt_uri": "test:///default"})}

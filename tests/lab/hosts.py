@@ -16,9 +16,25 @@ import shutil
 import stat
 from pathlib import Path
 
-from . import (CACHE, GUEST, HOST_PYTHON, HOSTS, KEYS, LAB, REPO, RESOURCES, SWAP, SWITCH_BRIDGE, SWITCH_NS, NETMASK,
-               fleet_vms, host_dir, netns)
-from . import config, image
+from . import (
+    CACHE,
+    GUEST,
+    HOST_PYTHON,
+    HOSTS,
+    KEYS,
+    LAB,
+    NETMASK,
+    REPO,
+    RESOURCES,
+    SWAP,
+    SWITCH_BRIDGE,
+    SWITCH_NS,
+    config,
+    fleet_vms,
+    host_dir,
+    image,
+    netns,
+)
 from .sim import server
 from .spaces import daemon, enter, run, wait_for
 

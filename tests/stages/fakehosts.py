@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 from invoke import Result
 
+from tests.wire import bare
+
 XL_HEADER = "Name                                        ID   Mem VCPUs\tState\tTime(s)\n"
 WIPEFS_OFFSETS = {"swap": "0xff6", "ext4": "0x438", "LVM2_member": "0x218"}
 # `drbdadm get-gi` of a connected, synced 8.4 pair (measured; both sides alike but for the Primary flag)
@@ -143,7 +145,7 @@ class FakeHost:
         return LocalSession(self)
 
     def run(self, command: str, **kwargs) -> Result:
-        self.shared.log.append((self.name, command))
+        self.shared.log.append((self.name, bare(command)))
         argv = shlex.split(command)
         if argv[:1] == ["env"]:
             argv = argv[1:]
@@ -230,7 +232,7 @@ class FakeHost:
             return Result()
         if 'names="$names $1"' in script:
             directory, pairs = args[0], args[1:]
-            for name, staged in zip(pairs[::2], pairs[1::2]):
+            for name, staged in zip(pairs[::2], pairs[1::2], strict=False):
                 files[(self.name, f"{directory}/{name}")] = files.pop((self.name, staged))
             return Result()
         raise AssertionError(f"unexpected script {script!r}")

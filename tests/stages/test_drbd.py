@@ -16,7 +16,7 @@ import subprocess
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from invoke import Config, Context, MockContext, Result
+from invoke import Config, Context, Result
 
 from tasks import drbd
 from tasks.errors import GuardError, InputError, ToolError
@@ -24,8 +24,10 @@ from tasks.formats.drbdconf import render_drbd_resource
 from tasks.formats.drbdstatus import DrbdState, parse_drbdadm_status
 from tasks.inventory import VM, Host, Inventory, LocalDisk, ReplicatedDisk
 from tasks.remote import Remote, RemoteError, Site, join
+from tasks.ssh import ConnectError
 from tests.conftest import REPO
 from tests.realdrbd import drbdadm, needs_drbdadm
+from tests.wire import LOCALE, HostMock, bare
 
 RES = ("logger-system", "logger-var")
 STATUS = "drbdadm status logger-system logger-var"
@@ -52,7 +54,7 @@ VM_ = make_vm()
 
 
 def remote(name: str, run: dict, dry_run: bool = False) -> Remote:
-    return Remote(name, MockContext(run=dict(run)), dry_run=dry_run)   # MockContext rewrites the dict it gets
+    return Remote(name, HostMock(run=dict(run)), dry_run=dry_run)   # MockContext rewrites the dict it gets
 
 
 # What a host without Pacemaker, Ganeti or LINSTOR answers to drbd.cluster_claims' probes.
@@ -69,7 +71,7 @@ WRITE = "<file write>"     # how sent() shows a command fed from stdin (Remote.w
 
 def sent(r: Remote) -> list[str]:
     """Every command the host received, in order."""
-    return [WRITE if call.kwargs.get("in_stream") else call.args[0] for call in r.conn.run.call_args_list]
+    return [WRITE if call.kwargs.get("in_stream") else bare(call.args[0]) for call in r.conn.run.call_args_list]
 
 
 def written(r: Remote) -> list[str]:
@@ -84,9 +86,9 @@ def changes(commands: list[str]) -> list[str]:
 
 def read_cmd(path: str) -> str:
     """The probe Remote.read_file sends for `path`, taken from Remote itself."""
-    recorder = MockContext(run={re.compile(".*"): Result(exited=66)})
+    recorder = HostMock(run={re.compile(".*"): Result(exited=66)})
     Remote("any", recorder).read_file(path)
-    return recorder.run.call_args.args[0]
+    return bare(recorder.run.call_args.args[0])
 
 
 # --- status texts: the corpus, renamed ---------------------------------------------
@@ -488,7 +490,7 @@ def test_promote_sends_one_primary_naming_every_secondary_resource(capsys):
                         "drbdadm primary logger-system logger-var": Result()})
     assert drbd.promote(r, VM_, "kvm1") == list(RES)
     assert sent(r) == [STATUS, "drbdadm primary logger-system logger-var"]
-    assert "* kvm1: drbdadm primary logger-system logger-var ... ok" in capsys.readouterr().out
+    assert "* kvm1: env LC_ALL=C drbdadm primary logger-system logger-var ... ok" in capsys.readouterr().out
 
 
 def test_promote_is_idempotent():
@@ -541,7 +543,7 @@ def xen1(run=None, unreachable=False) -> tuple[drbd.OtherHost, list[Remote]]:
 
     def connect() -> Remote:       # one connection per run, as Site keeps it
         if unreachable:
-            raise ToolError("xen1: cannot connect to root@192.0.2.11:22: [Errno 113] No route to host")
+            raise ConnectError("xen1", "cannot connect to root@192.0.2.11:22: [Errno 113] No route to host")
         if not opened:
             opened.append(remote("xen1", run))
         return opened[0]
@@ -615,7 +617,7 @@ def test_promote_dry_run_sends_only_the_probe(capsys):
     assert sent(r) == [STATUS]
     out = capsys.readouterr().out
     assert [ln for ln in out.splitlines() if "would run" in ln] == \
-        ["  would run on kvm1: drbdadm primary logger-system logger-var"]
+        ["  would run on kvm1: env LC_ALL=C drbdadm primary logger-system logger-var"]
 
 
 def test_promote_failure_of_the_batched_command_raises_naming_it(capsys):
@@ -625,12 +627,12 @@ def test_promote_failure_of_the_batched_command_raises_naming_it(capsys):
                                                "access to UpToDate data\n", exited=17)})
     with pytest.raises(RemoteError) as info:
         drbd.promote(r, VM_, "kvm1")
-    assert info.value.exit_code == 17 and info.value.command == batched
-    assert str(info.value) == (f"kvm1: `{batched}` failed (exit 17): "
+    assert info.value.exit_code == 17 and info.value.command == LOCALE + batched
+    assert str(info.value) == (f"kvm1: `{LOCALE}{batched}` failed (exit 17): "
                                f"logger-var: State change failed: (-2) Need access to UpToDate data")
     assert sent(r) == [STATUS, batched]
     out = capsys.readouterr().out
-    assert f"* kvm1: {batched} ... FAILED" in out
+    assert f"* kvm1: {LOCALE}{batched} ... FAILED" in out
     assert "already done" not in out
 
 
@@ -657,33 +659,33 @@ def primaries():
     return both(drbd9("logger-system", role="Primary"), drbd9("logger-var", role="Primary"))
 
 
-def test_demote_tries_again_while_a_device_is_held_open_for_a_moment(monkeypatch, capsys):
+def test_demote_tries_again_while_a_device_is_held_open_for_a_moment(mocker, capsys):
     pauses = []
     r = remote("xen1", {STATUS: primaries(), BOTH_SECONDARY: [HELD, HELD, Result()]})
-    monkeypatch.setattr(r.interruption, "sleep", pauses.append)
+    mocker.patch.object(r.interruption, "sleep", pauses.append)
     assert drbd.demote(r, VM_, "xen1", domain_running=False) == list(RES)
     assert sent(r) == [STATUS] + [BOTH_SECONDARY] * 3
     assert pauses == list(drbd.HELD_OPEN_PAUSES[:2])
     assert "xen1: logger-system, logger-var held open by someone, trying again in 0.25s" in capsys.readouterr().out
 
 
-def test_demote_gives_up_when_the_device_stays_held_open(monkeypatch):
+def test_demote_gives_up_when_the_device_stays_held_open(mocker):
     pauses = []
     tries = len(drbd.HELD_OPEN_PAUSES) + 1
     r = remote("xen1", {STATUS: primaries(), BOTH_SECONDARY: [HELD] * tries})
-    monkeypatch.setattr(r.interruption, "sleep", pauses.append)
+    mocker.patch.object(r.interruption, "sleep", pauses.append)
     with pytest.raises(RemoteError) as info:
         drbd.demote(r, VM_, "xen1", domain_running=False)
-    assert str(info.value) == (f"xen1: `{BOTH_SECONDARY}` failed (exit 11): logger-system: State change failed: "
+    assert str(info.value) == (f"xen1: `{LOCALE}{BOTH_SECONDARY}` failed (exit 11): logger-system: State change failed: "
                                f"(-12) Device is held open by someone (still after 9.75s)")
     assert sent(r) == [STATUS] + [BOTH_SECONDARY] * tries
     assert 8 <= sum(pauses) <= 12
 
 
-def test_demote_fails_at_once_on_any_other_refusal(monkeypatch):
+def test_demote_fails_at_once_on_any_other_refusal(mocker):
     r = remote("xen1", {STATUS: primaries(),
                         BOTH_SECONDARY: Result(stderr="logger-system: No such resource\n", exited=10)})
-    monkeypatch.setattr(r.interruption, "sleep", lambda s: pytest.fail("no retry expected"))
+    mocker.patch.object(r.interruption, "sleep", lambda s: pytest.fail("no retry expected"))
     with pytest.raises(RemoteError):
         drbd.demote(r, VM_, "xen1", domain_running=False)
     assert sent(r) == [STATUS, BOTH_SECONDARY]
@@ -696,7 +698,7 @@ def test_demote_dry_run_sends_only_the_probe(capsys):
     assert sent(r) == [STATUS]
     out = capsys.readouterr().out
     assert [ln for ln in out.splitlines() if "would run" in ln] == \
-        ["  would run on xen1: drbdadm secondary logger-system logger-var"]
+        ["  would run on xen1: env LC_ALL=C drbdadm secondary logger-system logger-var"]
 
 
 # --- wait_sync ----------------------------------------------------------------------
@@ -807,7 +809,7 @@ def host_run(status, files: dict[str, str] | None = None, extra: dict | None = N
 
 def make_site(runs: dict[str, dict], dry_run: bool = False, vm: VM = VM_) -> Site:
     inv = Inventory(path="test.yml", hosts=HOSTS, vms={vm.name: vm})
-    return Site(inv, dry_run=dry_run, connect=lambda name, *a, **k: MockContext(run=dict(runs[name])))
+    return Site(inv, dry_run=dry_run, connect=lambda name, *a, **k: HostMock(run=dict(runs[name])))
 
 
 def test_setup_from_scratch_sends_exactly_this(capsys):
@@ -883,7 +885,7 @@ def test_setup_adjusts_a_resource_that_is_up_when_its_file_changed(dry_run, caps
     for h in ("xen1", "kvm1"):
         if dry_run:
             assert changes(sent(site.host(h))) == []
-            assert all(f"would run on {h}: {cmd}" in out for cmd in adjust)
+            assert all(f"would run on {h}: {LOCALE}{cmd}" in out for cmd in adjust)
         else:
             assert changes(sent(site.host(h))) == [WRITE, WRITE, *adjust]
             assert written(site.host(h)) == list(render_drbd_resource(VM_, HOSTS, "9.1.17").values())
@@ -980,8 +982,8 @@ def test_setup_dry_run_sends_only_probes(capsys):
         assert sent(site.host(h)) == ["drbdadm --version", *reads, STATUS, "drbdadm status logger-var",
                                       blkid(meta(0)), blkid(meta(1))]
     out = capsys.readouterr().out
-    assert "would run on kvm1: drbdadm create-md --force logger-var" in out
-    assert "would run on xen1: drbdadm up logger-system" in out
+    assert "would run on kvm1: env LC_ALL=C drbdadm create-md --force logger-var" in out
+    assert "would run on xen1: env LC_ALL=C drbdadm up logger-system" in out
     assert "+resource \"logger-var\" {" in out
 
 
@@ -1063,21 +1065,19 @@ def test_promote_and_demote_need_one_of_the_vms_hosts(tmp_path, task):
         task(inventory_file(tmp_path), vm="logger", host="kvm9")
 
 
-@pytest.mark.parametrize("host, module", [("kvm1", "kvmhost"), ("xen1", "xenhost")])
-def test_demote_task_asks_that_hosts_stage_whether_the_domain_runs(tmp_path, monkeypatch, host, module):
-    import importlib
+@pytest.mark.parametrize("host, kind", [("kvm1", "KvmHost"), ("xen1", "XenHost")])
+def test_demote_task_asks_that_hosts_hypervisor_whether_the_domain_runs(tmp_path, mocker, host, kind):
+    from tasks import hypervisors
 
     c = inventory_file(tmp_path)
-    asked = []
-    monkeypatch.setattr(importlib.import_module(f"tasks.{module}"), "domain_running",
-                        lambda remote, h, name: asked.append((remote.name, h.name, name)) or True)
+    running = mocker.patch.object(getattr(hypervisors, kind), "running", return_value=True)
     status = both(drbd9("logger-system", role="Primary"), drbd9("logger-var", role="Primary"))
-    monkeypatch.setattr(drbd, "site_from_context",
-                        lambda c, inv, dry_run: Site(inv, dry_run=dry_run, connect=lambda *a, **k: MockContext(
+    mocker.patch.object(drbd, "site_from_context",
+                        lambda c, inv, dry_run: Site(inv, dry_run=dry_run, connect=lambda *a, **k: HostMock(
                             run={STATUS: status, **NO_CLUSTER_MANAGER})))
     with pytest.raises(GuardError, match=f"still runs on {host}"):
         drbd.demote_task(c, vm="logger", host=host)
-    assert asked == [(host, host, "logger")]
+    running.assert_called_once_with("logger")
 
 
 VERSION84 = VERSION9.replace("DRBD_KERNEL_VERSION_CODE=0x090111", "DRBD_KERNEL_VERSION_CODE=0x08040b")
@@ -1096,7 +1096,7 @@ def real_dump(tmp_path, written_for: str, hostname: str = "xen1") -> Result:
 
 def status_site(mocker, runs):
     mocker.patch.object(drbd, "site_from_context",
-                        lambda c, inv, dry_run=False: Site(inv, connect=lambda name, *a, **k: MockContext(
+                        lambda c, inv, dry_run=False: Site(inv, connect=lambda name, *a, **k: HostMock(
                             run=runs[name])))
 
 
@@ -1109,7 +1109,7 @@ def test_status_task_prints_a_table_and_the_host_it_could_not_read(tmp_path, moc
                      "drbdadm --version": Result(VERSION9), DUMP: real_dump(tmp_path, "9")},
             "kvm1": {STATUS: Result(stderr="ssh: connect to host kvm1 port 22: No route to host\n", exited=255)}}
     status_site(mocker, runs)
-    with pytest.raises(drbd.ToolError, match="could not read the DRBD state on 1 host"):
+    with pytest.raises(ToolError, match="could not read the DRBD state on 1 host"):
         drbd.status(c, vm="logger")
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["RESOURCE", "HOST", "ROLE", "PEER", "ROLE", "CONNECTION", "DISK", "PEER", "DISK",
@@ -1149,7 +1149,7 @@ def test_status_shows_the_states_of_a_host_whose_configuration_cannot_be_read(tm
             "kvm1": {STATUS: both(drbd9("logger-system", peer_role="Primary"), drbd9("logger-var", peer_role="Primary")),
                      "drbdadm --version": Result(VERSION84)}}
     status_site(mocker, runs)
-    with pytest.raises(drbd.ToolError, match="could not read the DRBD state on 1 host"):
+    with pytest.raises(ToolError, match="could not read the DRBD state on 1 host"):
         drbd.status(c, vm="logger")
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in lines[1:5]] == [[r, h] for h in ("xen1", "kvm1") for r in RES]

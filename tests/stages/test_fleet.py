@@ -11,8 +11,12 @@ from invoke import Config, Context
 
 from tasks import flows
 from tasks.errors import InputError, ToolError
+from tasks.fleet import HostSlots, select_vms
+from tasks.hypervisors import KvmHost
+from tasks.interrupt import Interruption
 from tasks.inventory import parse_inventory
 from tasks.remote import AuditLog, Site
+from tasks.ssh import ConnectError
 from tests.conftest import REPO
 from tests.seed import SEED_CFG
 from tests.stages.fakehosts import FakeHost, Shared
@@ -50,7 +54,7 @@ def cfg_of(name: str, n: int) -> str:
 
 
 @pytest.fixture
-def fleet(tmp_path, monkeypatch, request):
+def fleet(tmp_path, mocker, request):
     inv = fleet_inventory(max_starts=getattr(request, "param", None))
     resources = {vm.name: [d.resource for d in vm.resources] for vm in inv.vms.values()}
     every = [r for rs in resources.values() for r in rs]
@@ -67,15 +71,14 @@ def fleet(tmp_path, monkeypatch, request):
         return Site(inventory, dry_run=dry_run, audit=AuditLog(tmp_path / "audit.jsonl"),
                     connect=lambda label, *a, **k: hosts[label], interruption=interruption)
 
-    monkeypatch.setattr(flows, "site_from_context", site_for)
+    mocker.patch.object(flows, "site_from_context", site_for)
     c = Context(Config(overrides={"state_dir": str(tmp_path / "state")}))
 
     def run(vms=None, **kw):
-        options = dict(to=None, from_host=None, timeout=0.2, force=False, dry_run=False, parallel=2,
-                       fail_fast=False)
+        options = dict(to=None, timeout=0.2, force=False, dry_run=False, parallel=2, fail_fast=False)
         options.update(kw)
         chosen = [inv.vm(n) for n in (vms or NAMES)]
-        return flows.run_fleet(c, inv, chosen, **options)
+        return flows.migrate_vms(c, inv, chosen, **options)
 
     return inv, shared, run, opened
 
@@ -89,7 +92,7 @@ def test_every_vm_lands_over_one_site(fleet, capsys):
     assert shared.violations == []
     assert len(opened) == 1, "one Site, so one connection per host for the whole fleet"
     out = capsys.readouterr().out
-    assert "[web] * kvm1: env LANG=C virsh -c qemu:///system start web ... ok" in out
+    assert "[web] * kvm1: env LC_ALL=C virsh -c qemu:///system start web ... ok" in out
 
 
 def test_one_failure_rolls_back_that_vm_only(fleet):
@@ -122,11 +125,13 @@ def test_a_vm_already_at_the_target_is_left_alone(fleet):
     assert not any("web" in cmd and ("shutdown" in cmd or "start" in cmd) for _, cmd in shared.log)
 
 
-def test_from_host_moves_every_vm_off_it(fleet):
+def test_from_host_moves_every_vm_off_it(fleet, mocker, tmp_path):
     inv, shared, run, _ = fleet
-    assert sorted(vm.name for vm in flows.select_vms(inv, None, False, "xen1")) == sorted(NAMES)
-    outcomes = run(from_host="xen1")
-    assert all(o.ok and o.runs_on == ["kvm1"] for o in outcomes)
+    assert sorted(vm.name for vm in select_vms(inv, None, False, "xen1")) == sorted(NAMES)
+    mocker.patch.object(flows.inventory, "from_context", return_value=inv)
+    flows.migrate(Context(Config(overrides={"state_dir": str(tmp_path / "state")})), from_host="xen1",
+                  timeout=0.2)
+    assert shared.kvm_running == set(NAMES) and not shared.xen_running
 
 
 @pytest.mark.parametrize("vm, all_vms, from_host, message", [
@@ -137,12 +142,12 @@ def test_from_host_moves_every_vm_off_it(fleet):
 ])
 def test_selection_mistakes_are_one_line(vm, all_vms, from_host, message):
     with pytest.raises(InputError, match=message):
-        flows.select_vms(fleet_inventory(), vm, all_vms, from_host)
+        select_vms(fleet_inventory(), vm, all_vms, from_host)
 
 
 def test_host_slots_limit_concurrent_vms_per_host():
     inv = fleet_inventory(max_parallel=1)
-    slots = flows.HostSlots(inv, flows.Interruption())
+    slots = HostSlots(inv, Interruption())
     inside, peak = [0], [0]
     lock = threading.Lock()
 
@@ -164,7 +169,7 @@ def test_host_slots_limit_concurrent_vms_per_host():
 
 
 def test_a_start_beyond_max_starts_says_it_waits_and_waits(capsys):
-    slots = flows.HostSlots(fleet_inventory(max_starts=1), flows.Interruption())
+    slots = HostSlots(fleet_inventory(max_starts=1), Interruption())
     first_in, first_may_leave = threading.Event(), threading.Event()
 
     def first():
@@ -191,11 +196,11 @@ def test_a_start_beyond_max_starts_says_it_waits_and_waits(capsys):
         pass
 
 
-def _count_overlapping_starts(monkeypatch, hold) -> list[int]:
+def _count_overlapping_starts(mocker, hold) -> list[int]:
     """Each KVM start calls hold() before it runs; returns [peak of starts at once]."""
     inside, peak = [0], [0]
     lock = threading.Lock()
-    real_start = flows.kvmhost.start_domain
+    real_start = KvmHost.start
 
     def held_start(*args, **kwargs):
         with lock:
@@ -206,23 +211,23 @@ def _count_overlapping_starts(monkeypatch, hold) -> list[int]:
             inside[0] -= 1
         return real_start(*args, **kwargs)
 
-    monkeypatch.setattr(flows.kvmhost, "start_domain", held_start)
+    mocker.patch.object(KvmHost, "start", autospec=True, side_effect=held_start)
     return peak
 
 
-def test_without_max_starts_a_fleet_starts_its_domains_together(fleet, monkeypatch):
+def test_without_max_starts_a_fleet_starts_its_domains_together(fleet, mocker):
     inv, shared, run, _ = fleet
     all_three = threading.Barrier(len(NAMES), timeout=10)   # broken, and the starts fail, unless together
-    peak = _count_overlapping_starts(monkeypatch, all_three.wait)
+    peak = _count_overlapping_starts(mocker, all_three.wait)
     assert all(o.ok for o in run(parallel=3))
     assert peak[0] == len(NAMES)
 
 
 @pytest.mark.parametrize("fleet", [1], indirect=True)
-def test_max_starts_queues_the_starts_of_a_host_and_every_vm_lands(fleet, monkeypatch):
+def test_max_starts_queues_the_starts_of_a_host_and_every_vm_lands(fleet, mocker):
     inv, shared, run, _ = fleet
     assert inv.host("kvm1").max_starts == 1
-    peak = _count_overlapping_starts(monkeypatch, lambda: time.sleep(0.1))
+    peak = _count_overlapping_starts(mocker, lambda: time.sleep(0.1))
     outcomes = run(parallel=3)
     assert [(o.vm, o.ok, o.runs_on) for o in outcomes] == [(n, True, ["kvm1"]) for n in NAMES]
     assert peak[0] == 1
@@ -253,7 +258,7 @@ def status_of(fleet, tmp_path, mocker, capsys):
         def connect(label, *args, **kw):
             attempts.append(label)
             if label in down:
-                raise ToolError(f"{label}: cannot connect to root@{label}:22: the proxy command exited")
+                raise ConnectError(label, f"cannot connect to root@{label}:22: the proxy command exited")
             return FakeHost(label, inv.host(label).role, ({"xen1", "kvm1"} - {label}).pop(), shared)
 
         mocker.patch.object(flows.inventory, "from_context", return_value=inv)

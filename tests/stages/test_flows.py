@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import threading
 
 import pytest
@@ -13,10 +14,12 @@ import pytest
 from tasks import flows
 from tasks.errors import GuardError, ToolError
 from tasks.inventory import load_inventory
+from tasks.journal import UNDO_OPS, Journal, JournalError, VmLock
 from tasks.remote import AuditLog, RemoteError, Site
 from tests.conftest import REPO
 from tests.seed import SEED_CFG as CFG
 from tests.stages.fakehosts import FakeHost, Shared
+from tests.wire import bare
 
 RESOURCES = ("logger-system", "logger-var")
 
@@ -62,8 +65,8 @@ def world(tmp_path):
             if not self.audit.exists():
                 return []
             entries = [json.loads(line) for line in self.audit.read_text().splitlines()]
-            return [f"{e['host']}: {e['command']}" for e in entries if e["kind"] == "change"
-                    and not e["command"].startswith(("mkdir", "sh -c"))]
+            return [f"{e['host']}: {bare(e['command'])}" for e in entries if e["kind"] == "change"
+                    and not bare(e["command"]).startswith(("mkdir", "sh -c"))]
 
         def where(self):
             return (sorted(shared.xen_running), sorted(shared.kvm_running),
@@ -76,14 +79,14 @@ ON_XEN = (["logger"], [], {r: ("Primary", "Secondary") for r in RESOURCES})
 ON_KVM = ([], ["logger"], {r: ("Secondary", "Primary") for r in RESOURCES})
 
 TO_KVM = [
-    "kvm1: env LANG=C virsh -c qemu:///system define --validate /var/lib/xenkvm/logger.xml",
+    "kvm1: virsh -c qemu:///system define --validate /var/lib/xenkvm/logger.xml",
     "xen1: xl shutdown logger",
     "xen1: drbdadm secondary logger-system logger-var",
     "kvm1: drbdadm primary logger-system logger-var",
-    "kvm1: env LANG=C virsh -c qemu:///system start logger",
+    "kvm1: virsh -c qemu:///system start logger",
 ]
 TO_XEN = [
-    "kvm1: env LANG=C virsh -c qemu:///system shutdown logger",
+    "kvm1: virsh -c qemu:///system shutdown logger",
     "kvm1: drbdadm secondary logger-system logger-var",
     "xen1: drbdadm primary logger-system logger-var",
     "xen1: xl create /etc/xen/auto/logger.cfg",
@@ -137,9 +140,9 @@ def test_the_downtime_holds_the_switch_and_the_promotion_guard_only(world):
     status (the guard against two Primaries), promote; no other probe."""
     assert world.move("kvm").ok
     entries = [json.loads(line) for line in world.audit.read_text().splitlines()]
-    sent = [f"{e['host']}: {e['command']}" for e in entries]
+    sent = [f"{e['host']}: {bare(e['command'])}" for e in entries]
     gone = max(i for i, c in enumerate(sent) if c == "xen1: xl list")
-    start = sent.index("kvm1: env LANG=C virsh -c qemu:///system start logger")
+    start = sent.index("kvm1: virsh -c qemu:///system start logger")
     assert sent[gone + 1:start] == ["xen1: drbdadm secondary logger-system logger-var",
                                     "kvm1: drbdadm status logger-system logger-var",
                                     "kvm1: drbdadm primary logger-system logger-var"]
@@ -161,9 +164,45 @@ def test_dry_run_sends_no_change_and_prints_the_plan(world, capsys):
     assert world.changes() == []
     assert world.where() == ON_XEN
     out = capsys.readouterr().out
-    assert "1. define logger on kvm1" in out and "2. shut logger down on xen1" in out
-    assert "5. start logger on kvm1" in out
+    assert "  1. define logger on kvm1\n" in out and "  2. shut logger down on xen1\n" in out
+    assert "  5. start logger on kvm1\n" in out
     assert "would run on kvm1:" in out and "+++ kvm1:/var/lib/xenkvm/logger.xml (new)" in out
+
+
+def planned_commands(out: str) -> list[str]:
+    """The commands a printed plan names, `HOST: COMMAND`, in order."""
+    plan = out.split("plan:\n", 1)[1]
+    return [line.strip() for line in plan.splitlines() if line.startswith("       ") and ": " in line
+            and not line.strip().startswith("then ")]
+
+
+def sent_changes(entries: list[dict]) -> list[str]:
+    """The change commands an audit log recorded, `HOST: COMMAND`; a file write as `write PATH`."""
+    shown = []
+    for e in entries:
+        if e["kind"] != "change":
+            continue
+        argv = shlex.split(e["command"])
+        write = argv[2:4] == ["sh", "-c"] and "mktemp" in argv[4]
+        shown.append(f"{e['host']}: {'write ' + argv[6] if write else e['command']}")
+    return shown
+
+
+@pytest.mark.parametrize("to", ["kvm", "xen"])
+def test_a_dry_runs_plan_is_exactly_what_the_move_then_sends(world, capsys, to):
+    """--dry-run prints each step's commands as they are sent, sudo and locale included."""
+    world.shared.signatures[("xen1", SWAP)] = dict(XEN_SWAP)
+    if to == "xen":
+        assert world.move("kvm").ok
+        world.audit.unlink()
+    capsys.readouterr()
+    assert world.move(to, dry_run=True).ok
+    plan = planned_commands(capsys.readouterr().out)
+    world.audit.unlink()
+    assert world.move(to).ok
+    entries = [json.loads(line) for line in world.audit.read_text().splitlines()]
+    assert sent_changes(entries) == plan
+    assert len(plan) == (7 if to == "kvm" else 4)
 
 
 SWAP = "/dev/vg_main/logger-swap"
@@ -220,8 +259,9 @@ def test_dry_run_shows_the_swap_step_and_formats_nothing(world, capsys):
     assert world.move("kvm", dry_run=True).ok
     assert ("kvm1", SWAP) not in world.shared.signatures
     out = capsys.readouterr().out
-    assert f"2. give kvm1:{SWAP} the UUID of logger's swap: mkswap -U {XEN_SWAP['UUID']} {SWAP}" in out
-    assert f"would run on kvm1: mkswap -U {XEN_SWAP['UUID']} {SWAP}" not in out
+    assert (f"  2. give kvm1:{SWAP} the UUID of logger's swap\n"
+            f"       kvm1: env LC_ALL=C mkswap -U {XEN_SWAP['UUID']} {SWAP}\n") in out
+    assert f"would run on kvm1: env LC_ALL=C mkswap -U {XEN_SWAP['UUID']} {SWAP}" not in out
 
 
 def test_match_swap_by_hand_formats_the_kvm_hosts_swap_once(world, capsys):
@@ -239,7 +279,7 @@ def test_match_swap_dry_run_shows_the_mkswap_only(world, capsys):
     world.shared.signatures[("xen1", SWAP)] = dict(XEN_SWAP)
     assert flows.match_swaps(world.site(dry_run=True), world.inv, world.inv.vm("logger"), "kvm")
     assert world.changes() == [] and ("kvm1", SWAP) not in world.shared.signatures
-    assert f"would run on kvm1: mkswap -U {XEN_SWAP['UUID']} {SWAP}" in capsys.readouterr().out
+    assert f"would run on kvm1: env LC_ALL=C mkswap -U {XEN_SWAP['UUID']} {SWAP}" in capsys.readouterr().out
 
 
 def test_match_swap_refuses_on_the_side_where_the_guest_runs(world):
@@ -345,7 +385,7 @@ def test_a_ganeti_node_that_does_not_know_the_vm_lets_it_move(world):
 
 
 def _fault_points(sequence):
-    return [(line.split(": ", 1)[0], line.split(": ", 1)[1].removeprefix("env LANG=C ")) for line in sequence]
+    return [(line.split(": ", 1)[0], line.split(": ", 1)[1]) for line in sequence]
 
 
 @pytest.mark.parametrize("host, command", _fault_points(TO_KVM))
@@ -378,7 +418,7 @@ def test_undo_runs_in_reverse_order(world):
         "kvm1: drbdadm secondary logger-system logger-var",
         "xen1: drbdadm primary logger-system logger-var",
         "xen1: xl create /etc/xen/auto/logger.cfg",
-        "kvm1: env LANG=C virsh -c qemu:///system undefine logger",
+        "kvm1: virsh -c qemu:///system undefine logger",
     ]
 
 
@@ -408,17 +448,17 @@ def test_the_start_step_refuses_while_the_source_is_not_known_stopped(world):
 
 def _undo_start(world):
     ctx = flows.Ctx(world.site(), world.inv, world.inv.vm("logger"), timeout=0.2)
-    flows.run_undo(ctx, {"op": "start", "side": "xen"})
+    UNDO_OPS["start"](ctx, {"op": "start", "side": "xen"})
 
 
 def test_the_undo_restart_probes_the_guards_facts(world):
     world.shared.xen_running.clear()
     _undo_start(world)
     probes = [json.loads(line) for line in world.audit.read_text().splitlines()]
-    sent = [f"{e['host']}: {e['command']}" for e in probes]
+    sent = [f"{e['host']}: {bare(e['command'])}" for e in probes]
     assert sent[-1] == "xen1: xl create /etc/xen/auto/logger.cfg"
     assert {"xen1: drbdadm status logger-system logger-var",
-            "kvm1: env LANG=C virsh -c qemu:///system list --all"} <= set(sent[:-1])
+            "kvm1: virsh -c qemu:///system list --all"} <= set(sent[:-1])
 
 
 @pytest.mark.parametrize("setup, message", [
@@ -482,7 +522,7 @@ def test_killed_run_then_rollback(world, command):
 
 
 def test_second_concurrent_run_is_refused(world):
-    lock = flows.VmLock(world.tmp / "locks", "logger")
+    lock = VmLock(world.tmp / "locks", "logger")
     with lock:
         errors = []
 
@@ -563,7 +603,7 @@ def test_a_broken_journal_is_one_line_naming_it_and_nothing_moves(world, raw, pr
     journal.write_bytes(raw)
     with pytest.raises(ToolError) as info:
         {"rollback": world.rollback, "move": lambda: world.move("kvm"),
-         "status": lambda: flows.Journal.load(journal.parent, "logger")}[run]()
+         "status": lambda: Journal.load(journal.parent, "logger")}[run]()
     assert type(info.value) is ToolError
     assert str(info.value).startswith(f"{journal}: not a journal this tool can use (")
     assert problem in str(info.value)
@@ -804,7 +844,7 @@ def test_a_stop_during_the_shutdown_wait_restarts_the_guest_once_it_is_down(worl
     outcome = _move_on(world, site, "kvm")
     assert not outcome.ok and outcome.runs_on == ["xen1"]
     assert world.changes() == [TO_KVM[0], "xen1: xl shutdown logger", "xen1: xl create /etc/xen/auto/logger.cfg",
-                               "kvm1: env LANG=C virsh -c qemu:///system undefine logger"]
+                               "kvm1: virsh -c qemu:///system undefine logger"]
     assert world.where() == ON_XEN
     assert world.shared.violations == []
 
@@ -819,7 +859,7 @@ def test_a_command_that_never_answers_fails_its_step_in_one_line_and_is_undone(w
     site = _site_with(world, "kvm1", "drbdadm primary logger-system logger-var", hang)
     outcome = _move_on(world, site, "kvm")
     assert not outcome.ok and outcome.runs_on == ["xen1"]
-    assert ("kvm1: `drbdadm primary logger-system logger-var` gave no answer within 60s "
+    assert ("kvm1: `env LC_ALL=C drbdadm primary logger-system logger-var` gave no answer within 60s "
             "(it may still be running there)") in outcome.message
     assert world.where() == ON_XEN and world.shared.violations == []
 
@@ -862,20 +902,20 @@ def test_a_start_refused_by_its_host_leaves_a_domain_someone_else_started(world)
     assert "logger" in world.shared.kvm_running
 
 
-def test_a_journal_that_cannot_be_written_stops_the_move_and_undoes_it(world, monkeypatch):
+def test_a_journal_that_cannot_be_written_stops_the_move_and_undoes_it(world, mocker):
     """A full disk on the control machine after the shutdown: the step after it cannot be
     recorded, so it does not start; the undo runs without its records and says so."""
     saves = []
-    real_save = flows.Journal.save
+    real_save = Journal.save
 
     def save(journal):
         saves.append(1)
         if any("xl shutdown" in c for _h, c in world.shared.log):
-            raise flows.JournalError("the journal /state/journal/logger.json cannot be written "
+            raise JournalError("the journal /state/journal/logger.json cannot be written "
                                      "(No space left on device)")
         real_save(journal)
 
-    monkeypatch.setattr(flows.Journal, "save", save)
+    mocker.patch.object(Journal, "save", save)
     site = world.site()
     outcome = _move_on(world, site, "kvm")
     assert not outcome.ok and outcome.runs_on == ["xen1"]
@@ -895,7 +935,7 @@ def test_an_audit_log_that_cannot_be_written_stops_the_move_and_the_undo_logs_to
     assert "cannot be written" in outcome.message
     assert world.where() == ON_XEN and world.shared.violations == []
     err = capsys.readouterr().err
-    assert '"command": "xl create /etc/xen/auto/logger.cfg"' in err, "the undo's records went to stderr"
+    assert '"command": "env LC_ALL=C xl create /etc/xen/auto/logger.cfg"' in err, "the undo's records went to stderr"
 
 
 def test_a_second_control_machine_is_refused_by_the_lock_on_the_xen_host(world):

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from invoke import Context, MockContext, Result
 
 from tasks import guest as stage
+from tasks import vmplan
 from tasks.diskmap import MappedDisk, plan_disk_map
 from tasks.errors import GuardError, InputError
 from tasks.formats.bootloader import convert_default_grub, convert_menu_lst
@@ -24,8 +25,9 @@ from tasks.formats.fstab import convert_fstab
 from tasks.formats.getty import GuestConsoleFacts
 from tasks.formats.inittab import convert_inittab, convert_securetty
 from tasks.formats.xencfg import parse_xen_cfg
-from tasks.inventory import Host, Inventory, LocalDisk, ReplicatedDisk, VM, parse_inventory
+from tasks.inventory import VM, Host, Inventory, LocalDisk, ReplicatedDisk, parse_inventory
 from tasks.remote import Remote, Site
+from tests.wire import HostMock, bare
 
 REPO = Path(__file__).resolve().parents[2]
 READ = 'if [ -e "$1" ]; then cat -- "$1"; else exit 66; fi'
@@ -236,7 +238,7 @@ LENNY_BOOT_AFTER = sorted(LENNY_BOOT + ["System.map-2.6.26-2-amd64", "config-2.6
 
 
 def policy(package: str, candidate: str | None) -> Result:
-    """`LANG=C apt-cache policy PKG` as lenny's apt prints it (nothing at all for an unknown name)."""
+    """`apt-cache policy PKG` (C locale) as lenny's apt prints it (nothing at all for an unknown name)."""
     if candidate is None:
         return Result(stdout="")
     return Result(stdout=f"{package}:\n  Installed: (none)\n  Candidate: {candidate}\n  Version table:\n"
@@ -352,7 +354,7 @@ def guest_ctx(files: dict[str, str | None], probes: dict[str, Result]) -> MockCo
         run[shlex.join(["sh", "-c", stage.WITH_WHOLE_DISK_NAME, "sh", stage.DEVICE_MAP, "/dev/xvda2",
                         *install.split()])] = Result()
     run.update(probes)   # last: a test may make any command answer otherwise
-    return MockContext(run=run)
+    return HostMock(run=run)
 
 
 def lenny(after_first_run: dict[str, str] | None = None, kernel_candidates=(None, "2.6.26+17+lenny1"),
@@ -380,9 +382,9 @@ def lenny(after_first_run: dict[str, str] | None = None, kernel_candidates=(None
         "test -d /etc/initramfs-tools": Result(),
         "test -b /dev/xvda2": Result(),
         "grub-install --version": Result(stdout="grub-install (GRUB) 1.96+20080724-16\n"),
-        "env LANG=C apt-cache policy linux-image-amd64": policy("linux-image-amd64", kernel_candidates[0]),
-        "env LANG=C apt-cache policy linux-image-2.6-amd64": policy("linux-image-2.6-amd64", kernel_candidates[1]),
-        "env LANG=C apt-cache policy grub-pc": policy("grub-pc", grub_candidate),
+        "apt-cache policy linux-image-amd64": policy("linux-image-amd64", kernel_candidates[0]),
+        "apt-cache policy linux-image-2.6-amd64": policy("linux-image-2.6-amd64", kernel_candidates[1]),
+        "apt-cache policy grub-pc": policy("grub-pc", grub_candidate),
         **power_button_probes(installed=done),
     }
     if done:
@@ -401,8 +403,8 @@ def power_button_probes(installed: bool) -> dict[str, Result]:
     return {
         "dpkg-query -W -f '${Status}' acpid": Result(stdout="install ok installed") if installed else absent["acpid"],
         "dpkg-query -W -f '${Status}' dbus": absent["dbus"],
-        "env LANG=C apt-cache policy acpid": policy("acpid", "1:2.0.31-1"),
-        "env LANG=C apt-cache policy acpi-support-base": policy("acpi-support-base", "0.143-5.1"),
+        "apt-cache policy acpid": policy("acpid", "1:2.0.31-1"),
+        "apt-cache policy acpi-support-base": policy("acpi-support-base", "0.143-5.1"),
     }
 
 
@@ -445,11 +447,11 @@ def remote(ctx: MockContext, dry_run: bool = False) -> Remote:
 
 
 def disk_map(cfg_text: str) -> list[MappedDisk]:
-    return plan_disk_map(parse_xen_cfg(cfg_text, "logger.cfg"))
+    return plan_disk_map(parse_xen_cfg(cfg_text))
 
 
 def sent(ctx: MockContext) -> list[str]:
-    return [call.args[0] for call in ctx.run.call_args_list]
+    return [bare(call.args[0]) for call in ctx.run.call_args_list]
 
 
 def read_only(command: str) -> bool:
@@ -458,7 +460,7 @@ def read_only(command: str) -> bool:
     return (argv[:3] == ["sh", "-c", READ]
             or argv[0] in ("test", "readlink", "ls", "cat", "dpkg-query", "blkid")
             or argv[:2] in (["dpkg", "--print-architecture"], ["systemctl", "is-enabled"])
-            or argv[:4] == ["env", "LANG=C", "apt-cache", "policy"]
+            or argv[:2] == ["apt-cache", "policy"]
             or argv == ["grub-install", "--version"])
 
 
@@ -484,12 +486,13 @@ def written_path(command: str) -> str:
 
 
 def written(ctx: MockContext) -> dict[str, str]:
-    return {written_path(call.args[0]): call.kwargs["in_stream"].getvalue()
-            for call in ctx.run.call_args_list if WRITE.match(call.args[0])}
+    return {written_path(bare(call.args[0])): call.kwargs["in_stream"].getvalue()
+            for call in ctx.run.call_args_list if WRITE.match(bare(call.args[0]))}
 
 
 def stdin_of(ctx: MockContext, command: str) -> str:
-    return next(call.kwargs["in_stream"].getvalue() for call in ctx.run.call_args_list if call.args[0] == command)
+    return next(call.kwargs["in_stream"].getvalue() for call in ctx.run.call_args_list
+                if bare(call.args[0]) == command)
 
 
 # -- facts ------------------------------------------------------------------------------------
@@ -524,10 +527,10 @@ def test_facts_of_a_bookworm_guest():
 
 
 def test_init_from_sbin_init_link_and_refusal_without_any():
-    guest = remote(MockContext(run={"test -d /run/systemd/system": Result(exited=1),
+    guest = remote(HostMock(run={"test -d /run/systemd/system": Result(exited=1),
                                     "readlink -f /sbin/init": Result(stdout="/lib/systemd/systemd\n")}))
     assert stage.probe_init(guest, None) == "systemd"
-    guest = remote(MockContext(run={"test -d /run/systemd/system": Result(exited=1),
+    guest = remote(HostMock(run={"test -d /run/systemd/system": Result(exited=1),
                                     "readlink -f /sbin/init": Result(stdout="/sbin/init\n")}))
     with pytest.raises(GuardError, match="cannot tell the init system"):
         stage.probe_init(guest, None)
@@ -614,8 +617,8 @@ def test_dry_run_sends_no_changing_command(capsys):
     run_prepare(ctx, dry_run=True)
     assert changes(ctx) == []
     out = capsys.readouterr().out
-    assert f"would run on guest:logger: {APT} linux-image-2.6-amd64" in out
-    assert "would run on guest:logger: update-grub" in out
+    assert "would run on guest:logger: env LC_ALL=C DEBIAN_FRONTEND=noninteractive apt-get install -y linux-image-2.6-amd64" in out
+    assert "would run on guest:logger: env LC_ALL=C update-grub" in out
     assert "would edit guest:logger:/etc/default/grub once grub-pc has installed it" in out
     assert "+co:23:respawn:/sbin/getty -L hvc0 9600 vt102" in out   # the diff is shown
 
@@ -680,7 +683,7 @@ def test_a_failed_telinit_q_is_a_warning_the_inittab_is_read_at_next_boot(capsys
 
 
 def test_a_guest_nothing_can_power_off_is_refused_before_any_change():
-    ctx = bookworm(probes={"env LANG=C apt-cache policy acpid": policy("acpid", None)})
+    ctx = bookworm(probes={"apt-cache policy acpid": policy("acpid", None)})
     with pytest.raises(GuardError, match="nothing in the guest acts on KVM's ACPI power button .* no candidate "
                                          "for acpid: install acpid by hand"):
         run_prepare(ctx, cfg=WEB_CFG)
@@ -772,7 +775,7 @@ def test_root_off_the_root_disk_is_refused():
 
 
 def test_partitions_of_a_whole_disk_follow_it():
-    cfg_map = [MappedDisk("xvda", "sda", "/dev/drbd5", "/dev/drbd5", "block", "r0")]
+    cfg_map = [MappedDisk("xvda", "sda", "/dev/drbd5", "block", "r0")]
     fstab = "/dev/xvda1 / ext4 defaults 0 1\n/dev/xvda5 none swap sw 0 0\n"
     assert stage.plan_renames(fstab, cfg_map) == ({"xvda": "sda", "xvda1": "sda1", "xvda5": "sda5"}, "/dev/sda1")
 
@@ -802,18 +805,18 @@ vms:
 
 
 @pytest.fixture
-def site_of(monkeypatch):
+def site_of(mocker):
     """The tasks see the inventory above and these MockContexts as their connections."""
     contexts = {}
     inv = parse_inventory(INVENTORY)
-    monkeypatch.setattr(stage.inventory, "from_context", lambda c: inv)
-    monkeypatch.setattr(stage, "site_from_context", lambda c, i, dry_run=False: Site(
+    mocker.patch.object(stage.inventory, "from_context", lambda c: inv)
+    mocker.patch.object(stage, "site_from_context", lambda c, i, dry_run=False: Site(
         i, dry_run=dry_run, connect=lambda label, *a, **k: contexts[label]))
     return contexts
 
 
 def test_prepare_task_reads_the_cfg_on_the_xen_host(site_of):
-    xen = site_of["xen1"] = MockContext(run={read_cmd("/etc/xen/auto/logger.cfg"): Result(stdout=LENNY_CFG)})
+    xen = site_of["xen1"] = HostMock(run={read_cmd("/etc/xen/auto/logger.cfg"): Result(stdout=LENNY_CFG)})
     guest = site_of["logger (guest)"] = lenny()
     stage.prepare(Context(), vm="logger", uuid=False)
     assert sent(xen) == [read_cmd("/etc/xen/auto/logger.cfg")]
@@ -821,13 +824,13 @@ def test_prepare_task_reads_the_cfg_on_the_xen_host(site_of):
 
 
 @pytest.mark.parametrize("boot", ["grub", "direct-kernel"])
-def test_prepare_of_a_direct_kernel_vm_ends_by_naming_fetch_kernel(monkeypatch, capsys, boot):
+def test_prepare_of_a_direct_kernel_vm_ends_by_naming_fetch_kernel(mocker, capsys, boot):
     """prepare reaches the guest only (kvm1 has no connection here): it names the next step."""
     inv = parse_inventory(INVENTORY.replace("    guest_address:", f"    boot: {boot}\n    guest_address:"))
-    contexts = {"xen1": MockContext(run={read_cmd("/etc/xen/auto/logger.cfg"): Result(stdout=LENNY_CFG)}),
+    contexts = {"xen1": HostMock(run={read_cmd("/etc/xen/auto/logger.cfg"): Result(stdout=LENNY_CFG)}),
                 "logger (guest)": lenny()}
-    monkeypatch.setattr(stage.inventory, "from_context", lambda c: inv)
-    monkeypatch.setattr(stage, "site_from_context", lambda c, i, dry_run=False: Site(
+    mocker.patch.object(stage.inventory, "from_context", lambda c: inv)
+    mocker.patch.object(stage, "site_from_context", lambda c, i, dry_run=False: Site(
         i, dry_run=dry_run, connect=lambda label, *a, **k: contexts[label]))
     stage.prepare(Context(), vm="logger", uuid=False)
     last = capsys.readouterr().out.splitlines()[-1]
@@ -839,7 +842,7 @@ def test_prepare_of_a_direct_kernel_vm_ends_by_naming_fetch_kernel(monkeypatch, 
 
 
 def test_facts_task_prints_and_returns_the_facts(site_of, capsys):
-    site_of["xen1"] = MockContext(run={read_cmd("/etc/xen/auto/logger.cfg"): Result(stdout=LENNY_CFG)})
+    site_of["xen1"] = HostMock(run={read_cmd("/etc/xen/auto/logger.cfg"): Result(stdout=LENNY_CFG)})
     site_of["logger (guest)"] = bookworm()
     found = stage.facts(Context(), vm="logger")
     assert found.init == "systemd" and found.bootable_kernels == ["6.1.0-13-amd64"]
@@ -849,18 +852,18 @@ def test_facts_task_prints_and_returns_the_facts(site_of, capsys):
 
 
 def test_dry_run_task_changes_nothing(site_of):
-    site_of["xen1"] = MockContext(run={read_cmd("/etc/xen/auto/logger.cfg"): Result(stdout=LENNY_CFG)})
+    site_of["xen1"] = HostMock(run={read_cmd("/etc/xen/auto/logger.cfg"): Result(stdout=LENNY_CFG)})
     guest = site_of["logger (guest)"] = lenny()
     stage.bootloader(Context(), vm="logger", uuid=False, dry_run=True)
     assert changes(guest) == []
 
 
-def test_cfg_syntax_error_on_the_xen_host_is_one_line(monkeypatch):
+def test_cfg_syntax_error_on_the_xen_host_is_one_line(mocker):
     inv = parse_inventory(INVENTORY)
-    xen = MockContext(run={read_cmd("/etc/xen/auto/logger.cfg"): Result(stdout="memory = [\n")})
+    xen = HostMock(run={read_cmd("/etc/xen/auto/logger.cfg"): Result(stdout="memory = [\n")})
     site = Site(inv, connect=lambda label, *a, **k: xen)
     with pytest.raises(InputError) as info:
-        stage.read_disk_map(site, inv.vm("logger"))
+        vmplan.of_vm(site, inv.vm("logger"))
     assert str(info.value).startswith("xen1:/etc/xen/auto/logger.cfg:")
     assert "\n" not in str(info.value)
 
@@ -876,7 +879,7 @@ def test_property_hostile_names_arrive_quoted(version, path, vdev):
     # A kernel name from `ls /boot`, read back through its config file.
     kernel = {"ls -1 /boot": Result(stdout=f"vmlinuz-{version}\nconfig-{version}\n"),
               read_cmd(f"/boot/config-{version}"): Result(stdout=BOOKWORM_CONFIG)}
-    ctx = MockContext(run=kernel)
+    ctx = HostMock(run=kernel)
     assert stage.probe_kernels(remote(ctx)) == (stage.Kernel(version, False),)
     assert [shlex.split(c) for c in sent(ctx)] == [["ls", "-1", "/boot"],
                                                    ["sh", "-c", READ, "sh", f"/boot/config-{version}"]]
@@ -887,19 +890,19 @@ def test_property_hostile_names_arrive_quoted(version, path, vdev):
                     {})
     vm = VM("logger", "xen1", "kvm1", cfg, (ReplicatedDisk("r0", {"xen1": "/dev/drbd5", "kvm1": "/dev/drbd5"}),
                                            LocalDisk({"xen1": "/dev/vg/swap", "kvm1": "/dev/vg/swap"})))
-    xen = MockContext(run={read_cmd(cfg): Result(stdout=LENNY_CFG.replace("/dev/vg_main/logger-swap", "/dev/vg/swap"))})
-    disk_map, hvm = stage.read_disk_map(Site(inv, connect=lambda *a, **k: xen), vm)
-    assert [d.target for d in disk_map] == ["sda", "sdb"] and not hvm
+    xen = HostMock(run={read_cmd(cfg): Result(stdout=LENNY_CFG.replace("/dev/vg_main/logger-swap", "/dev/vg/swap"))})
+    plan = vmplan.of_vm(Site(inv, connect=lambda *a, **k: xen), vm)
+    assert [d.target for d in plan.disk_map] == ["sda", "sdb"] and not plan.cfg.hvm
     assert [shlex.split(c) for c in sent(xen)] == [["sh", "-c", READ, "sh", cfg]]
 
     # Device names from a disk map, probed in the guest.
-    ctx = MockContext(run={shlex.join(["blkid", "-o", "value", "-s", "UUID", f"/dev/{vdev}"]): Result(exited=2),
+    ctx = HostMock(run={shlex.join(["blkid", "-o", "value", "-s", "UUID", f"/dev/{vdev}"]): Result(exited=2),
                            shlex.join(["test", "-b", f"/dev/{vdev}"]): Result(exited=1)})
     guest = remote(ctx)
     assert stage.device_uuids(guest, {vdev: "sda"}) == {}
     with pytest.raises(GuardError):
         stage.check_boot(guest, FACTS_WITH_KVM_KERNEL,
-                         [MappedDisk(vdev, "sda", "x", "x", "block", None)], boot="grub", grub_install=True)
+                         [MappedDisk(vdev, "sda", "x", "block", None)], boot="grub", grub_install=True)
     assert [shlex.split(c) for c in sent(ctx)] == [["blkid", "-o", "value", "-s", "UUID", f"/dev/{vdev}"],
                                                    ["test", "-b", f"/dev/{vdev}"]]
 
@@ -1005,7 +1008,7 @@ def test_prepare_hvm_guest_changes_only_the_power_button_and_the_initramfs(capsy
 
 
 def test_prepare_task_learns_hvm_from_the_cfg_on_the_xen_host(site_of):
-    site_of["xen1"] = MockContext(run={read_cmd("/etc/xen/auto/logger.cfg"): Result(stdout=HVM_CFG)})
+    site_of["xen1"] = HostMock(run={read_cmd("/etc/xen/auto/logger.cfg"): Result(stdout=HVM_CFG)})
     guest = site_of["logger (guest)"] = bookworm()
     stage.prepare(Context(), vm="logger")
     assert "write /etc/fstab" not in changes(guest) and "update-grub" not in changes(guest)
@@ -1013,7 +1016,7 @@ def test_prepare_task_learns_hvm_from_the_cfg_on_the_xen_host(site_of):
 
 
 def test_facts_task_says_what_an_hvm_guest_skips(site_of, capsys):
-    site_of["xen1"] = MockContext(run={read_cmd("/etc/xen/auto/logger.cfg"): Result(stdout=HVM_CFG)})
+    site_of["xen1"] = HostMock(run={read_cmd("/etc/xen/auto/logger.cfg"): Result(stdout=HVM_CFG)})
     site_of["logger (guest)"] = bookworm()
     stage.facts(Context(), vm="logger")
     assert capsys.readouterr().out.rstrip("\n").endswith(
@@ -1023,8 +1026,8 @@ def test_facts_task_says_what_an_hvm_guest_skips(site_of, capsys):
 @pytest.mark.parametrize("task, steps", [(stage.console, "console"), (stage.fstab, "disk names"),
                                          (stage.bootloader, "kernel and boot loader")])
 def test_pv_only_tasks_leave_an_hvm_guest_alone(site_of, capsys, task, steps):
-    site_of["xen1"] = MockContext(run={read_cmd("/etc/xen/auto/logger.cfg"): Result(stdout=HVM_CFG)})
-    guest = site_of["logger (guest)"] = MockContext(run={})   # any command would fail
+    site_of["xen1"] = HostMock(run={read_cmd("/etc/xen/auto/logger.cfg"): Result(stdout=HVM_CFG)})
+    guest = site_of["logger (guest)"] = HostMock(run={})   # any command would fail
     task(Context(), vm="logger")
     assert sent(guest) == []
     assert f"* guest:logger: {steps} ... skipped (HVM guest:" in capsys.readouterr().out

@@ -1,8 +1,8 @@
 """xenhost and kvmhost stages at command level: exact commands, states, quoting."""
 
 import re
-import time
 import shlex
+import time
 from pathlib import Path
 
 import pytest
@@ -10,11 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from invoke import Context, MockContext, Result
 
-from tasks import kvmhost, xenhost
+from tasks import hypervisors, kvmhost, vmplan, xenhost
 from tasks.errors import GuardError, ToolError
+from tasks.formats.domains import parse_xl_list
+from tasks.hypervisors import KvmHost, XenHost
 from tasks.interrupt import Interrupted, Interruption
 from tasks.inventory import Host, load_inventory
 from tasks.remote import Remote, RemoteError, Site
+from tasks.ssh import ConnectError
+from tests.wire import HostMock, bare
 
 XEN = Host(name="xen1", address="192.0.2.11", role="xen", toolstack="auto")
 KVM = Host(name="kvm1", address="192.0.2.12", role="kvm", libvirt_uri="qemu:///system")
@@ -34,21 +38,21 @@ logger                                    14     2048     1 -b----    862.3
 
 
 def remote(results: dict, dry_run=False) -> tuple[Remote, MockContext]:
-    ctx = MockContext(run=results, repeat=True)
+    ctx = HostMock(run=results, repeat=True)
     return Remote("h", ctx, dry_run=dry_run), ctx
 
 
 def sent(ctx: MockContext) -> list[str]:
-    return [call.args[0] for call in ctx.run.call_args_list]
+    return [bare(call.args[0]) for call in ctx.run.call_args_list]
 
 
 DOM0_ONLY = "Domain-0                                     0  1024     2     r-----    6342.2\n"
 
 
 def test_parse_domain_list_both_toolstacks():
-    assert xenhost.parse_domain_list(XL_LIST) == {"logger": "-b----", "web-01": "--p---"}
-    assert xenhost.parse_domain_list(XM_LIST) == {"logger": "-b----"}
-    assert xenhost.parse_domain_list(XL_LIST.splitlines(keepends=True)[0] + DOM0_ONLY) == {}
+    assert parse_xl_list(XL_LIST) == {"logger": "-b----", "web-01": "--p---"}
+    assert parse_xl_list(XM_LIST) == {"logger": "-b----"}
+    assert parse_xl_list(XL_LIST.splitlines(keepends=True)[0] + DOM0_ONLY) == {}
 
 
 @pytest.mark.parametrize("listing, why", [
@@ -64,31 +68,30 @@ def test_an_xl_listing_it_does_not_recognise_is_an_error_not_stopped(listing, wh
     r, _ = remote({re.compile(r".*command -v.* xl$"): Result(), "xl list": Result(listing)})
     with pytest.raises(ToolError, match=rf"^xen1: `xl list` printed a listing this tool does not recognise "
                                         rf"\({re.escape(why)}\): refusing to guess which domains run$"):
-        xenhost.domain_running(r, XEN, "logger")
+        XenHost(r, XEN).running("logger")
 
 
 def test_toolstack_auto_prefers_xl_and_is_probed_once(mocker):
     r, ctx = remote({re.compile(r".*command -v.* xl$"): Result(), "xl list": Result(XL_LIST)})
     mocker.spy(ctx, "run")
-    assert xenhost.domain_running(r, XEN, "logger")
-    assert not xenhost.domain_running(r, XEN, "mail")
+    assert XenHost(r, XEN).running("logger")
+    assert not XenHost(r, XEN).running("mail")
     assert sent(ctx) == ["sh -c 'command -v \"$1\"' sh xl", "xl list", "xl list"]
 
 
 def test_toolstack_auto_falls_back_to_xm():
     r, _ = remote({re.compile(r".* xl$"): Result(exited=1), re.compile(r".* xm$"): Result(), "xm list": Result(XM_LIST)})
-    assert xenhost.toolstack(r, XEN) == "xm"
+    assert XenHost(r, XEN).tool == "xm"
 
 
 def test_xen_shutdown_waits_until_gone(mocker):
     gone = XL_LIST.replace("logger", "other1")
     lists = iter([XL_LIST, XL_LIST, XL_LIST, gone])
-    ctx = MockContext(run={"xl shutdown logger": Result()}, repeat=True)
+    ctx = HostMock(run={"xl shutdown logger": Result()}, repeat=True)
     r = Remote("xen1", ctx)
-    mocker.patch.object(xenhost, "list_domains", side_effect=lambda *_: xenhost.parse_domain_list(next(lists)))
+    mocker.patch.object(XenHost, "states", side_effect=lambda *_: parse_xl_list(next(lists)))
     mocker.spy(ctx, "run")
-    xenhost.shutdown_domain(r, Host(name="xen1", address="a", role="xen", toolstack="xl"), "logger",
-                            timeout=5, poll=0.01)
+    XenHost(r, Host(name="xen1", address="a", role="xen", toolstack="xl")).shutdown("logger", timeout=5, poll=0.01)
     assert sent(ctx) == ["xl shutdown logger"]
     with pytest.raises(StopIteration):  # checked, then polled until gone: four lists read, no more
         next(lists)
@@ -106,13 +109,13 @@ VIRSH_LIST = """\
 
 
 def test_kvm_domain_states_from_one_listing():
-    r, ctx = remote({"env LANG=C virsh -c qemu:///system list --all": Result(VIRSH_LIST)})
-    assert kvmhost.domain_state(r, KVM, "logger") == "running"
-    assert kvmhost.domain_state(r, KVM, "ghost") == "not found"
-    assert kvmhost.domain_state(r, KVM, "being stopped") == "in shutdown"
-    assert not kvmhost.domain_running(r, KVM, "off")
-    assert not kvmhost.domain_running(r, KVM, "ghost")
-    assert kvmhost.domain_running(r, KVM, "paused")
+    r, ctx = remote({"virsh -c qemu:///system list --all": Result(VIRSH_LIST)})
+    assert KvmHost(r, KVM).state("logger") == "running"
+    assert KvmHost(r, KVM).state("ghost") == "not found"
+    assert KvmHost(r, KVM).state("being stopped") == "in shutdown"
+    assert not KvmHost(r, KVM).running("off")
+    assert not KvmHost(r, KVM).running("ghost")
+    assert KvmHost(r, KVM).running("paused")
 
 
 @pytest.mark.parametrize("listing, why", [
@@ -123,18 +126,18 @@ def test_kvm_domain_states_from_one_listing():
     (VIRSH_LIST + "error: failed to get domain 'x'\n", "line 8 is no domain in a state virsh prints"),
 ])
 def test_a_virsh_listing_it_does_not_recognise_is_an_error_not_stopped(listing, why):
-    r, _ = remote({"env LANG=C virsh -c qemu:///system list --all": Result(listing)})
+    r, _ = remote({"virsh -c qemu:///system list --all": Result(listing)})
     with pytest.raises(ToolError, match=rf"^kvm1: `virsh list --all` printed a listing this tool does not "
                                         rf"recognise \({re.escape(why)}\): refusing to guess which domains run$"):
-        kvmhost.domain_running(r, KVM, "logger")
+        KvmHost(r, KVM).running("logger")
 
 
 NO_DOMAINS = " Id   Name   State\n--------------------\n\n"
 
 
 def test_an_empty_virsh_listing_is_no_domain():
-    r, _ = remote({"env LANG=C virsh -c qemu:///system list --all": Result(NO_DOMAINS)})
-    assert kvmhost.domain_state(r, KVM, "logger") == "not found"
+    r, _ = remote({"virsh -c qemu:///system list --all": Result(NO_DOMAINS)})
+    assert KvmHost(r, KVM).state("logger") == "not found"
 
 
 def test_a_listing_up_to_max_age_old_is_shared_and_an_older_one_is_not():
@@ -146,14 +149,14 @@ def test_a_listing_up_to_max_age_old_is_shared_and_an_older_one_is_not():
             return Result(VIRSH_LIST, exited=0)
 
     r = Remote("kvm1", CountingList())
-    kvmhost.domain_state(r, KVM, "logger")
-    assert kvmhost.domain_state(r, KVM, "paused", max_age=60) == "paused"   # the same listing
+    KvmHost(r, KVM).state("logger")
+    assert KvmHost(r, KVM).state("paused", max_age=60) == "paused"   # the same listing
     assert len(calls) == 1
-    kvmhost.domain_state(r, KVM, "logger")   # by default: only a run begun after asking
+    KvmHost(r, KVM).state("logger")   # by default: only a run begun after asking
     assert len(calls) == 2
 
 
-def test_a_wait_takes_listings_up_to_one_poll_old_but_never_older_than_the_wait(monkeypatch):
+def test_a_wait_takes_listings_up_to_one_poll_old_but_never_older_than_the_wait(mocker):
     clock, ages = [100.0], []
 
     def done(max_age):
@@ -164,10 +167,10 @@ def test_a_wait_takes_listings_up_to_one_poll_old_but_never_older_than_the_wait(
     def sleep(seconds):
         clock[0] += seconds
 
-    monkeypatch.setattr(xenhost.time, "monotonic", lambda: clock[0])
+    mocker.patch.object(hypervisors.time, "monotonic", lambda: clock[0])
     interruption = Interruption()
-    monkeypatch.setattr(interruption, "sleep", sleep)
-    assert xenhost.wait_until(done, timeout=10, poll=1.0, label="waiting", interruption=interruption)
+    mocker.patch.object(interruption, "sleep", sleep)
+    assert hypervisors.wait_until(done, timeout=10, poll=1.0, label="waiting", interruption=interruption)
     assert ages == [0.0, 1.0, 1.0]
 
 
@@ -184,18 +187,18 @@ def test_a_stop_request_ends_a_wait_at_once_but_not_inside_an_undo():
         return len(polls) == 4
 
     with pytest.raises(Interrupted, match="interrupted by SIGINT") as info:
-        xenhost.wait_until(done, timeout=60, poll=0.01, label="waiting", interruption=interruption)
+        hypervisors.wait_until(done, timeout=60, poll=0.01, label="waiting", interruption=interruption)
     assert len(polls) == 2 and info.value.code == 130
     polls.clear()
     with interruption.shield():
-        assert xenhost.wait_until(done, timeout=60, poll=0.01, label="waiting", interruption=interruption)
+        assert hypervisors.wait_until(done, timeout=60, poll=0.01, label="waiting", interruption=interruption)
     assert len(polls) == 4
 
 
 def test_virsh_error_is_reported():
     r, _ = remote({re.compile(".*virsh.*"): Result(stderr="error: failed to connect to the hypervisor\n", exited=1)})
     with pytest.raises(ToolError, match="kvm1: `virsh list --all` failed .*connect to the hypervisor"):
-        kvmhost.domain_state(r, KVM, "logger")
+        KvmHost(r, KVM).state("logger")
 
 
 def test_concurrent_askers_share_one_listing_that_began_after_they_asked():
@@ -214,11 +217,11 @@ def test_concurrent_askers_share_one_listing_that_began_after_they_asked():
             return Result(VIRSH_LIST if len(calls) > 1 else NO_DOMAINS, exited=0)
 
     r = Remote("kvm1", SlowList())
-    first = threading.Thread(target=kvmhost.domain_state, args=(r, KVM, "logger"))
+    first = threading.Thread(target=KvmHost(r, KVM).state, args=("logger",))
     first.start()
     started.wait(5)
     answers = []
-    askers = [threading.Thread(target=lambda: answers.append(kvmhost.domain_state(r, KVM, "logger")))
+    askers = [threading.Thread(target=lambda: answers.append(KvmHost(r, KVM).state("logger")))
               for _ in range(8)]
     for t in askers:
         t.start()
@@ -231,7 +234,7 @@ def test_concurrent_askers_share_one_listing_that_began_after_they_asked():
     assert answers == ["running"] * 8 and len(calls) == 2
 
 
-DESTROY = "env LANG=C virsh -c qemu:///system destroy logger"
+DESTROY = "virsh -c qemu:///system destroy logger"
 
 
 @pytest.mark.parametrize("stderr", ["error: Requested operation is not valid: domain is not running\n",
@@ -239,23 +242,23 @@ DESTROY = "env LANG=C virsh -c qemu:///system destroy logger"
 def test_destroy_of_a_stopped_domain_counts_as_success(mocker, stderr):
     r, ctx = remote({DESTROY: Result(stderr=stderr, exited=1)})
     mocker.spy(ctx, "run")
-    assert kvmhost.destroy_domain(r, KVM, "logger") is None
+    assert KvmHost(r, KVM).destroy("logger") is None
     assert sent(ctx) == [DESTROY]
 
 
 def test_destroy_that_fails_otherwise_is_an_error():
     r, _ = remote({DESTROY: Result(stderr="error: Failed to terminate process 4242 with SIGKILL\n", exited=1)})
     with pytest.raises(RemoteError, match="Failed to terminate process 4242"):
-        kvmhost.destroy_domain(r, KVM, "logger")
+        KvmHost(r, KVM).destroy("logger")
 
 
 def test_dry_run_changes_nothing_but_probes_run(mocker, capsys):
     r, ctx = remote({re.compile(r".*command -v.* xl$"): Result()}, dry_run=True)
     mocker.spy(ctx, "run")
-    xenhost.shutdown_domain(r, XEN, "logger", timeout=60, force=True)
+    XenHost(r, XEN).shutdown("logger", timeout=60, force=True)
     assert sent(ctx) == ["sh -c 'command -v \"$1\"' sh xl"], "the toolstack probe ran, no change did"
-    assert capsys.readouterr().out.splitlines() == ["  would run on h: xl shutdown logger",
-                                                    "  would run on xen1 after 60s: xl destroy logger"]
+    assert capsys.readouterr().out.splitlines() == ["  would run on h: env LC_ALL=C xl shutdown logger",
+                                                    "  would run on xen1 after 60s: env LC_ALL=C xl destroy logger"]
 
 
 hostile = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
@@ -268,16 +271,16 @@ def test_hostile_values_arrive_as_single_arguments(name, cfg, uri):
     """Whatever a name, path or URI holds, the remote shell sees it as one argument."""
     xen = Host(name="xen1", address="a", role="xen", toolstack="xl")
     kvm = Host(name="kvm1", address="a", role="kvm", libvirt_uri=uri)
-    ctx = MockContext(run={re.compile(".*", re.S): Result("running\n")}, repeat=True)
+    ctx = HostMock(run={re.compile(".*", re.S): Result("running\n")}, repeat=True)
     r = Remote("h", ctx)
     commands = []
     ctx.run = lambda command, **kw: commands.append(command) or Result("running\n")
     from tasks.inventory import VM
     vm = VM(name=name, xen_host="xen1", kvm_host="kvm1", cfg=cfg, disks=())
-    xenhost.start_domain(r, xen, vm)
-    kvmhost.start_domain(r, kvm, name)
-    assert shlex.split(commands[0]) == ["xl", "create", cfg]
-    assert shlex.split(commands[1]) == ["env", "LANG=C", "virsh", "-c", uri, "start", name]
+    XenHost(r, xen).start(vm)
+    KvmHost(r, kvm).start(vm)
+    assert shlex.split(commands[0]) == ["env", "LC_ALL=C", "xl", "create", cfg]
+    assert shlex.split(commands[1]) == ["env", "LC_ALL=C", "virsh", "-c", uri, "start", name]
 
 
 # -- what a cfg becomes on a host: HVM cfgs stay, the KVM host says what a local disk is ----------------
@@ -288,7 +291,7 @@ INVENTORY = load_inventory(CFGS / "inventory.yml")
 
 
 def read_cfg(path: str, cfg: str) -> MockContext:
-    return MockContext(run={shlex.join(["sh", "-c", READ, "sh", path]): Result(stdout=(CFGS / cfg).read_text())})
+    return HostMock(run={shlex.join(["sh", "-c", READ, "sh", path]): Result(stdout=(CFGS / cfg).read_text())})
 
 
 def test_prepare_cfg_leaves_an_hvm_cfg_as_it_is_and_says_why(mocker, capsys):
@@ -299,7 +302,7 @@ def test_prepare_cfg_leaves_an_hvm_cfg_as_it_is_and_says_why(mocker, capsys):
     xenhost.prepare_cfg(Context(), vm="wincl1")
     assert sent(xen) == [shlex.join(["sh", "-c", READ, "sh", "/etc/xen/wincl1.cfg"])]
     assert capsys.readouterr().out.splitlines() == [
-        f"* xen1:/etc/xen/wincl1.cfg: {xenhost.HVM_CFG_NOTE}",
+        f"* xen1:/etc/xen/wincl1.cfg: {vmplan.HVM_CFG_NOTE}",
         "* xen1: /etc/xen/wincl1.cfg ... unchanged"]
 
 
@@ -307,19 +310,19 @@ def test_prepare_cfg_leaves_an_hvm_cfg_as_it_is_and_says_why(mocker, capsys):
 def test_the_kvm_host_says_whether_a_local_disk_is_a_file(answer, kind):
     """One `test -b` per local disk."""
     paths = ("/srv/xen/web3/disk.img", "/srv/xen/web3-swap.img")
-    kvm = MockContext(run={f"test -b {path}": answer for path in paths})
+    kvm = HostMock(run={f"test -b {path}": answer for path in paths})
     hosts = {"xen1": read_cfg("/etc/xen/web3.cfg", "pv-xm-phy-file.cfg"), "kvm1": kvm}
     site = Site(INVENTORY, connect=lambda label, *a, **k: hosts[label])
-    spec = kvmhost.vm_spec(site, INVENTORY, INVENTORY.vm("web3"))
+    spec = vmplan.of_vm(site, INVENTORY.vm("web3"), kvm_devices=True).domain_spec()
     assert [(d.source, d.kind) for d in spec.disks] == [(path, kind) for path in paths]
     assert sent(kvm) == [f"test -b {path}" for path in paths]
 
 
 def test_drbd_devices_are_block_devices_without_asking():
-    kvm = MockContext(run={})
+    kvm = HostMock(run={})
     hosts = {"xen1": read_cfg("/etc/xen/gfs1.cfg", "pv-xm-gfs.cfg"), "kvm1": kvm}
     site = Site(INVENTORY, connect=lambda label, *a, **k: hosts[label])
-    spec = kvmhost.vm_spec(site, INVENTORY, INVENTORY.vm("gfs1"))
+    spec = vmplan.of_vm(site, INVENTORY.vm("gfs1"), kvm_devices=True).domain_spec()
     assert [(d.source, d.kind, d.shareable) for d in spec.disks] == [("/dev/drbd20", "block", False),
                                                                     ("/dev/drbd22", "block", True)]
     assert sent(kvm) == []
@@ -327,7 +330,7 @@ def test_drbd_devices_are_block_devices_without_asking():
 # -- the start guard: the stage tasks xenhost.start and kvmhost.start --------------------------
 
 RESOURCES = ("logger-system", "logger-var")
-START = {"xen1": "xl create /etc/xen/auto/logger.cfg", "kvm1": "env LANG=C virsh -c qemu:///system start logger"}
+START = {"xen1": "xl create /etc/xen/auto/logger.cfg", "kvm1": "virsh -c qemu:///system start logger"}
 STAGE = {"xen1": xenhost, "kvm1": kvmhost}
 
 
@@ -350,7 +353,7 @@ def site_of(mocker):
 
     def connect(label, *args, **kwargs):
         if label in down:
-            raise ToolError(f"{label}: cannot connect to root@{label}:22: [Errno 113] No route to host")
+            raise ConnectError(label, f"cannot connect to root@{label}:22: [Errno 113] No route to host")
         return hosts[label]
 
     for stage in STAGE.values():
@@ -404,7 +407,7 @@ def test_a_start_asks_both_hosts_then_starts(site_of, host, other, capsys):
     for roles in site_of.shared.roles.values():
         roles.update({host: "Primary", other: "Secondary"})
     site_of.start(host)
-    listing = {"xen1": "xl list", "kvm1": "env LANG=C virsh -c qemu:///system list --all"}
+    listing = {"xen1": "xl list", "kvm1": "virsh -c qemu:///system list --all"}
     assert site_of.sent(host)[-2:] == ["drbdadm status logger-system logger-var", START[host]]
     assert listing[other] in site_of.sent(other)
     assert (site_of.shared.xen_running if host == "xen1" else site_of.shared.kvm_running) == {"logger"}
@@ -433,4 +436,4 @@ def test_a_dry_run_start_runs_the_guard(site_of, capsys):
         roles.update({"kvm1": "Primary", "xen1": "Secondary"})
     site_of.start("kvm1", dry_run=True)
     assert START["kvm1"] not in site_of.sent("kvm1")
-    assert f"would run on kvm1: {START['kvm1']}" in capsys.readouterr().out
+    assert f"would run on kvm1: env LC_ALL=C {START['kvm1']}" in capsys.readouterr().out

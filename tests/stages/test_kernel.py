@@ -249,9 +249,9 @@ def test_rehearsal_without_a_fetched_kernel_is_refused_before_any_snapshot(world
 # -- the tasks --------------------------------------------------------------------------------
 
 @pytest.fixture
-def tasks_see(world, monkeypatch):
-    monkeypatch.setattr(kvmhost.inventory, "from_context", lambda c: world.inv)
-    monkeypatch.setattr(kvmhost, "site_from_context", lambda c, inv, dry_run=False: world.site(dry_run))
+def tasks_see(world, mocker):
+    mocker.patch.object(kvmhost.inventory, "from_context", lambda c: world.inv)
+    mocker.patch.object(kvmhost, "site_from_context", lambda c, inv, dry_run=False: world.site(dry_run))
     return Context(Config())
 
 

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from tasks.diskmap import disk_name, drbd_by_res, plan_disk_map, plan_target_names, renames
-from tasks.errors import InputError
+from tasks.formats import FormatError
 from tasks.formats.xencfg import parse_xen_cfg
 from tasks.inventory import load_inventory, parse_inventory
 from tests.conftest import REPO
@@ -93,7 +93,7 @@ def test_vdevs_named_before_prepare_cfg_still_match_the_rewritten_cfg():
 def test_a_cfg_disk_missing_from_the_inventory_is_refused():
     vm = load_inventory(REPO / "hosts.yml").vm("logger")
     cfg = parse_xen_cfg(SEED_CFG.replace("phy:/dev/drbd6", "phy:/dev/vg_main/elsewhere"))
-    with pytest.raises(InputError, match=r"disk xvda3 \(phy:/dev/vg_main/elsewhere,xvda3,w\) matches no disk "
+    with pytest.raises(FormatError, match=r"disk xvda3 \('phy:/dev/vg_main/elsewhere,xvda3,w'\) matches no disk "
                                          r"in vms.logger.disks"):
         plan_disk_map(cfg, vm)
 
@@ -101,7 +101,7 @@ def test_a_cfg_disk_missing_from_the_inventory_is_refused():
 def test_an_inventory_disk_missing_from_the_cfg_is_refused():
     vm = load_inventory(REPO / "hosts.yml").vm("logger")
     cfg = parse_xen_cfg(SEED_CFG.replace("                  'phy:/dev/drbd6,xvda3,w',\n", ""))
-    with pytest.raises(InputError, match=r"vms.logger.disks\[1\] \(logger-var\) is not a disk of"):
+    with pytest.raises(FormatError, match=r"vms.logger.disks\[1\] \(logger-var\) is not a disk of the cfg$"):
         plan_disk_map(cfg, vm)
 
 
@@ -180,10 +180,10 @@ def test_a_shared_disk_is_marked_in_the_map():
 
 
 def test_cfg_and_inventory_agree_on_sharing():
-    with pytest.raises(InputError, match=r"^/etc/xen/gfs1.cfg: disk sdb1 is shared \(mode w!\) but "
+    with pytest.raises(FormatError, match=r"^disk sdb1 is shared \(mode w!\) but "
                                          r"vms.gfs1.disks\[1\] \(gfs-data\) lacks shared: true$"):
         plan_disk_map(parse_xen_cfg(GFS_CFG), gfs1(alone=True))
-    with pytest.raises(InputError, match=r"^/etc/xen/gfs1.cfg: vms.gfs1.disks\[1\] \(gfs-data\) says shared: true "
+    with pytest.raises(FormatError, match=r"^vms.gfs1.disks\[1\] \(gfs-data\) says shared: true "
                                          r"but disk sdb1 has no mode w!$"):
         plan_disk_map(parse_xen_cfg(GFS_CFG.replace("w!", "w")), gfs1())
 
@@ -191,6 +191,6 @@ def test_cfg_and_inventory_agree_on_sharing():
 def test_a_local_disk_cannot_be_shared():
     vm = load_inventory(REPO / "hosts.yml").vm("logger")
     cfg = parse_xen_cfg(SEED_CFG.replace("logger-swap,xvda1,w", "logger-swap,xvda1,w!"))
-    with pytest.raises(InputError, match=r"disk xvda1 is shared \(mode w!\) but vms.logger.disks\[2\] is a "
+    with pytest.raises(FormatError, match=r"disk xvda1 is shared \(mode w!\) but vms.logger.disks\[2\] is a "
                                          r"local: disk, each host's own$"):
         plan_disk_map(cfg, vm)

@@ -144,7 +144,7 @@ def test_drbdadm_up_plans_the_expected_drbdsetup_calls(seed, tmp_path, written_f
     if written_for == "9":     # the kernel gets the resource option at creation
         expected[0] += " --auto-promote=no"
     assert len(lines) == len(expected)
-    for line, pattern in zip(lines, expected):
+    for line, pattern in zip(lines, expected, strict=False):
         assert re.fullmatch(pattern, line), (line, pattern)
 
 

@@ -16,9 +16,7 @@ from tasks.formats.drbdstatus import (
     Peer,
     parse_cstate,
     parse_drbdadm_status,
-    parse_drbdsetup_status_json,
     parse_dstate,
-    parse_events2,
     parse_proc_drbd,
     parse_role,
 )
@@ -57,17 +55,10 @@ PROC_84 = [  # ganeti's 8.4.2 drbd84 file, minors 1-8 (emptyfirst drops minor 0)
     st("drbd8", 8, "Secondary/Unknown", "StandAlone", "UpToDate/DUnknown"),
 ]
 ONLY_PRIMARY_CONNECTED = proc(st("drbd0", 0, "Primary/Secondary", "Connected", "UpToDate/UpToDate"))
-EVENTS_PRIMARY = {"some-resource": st("some-resource", 1000, "Primary/Secondary", "Connected",
-                                      "UpToDate/UpToDate")}
-EVENTS_SYNC = {"some-resource": st("some-resource", 1000, "Secondary/Secondary", "SyncSource",
-                                   "UpToDate/Inconsistent", 37.5)}
-EVENTS_DISKLESS_STANDALONE = {"some-resource": st("some-resource", 1000, "Secondary/Unknown",
-                                                  "StandAlone", "Diskless/DUnknown")}
-EVENTS_NO_PEER = {"some-resource": st("some-resource", 1000, "Secondary", "StandAlone", "Diskless")}
-
 # Config dumps (`drbdsetup show`, text and --json) describe configuration, not
-# state: every parser must refuse them rather than make a state up.
-CONFIG_DUMP = ValueError
+# state; DRBD 9's `drbdsetup status --json` and `events2` are formats no task
+# asks for. Every parser must refuse them rather than make a state up.
+NOT_STATUS_TEXT = ValueError
 
 # file -> (parser, expected); every file of the corpus folder is listed.
 CORPUS = {
@@ -135,68 +126,44 @@ CORPUS = {
     "drbd9_drbdsetup-status_utils-manpage.txt":
         (parse_drbdadm_status, {"drbd0": st("drbd0", None, "Primary/Secondary", "Connected",
                                             "UpToDate/UpToDate")}),
-    # drbdsetup status --json, 9
-    "drbd9_drbdsetup-status-json_ha-cluster-exporter-fake_drbdsetup.json":
-        (parse_drbdsetup_status_json, {
-            "1-single-0": st("1-single-0", 2, "Secondary/Primary", "Connected", "UpToDate/UpToDate"),
-            "1-single-1": st("1-single-1", 3, "Secondary/Primary", "Connected", "UpToDate/UpToDate",
-                             quorum=False),     # its device says "quorum": false
-        }),
-    # drbdsetup events2, 9: the state after the last line
-    "drbd9_drbdsetup-events2-diff_utils-test-all-create-change.txt": (parse_events2, EVENTS_PRIMARY),
-    "drbd9_drbdsetup-events2-full_utils-test-all-create-change.txt": (parse_events2, EVENTS_PRIMARY),
-    "drbd9_drbdsetup-events2-statistics_utils-test-all-create-change.txt":
-        (parse_events2, EVENTS_PRIMARY),
-    "drbd9_drbdsetup-events2-statistics_utils-test-sync.txt": (parse_events2, EVENTS_SYNC),
-    "drbd9_drbdsetup-events2_utils-test-all-create-change.txt": (parse_events2, EVENTS_PRIMARY),
-    "drbd9_drbdsetup-events2_utils-test-all-create-destroy.txt": (parse_events2, {}),
-    "drbd9_drbdsetup-events2_utils-test-all-create-helper.txt":
-        (parse_events2, EVENTS_DISKLESS_STANDALONE),
-    "drbd9_drbdsetup-events2_utils-test-change-before-exists.txt":
-        (parse_events2, {"some-resource": st("some-resource", 1000, "Primary", "StandAlone",
-                                             "UpToDate")}),
-    "drbd9_drbdsetup-events2_utils-test-create-before-exists.txt": (parse_events2, EVENTS_NO_PEER),
-    "drbd9_drbdsetup-events2_utils-test-destroy-before-exists.txt": (parse_events2, {}),
-    "drbd9_drbdsetup-events2_utils-test-device-create-destroy.txt": (parse_events2, {}),
-    "drbd9_drbdsetup-events2_utils-test-exists-before-create.txt": (parse_events2, EVENTS_NO_PEER),
-    "drbd9_drbdsetup-events2_utils-test-first-out-of-order.txt":
-        (parse_events2, EVENTS_DISKLESS_STANDALONE),
-    "drbd9_drbdsetup-events2_utils-test-may-promote-peer-data.txt":
-        (parse_events2, {"some-resource": st("some-resource", 1000, "Secondary/Secondary",
-                                             "Connected", "Diskless/UpToDate")}),
-    "drbd9_drbdsetup-events2_utils-test-may-promote-peer-role.txt":
-        (parse_events2, {"some-resource": st("some-resource", 1000, "Secondary/Primary",
-                                             "Connected", "UpToDate/DUnknown")}),
-    "drbd9_drbdsetup-events2_utils-test-may-promote-quorum.txt":
-        (parse_events2, {"some-resource": st("some-resource", 1000, "Secondary", "StandAlone",
-                                             "UpToDate", quorum=False)}),     # the last device line: quorum:no
-    "drbd9_drbdsetup-events2_utils-test-no-resources.txt": (parse_events2, {}),
-    "drbd9_drbdsetup-events2_utils-test-out-of-order.txt":
-        (parse_events2, EVENTS_DISKLESS_STANDALONE),
-    "drbd9_drbdsetup-events2_utils-test-promotion-score-devices.txt":  # two volumes, both UpToDate
-        (parse_events2, {"some-resource": st("some-resource", 1000, "Secondary", "StandAlone",
-                                             "UpToDate")}),
-    "drbd9_drbdsetup-events2_utils-test-promotion-score-inconsistent.txt":
-        (parse_events2, {"some-resource": st("some-resource", 1000, "Secondary/Secondary",
-                                             "Connected", "Inconsistent/UpToDate")}),
-    "drbd9_drbdsetup-events2_utils-test-resource-create-destroy.txt": (parse_events2, {}),
-    "drbd9_drbdsetup-events2_utils-test-resource-exists.txt":  # a resource without volumes
-        (parse_events2, {"some-resource": st("some-resource", None, "Secondary", "StandAlone",
-                                             "Unconfigured")}),
-    "drbd9_drbdsetup-events2_utils-test-sync.txt": (parse_events2, EVENTS_SYNC),
+    # DRBD 9's other formats, which no task reads
+    "drbd9_drbdsetup-status-json_ha-cluster-exporter-fake_drbdsetup.json": (None, NOT_STATUS_TEXT),
+    "drbd9_drbdsetup-events2-diff_utils-test-all-create-change.txt": (None, NOT_STATUS_TEXT),
+    "drbd9_drbdsetup-events2-full_utils-test-all-create-change.txt": (None, NOT_STATUS_TEXT),
+    "drbd9_drbdsetup-events2-statistics_utils-test-all-create-change.txt": (None, NOT_STATUS_TEXT),
+    "drbd9_drbdsetup-events2-statistics_utils-test-sync.txt": (None, NOT_STATUS_TEXT),
+    "drbd9_drbdsetup-events2_utils-test-all-create-change.txt": (None, NOT_STATUS_TEXT),
+    "drbd9_drbdsetup-events2_utils-test-all-create-destroy.txt": (None, NOT_STATUS_TEXT),
+    "drbd9_drbdsetup-events2_utils-test-all-create-helper.txt": (None, NOT_STATUS_TEXT),
+    "drbd9_drbdsetup-events2_utils-test-change-before-exists.txt": (None, NOT_STATUS_TEXT),
+    "drbd9_drbdsetup-events2_utils-test-create-before-exists.txt": (None, NOT_STATUS_TEXT),
+    "drbd9_drbdsetup-events2_utils-test-destroy-before-exists.txt": (None, NOT_STATUS_TEXT),
+    "drbd9_drbdsetup-events2_utils-test-device-create-destroy.txt": (None, NOT_STATUS_TEXT),
+    "drbd9_drbdsetup-events2_utils-test-exists-before-create.txt": (None, NOT_STATUS_TEXT),
+    "drbd9_drbdsetup-events2_utils-test-first-out-of-order.txt": (None, NOT_STATUS_TEXT),
+    "drbd9_drbdsetup-events2_utils-test-may-promote-peer-data.txt": (None, NOT_STATUS_TEXT),
+    "drbd9_drbdsetup-events2_utils-test-may-promote-peer-role.txt": (None, NOT_STATUS_TEXT),
+    "drbd9_drbdsetup-events2_utils-test-may-promote-quorum.txt": (None, NOT_STATUS_TEXT),
+    "drbd9_drbdsetup-events2_utils-test-no-resources.txt": (None, NOT_STATUS_TEXT),
+    "drbd9_drbdsetup-events2_utils-test-out-of-order.txt": (None, NOT_STATUS_TEXT),
+    "drbd9_drbdsetup-events2_utils-test-promotion-score-devices.txt": (None, NOT_STATUS_TEXT),
+    "drbd9_drbdsetup-events2_utils-test-promotion-score-inconsistent.txt": (None, NOT_STATUS_TEXT),
+    "drbd9_drbdsetup-events2_utils-test-resource-create-destroy.txt": (None, NOT_STATUS_TEXT),
+    "drbd9_drbdsetup-events2_utils-test-resource-exists.txt": (None, NOT_STATUS_TEXT),
+    "drbd9_drbdsetup-events2_utils-test-sync.txt": (None, NOT_STATUS_TEXT),
     # config dumps, not status
-    "drbd-8.0-8.3_drbdsetup-show_ganeti-bdev-drbd-disk.txt": (None, CONFIG_DUMP),
-    "drbd-8.0-8.3_drbdsetup-show_ganeti-bdev-drbd-net-ip4.txt": (None, CONFIG_DUMP),
-    "drbd-8.0-8.3_drbdsetup-show_ganeti-bdev-drbd-net-ip6.txt": (None, CONFIG_DUMP),
-    "drbd-8.0_drbdsetup-show_ganeti-bdev-drbd-8.0.txt": (None, CONFIG_DUMP),
-    "drbd-8.3_drbdsetup-show_ganeti-bdev-drbd-8.3.txt": (None, CONFIG_DUMP),
-    "drbd-8.4_drbdsetup-show_ganeti-bdev-drbd-8.4-no-disk-params.txt": (None, CONFIG_DUMP),
-    "drbd-8.4_drbdsetup-show_ganeti-bdev-drbd-8.4.txt": (None, CONFIG_DUMP),
-    "drbd9_drbdsetup-show-json_utils-test-2-device.json": (None, CONFIG_DUMP),
-    "drbd9_drbdsetup-show-json_utils-test-normal.json": (None, CONFIG_DUMP),
-    "drbd9_drbdsetup-show-json_utils-test-resource.json": (None, CONFIG_DUMP),
+    "drbd-8.0-8.3_drbdsetup-show_ganeti-bdev-drbd-disk.txt": (None, NOT_STATUS_TEXT),
+    "drbd-8.0-8.3_drbdsetup-show_ganeti-bdev-drbd-net-ip4.txt": (None, NOT_STATUS_TEXT),
+    "drbd-8.0-8.3_drbdsetup-show_ganeti-bdev-drbd-net-ip6.txt": (None, NOT_STATUS_TEXT),
+    "drbd-8.0_drbdsetup-show_ganeti-bdev-drbd-8.0.txt": (None, NOT_STATUS_TEXT),
+    "drbd-8.3_drbdsetup-show_ganeti-bdev-drbd-8.3.txt": (None, NOT_STATUS_TEXT),
+    "drbd-8.4_drbdsetup-show_ganeti-bdev-drbd-8.4-no-disk-params.txt": (None, NOT_STATUS_TEXT),
+    "drbd-8.4_drbdsetup-show_ganeti-bdev-drbd-8.4.txt": (None, NOT_STATUS_TEXT),
+    "drbd9_drbdsetup-show-json_utils-test-2-device.json": (None, NOT_STATUS_TEXT),
+    "drbd9_drbdsetup-show-json_utils-test-normal.json": (None, NOT_STATUS_TEXT),
+    "drbd9_drbdsetup-show-json_utils-test-resource.json": (None, NOT_STATUS_TEXT),
 }
-TEXT_PARSERS = (parse_proc_drbd, parse_drbdadm_status, parse_drbdsetup_status_json, parse_events2)
+TEXT_PARSERS = (parse_proc_drbd, parse_drbdadm_status)
 
 
 def read(corpus: Path, name: str) -> str:
@@ -209,15 +176,15 @@ def test_every_corpus_file_has_expectations(corpus):
     assert files == set(CORPUS)
 
 
-@pytest.mark.parametrize("name", sorted(n for n, (_, e) in CORPUS.items() if e is not CONFIG_DUMP))
+@pytest.mark.parametrize("name", sorted(n for n, (_, e) in CORPUS.items() if e is not NOT_STATUS_TEXT))
 def test_corpus_state(corpus, name):
     parser, expected = CORPUS[name]
     assert parser(read(corpus, name)) == expected
 
 
 @pytest.mark.parametrize("parser", TEXT_PARSERS, ids=lambda p: p.__name__)
-@pytest.mark.parametrize("name", sorted(n for n, (_, e) in CORPUS.items() if e is CONFIG_DUMP))
-def test_config_dumps_are_refused(corpus, name, parser):
+@pytest.mark.parametrize("name", sorted(n for n, (_, e) in CORPUS.items() if e is NOT_STATUS_TEXT))
+def test_formats_no_task_reads_are_refused(corpus, name, parser):
     with pytest.raises(ValueError, match=r"^not .* output"):
         parser(read(corpus, name))
 
@@ -325,38 +292,6 @@ def test_status_strips_colours():
     assert parse_drbdadm_status(text) == {"r0": st("r0", None, "Primary", "StandAlone", "UpToDate")}
 
 
-def test_json_sync_progress_and_worst_volume():
-    text = """[{"name": "r0", "role": "Primary",
-      "devices": [{"volume": 0, "minor": 7, "disk-state": "UpToDate"},
-                  {"volume": 1, "minor": 8, "disk-state": "UpToDate"}],
-      "connections": [{"peer-node-id": 1, "name": "kvm1", "connection-state": "Connected",
-                       "peer-role": "Secondary",
-                       "peer_devices": [
-          {"volume": 0, "replication-state": "Established", "peer-disk-state": "UpToDate",
-           "percent-in-sync": 100.0},
-          {"volume": 1, "replication-state": "SyncSource", "peer-disk-state": "Inconsistent",
-           "percent-in-sync": 40.0, "percent-resync-done": 20.25}]}]}]"""
-    assert parse_drbdsetup_status_json(text) == {
-        "r0": st("r0", 7, "Primary/Secondary", "SyncSource", "UpToDate/Inconsistent", 20.25)}
-
-
-def test_events2_replay_rename_destroy_and_timestamps():
-    text = """\
-2024-01-02T03:04:05.000000+00:00 exists resource name:old role:Secondary
-2024-01-02T03:04:05.000000+00:00 exists device name:old volume:0 minor:3 disk:UpToDate
-exists connection name:old peer-node-id:1 conn-name:kvm1 connection:Connected role:Primary
-exists peer-device name:old peer-node-id:1 conn-name:kvm1 volume:0 replication:SyncTarget peer-disk:UpToDate done:5.00
-exists -
-rename resource name:old new_name:new
-change peer-device name:new peer-node-id:1 conn-name:kvm1 volume:0 replication:Established
-change connection name:new peer-node-id:1 conn-name:kvm1 role:Secondary
-create resource name:gone role:Secondary
-destroy resource name:gone
-"""
-    assert parse_events2(text) == {
-        "new": st("new", 3, "Secondary/Secondary", "Connected", "UpToDate/UpToDate")}
-
-
 # --- every peer apart, and quorum (DRBD 9) -----------------------------------------
 
 def test_each_peer_of_the_three_peer_sample_is_kept_with_its_name(corpus):
@@ -373,13 +308,6 @@ def test_the_84_peer_is_named_peer_and_the_8x_parsers_give_one_peer_from_their_f
     proc = parse_proc_drbd(read(corpus, "drbd-8.4.2_proc-drbd_ganeti-proc_drbd84.txt"))[4]
     assert proc.peers == ()
     assert proc.peer_list() == (Peer("peer", "Unknown", "WFConnection", "DUnknown"),)
-
-
-def test_peer_names_from_json_and_events2(corpus):
-    json_state = parse_drbdsetup_status_json(read(corpus, "drbd9_drbdsetup-status-json_ha-cluster-exporter-fake_drbdsetup.json"))
-    assert [p.name for p in json_state["1-single-0"].peers] == ["SLE15-sp1-gm-drbd1145296-node1"]
-    events = parse_events2(read(corpus, "drbd9_drbdsetup-events2_utils-test-may-promote-peer-role.txt"))
-    assert events["some-resource"].peers == (Peer("some-peer", "Primary", "Connected", "DUnknown"),)
 
 
 # drbd-utils' drbdsetup.c device_status(): ` quorum:no` follows the disk on a device line only
@@ -412,15 +340,6 @@ def test_status_refuses_a_state_value_that_is_not_a_word(line):
     assert "\n" not in str(exc.value)
 
 
-def test_json_quorum_false_is_lost_quorum():
-    text = ('[{"name": "r0", "role": "Secondary", "devices": [{"volume": 0, "minor": 7, "disk-state": "UpToDate",'
-            ' "quorum": %s}], "connections": []}]')
-    assert parse_drbdsetup_status_json(text % "false")["r0"].quorum is False
-    assert parse_drbdsetup_status_json(text % "true")["r0"].quorum is True
-    with pytest.raises(ValueError):
-        parse_drbdsetup_status_json(text % '"no"')
-
-
 # --- garbage in: {} for "nothing there", ValueError for anything else ---------------
 
 @pytest.mark.parametrize("parser", TEXT_PARSERS, ids=lambda p: p.__name__)
@@ -447,16 +366,6 @@ def test_proc_drbd_of_drbd9_lists_nothing():
     (parse_drbdadm_status, "r0 role:Boss\n"),
     (parse_drbdadm_status, "r0 role:Primary\n  volume:x disk:UpToDate\n"),
     (parse_drbdadm_status, "r0 role:Primary\n  peer role:Secondary\n    replication:SyncSource done:lots\n"),
-    (parse_drbdsetup_status_json, "not json"),
-    (parse_drbdsetup_status_json, "{}"),
-    (parse_drbdsetup_status_json, "[1]"),
-    (parse_drbdsetup_status_json, '[{"name": "r0", "role": "Primary", "devices": [{"volume": 0}]}]'),
-    (parse_drbdsetup_status_json, '[{"name": "r0", "role": "primary"}]'),
-    (parse_events2, "bogus line\n"),
-    (parse_events2, "change resource role:Primary\n"),              # no name
-    (parse_events2, "change device name:r0 minor:1 disk:UpToDate\n"),  # no volume
-    (parse_events2, "change widget name:r0\n"),
-    (parse_events2, "rename resource name:r0\n"),
 ])
 def test_garbage_is_a_one_line_value_error(parser, text):
     with pytest.raises(ValueError) as exc:

@@ -75,16 +75,17 @@ def test_every_line_of_any_error_is_printable_and_bounded(lines):
 
 def test_a_hosts_output_cannot_split_or_colour_the_error_line():
     """What a host prints reaches the operator through the same mechanism."""
-    from invoke import MockContext, Result
+    from invoke import Result
 
-    from tasks import xenhost
+    from tasks.hypervisors import XenHost
     from tasks.inventory import Host
     from tasks.remote import Remote, RemoteError
+    from tests.wire import HostMock
 
-    remote = Remote("xen1", MockContext(run={"xl list": Result(stderr="libxl: error\n\x1b[31mxenstored hung\n",
+    remote = Remote("xen1", HostMock(run={"xl list": Result(stderr="libxl: error\n\x1b[31mxenstored hung\n",
                                                                   exited=3)}))
     with pytest.raises(ToolError) as info:
-        xenhost.list_domains(remote, Host("xen1", "192.0.2.11", "xen", toolstack="xl"))
+        XenHost(remote, Host("xen1", "192.0.2.11", "xen", toolstack="xl")).states()
     assert info.value.message == "error: xen1: `xl list` failed (exit 3): libxl: error\\n\\x1b[31mxenstored hung"
     failed = RemoteError("kvm1", "virsh start web", 1, "error: \x1b]0;owned\x07 domain\r\n")
     assert str(failed) == "kvm1: `virsh start web` failed (exit 1): error: \\x1b]0;owned\\x07 domain"

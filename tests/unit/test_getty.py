@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.errors import InputError
+from tasks.formats import FormatError
 from tasks.formats.getty import CONSOLE_UNITS, GettyPlan, GuestConsoleFacts, commands, plan_getty_units
 
 BOOKWORM = GuestConsoleFacts(
@@ -67,7 +67,7 @@ def test_sysvinit_has_no_units():
 
 
 def test_unknown_init_is_refused():
-    with pytest.raises(InputError, match="unknown init system 'upstart'"):
+    with pytest.raises(FormatError, match="unknown init system 'upstart'"):
         plan_getty_units(GuestConsoleFacts("upstart"))
 
 

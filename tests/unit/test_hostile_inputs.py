@@ -18,7 +18,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks import kvmhost, xenhost
+from tasks import kvmhost, vmplan
 from tasks.errors import InputError, ToolError
 from tasks.formats.xencfg import CfgSyntaxError, parse_xen_cfg
 from tasks.inventory import load_inventory, parse_inventory
@@ -360,7 +360,7 @@ def test_invalid_utf8_is_one_line_naming_the_byte(tmp_path):
 
 
 def convert(text: str) -> str:
-    return xenhost.converted_cfg(text, "f.cfg", None, console=True)
+    return vmplan.plan(text, "f.cfg").converted_cfg(console=True)
 
 
 @pytest.mark.parametrize("text, expected", [pytest.param(t, e, id=i) for i, _, t, e in REFUSED_CFGS])
@@ -370,7 +370,7 @@ def test_a_hostile_cfg_is_refused_in_one_line(text, expected):
     [line] = assert_one_line_errors(info.value, "f.cfg")
     assert expected in line
     try:     # the libvirt XML preview reads the cfg too (and ignores a bad extra=)
-        kvmhost.plan_spec(text, "f.cfg", None)
+        vmplan.plan(text, "f.cfg").domain_spec()
     except InputError as error:
         assert_one_line_errors(error, "f.cfg")
 
@@ -456,16 +456,16 @@ cfg_texts = st.one_of(st.text(max_size=300), st.lists(cfg_lines, max_size=8).map
 @given(text=cfg_texts)
 def test_any_cfg_text_parses_or_names_its_line(text):
     try:
-        parse_xen_cfg(text, "f.cfg")
+        parse_xen_cfg(text)
     except CfgSyntaxError as error:
-        assert "\n" not in str(error) and str(error).startswith("f.cfg")
+        assert "\n" not in str(error) and error.line is not None
 
 
 @settings(max_examples=300, deadline=None)
 @given(text=cfg_texts, console=st.booleans())
 def test_any_cfg_text_converts_and_renders_or_ends_in_one_line(text, console):
-    for preview in (lambda: xenhost.converted_cfg(text, "f.cfg", None, console),
-                    lambda: kvmhost.render_checked(kvmhost.plan_spec(text, "f.cfg", None))):
+    for preview in (lambda: vmplan.plan(text, "f.cfg").converted_cfg(console),
+                    lambda: kvmhost.render_checked(vmplan.plan(text, "f.cfg").domain_spec())):
         try:
             preview()
         except InputError as error:

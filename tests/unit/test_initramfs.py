@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.errors import InputError
+from tasks.formats import FormatError
 from tasks.formats.initramfs import KVM_MODULES, plan_initramfs_modules
 
 DEBIAN = """\
@@ -44,7 +44,7 @@ def test_nothing_missing_is_none():
 
 @pytest.mark.parametrize("bad", ["virtio_blk\nrm", "", "-r", "sd mod"])
 def test_bad_module_names_are_refused(bad):
-    with pytest.raises(InputError, match="module name"):
+    with pytest.raises(FormatError, match="module name"):
         plan_initramfs_modules(DEBIAN, required=(bad,))
 
 

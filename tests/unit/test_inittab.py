@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.errors import InputError
+from tasks.formats import FormatError
 from tasks.formats.inittab import CO_LINE, MARK, T0_LINE, convert_inittab, convert_securetty
 
 HEAD = """\
@@ -174,7 +174,7 @@ def test_missing_final_newline_is_closed():
 
 def test_id_co_taken_by_another_entry_is_refused():
     text = "1:2345:respawn:/sbin/getty 38400 tty1\nco:2345:respawn:/usr/local/bin/console-logger\n"
-    with pytest.raises(InputError, match="id 'co' is taken"):
+    with pytest.raises(FormatError, match="id 'co' is taken"):
         convert_inittab(text)
 
 
@@ -246,7 +246,7 @@ def _ids(text):
 def _convert_or_refuse(text):
     try:
         return convert_inittab(text)
-    except InputError:
+    except FormatError:
         return None
 
 

@@ -67,7 +67,7 @@ def test_per_host_device_mapping():
     data = seed_data()
     data["vms"]["logger"]["disks"][0]["device"] = {"xen1": "/dev/drbd5", "kvm1": "/dev/drbd15"}
     disk = parse_inventory(yaml.safe_dump(data)).vm("logger").disks[0]
-    assert disk.device_on("xen1") == "/dev/drbd5" and disk.device_on("kvm1") == "/dev/drbd15"
+    assert disk.device == {"xen1": "/dev/drbd5", "kvm1": "/dev/drbd15"}
 
 
 @pytest.mark.parametrize("mutate, expected", [

@@ -377,11 +377,12 @@ def test_version_is_read_as_the_tool_reads_it(lab, style, version):
     """drbd-utils 9.22 over a 9.2 module, or its 8.4 drbdadm over Debian's 8.4.11 module; 8.3 has none."""
     from tasks.drbd import drbd_version
     from tasks.remote import Remote
+    from tests.wire import bare
     lab.set_style(style)
 
     class Conn:
         def run(self, command, **kwargs):
-            done = lab.run("xen1", *command.split())
+            done = lab.run("xen1", *bare(command).split())
             return Result(stdout=done.stdout, stderr=done.stderr, exited=done.returncode)
 
     assert drbd_version(Remote("xen1", Conn())) == version

@@ -4,7 +4,7 @@ import io
 
 from rich.console import Console
 
-from tasks.progress import FleetView
+from tasks.fleet import FleetView
 
 
 def render(view: FleetView) -> str:

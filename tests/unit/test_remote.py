@@ -50,8 +50,8 @@ def test_write_file_stages_over_sftp_then_replaces_atomically(tmp_path, mocker):
     (staged, content), = [(k, v) for k, v in conn.sftp_client.files.items() if not k.endswith(":mode")]
     assert content == b"<domain/>\n" and conn.sftp_client.files[staged + ":mode"] == 0o600
     argv = shlex.split(spy.call_args.args[0])
-    assert argv[:2] == ["sh", "-c"] and argv[3:5] == ["sh", "/var/lib/xenkvm/my vm.xml"]
-    assert argv[6] == staged and spy.call_args.kwargs["in_stream"] is False
+    assert argv[:4] == ["env", "LC_ALL=C", "sh", "-c"] and argv[5:7] == ["sh", "/var/lib/xenkvm/my vm.xml"]
+    assert argv[8] == staged and spy.call_args.kwargs["in_stream"] is False
     kinds = [json.loads(line)["kind"] for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert kinds == ["upload", "change"]
 
@@ -89,7 +89,7 @@ def test_write_file_without_sftp_streams_on_stdin(mocker):
     conn = MockContext(run={__import__("re").compile(".*"): Result()}, repeat=True)
     spy = mocker.spy(conn, "run")
     Remote("h", conn).write_file("/etc/fstab", "x\n")
-    assert shlex.split(spy.call_args.args[0])[6] == ""
+    assert shlex.split(spy.call_args.args[0])[8] == ""
     assert spy.call_args.kwargs["in_stream"].getvalue() == "x\n"
 
 
@@ -115,9 +115,12 @@ def test_dry_run_write_sends_nothing(mocker):
     assert spy.call_count == 0 and conn.sftp_client.files == {}
 
 
-def test_sudo_prefixes_and_env_are_quoted_arguments():
+def test_every_command_runs_in_the_c_locale_through_sudo_where_needed_with_quoted_arguments():
+    """The parsers read English: virsh's states, lvs, blkid, apt-cache's field names."""
+    assert Remote("h", MockContext()).command(["virsh", "start", "a b"]) == "env LC_ALL=C virsh start 'a b'"
     remote = Remote("h", MockContext(), sudo=True)
-    assert remote.command(["virsh", "start", "a b"], env={"LANG": "C"}) == "sudo -n -- env LANG=C virsh start 'a b'"
+    assert (remote.command(["apt-get", "install", "x;y"], env={"DEBIAN_FRONTEND": "noninteractive"})
+            == "sudo -n -- env LC_ALL=C DEBIAN_FRONTEND=noninteractive apt-get install 'x;y'")
 
 
 def test_a_proxy_command_whose_output_ends_fails_the_connection_at_once(tmp_path):
@@ -146,26 +149,27 @@ def test_once_connected_the_proxys_end_is_a_quiet_end_of_stream():
 def test_concurrently_overlaps_the_calls_and_keeps_order_tag_and_first_failure():
     import threading
 
-    from tasks.remote import concurrently, say, set_output_prefix, set_sink
+    from tasks import output
+    from tasks.output import log, set_vm
+    from tasks.remote import concurrently
 
     meet = threading.Barrier(3, timeout=30)   # passes only if all three calls run at the same time
     lines = []
-    set_sink(lines.append)
-    set_output_prefix("logger")
+    set_vm("logger")
     try:
-        def call(value):
-            meet.wait()
-            say(f"probe {value}")
-            return value
-        assert concurrently(lambda: call("a"), lambda: call("b"), lambda: call("c")) == ["a", "b", "c"]
+        with output.live(lines.append):
+            def call(value):
+                meet.wait()
+                log.info(f"probe {value}")
+                return value
+            assert concurrently(lambda: call("a"), lambda: call("b"), lambda: call("c")) == ["a", "b", "c"]
 
-        def fail(text):
-            raise ToolError(text)
-        with pytest.raises(ToolError, match="^second$"):
-            concurrently(lambda: "ok", lambda: fail("second"), lambda: fail("third"))
+            def fail(text):
+                raise ToolError(text)
+            with pytest.raises(ToolError, match="^second$"):
+                concurrently(lambda: "ok", lambda: fail("second"), lambda: fail("third"))
     finally:
-        set_output_prefix("")
-        set_sink(None)
+        set_vm("")
     assert sorted(lines) == ["[logger] probe a", "[logger] probe b", "[logger] probe c"]
 
 

@@ -79,7 +79,7 @@ def test_a_bad_port_in_the_config_is_one_line():
 
 def test_the_agent_is_never_forwarded_and_fabric_reads_no_config_of_its_own():
     """`ForwardAgent yes` in ~/.ssh/config must not lend the operator's keys to every host."""
-    conn, proxy = ssh._connection(resolve("xen1"), print)
+    conn, proxy = ssh._connection(resolve("xen1"))
     assert conn.forward_agent is False
     assert conn.ssh_config == {"hostname": "10.0.0.11"}, "no file read: every setting is passed explicitly"
     assert (conn.host, conn.user, conn.port) == ("10.0.0.11", "admin", 2222)

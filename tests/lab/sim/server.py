@@ -65,7 +65,7 @@ def answer(request):
     os.environ.clear()
     os.environ.update(os.fsdecode(f).split("=", 1) for f in fields[3 + count:] if b"=" in f)
     captured = [os.memfd_create(name) for name in ("stdout", "stderr")]
-    for fd, memfd in zip((1, 2), captured):
+    for fd, memfd in zip((1, 2), captured, strict=True):
         os.dup2(memfd, fd)
     sys.argv = argv
     cli.hand_off = _hand_off

@@ -122,7 +122,7 @@ def locked(state_dir, actor):
 def run_hook(state_dir, argv):
     """Run a lab hook (guest_start/guest_stop) with its output in hooks.log, never on our pipes:
     a guest it leaves running must not hold the caller's stdout (an SSH channel) open."""
-    import subprocess   # here: the commonest simulated commands never run a hook
+    import subprocess  # here: the commonest simulated commands never run a hook
 
     with open(os.path.join(state_dir, HOOKS_LOG), "a", encoding="utf-8") as log:
         log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {argv}\n")

@@ -1,0 +1,96 @@
+"""One VM's plan, built once: cfg text -> parsed cfg -> disk map -> renames -> domain spec.
+
+Every stage and offline task takes the VM's disk names and devices from here, so the cfg
+rewrite, fstab, device.map, grub and the libvirt XML cannot disagree; and here what the cfg
+or the mapping cannot give becomes the operator's one line naming the cfg (exit 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .diskmap import MappedDisk, plan_disk_map, renames
+from .errors import InputError, reading
+from .inventory import VM, LocalDisk
+
+if TYPE_CHECKING:
+    from .formats.domainxml import DomainSpec
+    from .formats.xencfg import XenConfig
+    from .remote import Remote, Site
+
+# Why an HVM guest's cfg is never rewritten: under qemu-xen its hd* and xvd* disks are IDE and
+# its sd* disks SCSI, so a rename would change its hardware and it might not boot back on Xen.
+HVM_CFG_NOTE = ("an HVM guest: its cfg stays as it is (it boots from emulated disks with its own boot "
+                "loader under Xen and KVM alike, and renamed disks would be other hardware under Xen)")
+
+
+@dataclass(frozen=True)
+class VmPlan:
+    label: str                  # how errors name the cfg: xen1:/etc/xen/auto/logger.cfg, or a local path
+    text: str
+    cfg: XenConfig
+    disk_map: list[MappedDisk]
+    vm: VM | None               # None: an offline preview of a cfg alone
+
+    @property
+    def renames(self) -> dict[str, str]:
+        return renames(self.disk_map)
+
+    def domain_spec(self) -> DomainSpec:
+        from .formats.domainxml import plan_domain_spec
+        with reading(self.label):
+            return plan_domain_spec(self.cfg, self.disk_map, self.vm)
+
+    def converted_cfg(self, console: bool) -> str | None:
+        """The dual-boot cfg: disks renamed sda.. (root first), root= follows, an optional Xen
+        console; None for an HVM guest's cfg, which stays as it is (HVM_CFG_NOTE)."""
+        from .formats.xencfg import rewrite_xen_cfg
+        if self.cfg.hvm:
+            return None
+        with reading(self.label):
+            return rewrite_xen_cfg(self.text, self.renames, add_console=console)
+
+
+def plan(text: str, label: str, vm: VM | None = None, *, block_devices: frozenset[str] | None = None,
+         drbd_version: str | None = None) -> VmPlan:
+    """The plan of a cfg's text (plan_disk_map says what block_devices and drbd_version change)."""
+    from .formats.xencfg import parse_xen_cfg
+    with reading(label):
+        cfg = parse_xen_cfg(text)
+        disk_map = plan_disk_map(cfg, vm, block_devices=block_devices, drbd_version=drbd_version)
+    return VmPlan(label, text, cfg, disk_map, vm)
+
+
+def of_vm(site: Site, vm: VM, *, kvm_devices: bool = False) -> VmPlan:
+    """The VM's plan from its cfg as its Xen host has it now. With `kvm_devices` (for the domain
+    XML) the KVM host says which of the VM's local disks are block devices there."""
+    label = f"{vm.xen_host}:{vm.cfg}"
+    text = site.host(vm.xen_host).read_file(vm.cfg)
+    if text is None:
+        raise InputError(f"{label}: no such file (vms.{vm.name}.cfg)")
+    local = [d.path[vm.kvm_host] for d in vm.disks if isinstance(d, LocalDisk)]
+    block_devices = block_devices_of(site.host(vm.kvm_host), local) if kvm_devices else None
+    return plan(text, label, vm, block_devices=block_devices)
+
+
+def of_file(path: str, vm: VM | None = None, *, drbd_version: str | None = None) -> VmPlan:
+    """The plan of a cfg on this machine (the offline previews)."""
+    return plan(read_local(path, "Xen cfg"), path, vm, drbd_version=drbd_version)
+
+
+def block_devices_of(remote: Remote, paths) -> frozenset[str]:
+    """Which of the paths are block devices on the host (`test -b`, a probe): the domain XML
+    needs a file as a file, whatever the Xen cfg's prefix said."""
+    return frozenset(path for path in paths if remote.probe(["test", "-b", path]).ok)
+
+
+def read_local(path: str, what: str) -> str:
+    """A text file on this machine, or one line saying why not."""
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not a text file ({exc.reason} at byte {exc.start})") from None
