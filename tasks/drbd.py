@@ -40,6 +40,8 @@ HELD_OPEN = "Device is held open by someone"   # the kernel's state-change refus
 HELD_OPEN_PAUSES = (0.25, 0.5, 1.0, 2.0, 2.0, 2.0, 2.0)   # about 10 s in all, then the refusal stands
 # A peer's connection states that mean "not connected" (DRBD 8.4's cs: and DRBD 9's connection
 # words) but not StandAlone; any word outside these and the connected ones refuses.
+DISCONNECTED = frozenset({"Connecting", "WFConnection", "WFReportParams", "Unconnected", "Timeout", "BrokenPipe",
+                          "NetworkFailure", "ProtocolError", "TearDown", "Disconnecting"})
 SPLIT_BRAIN_GUIDE = 'DRBD\'s user guide, "Manual split brain recovery"'
 # Cluster managers that can own a VM or its DRBD resources, and how their operators move one.
 CLUSTER_TOOLS = {"Pacemaker": "crm_resource --move", "Ganeti": "gnt-instance failover or migrate",
@@ -49,8 +51,6 @@ GANETI_INSTANCES = "/var/lib/ganeti/ssconf_instance_list"   # on every Ganeti no
 LINSTOR_RESOURCES = "/var/lib/linstor.d"                    # the resource files a LINSTOR satellite writes
 CIB_NOT_CONNECTED, CIB_NO_SUCH_FILE = 102, 105   # cibadmin's exits: no cluster running, no CIB file
 CLUSTER_FACTS_AGE = 30.0    # seconds a host's cluster facts are shared by the VMs of one run
-DISCONNECTED = frozenset({"Connecting", "WFConnection", "WFReportParams", "Unconnected", "Timeout", "BrokenPipe",
-                          "NetworkFailure", "ProtocolError", "TearDown", "Disconnecting"})
 
 
 # --- pure: guards and plans -----------------------------------------------------
@@ -706,7 +706,9 @@ def promote(remote: Remote, vm: VM, host_name: str, *, allow_disconnected: bool 
     """Check every resource, then make the ones not yet Primary Primary: all or nothing.
 
     With --allow-disconnected and a peer this host cannot see, `other` (the VM's other
-    host) is asked directly first: reachable, it must say down or Outdated.
+    host) is asked directly first: reachable, it must say down or Outdated. A resource
+    StandAlone here (DRBD refused the peer, or was told to leave it) makes it ask too, so
+    that a split brain is refused as one.
     Returns the resources it promoted (or would, in a dry run), for the undo journal.
     """
     states = resource_states(remote, vm, host_name)

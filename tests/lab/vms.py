@@ -45,13 +45,13 @@ from .spaces import LabError, alive, kill, run, wait_for
 IMAGE_VERSION = 1                  # bump when the build below changes
 SUITE = "bookworm"
 BUILD_NETNS = VM_PREFIX + "build"  # the build's private netns: only lo, with the apt proxy on it
-PROXY_ADDRESS = "10.77.1.1"
+SWITCH_ADDRESS = "10.77.1.1"      # the VM network's bridge, /24 (and the apt proxy's address in a build)
 PROXY_PORT = 3142
 PROXY_CACHE = CACHE / "apt-proxy"
 NETNS = VM_PREFIX + "net"         # the VMs' switch; the control side's only way in
 BRIDGE = "xkvmsw"
-NETWORK = "10.77.1.0/24"
 VM_WORK = WORK / "vms"
+KNOWN_HOSTS = KEYS / "vm_known_hosts"
 VM_MARKER = "XENKVM_LAB_VM"        # in every qemu's environment, so `down` finds them after a crash
 BASE_PACKAGES = ("openssh-server", "iproute2", "kmod", "procps", "netcat-openbsd")
 
@@ -162,7 +162,7 @@ def ensure_image(spec: ImageSpec, log=print) -> Image:
 def _build_script(spec: ImageSpec, rootfs: Path, mirror: str) -> str:
     """Shell run in a private mount namespace inside the build netns (the proxy is the only way out)."""
     q = shlex.quote
-    proxy = f"http://{PROXY_ADDRESS}:{PROXY_PORT}/"
+    proxy = f"http://{SWITCH_ADDRESS}:{PROXY_PORT}/"
     packages = ",".join(sorted({*BASE_PACKAGES, "initramfs-tools", *spec.packages}))
     initramfs = ("MODULES=most\n" if spec.modules == ("most",) else "MODULES=list\n")
     return "\n".join([
@@ -196,7 +196,7 @@ def build_image(spec: ImageSpec, log=print) -> Image:
     _build_netns_up()
     proxy = None
     try:
-        proxy = apt_proxy.start(BUILD_NETNS, PROXY_ADDRESS, PROXY_PORT, PROXY_CACHE)
+        proxy = apt_proxy.start(BUILD_NETNS, SWITCH_ADDRESS, PROXY_PORT, PROXY_CACHE)
         with logfile.open("w") as out:
             done = subprocess.run(["ip", "netns", "exec", BUILD_NETNS, "unshare", "--mount", "--propagation",
                                    "private", "--", "sh", "-c", _build_script(spec, rootfs, mirror)],
@@ -230,7 +230,7 @@ def build_image(spec: ImageSpec, log=print) -> Image:
 def _build_netns_up() -> None:
     run(["ip", "netns", "delete", BUILD_NETNS], check=False)
     for argv in (["ip", "netns", "add", BUILD_NETNS], ["ip", "-n", BUILD_NETNS, "link", "set", "lo", "up"],
-                 ["ip", "-n", BUILD_NETNS, "addr", "add", f"{PROXY_ADDRESS}/32", "dev", "lo"]):
+                 ["ip", "-n", BUILD_NETNS, "addr", "add", f"{SWITCH_ADDRESS}/32", "dev", "lo"]):
         run(argv)
 
 
@@ -258,8 +258,6 @@ def proxy_command(address: str) -> str:
     """How the control side reaches a VM: only from inside the VM network's namespace."""
     return f"{shutil.which('ip') or 'ip'} netns exec {NETNS} {shutil.which('nc') or 'nc'} {address} 22"
 
-
-KNOWN_HOSTS = KEYS / "vm_known_hosts"
 
 
 @dataclass(frozen=True)
@@ -325,9 +323,8 @@ def _network_up() -> None:
     if Path("/run/netns", NETNS).exists():
         return
     run(["ip", "netns", "add", NETNS])
-    gateway = NETWORK.replace(".0/24", ".1/24")
     for argv in (["link", "set", "lo", "up"], ["link", "add", BRIDGE, "type", "bridge", "forward_delay", "0"],
-                 ["addr", "add", gateway, "dev", BRIDGE], ["link", "set", BRIDGE, "up"]):
+                 ["addr", "add", f"{SWITCH_ADDRESS}/24", "dev", BRIDGE], ["link", "set", BRIDGE, "up"]):
         run(["ip", "-n", NETNS, *argv])
 
 
