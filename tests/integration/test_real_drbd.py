@@ -18,7 +18,6 @@ import pytest
 from tasks.formats.drbdstatus import parse_drbdadm_status
 from tests.integration.runner import Runner, ok
 from tests.lab.drbdpair import KVM, XEN
-from tests.wire import LOCALE
 
 pytestmark = pytest.mark.lab
 
@@ -51,11 +50,6 @@ def refused(result, message: str) -> str:
     assert message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     return result.stderr
-
-
-def said(result) -> str:
-    """What `fab` printed, each command without the locale it is sent in (as tests/wire.py)."""
-    return result.stdout.replace(LOCALE, "")
 
 
 def changes(fab) -> list[str]:
@@ -100,9 +94,9 @@ def test_setup_creates_internal_and_external_metadata_and_waits_for_the_real_ini
     fresh(drbd_pair)
     result = ok(fab("drbd.setup", "--vm", "web", "--force-initial-sync", timeout=300))
     for host in (XEN, KVM):
-        assert f"* {host}: drbdadm create-md --force web-root ... ok" in said(result)
-        assert f"* {host}: drbdadm up web-data ... ok" in said(result)
-    assert f"* {XEN}: drbdadm primary --force web-root web-data ... ok" in said(result)
+        assert f"* {host}: drbdadm create-md --force web-root ... ok" in result.stdout
+        assert f"* {host}: drbdadm up web-data ... ok" in result.stdout
+    assert f"* {XEN}: drbdadm primary --force web-root web-data ... ok" in result.stdout
     assert result.stdout.rstrip().endswith(f"* {XEN}: web-root, web-data UpToDate/UpToDate ... ok")
     kernel = sh(drbd_pair, XEN, "drbdsetup show web-data; drbdsetup show web-root").stdout
     assert 'meta-disk\t\t\t"/dev/vdd";' in kernel and "meta-disk\t\t\tinternal;" in kernel
@@ -150,7 +144,7 @@ def test_promote_guards_against_the_kernel(drbd_pair, fab):
     ok(fab("drbd.wait-sync", "--vm", "web", "--timeout", "120", timeout=180))
 
     promoted = ok(fab("drbd.promote", "--vm", "web", "--host", KVM))
-    assert f"* {KVM}: drbdadm primary web-root web-data ... ok" in said(promoted)
+    assert f"* {KVM}: drbdadm primary web-root web-data ... ok" in promoted.stdout
     assert roles(drbd_pair) == {XEN: ("Secondary", "Secondary"), KVM: ("Primary", "Primary")}
     again = ok(fab("drbd.promote", "--vm", "web", "--host", KVM))
     assert f"* {KVM}: web-root already Primary ... ok" in again.stdout
@@ -167,7 +161,7 @@ def test_demote_tries_again_while_the_device_is_held_then_reports_the_kernels_re
                        "</dev/null >/dev/null 2>&1 &")
     moment = ok(fab("drbd.demote", "--vm", "web", "--host", KVM, timeout=120))
     assert f"  {KVM}: web-root, web-data held open by someone, trying again in 0.25s\n" \
-           f"* {KVM}: drbdadm secondary web-root web-data ... ok" in said(moment)
+           f"* {KVM}: drbdadm secondary web-root web-data ... ok" in moment.stdout
     assert roles(drbd_pair)[KVM] == ("Secondary", "Secondary")
 
     ok(fab("drbd.promote", "--vm", "web", "--host", KVM))
