@@ -21,6 +21,7 @@ import argparse
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -234,10 +235,8 @@ class SimPair(Pair):
     """The lab's drbdadm simulator in its 8.4 style, each host told who it is by its host.json."""
 
     def __init__(self, work: Path):
-        from .sim import store
         self.work = work
         self.state = work / "state"
-        self.env_key = store.HOST_FILE_ENV
         self.holder: subprocess.Popen | None = None
         self.conf = work / "drbd.conf"
         self.conf.write_text('global { usage-count no; }\ninclude "drbd.d/*.res";\n')
@@ -259,6 +258,7 @@ class SimPair(Pair):
         return Answer(done.returncode, done.stdout, done.stderr)
 
     def hold(self, host: str, device: str) -> None:
+        """One holder at a time (the sequences need no more)."""
         path = self.work / f"{host}-{Path(device).name}"
         self.holder = subprocess.Popen([sys.executable, "-c", "import sys, time; f = open(sys.argv[1]); "
                                         "print(flush=True); time.sleep(600)", str(path)], stdout=subprocess.PIPE)
@@ -271,8 +271,6 @@ class SimPair(Pair):
             self.holder = None
 
     def reset(self, start: str) -> None:
-        import shutil
-
         from . import sim
         shutil.rmtree(self.state, ignore_errors=True)
         self.state.mkdir()
