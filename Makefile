@@ -7,7 +7,7 @@ APT_PACKAGES := openssh-server openssh-client netcat-openbsd iproute2 kmod e2fsp
 	libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils \
 	libxml2-utils drbd-utils xen-tools debootstrap fdisk lvm2
 
-.PHONY: deps apt venv lint test e2e lab-up lab-down demo bench clean
+.PHONY: deps apt venv lint test e2e conformance lab-up lab-down demo bench clean
 
 deps: apt venv
 
@@ -45,6 +45,10 @@ test: deps lint
 e2e: deps
 	rm -f $(E2E_REPORT)
 	$(BIN)/pytest -q -m e2e tests/e2e && cat $(E2E_REPORT)
+
+# The lab's simulators against transcripts of the real commands (one line per simulator).
+conformance: venv
+	$(BIN)/python -m tests.lab.conformance check
 
 lab-up: deps
 	$(BIN)/python -m tests.lab up

@@ -14,6 +14,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Callable, Mapping, cast
 
 from invoke import Collection
@@ -27,7 +28,8 @@ from .remote import Remote, RemoteError, Site, concurrently, replaced_by, site_f
 from .ssh import ConnectError
 
 if TYPE_CHECKING:
-    from .formats.drbdstatus import DrbdState, Peer
+    from .formats.cib import Primitive
+    from .formats.drbdstatus import DrbdState, GenerationIds, Peer
 
 DRBD_DIR = "/etc/drbd.d"
 DOWN = "Unconfigured"                 # DRBD's word for a resource that is defined but not up
@@ -40,6 +42,15 @@ HELD_OPEN_PAUSES = (0.25, 0.5, 1.0, 2.0, 2.0, 2.0, 2.0)   # about 10 s in all, t
 # words) but not StandAlone; any word outside these and the connected ones refuses.
 DISCONNECTED = frozenset({"Connecting", "WFConnection", "WFReportParams", "Unconnected", "Timeout", "BrokenPipe",
                           "NetworkFailure", "ProtocolError", "TearDown", "Disconnecting"})
+SPLIT_BRAIN_GUIDE = 'DRBD\'s user guide, "Manual split brain recovery"'
+# Cluster managers that can own a VM or its DRBD resources, and how their operators move one.
+CLUSTER_TOOLS = {"Pacemaker": "crm_resource --move", "Ganeti": "gnt-instance failover or migrate",
+                 "LINSTOR": "linstor, or the platform that drives it"}
+CIB_FILE = "/var/lib/pacemaker/cib/cib.xml"                 # the CIB a stopped cluster node starts from
+GANETI_INSTANCES = "/var/lib/ganeti/ssconf_instance_list"   # on every Ganeti node
+LINSTOR_RESOURCES = "/var/lib/linstor.d"                    # the resource files a LINSTOR satellite writes
+CIB_NOT_CONNECTED, CIB_NO_SUCH_FILE = 102, 105   # cibadmin's exits: no cluster running, no CIB file
+CLUSTER_FACTS_AGE = 30.0    # seconds a host's cluster facts are shared by the VMs of one run
 
 
 # --- pure: guards and plans -----------------------------------------------------
@@ -60,9 +71,9 @@ class PeerAnswer:
         return peer.name == self.drbd_name or (peer.name == "peer" and only_peer)
 
 
-def _shown(word: str) -> str:
+def _shown(word: str, limit: int = 40) -> str:
     """A word from a host's output, bounded for a one-line message."""
-    return word if len(word) <= 40 else word[:37] + "..."
+    return word if len(word) <= limit else word[:limit - 3] + "..."
 
 
 def _peer_label(peer: Peer) -> str:
@@ -153,6 +164,47 @@ def check_demote(state: DrbdState, host: str, domain_running: bool) -> None:
     if domain_running:
         raise GuardError(f"{host}: refusing to demote {state.name}: the VM's domain still runs on {host}; "
                          f"shut it down first")
+
+
+def check_split_brain(vm: VM, action: str, hosts: tuple[str, str],
+                      ids: Mapping[str, tuple[GenerationIds, GenerationIds]]) -> None:
+    """Refuse while any resource's data diverged between the two hosts (`ids`: resource ->
+    the two hosts' generation ids): whichever side ran the guest next would have its writes
+    thrown away or the other's, and which of them to keep is the operator's call, never ours."""
+    from .formats.drbdstatus import diverged
+    split = [name for name, (here, there) in ids.items() if diverged(here, there)]
+    if split:
+        raise GuardError(f"refusing to {action} {vm.name}: split brain on DRBD {', '.join(split)}: the data on "
+                         f"{hosts[0]} and {hosts[1]} diverged (each side was Primary while they were apart); "
+                         f"DRBD will not reconnect them and this tool resolves nothing: choose the side whose "
+                         f"changes are lost and recover by hand ({SPLIT_BRAIN_GUIDE}), then retry")
+
+
+def pacemaker_claims(primitives: list[Primitive], vm: VM) -> list[str]:
+    """The primitives that manage the VM: one of its DRBD resources (ocf:linbit:drbd), its
+    domain (VirtualDomain's config file, Xen's xmfile or domain name), or one named after it."""
+    resources = {d.resource for d in vm.resources}
+    claims = []
+    for primitive in primitives:
+        params, agent = primitive.params, primitive.agent
+        domain_file = params.get("config" if agent.endswith(":VirtualDomain") else "xmfile", "")
+        if agent == "ocf:linbit:drbd" and params.get("drbd_resource") in resources:
+            claims.append(f"{primitive.id}, {agent} of {params['drbd_resource']}")
+        elif agent.endswith((":VirtualDomain", ":Xen")) and (
+                domain_file == vm.cfg or PurePosixPath(domain_file).stem == vm.name or params.get("name") == vm.name):
+            claims.append(f"{primitive.id}, {agent} of {domain_file or params['name']}")
+        elif primitive.id == vm.name:
+            claims.append(f"{primitive.id}, {agent}")
+    return [_shown(claim, 120) for claim in claims]
+
+
+def check_unmanaged(vm: VM, host: str, action: str, claims: list[tuple[str, str]]) -> None:
+    """A cluster manager that owns the VM (claims: (manager, evidence)) would fight a move made
+    behind its back, up to starting the guest on both sides: it moves the VM, not this tool."""
+    if claims:
+        manager, evidence = claims[0]
+        raise GuardError(f"{host}: refusing to {action} {vm.name}: {manager} manages it ({evidence}); move it "
+                         f"with {manager} ({CLUSTER_TOOLS[manager]}), not behind its back")
 
 
 def plan_initial_sync(state: DrbdState, host: str, force: bool) -> bool:
@@ -413,6 +465,74 @@ def has_metadata(remote: Remote, resource: str) -> bool:
     raise RemoteError(remote.name, remote.command(argv), outcome.exit_code, outcome.stderr or outcome.stdout)
 
 
+def generation_ids(remote: Remote, resource: str) -> GenerationIds:
+    """A resource's data generation ids on a host (DRBD 8.x; read from its metadata)."""
+    from .formats.drbdstatus import parse_gi
+    argv = ["drbdadm", "get-gi", resource]
+    outcome = remote.probe(argv)
+    if not outcome.ok:
+        raise RemoteError(remote.name, remote.command(argv), outcome.exit_code, outcome.stderr or outcome.stdout)
+    try:
+        return parse_gi(outcome.stdout)
+    except ValueError as exc:
+        raise GuardError(f"{remote.name}: cannot read the DRBD generation ids of {resource} ({exc}): "
+                         f"refusing to act on them") from None
+
+
+def refuse_split_brain(vm: VM, action: str, remotes: Mapping[str, Remote],
+                       states: Mapping[str, Mapping[str, DrbdState]]) -> None:
+    """check_split_brain on live generation ids, asked only where a split brain can be: resources
+    up on both hosts (`remotes`, `states`: host -> its view) but not connected, on DRBD 8.x
+    (DRBD 9 keeps them per peer; there a split brain shows only as StandAlone)."""
+    a, b = remotes
+    apart = [d.resource for d in vm.resources
+             if all(states[h][d.resource].connection != DOWN for h in (a, b))
+             and not all(states[h][d.resource].is_connected for h in (a, b))]
+    if not apart or any(_major_minor(drbd_version(remotes[h])) >= (9,) for h in (a, b)):
+        return
+    ids_a, ids_b = concurrently(*(lambda h=h: [generation_ids(remotes[h], name) for name in apart] for h in (a, b)))
+    check_split_brain(vm, action, (a, b),
+                      {name: (x, y) for name, x, y in zip(apart, ids_a, ids_b, strict=True)})
+
+
+def cluster_claims(remote: Remote, vm: VM) -> list[tuple[str, str]]:
+    """(manager, evidence) for each cluster manager on this host that owns the VM or one of its
+    DRBD resources: Pacemaker's CIB (the live one, else the file a stopped node starts from),
+    Ganeti's instance list, LINSTOR's resource files. Host-wide facts, shared by one run's VMs."""
+    claims = [("Pacemaker", f"primitive {claim}") for claim in pacemaker_claims(_cib_primitives(remote), vm)]
+    instances = remote.read_file(GANETI_INSTANCES, max_age=CLUSTER_FACTS_AGE) or ""
+    if any(line.strip() == vm.name or line.strip().startswith(f"{vm.name}.") for line in instances.splitlines()):
+        claims.append(("Ganeti", f"instance {vm.name} in {GANETI_INSTANCES}"))
+    argv = ["ls", "-1", "--", LINSTOR_RESOURCES]
+    listing = remote.shared_probe(argv, max_age=CLUSTER_FACTS_AGE)
+    if not listing.ok and "No such file" not in listing.stderr:
+        raise RemoteError(remote.name, remote.command(argv), listing.exit_code, listing.stderr or listing.stdout)
+    files = set(listing.stdout.split()) if listing.ok else set()
+    claims += [("LINSTOR", f"{LINSTOR_RESOURCES}/{d.resource}.res") for d in vm.resources if f"{d.resource}.res" in files]
+    return claims
+
+
+def _cib_primitives(remote: Remote) -> list[Primitive]:
+    """Pacemaker's primitives on this host: none where its tools are not installed."""
+    from .formats.cib import parse_cib_primitives
+    argv = ["cibadmin", "--query", "--scope", "resources"]
+    outcome = remote.shared_probe(argv, max_age=CLUSTER_FACTS_AGE)
+    if outcome.exit_code == 127 or "command not found" in outcome.stderr:
+        return []
+    if outcome.exit_code == CIB_NOT_CONNECTED:      # the cluster is stopped here: what it would start with
+        outcome = remote.shared_probe(argv, env={"CIB_file": CIB_FILE}, max_age=CLUSTER_FACTS_AGE)
+        if outcome.exit_code == CIB_NO_SUCH_FILE:
+            return []
+    try:
+        if not outcome.ok:
+            raise ValueError(f"{remote.command(argv)} exited {outcome.exit_code}: "
+                             f"{_shown((outcome.stderr or outcome.stdout).strip(), 200)}")
+        return parse_cib_primitives(outcome.stdout)
+    except ValueError as exc:
+        raise GuardError(f"{remote.name}: cannot read Pacemaker's CIB ({exc}): refusing to act on a VM "
+                         f"the cluster may own") from None
+
+
 def fs_type(remote: Remote, device: str) -> str | None:
     """What signature a device holds (low-level probe, no cache), or None when blank."""
     argv = ["blkid", "-p", "-o", "value", "-s", "TYPE", device]
@@ -475,6 +595,21 @@ def domain_running_on(site: Site, host_name: str, vm_name: str) -> bool:
     """Whether the VM's domain runs on a host, asked of that host's hypervisor."""
     from .hypervisors import on
     return on(site, host_name).running(vm_name)
+
+
+def check_movable(site: Site, vm: VM) -> dict[str, dict[str, DrbdState]]:
+    """What a move checks before anything else, even before asking where the VM runs: no cluster
+    manager owns it on either host, and its DRBD data did not split. Returns both hosts' DRBD
+    states (host -> its view), for the rest of the checks."""
+    hosts = (vm.xen_host, vm.kvm_host)
+    remotes = {h: site.host(h) for h in hosts}
+    for host, claims in zip(hosts, concurrently(*(lambda h=h: cluster_claims(remotes[h], vm) for h in hosts)),
+                            strict=True):
+        check_unmanaged(vm, host, "move", claims)
+    states = dict(zip(hosts, concurrently(*(lambda h=h: resource_states(remotes[h], vm, h) for h in hosts)),
+                      strict=True))
+    refuse_split_brain(vm, "move", remotes, states)
+    return states
 
 
 def guard_start(site: Site, vm: VM, host_name: str, *, allow_disconnected: bool = False) -> None:
@@ -571,12 +706,24 @@ def promote(remote: Remote, vm: VM, host_name: str, *, allow_disconnected: bool 
     """Check every resource, then make the ones not yet Primary Primary: all or nothing.
 
     With --allow-disconnected and a peer this host cannot see, `other` (the VM's other
-    host) is asked directly first: reachable, it must say down or Outdated.
+    host) is asked directly first: reachable, it must say down or Outdated. A resource
+    StandAlone here (DRBD refused the peer, or was told to leave it) makes it ask too, so
+    that a split brain is refused as one.
     Returns the resources it promoted (or would, in a dry run), for the undo journal.
     """
     states = resource_states(remote, vm, host_name)
     blind = [n for n, s in states.items() if _is_blind(s)]
-    answers = ask_other_host(other, vm) if allow_disconnected and blind and other is not None else {}
+    standalone = [n for n, s in states.items()
+                  if not s.is_primary and (s.connection == "StandAlone" or not s.peer_list())]
+    answers: dict[str, PeerAnswer] = {}
+    if other is not None and (allow_disconnected and blind or standalone):
+        answers = ask_other_host(other, vm)
+        seen = {n: a.state for n, a in answers.items() if a.state is not None}
+        if standalone and len(seen) == len(states):   # DRBD refused to connect: a split brain is named as such
+            refuse_split_brain(vm, "promote", {host_name: remote, other.name: other.remote()},
+                               {host_name: states, other.name: seen})
+    if not allow_disconnected:
+        answers = {}
     for state in states.values():
         check_promote(state, host_name, allow_disconnected, answers.get(state.name))
     todo = [n for n, s in states.items() if not s.is_primary]
@@ -789,8 +936,9 @@ def promote_task(c, vm, host, allow_disconnected=False, dry_run=False):
     """Make the VM's DRBD resources Primary on one host, after the guards pass for all of them."""
     _, model, site = _context(c, vm, dry_run)
     name = _vm_host(model, host)
-    promote(site.host(name), model, name, allow_disconnected=allow_disconnected,
-            other=OtherHost.of(site, model, name))
+    remote = site.host(name)
+    check_unmanaged(model, name, "promote", cluster_claims(remote, model))
+    promote(remote, model, name, allow_disconnected=allow_disconnected, other=OtherHost.of(site, model, name))
 
 
 @task(auto_shortflags=False,
@@ -802,6 +950,7 @@ def demote_task(c, vm, host, dry_run=False):
     inv, model, site = _context(c, vm, dry_run)
     name = _vm_host(model, host)
     remote = site.host(name)
+    check_unmanaged(model, name, "demote", cluster_claims(remote, model))
     demote(remote, model, name, domain_running=domain_running_on(site, name, model.name))
 
 

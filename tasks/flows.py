@@ -191,10 +191,11 @@ def _verify(ctx: Ctx, side: str) -> None:
 
 # -- checks ----------------------------------------------------------------------------------------
 
-def check_move(ctx: Ctx, target_side: str, runs_on: list[str]) -> str | None:
+def check_move(ctx: Ctx, target_side: str, runs_on: list[str], drbd_states: dict[str, dict]) -> str | None:
     """Every read-only check of a move, on both hosts; returns the domain XML for a move to KVM.
 
-    `runs_on` is where the VM was just seen running (resolve_target, under the VM's lock).
+    `runs_on` is where the VM was just seen running (resolve_target, under the VM's lock), and
+    `drbd_states` each host's DRBD states (drbd.check_movable, under the same lock).
     """
     vm, site = ctx.vm, ctx.site
     source_side = other(target_side)
@@ -207,9 +208,8 @@ def check_move(ctx: Ctx, target_side: str, runs_on: list[str]) -> str | None:
     if src not in runs_on:
         raise GuardError(f"{vm.name} is not running on {src}: nothing to move (start it there first)")
     log.info(f"  ok: {vm.name} runs on {src}, not on {dst}")
-    both_states = concurrently(*(lambda host=host: drbd.resource_states(site.host(host), vm, host)
-                                 for host in (src, dst)))
-    for host, role, states in zip((src, dst), ("Primary", "Secondary"), both_states, strict=True):
+    for host, role in ((src, "Primary"), (dst, "Secondary")):
+        states = drbd_states[host]
         for disk in vm.resources:
             st = states[disk.resource]
             if st.role != role:
@@ -244,6 +244,7 @@ def move(ctx: Ctx, to: str | None, journals: Path, locks: Path, dry_run: bool = 
     vm = ctx.vm
     with VmLock(locks, vm.name), ctx.site.vm_lock(vm):
         refuse_unfinished(journals, vm.name)   # first: after a crash the VM may run nowhere
+        drbd_states = drbd.check_movable(ctx.site, vm)
         target_side, runs_on, kvm_state = resolve_target(ctx.site, vm, to)
         if target_side is None:
             return VmResult(vm.name, True, runs_on, f"{vm.name}: already on {', '.join(runs_on)}")
@@ -251,7 +252,7 @@ def move(ctx: Ctx, to: str | None, journals: Path, locks: Path, dry_run: bool = 
         log.info(f"== {vm.name}: {src} -> {dst}{' (dry run)' if dry_run else ''}")
         log.info("checks:")
         ctx.on_step("checks")
-        xml = check_move(ctx, target_side, runs_on)
+        xml = check_move(ctx, target_side, runs_on, drbd_states)
         steps = plan_move(ctx, target_side, xml, kvm_state)
         print_plan(steps)
         if dry_run:

@@ -294,9 +294,10 @@ class Remote:
             log.info(f"* {self.name}: {shown} ... ok {took:.1f}s")
         return outcome
 
-    def read_file(self, path: str) -> str | None:
-        """The file's text, or None when it does not exist."""
-        outcome = self.probe(["sh", "-c", 'if [ -e "$1" ]; then cat -- "$1"; else exit 66; fi', "sh", path])
+    def read_file(self, path: str, max_age: float | None = None) -> str | None:
+        """The file's text, or None when it does not exist; with `max_age`, a shared_probe."""
+        argv = ["sh", "-c", 'if [ -e "$1" ]; then cat -- "$1"; else exit 66; fi', "sh", path]
+        outcome = self.probe(argv) if max_age is None else self.shared_probe(argv, max_age=max_age)
         if outcome.exit_code == 66:
             return None
         if not outcome.ok:

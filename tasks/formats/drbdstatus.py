@@ -336,3 +336,39 @@ def parse_dstate(text: str) -> tuple[str, tuple[str, ...]]:
         rows.append(parts)
     local, *peers = [_worst_disk(column) for column in zip(*rows, strict=True)]
     return local, tuple(peers)
+
+
+@dataclass(frozen=True)
+class GenerationIds:
+    """A node's data generation UUIDs (`drbdadm get-gi RES`, DRBD 8.x): DRBD compares them on
+    connect to tell which side's data is newer; bit 0 of each only flags "was Primary"."""
+
+    current: int
+    bitmap: int
+    history: tuple[int, ...]
+
+    def ancestors(self) -> set[int]:
+        """The generations this node's data grew from (0 means none)."""
+        return {uuid & ~1 for uuid in (self.bitmap, *self.history)} - {0}
+
+
+_GI = re.compile(r"^([0-9A-F]{16}):([0-9A-F]{16}):([0-9A-F]{16}):([0-9A-F]{16})(?::[01])*$")
+
+
+def parse_gi(text: str) -> GenerationIds:
+    """`drbdadm get-gi RES`: CURRENT:BITMAP:HISTORY1:HISTORY2:flags... (16 hex digits each)."""
+    what = "drbdadm get-gi"
+    lines = _answer_lines(text, what)
+    match = _GI.match(lines[0])
+    if len(lines) != 1 or not match:
+        raise _bad(what, 1 if not match else 2, lines[0] if not match else lines[1])
+    current, bitmap, *history = (int(value, 16) for value in match.groups())
+    return GenerationIds(current, bitmap, tuple(history))
+
+
+def diverged(a: GenerationIds, b: GenerationIds) -> bool:
+    """Split brain: each side's data has writes the other lacks. DRBD's own rule (uuid_compare):
+    equal current generations are in sync, and one whose current generation is among the
+    other's ancestors is merely behind it (a resync catches it up); anything else diverged."""
+    here, there = a.current & ~1, b.current & ~1
+    return here != there and here not in b.ancestors() and there not in a.ancestors()

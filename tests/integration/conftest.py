@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.runner import Runner
-from tests.lab import GUEST, INVENTORY, REPO, STATE_DIR, control
+from tests.lab import GUEST, INVENTORY, REPO, STATE_DIR, control, drbdpair, vms
 from tests.lab.config import Settings
 from tests.lab.spaces import LabError
 
@@ -94,3 +94,15 @@ def fab(lab, tmp_path):
     lab.reset()
     yield Runner(lab, tmp_path / "state")
     lab.fault_clear()
+
+
+@pytest.fixture(scope="session")
+def drbd_pair():
+    """Two VMs running Debian 12's own drbd.ko 8.4.11 (tests/lab/drbdpair.py), booted once and at
+    once for the session; independent of the namespace lab above."""
+    try:
+        pair = drbdpair.start(log=print)
+    except LabError as exc:
+        pytest.fail(f"the real DRBD pair cannot start: {exc}", pytrace=False)
+    yield pair
+    vms.down()

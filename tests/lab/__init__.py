@@ -29,6 +29,7 @@ MARKER = "XENKVM_LAB"
 # The lab's named network namespaces; another prefix lets a second checkout run its own lab
 # beside this one (everything else a lab owns is under its checkout's .work).
 PREFIX = os.environ.get("XENKVM_LAB_PREFIX", "xkl-")
+VM_PREFIX = PREFIX + "vm-"       # the lab VMs' namespaces (vms.py): a host lab `reset` leaves them
 SWITCH_NS = PREFIX + "net"      # the lab's switch; the control side's only way in
 SWITCH_BRIDGE = "xklsw"
 SWITCH_ADDRESS = "10.77.0.1"

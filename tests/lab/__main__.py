@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.lab", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
     _settings_args(verbs.add_parser("up", help="bring the lab up (idempotent)"))
-    verbs.add_parser("down", help="take the lab down, leaving nothing behind (idempotent)")
+    verbs.add_parser("down", help="take the lab down, its VMs too, leaving nothing behind (idempotent)")
     _settings_args(verbs.add_parser("reset", help="back to the initial state (tests run it between cases)"))
     verbs.add_parser("state", help="print the simulators' lab state as JSON")
     fault = verbs.add_parser("fault", help="make a command on a host fail or hang")
@@ -81,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "up":
             control.up(_settings(args, control.settings()))
         elif args.verb == "down":
+            from . import vms
+
             started = time.monotonic()
             control.down()
+            vms.down()
             control.say(f"down in {time.monotonic() - started:.1f}s")
         elif args.verb == "reset":
             control.reset(_settings(args, control.settings()))

@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import HOST_PYTHON, MARKER, PREFIX, WORK
+from . import HOST_PYTHON, MARKER, PREFIX, VM_PREFIX, WORK
 
 # PID 1 of a host: reaps orphans so no zombie piles up; SIGTERM ends the host.
 REAPER = ("import os, signal, time\n"
@@ -99,9 +99,9 @@ def daemon(pid: int, argv, log: str) -> None:
 
 
 def netns_names() -> list[str]:
-    """The lab's named network namespaces, also those of a lab that crashed."""
+    """The host lab's named network namespaces, also those of a lab that crashed (not the VMs')."""
     try:
-        return sorted(n for n in os.listdir("/run/netns") if n.startswith(PREFIX))
+        return sorted(n for n in os.listdir("/run/netns") if n.startswith(PREFIX) and not n.startswith(VM_PREFIX))
     except FileNotFoundError:
         return []
 

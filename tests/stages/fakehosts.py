@@ -25,6 +25,8 @@ from tests.wire import bare
 
 XL_HEADER = "Name                                        ID   Mem VCPUs\tState\tTime(s)\n"
 WIPEFS_OFFSETS = {"swap": "0xff6", "ext4": "0x438", "LVM2_member": "0x218"}
+# `drbdadm get-gi` of a connected, synced 8.4 pair (measured; both sides alike but for the Primary flag)
+IN_SYNC_GI = "3EDBF507CAF5AF50:0000000000000000:EA3B40C5598B02B4:0000000000000004:1:1:0:1:0:0:0\n"
 DOM0 = "Domain-0                                     0  1024     2     r-----     100.0\n"
 
 
@@ -52,6 +54,9 @@ class Shared:
     mapper_lvs: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # (host, /dev/mapper/..) -> VG, LV
     fail_halfway: tuple | None = None    # (host, verb, resource): drbdadm fails there, once, after the ones before
     lock_root: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="xenkvm-locks-"))   # hosts' lock dirs
+    generations: dict[tuple[str, str], str] = field(default_factory=dict)   # (resource, host) -> get-gi
+    standalone_hides_peer: bool = False   # DRBD 8.4's status: no peer line at all when StandAlone
+    cib: str | None = None       # Pacemaker's CIB (`cibadmin --query`), None: no Pacemaker installed
     auto_promote: bool = False   # DRBD 9's default: a domain opening a Secondary for writing promotes it
 
     def resources_of(self, domain: str) -> list[str]:
@@ -166,6 +171,15 @@ class FakeHost:
             return self.drbdadm(argv[1:])
         if tool == "virsh":
             return self.virsh(argv[3:])
+        if tool == "cibadmin":     # Pacemaker's tools, where a test installs them
+            if self.shared.cib is None:
+                return Result(stderr="sh: 1: cibadmin: not found\n", exited=127)
+            return Result(stdout=self.shared.cib)
+        if argv == ["ls", "-1", "--", "/var/lib/linstor.d"]:    # a LINSTOR satellite's resource files
+            names = sorted(p.rpartition("/")[2] for h, p in self.shared.files
+                           if h == self.name and p.startswith("/var/lib/linstor.d/"))
+            return Result(stdout="".join(f"{n}\n" for n in names)) if names else \
+                Result(stderr="ls: cannot access '/var/lib/linstor.d': No such file or directory\n", exited=2)
         if argv == ["ls", "-1", "/boot"]:
             return Result(stdout="".join(f"{p[6:]}\n" for h, p in sorted(self.shared.files)
                                          if h == self.name and re.fullmatch(r"/boot/[^/]+", p)))
@@ -274,6 +288,8 @@ class FakeHost:
                 return Result(stderr=f"'{res}' not defined in your config (for this host).\n", exited=10)
         if verb == "status":
             return Result(stdout="".join(self.status9(r) for r in resources))
+        if verb == "get-gi":
+            return Result(stdout=self.shared.generations.get((resources[0], self.name), IN_SYNC_GI))
         for res in resources:
             if self.shared.fail_halfway == (self.name, verb, res):
                 self.shared.fail_halfway = None
@@ -299,6 +315,8 @@ class FakeHost:
         conn = self.shared.connection
         peer = (f"  {self.peer} role:{roles[self.peer]}\n    peer-disk:{disk[self.peer]}\n"
                 if conn == "Connected" else f"  {self.peer} connection:{conn}\n")
+        if conn == "StandAlone" and self.shared.standalone_hides_peer:
+            peer = ""
         return f"{res} role:{roles[self.name]}\n  disk:{disk[self.name]}\n{peer}\n"
 
     def virsh(self, args):

@@ -23,7 +23,7 @@ from tasks.errors import GuardError, InputError, ToolError
 from tasks.formats.drbdconf import render_drbd_resource
 from tasks.formats.drbdstatus import DrbdState, parse_drbdadm_status
 from tasks.inventory import VM, Host, Inventory, LocalDisk, ReplicatedDisk
-from tasks.remote import Remote, RemoteError, Site
+from tasks.remote import Remote, RemoteError, Site, join
 from tasks.ssh import ConnectError
 from tests.conftest import REPO
 from tests.realdrbd import drbdadm, needs_drbdadm
@@ -56,6 +56,15 @@ VM_ = make_vm()
 def remote(name: str, run: dict, dry_run: bool = False) -> Remote:
     return Remote(name, HostMock(run=dict(run)), dry_run=dry_run)   # MockContext rewrites the dict it gets
 
+
+# What a host without Pacemaker, Ganeti or LINSTOR answers to drbd.cluster_claims' probes.
+NO_CLUSTER_MANAGER = {
+    "cibadmin --query --scope resources": Result(stderr="sh: 1: cibadmin: not found\n", exited=127),
+    join(["sh", "-c", 'if [ -e "$1" ]; then cat -- "$1"; else exit 66; fi', "sh", drbd.GANETI_INSTANCES]):
+        Result(exited=66),
+    "ls -1 -- /var/lib/linstor.d": Result(stderr="ls: cannot access '/var/lib/linstor.d': No such file or directory\n",
+                                         exited=2),
+}
 
 WRITE = "<file write>"     # how sent() shows a command fed from stdin (Remote.write_file)
 
@@ -1064,8 +1073,8 @@ def test_demote_task_asks_that_hosts_hypervisor_whether_the_domain_runs(tmp_path
     running = mocker.patch.object(getattr(hypervisors, kind), "running", return_value=True)
     status = both(drbd9("logger-system", role="Primary"), drbd9("logger-var", role="Primary"))
     mocker.patch.object(drbd, "site_from_context",
-                        lambda c, inv, dry_run: Site(inv, dry_run=dry_run,
-                                                     connect=lambda *a, **k: HostMock(run={STATUS: status})))
+                        lambda c, inv, dry_run: Site(inv, dry_run=dry_run, connect=lambda *a, **k: HostMock(
+                            run={STATUS: status, **NO_CLUSTER_MANAGER})))
     with pytest.raises(GuardError, match=f"still runs on {host}"):
         drbd.demote_task(c, vm="logger", host=host)
     running.assert_called_once_with("logger")

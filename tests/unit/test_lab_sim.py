@@ -252,10 +252,8 @@ def test_promote_needs_uptodate_data_not_a_connection_and_outdate_stops_it(lab):
     assert sim.lab_state(lab.state)["violations"] == []
 
 
-@pytest.mark.parametrize("style", ["9", "8.4"])
-def test_outdate_refuses_what_the_kernel_refuses(lab, style):
-    """outdate names its device by minor, in 9 as in 8.4 (drbdsetup's CTX_MINOR)."""
-    lab.set_style(style)
+def test_outdate_refuses_what_the_kernel_refuses(lab):
+    """outdate names its device by minor (drbdsetup's CTX_MINOR)."""
     lab.seed(primary="xen1")
 
     connected = lab.run("kvm1", "drbdadm", "outdate", RES)
@@ -267,6 +265,21 @@ def test_outdate_refuses_what_the_kernel_refuses(lab, style):
                                 "Command 'drbdsetup outdate 0' terminated with exit code 11\n")
     assert primary.returncode == 17
     assert primary.stderr.startswith("0: State change failed: (-2) Need access to UpToDate data\n")
+    assert lab.roles() == {"xen1": "Primary", "kvm1": "Secondary"}
+
+
+def test_drbdadm_84_outdate_refuses_without_a_word(lab):
+    """As drbd-utils 9.22's drbdadm-84 does over drbd.ko 8.4.11 (tests/data/conformance)."""
+    lab.set_style("8.4")
+    lab.seed(primary="xen1")
+
+    connected = lab.run("kvm1", "drbdadm", "outdate", RES)
+    state = lab.run("kvm1", "drbdadm", "dstate", RES).stdout
+    lab.run("kvm1", "drbdadm", "disconnect", RES)
+    primary = lab.run("xen1", "drbdadm", "outdate", RES)
+
+    assert (connected.returncode, connected.stdout, connected.stderr, state) == (0, "", "", "UpToDate/UpToDate\n")
+    assert (primary.returncode, primary.stdout, primary.stderr) == (17, "", "")
     assert lab.roles() == {"xen1": "Primary", "kvm1": "Secondary"}
 
 

@@ -27,7 +27,7 @@ from .cli import err, out
 
 DEFAULT_CONFIG = "/etc/drbd.conf"
 COMMANDS = ("role", "cstate", "dstate", "status", "primary", "secondary", "outdate", "create-md", "up", "down",
-            "adjust", "connect", "disconnect", "sh-dev", "dump")
+            "adjust", "connect", "disconnect", "sh-dev", "dump", "dump-md")
 # The kernel's state change error strings (drbd-utils' drbd_strings.c) and drbdsetup's exit
 # code for each (print_config_error: 17 for -2, 5 for -16, 11 for the others).
 REFUSAL_TEXT = {-1: "Multiple primaries not allowed by config", -2: "Need access to UpToDate data",
@@ -35,6 +35,10 @@ REFUSAL_TEXT = {-1: "Multiple primaries not allowed by config", -2: "Need access
                 -16: "Disk state is lower than outdated", -25: "No quorum"}
 REFUSAL_TEXT_83 = {**REFUSAL_TEXT, -2: "Refusing to be Primary without at least one UpToDate disk"}
 REFUSAL_EXIT = {-1: 11, -2: 17, -6: 11, -12: 11, -16: 5, -25: 11}
+# drbdadm 8.4's outdate hides drbdsetup's refusal (measured over drbd.ko 8.4.11): on a Primary it
+# exits 17 without a word; connected, drbdsetup's failure sends it to drbdmeta, which leaves the
+# attached disk alone and exits 0. Below Outdated (-16, not measured) it exits with drbdsetup's 5.
+OUTDATE_84 = {-2: 17, -6: 0, -16: 5}
 # `drbdadm --version` as drbd-utils 9.22 prints it (measured here), over a DRBD 9.2.12 module;
 # with Debian's 8.4.11 module drbd-utils runs its 8.4 drbdadm, which prints its own lines.
 BUILDTAG = ("DRBDADM_BUILDTAG=GIT-hash:\\ 409097fe02187f83790b88ac3e0d94f3c167adab\\ reproducible\\ build\\,"
@@ -319,9 +323,9 @@ class Adm:
             line = f"drbdsetup {minor} {cmd}"
         elif self.style == "9":
             line = f"drbdsetup {cmd} {minor if cmd in MINOR_COMMANDS_9 else name}"
-        else:
+        else:   # drbd-utils 9 runs its 8.4 drbdsetup under this name
             by_minor = cmd in ("primary", "secondary", "role", "cstate", "dstate", "outdate")
-            line = f"drbdsetup {cmd} {minor if by_minor else name}"
+            line = f"drbdsetup-84 {cmd} {minor if by_minor else name}"
         force = self.force()
         return f"{line} {force}" if cmd == "primary" and force else line
 
@@ -339,7 +343,7 @@ class Adm:
         minor, disk = self.minor(name), self.disk_of(name)
         if self.style == "8.3":
             return f"drbdsetup {minor} disk {disk} {disk} internal --set-defaults --create-device"
-        return f"drbdsetup attach {minor} {disk} {disk} internal"
+        return f"{'drbdsetup' if self.style == '9' else 'drbdsetup-84'} attach {minor} {disk} {disk} internal"
 
     def up_lines(self, name):
         minor, disk = self.minor(name), self.disk_of(name)
@@ -347,9 +351,10 @@ class Adm:
             return [self.attach_line(name), f"drbdsetup {minor} syncer --set-defaults --create-device",
                     f"drbdsetup {minor} net --set-defaults --create-device"]
         v = "v09" if self.style == "9" else "v08"
-        return [f"drbdsetup new-resource {name}", f"drbdsetup new-minor {name} {minor} 0",
+        setup = "drbdsetup" if self.style == "9" else "drbdsetup-84"
+        return [f"{setup} new-resource {name}", f"{setup} new-minor {name} {minor} 0",
                 f"drbdmeta {minor} {v} {disk} internal apply-al", self.attach_line(name),
-                f"drbdsetup connect {name}"]
+                f"{setup} connect {name}"]
 
     def failed(self, name, line, message, rc):
         err(message)
@@ -454,11 +459,24 @@ class Adm:
             return 0
         if self.style == "9" and not names:
             out("# No currently configured DRBD found.")
-        for name in names:
+        def one(name):
             if not self.up(name):
                 return self.not_up(name, "status")
             out(self.status9(name) if self.style == "9" else self.status84(name))
-        return 0
+            return 0
+        return self.each(names, one)
+
+    def each(self, names, one):
+        """one(name) -> exit code, for each name. drbdadm 8.4 goes on past a resource that failed
+        and exits with the worst code (measured with status, primary and secondary over two
+        resources); the 9 and 8.3 styles, as modelled, stop at the first failure."""
+        worst = 0
+        for name in names:
+            rc = one(name)
+            if rc and self.style != "8.4":
+                return rc
+            worst = max(worst, rc)
+        return worst
 
     def status9(self, name):
         """drbd-utils' status: ` quorum:no` after the disk only without quorum, and a Primary
@@ -481,6 +499,8 @@ class Adm:
         lines = [f"{name} role:{me['role']}", f"  disk:{me['dstate']}"]
         for p in peers[:1]:
             state = model.conn_state(res, self.me, p)
+            if state == "StandAlone":     # drbdsetup 8.4 shows no peer then
+                continue
             if state != "Connected":
                 lines.append(f"  peer connection:{state}")
                 continue
@@ -507,40 +527,28 @@ class Adm:
         return "\n".join(lines + ["</resources>", "</drbd-status>"])
 
     def c_primary(self, names):
-        for name in names:
-            if self.o.dry:
-                out(self.setup_line("primary", name))
-                continue
-            code = model.promote(self.st, name, self.me, bool(self.force()), self.now, self.host.drbd_sync_delay)
-            if code == model.DOWN:
-                return self.not_up(name, "primary")
-            if code:
-                return self.refused(name, "primary", code)
-        return 0
+        return self._change(names, "primary", lambda name: model.promote(
+            self.st, name, self.me, bool(self.force()), self.now, self.host.drbd_sync_delay))
 
     def c_outdate(self, names):
-        for name in names:
-            if self.o.dry:
-                out(self.setup_line("outdate", name))
-                continue
-            code = model.outdate(self.st, name, self.me)
-            if code == model.DOWN:
-                return self.not_up(name, "outdate")
-            if code:
-                return self.refused(name, "outdate", code)
-        return 0
+        return self._change(names, "outdate", lambda name: model.outdate(self.st, name, self.me))
 
     def c_secondary(self, names):
-        for name in names:
+        return self._change(names, "secondary", lambda name: model.demote(self.st, name, self.me, self.me))
+
+    def _change(self, names, cmd, change):
+        """A state change on each resource: change(name) -> None, DOWN or a refusal code."""
+        def one(name):
             if self.o.dry:
-                out(self.setup_line("secondary", name))
-                continue
-            code = model.demote(self.st, name, self.me, self.me)
+                out(self.setup_line(cmd, name))
+                return 0
+            code = change(name)
             if code == model.DOWN:
-                return self.not_up(name, "secondary")
-            if code:
-                return self.refused(name, "secondary", code)
-        return 0
+                return self.not_up(name, cmd)
+            if code and cmd == "outdate" and self.style == "8.4":
+                return OUTDATE_84.get(code, 0)
+            return self.refused(name, cmd, code) if code else 0
+        return self.each(names, one)
 
     def c_create_md(self, names):
         version = "v09" if self.style == "9" else "v08"
@@ -585,6 +593,11 @@ class Adm:
                 continue
             minor = self.minor(name)
             if node["up"]:
+                if self.style == "8.4":   # drbdmeta's apply-al finds the device in use; drbdadm exits 1
+                    err(f"Device '{minor}' is configured!")
+                    err(f"Command 'drbdmeta {minor} v08 {self.disk_of(name)} internal apply-al' terminated with "
+                        f"exit code 20")
+                    return 1
                 if self.style == "8.3":
                     return self.failed(name, self.attach_line(name),
                                        f"{minor}: Failure: (124) Device is attached to a disk (use detach first)", 10)
@@ -641,6 +654,25 @@ class Adm:
             self.st.changed("drbd")
             self.st.event("drbd.connect" if want else "drbd.disconnect", self.me, resource=name)
             model.relink(self.st, name, self.now, self.host.drbd_sync_delay)
+
+    def c_dump_md(self, names):
+        """What the tool asks it for: is there meta data? (the dump of clean meta data is not modelled)."""
+        for name in names:
+            node = self.adopt(name)
+            line = f"drbdmeta {self.minor(name)} {'v09' if self.style == '9' else 'v08'} {self.disk_of(name)} " \
+                   "internal dump-md"
+            if not node["md"]:
+                err("No valid meta data found")
+                return 1
+            if node["up"]:      # drbdmeta wants the disk to itself
+                out("Operation canceled.")
+                err(f"open({self.disk_of(name)}) failed: Device or resource busy\n\nExclusive open failed. Do it "
+                    f"anyways?\nstdin not a TTY, not waiting for confirmation\n"
+                    f"Command '{line}' terminated with exit code 20")
+                return 20
+            err('Found meta data is "unclean", please apply-al first')   # as left by `drbdadm down`
+            return 1
+        return 0
 
     def c_sh_dev(self, names):
         for name in names:
