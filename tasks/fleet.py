@@ -20,6 +20,7 @@ from . import output
 from .errors import InputError, ToolError
 from .interrupt import Interruption
 from .inventory import VM, Inventory
+from .liveness import Downtime
 from .output import RESULT, log, set_vm
 from .remote import Site
 
@@ -33,6 +34,7 @@ class VmResult:
     runs_on: list[str]
     message: str
     code: int = 1      # the exit code a failure gives when it is the run's only VM (3: a guard refused)
+    downtime: Downtime | None = None   # a move that got as far as the guest's first answer on the target
 
 
 @dataclass

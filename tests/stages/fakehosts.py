@@ -53,6 +53,16 @@ class Shared:
     fail_halfway: tuple | None = None    # (host, verb, resource): drbdadm fails there, once, after the ones before
     lock_root: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="xenkvm-locks-"))   # hosts' lock dirs
     auto_promote: bool = False   # DRBD 9's default: a domain opening a Secondary for writing promotes it
+    unbootable: set = field(default_factory=set)   # hosts where the guest's domain runs but it never answers
+    knocks: list[str] = field(default_factory=list)   # every knock on the guest: "HOST:PORT answered|silent"
+
+    def knock(self, target, expect: bytes) -> bool:
+        """The guest's address (Site's knock): it answers, with sshd's banner, while its domain
+        runs on a host where it boots."""
+        where = {"xen1"} if "logger" in self.xen_running else {"kvm1"} if "logger" in self.kvm_running else set()
+        answered = bool(where - self.unbootable) and expect in (b"", b"SSH-")
+        self.knocks.append(f"{target.hostname}:{target.port} {'answered' if answered else 'silent'}")
+        return answered
 
     def resources_of(self, domain: str) -> list[str]:
         return self.disks_of.get(domain, list(self.roles))
