@@ -47,6 +47,7 @@ class Shared:
     disks_of: dict[str, list[str]] = field(default_factory=dict)  # domain -> its resources (default: all)
     snapshots: list[list[str]] = field(default_factory=list)   # lvcreate / qemu-img / removal argv
     console: dict[str, str] = field(default_factory=dict)   # domain -> what its serial console prints once started
+    xen_console: dict[str, str] = field(default_factory=dict)   # domain -> what its console prints under Xen
     signatures: dict[tuple[str, str], dict] = field(default_factory=dict)   # (host, path) -> blkid's TYPE, UUID, PTTYPE
     garbage: set = field(default_factory=set)   # (host, path): no signature, but not zeros in its first MiB
     mapper_lvs: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # (host, /dev/mapper/..) -> VG, LV
@@ -182,6 +183,9 @@ class FakeHost:
         if argv[:3] == ["grep", "-q", "-E"]:
             text = self.shared.files.get((self.name, argv[4]))
             return Result(exited=0 if text is not None and re.search(argv[3], text, re.M) else 1)
+        if argv[:4] == ["stat", "-c", "%s", "--"]:
+            content = self.shared.files.get((self.name, argv[4]))
+            return Result(stdout=f"{len(as_bytes(content))}\n") if content is not None else Result(exited=1)
         if argv[:4] == ["blkid", "-p", "-o", "export"]:
             found = self.shared.signatures.get((self.name, argv[4]))
             return Result(stdout="".join(f"{k}={v}\n" for k, v in found.items())) if found else Result(exited=2)
@@ -220,6 +224,13 @@ class FakeHost:
         if "cat --" in script and "exit 66" in script:
             text = files.get((self.name, args[0]))
             return Result(stdout=text) if text is not None else Result(exited=66)
+        if "tail -c +" in script:   # liveness: the console's size, then what it printed since $2
+            content = files.get((self.name, args[0]))
+            if content is None:
+                return Result(exited=66)
+            data, start = as_bytes(content), int(args[1])
+            start = 0 if len(data) < start else start
+            return Result(stdout=f"{len(data)}\n{data[start:].decode()}")
         if "wipefs -n -p" in script:
             return self.survey(args[0])
         if "mktemp" in script:
@@ -232,6 +243,9 @@ class FakeHost:
                 files[(self.name, f"{directory}/{name}")] = files.pop((self.name, staged))
             return Result()
         raise AssertionError(f"unexpected script {script!r}")
+
+    def append(self, path, text):
+        self.shared.files[(self.name, path)] = self.shared.files.get((self.name, path), "") + text
 
     def lvs(self, path):
         """/dev/VG/LV names its VG and LV; a /dev/mapper name only through `mapper_lvs`."""
@@ -265,6 +279,9 @@ class FakeHost:
             if not self.shared.open_for_writing(self.name, self.peer, domain.group(1)):
                 return Result(stderr="libxl: error: hotplug: /etc/xen/scripts/block-drbd failed\n", exited=3)
             running.add(domain.group(1))
+            if "XENCONSOLED_TRACE=guest" in self.shared.files.get((self.name, "/etc/default/xencommons"), ""):
+                self.append(f"/var/log/xen/console/guest-{domain.group(1)}.log",
+                            self.shared.xen_console.get(domain.group(1), ""))
             return Result(stdout=f'Parsing config from {name}\n')
         if name not in running:
             return Result(stderr=f"Domain '{name}' does not exist.\n", exited=1)
@@ -335,8 +352,8 @@ class FakeHost:
             if not s.open_for_writing(self.name, self.peer, name):
                 return Result(stderr="error: Failed to start domain: Read-only file system\n", exited=1)
             s.kvm_running.add(name)
-            if name in s.console:
-                s.files[(self.name, f"/var/log/libvirt/qemu/{name}-console.log")] = s.console[name]
+            if name in s.console:   # libvirt's <log append='on'>
+                self.append(f"/var/log/libvirt/qemu/{name}-console.log", s.console[name])
             return Result(stdout=f"Domain '{name}' started\n")
         if verb in ("shutdown", "destroy"):
             if name not in s.kvm_running:
