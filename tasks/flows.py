@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import drbd, fleet, hypervisors, inventory, kvmhost, liveness, localdisk, output, vmplan
+from . import capacity, drbd, fleet, hypervisors, inventory, kvmhost, liveness, localdisk, output, vmplan
 from .cli import task
 from .errors import GuardError, InputError, ToolError, quoted
 from .fleet import VmResult
@@ -78,6 +78,8 @@ class Ctx:
     rollback_timeout: float = ROLLBACK_TIMEOUT
     proving: BootProof = BootProof()
     consoles: Path | None = None        # where a guest's console is kept when it does not come up
+    # The run's ledger of room on each host; by default a run of this VM alone.
+    room: capacity.HostRoom = field(default_factory=capacity.HostRoom)
     journal: Journal | None = None      # the running move's, while a step runs
     entry: dict | None = None           # the running step's journal entry
     timeline: Timeline = field(default_factory=Timeline)   # the move's moments, for its downtime
@@ -98,7 +100,10 @@ class Ctx:
         """Start the domain, within its host's `max_starts` (a fleet run's other VMs share it)."""
         with self.start_gate(self.vm.host_for(side)):
             self.timeline.start_sent = time.monotonic()
-            self.hypervisor(side).start(self.vm)
+            try:
+                self.hypervisor(side).start(self.vm)
+            finally:
+                self.room.release(self.vm.name)
 
     def proof(self, side: str) -> Proof:
         """How a start on that side is proven up: the inventory's verify and boot_timeout, or
@@ -281,15 +286,20 @@ def check_move(ctx: Ctx, target_side: str, runs_on: list[str]) -> str | None:
         liveness.require_console_log(site.host(vm.xen_host), vm)   # the start there, or the fall-back's
         log.info(f"  ok: {vm.xen_host} keeps guest consoles in {liveness.XEN_CONSOLE_DIR}")
     if target_side == "kvm":
-        xml = kvmhost.render_checked(vmplan.of_vm(site, vm, kvm_devices=True).domain_spec())
+        spec = vmplan.of_vm(site, vm, kvm_devices=True).domain_spec()
+        xml = kvmhost.render_checked(spec)
         log.info(f"  ok: domain XML for {vm.name} renders and is valid")
         if vm.boot == "direct-kernel":
             version = kvmhost.require_fetched_kernel(site.host(dst), vm)
             log.info(f"  ok: {dst} has kernel {version} and its initrd for {vm.name}'s direct boot")
+        capacity.make_room(ctx, target_side, capacity.Need(spec.memory_mib, spec.vcpus))
         return xml
-    if site.host(dst).read_file(vm.cfg) is None:
+    text = site.host(dst).read_file(vm.cfg)
+    if text is None:
         raise GuardError(f"{dst}: {vm.cfg} does not exist: run `fab xenhost.prepare-cfg --vm {vm.name}`")
     log.info(f"  ok: {dst}:{vm.cfg} present")
+    cfg = vmplan.plan(text, f"{dst}:{vm.cfg}", vm).cfg   # what xl gives the guest: the cfg's, not the inventory's
+    capacity.make_room(ctx, target_side, capacity.Need(cfg.memory or cfg.maxmem, cfg.vcpus or 1))
     return None
 
 
@@ -307,6 +317,7 @@ def move(ctx: Ctx, to: str | None, journals: Path, locks: Path, dry_run: bool = 
         if target_side is None:
             return VmResult(vm.name, True, runs_on, f"{vm.name}: already on {', '.join(runs_on)}")
         src, dst = vm.host_for(other(target_side)), vm.host_for(target_side)
+        ctx.room.leaving(vm.name, src)
         log.info(f"== {vm.name}: {src} -> {dst}{' (dry run)' if dry_run else ''}")
         log.info("checks:")
         ctx.on_step("checks")
@@ -479,11 +490,16 @@ def migrate_vms(c, inv: Inventory, vms: list[VM], *, to: str | None, timeout: fl
     connection per host; each VM alone is locked, journaled and rolled back."""
     interruption = interruption or Interruption()
     site = site_from_context(c, inv, dry_run, interruption)
+    room = capacity.HostRoom()
 
     def one(model: VM, slot: fleet.Slot) -> VmResult:
         ctx = Ctx(site, inv, model, timeout, force, on_step=slot.on_step, start_gate=slot.start_gate,
-                  proving=proving, consoles=consoles_dir(c))
-        return move(ctx, to, journal_dir(c), lock_dir(c), dry_run)
+                  proving=proving, consoles=consoles_dir(c), room=room)
+        room.begin(model)
+        try:
+            return move(ctx, to, journal_dir(c), lock_dir(c), dry_run)
+        finally:
+            room.done(model.name)
 
     def not_started(model: VM, why: str) -> VmResult:
         with interruption.shield():

@@ -54,6 +54,8 @@ class Shared:
     fail_halfway: tuple | None = None    # (host, verb, resource): drbdadm fails there, once, after the ones before
     lock_root: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="xenkvm-locks-"))   # hosts' lock dirs
     auto_promote: bool = False   # DRBD 9's default: a domain opening a Secondary for writing promotes it
+    free_memory: dict[str, int] = field(default_factory=lambda: {"xen1": 65536, "kvm1": 65536})  # MiB, no guest
+    guest_memory: int = 2048     # MiB each running domain takes, as `xl list` shows
     unbootable: set = field(default_factory=set)   # hosts where the guest's domain runs but it never answers
     knocks: list[str] = field(default_factory=list)   # every knock on the guest: "HOST:PORT answered|silent"
 
@@ -183,6 +185,10 @@ class FakeHost:
         if argv[:3] == ["grep", "-q", "-E"]:
             text = self.shared.files.get((self.name, argv[4]))
             return Result(exited=0 if text is not None and re.search(argv[3], text, re.M) else 1)
+        if argv == ["cat", "/proc/meminfo"]:
+            free = self.shared.free_memory[self.name] - self.shared.guest_memory * len(self.shared.kvm_running)
+            return Result(stdout=f"MemTotal:       98304000 kB\nMemFree:         1024000 kB\n"
+                                 f"MemAvailable:   {free * 1024:>9} kB\nBuffers:          204800 kB\n")
         if argv[:4] == ["stat", "-c", "%s", "--"]:
             content = self.shared.files.get((self.name, argv[4]))
             return Result(stdout=f"{len(as_bytes(content))}\n") if content is not None else Result(exited=1)
@@ -268,8 +274,14 @@ class FakeHost:
         verb = args[0]
         running = self.shared.xen_running
         if verb == "list":
-            body = "".join(f"{n:<40}{i:>5}  2048     1     -b----      1.0\n" for i, n in enumerate(sorted(running), 1))
+            body = "".join(f"{n:<40}{i:>5}  {self.shared.guest_memory}     1     -b----      1.0\n"
+                           for i, n in enumerate(sorted(running), 1))
             return Result(stdout=XL_HEADER + DOM0 + body)
+        if verb == "info":   # xl's layout: the key padded to 23 columns
+            free = self.shared.free_memory[self.name] - self.shared.guest_memory * len(running)
+            return Result(stdout="".join(f"{key:<23}: {value}\n" for key, value in (
+                ("host", self.name), ("nr_cpus", 8), ("total_memory", 98304), ("free_memory", free),
+                ("xen_version", "4.17.3"))))
         name = args[-1]
         if verb == "create":
             cfg = self.shared.files.get((self.name, name))
