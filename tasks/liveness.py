@@ -226,12 +226,14 @@ class Proof:
 
     def failure(self) -> str:
         """Why the guest does not count as up, in a few words."""
-        missing = ""
+        address = f"{self.vm.guest_address}:{self.port}"
+        missing = {"console": "no login prompt on its console", "ssh": f"no sshd banner on {address}",
+                   "port": f"no answer on {address}", "none": "its domain does not run"}[self.method]
         if self.method == "console" and not self.console_text:
-            missing = f"; {self.host}:{self.console} shows nothing new"
+            missing += f"; {self.host}:{self.console} shows nothing new"
             if self.side == "xen":
                 missing += f" (xenconsoled writes it only with {TRACE_SETTING})"
-        return f"not up on {self.host} within {self.timeout:.0f}s (no {self.what()}{missing})"
+        return f"not up on {self.host} within {self.timeout:.0f}s ({missing})"
 
     def save_console(self, directory: Path | None) -> Path | None:
         """The console's last lines since this start, kept on the control machine (the undo may

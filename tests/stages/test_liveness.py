@@ -75,7 +75,7 @@ def test_not_up_on_kvm_falls_back_and_the_guest_answers_on_xen_again(world):
     outcome = move(world, "kvm")
     assert not outcome.ok and outcome.runs_on == ["xen1"] and outcome.downtime is None
     assert world.where() == ON_XEN and world.shared.violations == []
-    assert "not up on kvm1 within 0s (no sshd's banner on 192.0.2.50:22)" in outcome.message
+    assert "not up on kvm1 within 0s (no sshd banner on 192.0.2.50:22)" in outcome.message
     assert "(up again after " in outcome.message
     assert world.shared.knocks[-1] == "192.0.2.50:22 answered", "proven up on xen1 after the fall-back"
     assert world.changes()[len(TO_KVM):] == [
@@ -119,7 +119,7 @@ def test_a_fall_back_whose_restart_does_not_answer_either_says_so_and_fails(worl
     world.shared.unbootable = {"kvm1", "xen1"}
     outcome = move(world, "kvm")
     assert not outcome.ok and outcome.runs_on == ["xen1"] and world.where() == ON_XEN
-    assert "not up on xen1 within 0s (no sshd's banner on 192.0.2.50:22) either" in outcome.message
+    assert "not up on xen1 within 0s (no sshd banner on 192.0.2.50:22) either" in outcome.message
     assert not (world.tmp / "journal" / "logger.json").exists(), "the undo itself finished"
 
 
@@ -171,7 +171,7 @@ def test_console_proof_on_xen_reads_xenconsoleds_guest_log_after_this_start(worl
     world.shared.xen_console["logger"] = PANIC
     outcome = move(world, "xen", verify="console")
     assert not outcome.ok and world.where() == ON_KVM
-    assert "not up on xen1 within 0s (no a login prompt on its console)" in outcome.message
+    assert "not up on xen1 within 0s (no login prompt on its console)" in outcome.message
     world.shared.xen_console["logger"] = XEN_BOOTED
     assert move(world, "xen", verify="console").ok and world.where() == ON_XEN
 
