@@ -187,9 +187,8 @@ class Proof:
         if not outcome.ok:
             return False
         size, _, text = outcome.stdout.partition("\n")
-        if size.strip().isdigit():
-            shrank = int(size) < self.console_from
-            self.console_text = (text if shrank else self.console_text + text)[-CONSOLE_KEPT:]
+        if size.strip().isdigit():   # after a rotation the new log holds only bytes written since
+            self.console_text = (self.console_text + text)[-CONSOLE_KEPT:]
             self.console_from = int(size)
         return True
 

@@ -95,6 +95,23 @@ def test_in_a_fleet_a_vm_that_nothing_makes_room_for_is_refused_alone(fleet):
     assert len(shared.kvm_running) == 1 and shared.violations == []
 
 
+def test_two_vms_each_waiting_for_the_others_room_are_both_refused(fleet, mocker):
+    """A swap with no room on either side: logger waits for web to leave kvm1, web for logger to
+    leave xen1. A VM waiting for room frees nothing, so neither waits for the other for ever."""
+    inv, shared, run, _ = fleet
+    mocker.patch.object(capacity, "ROOM_POLL", 0.05)
+    assert run(vms=["web"])[0].ok
+    shared.free_memory.update(xen1=5000, kvm1=3000)   # each full: logger and mail on xen1, web on kvm1
+    outcomes = []
+    swap = threading.Thread(target=lambda: outcomes.extend(run(vms=["logger", "web"])))
+    swap.start()
+    swap.join(30)
+    assert not swap.is_alive(), "the two moves wait for each other"
+    assert [(o.vm, o.ok, o.code) for o in outcomes] == [("logger", False, 3), ("web", False, 3)], outcomes
+    assert "xen1: no room for web: needs 2048 MiB of memory, 904 MiB free" in outcomes[1].message
+    assert shared.xen_running == {"logger", "mail"} and shared.kvm_running == {"web"}
+
+
 @pytest.mark.parametrize("text, free", [
     ("total_memory           : 16348\nfree_memory            : 410\nfree_cpus              : 0\n", 410),
     # xm info (Xen 4.0): the same layout, node_to_memory beside it
