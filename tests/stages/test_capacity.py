@@ -12,6 +12,7 @@ import pytest
 from tasks import capacity, flows
 from tasks.errors import GuardError
 from tasks.fleet import FleetView
+from tasks.interrupt import Interruption
 from tests.stages import test_fleet, test_flows
 from tests.stages.fakehosts import FakeHost
 from tests.stages.test_flows import ON_XEN
@@ -102,11 +103,14 @@ def test_two_vms_each_waiting_for_the_others_room_are_both_refused(fleet, mocker
     mocker.patch.object(capacity, "ROOM_POLL", 0.05)
     assert run(vms=["web"])[0].ok
     shared.free_memory.update(xen1=5000, kvm1=3000)   # each full: logger and mail on xen1, web on kvm1
-    outcomes = []
-    swap = threading.Thread(target=lambda: outcomes.extend(run(vms=["logger", "web"])))
+    outcomes, stop = [], Interruption()
+    swap = threading.Thread(target=lambda: outcomes.extend(run(vms=["logger", "web"], interruption=stop)))
     swap.start()
     swap.join(30)
-    assert not swap.is_alive(), "the two moves wait for each other"
+    waited_for_ever = swap.is_alive()
+    stop.request("the test gave up")   # ends the waits, so that a failure does not hang the run
+    swap.join()
+    assert not waited_for_ever, "the two moves waited for each other"
     assert [(o.vm, o.ok, o.code) for o in outcomes] == [("logger", False, 3), ("web", False, 3)], outcomes
     assert "xen1: no room for web: needs 2048 MiB of memory, 904 MiB free" in outcomes[1].message
     assert shared.xen_running == {"logger", "mail"} and shared.kvm_running == {"web"}
