@@ -9,27 +9,21 @@ import subprocess
 import threading
 
 import pytest
+import yaml
 
 from tasks import liveness, ssh
 from tasks.errors import InputError
 from tasks.inventory import parse_inventory
 from tasks.liveness import Downtime, Timeline
-
-INVENTORY = """
-hosts:
-  xen1: {address: 192.0.2.11, role: xen}
-  kvm1: {address: 192.0.2.12, role: kvm}
-vms:
-  web:
-    xen_host: xen1
-    kvm_host: kvm1
-    disks: [{resource: web, device: /dev/drbd1}]
-"""
+from tests.conftest import REPO
 
 
 def vm_with(**keys):
-    extra = "".join(f"    {key}: {value}\n" for key, value in keys.items())
-    return parse_inventory(INVENTORY + extra).vm("web")
+    """The example inventory's logger, without its guest_address, with `keys`."""
+    data = yaml.safe_load((REPO / "hosts.yml").read_text())
+    del data["vms"]["logger"]["guest_address"]
+    data["vms"]["logger"].update(keys)
+    return parse_inventory(yaml.safe_dump(data)).vm("logger")
 
 
 @pytest.mark.parametrize("text, up", [
@@ -90,11 +84,11 @@ def test_inventory_verify_defaults_to_ssh_with_an_address_else_console(keys, ver
 
 
 @pytest.mark.parametrize("keys, problem", [
-    ({"verify": "ssh"}, "vms.web.verify: ssh knocks on the guest's address: set guest_address"),
-    ({"guest_address": "192.0.2.50", "verify": "port"}, "vms.web.verify_port: is required with verify: port"),
-    ({"verify": "ping"}, "vms.web.verify: must be one of console, ssh, port, none, got 'ping'"),
-    ({"boot_timeout": 0}, "vms.web.boot_timeout: must be positive, got 0"),
-    ({"boot_timeout": 86401}, "vms.web.boot_timeout: must be at most 86400, got 86401"),
+    ({"verify": "ssh"}, "vms.logger.verify: ssh knocks on the guest's address: set guest_address"),
+    ({"guest_address": "192.0.2.50", "verify": "port"}, "vms.logger.verify_port: is required with verify: port"),
+    ({"verify": "ping"}, "vms.logger.verify: must be one of console, ssh, port, none, got 'ping'"),
+    ({"boot_timeout": 0}, "vms.logger.boot_timeout: must be positive, got 0"),
+    ({"boot_timeout": 86401}, "vms.logger.boot_timeout: must be at most 86400, got 86401"),
 ])
 def test_inventory_verify_refusals_name_the_key(keys, problem):
     with pytest.raises(InputError) as info:
