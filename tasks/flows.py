@@ -131,6 +131,11 @@ class Ctx:
         self.restarted, self.restarted_up = f"up again after {up - since:.1f}s", True
         log.info(f"* {proof.host}: {self.vm.name} is {self.restarted} ({proof.what()}) ... ok")
 
+    @property
+    def restart_note(self) -> str:
+        """How the undo's restart went, for the end of the run's last line ("" without one)."""
+        return f" ({self.restarted})" if self.restarted else ""
+
     def note_undo(self, **facts) -> None:
         """What the running step has done so far, for its undo (a shutdown already requested)."""
         if self.journal is not None and self.entry is not None and self.entry.get("undo"):
@@ -242,12 +247,11 @@ def _prove_up(ctx: Ctx, proof: Proof) -> None:
     """The move's last step: the guest answers on the target, or the move is undone (NotUp)."""
     up = proof.wait(ctx.interruption)
     if up is None:
-        saved = proof.save_console(ctx.consoles) if ctx.consoles else None
+        saved = proof.save_console(ctx.consoles)
         raise NotUp(proof.failure() + (f"; its console: {saved}" if saved else ""))
     ctx.timeline.up = up
     started = ctx.timeline.start_sent or up
     log.info(f"* {proof.host}: {ctx.vm.name} is up ({proof.what()}) {up - started:.1f}s after its start ... ok")
-
 
 
 # -- checks ----------------------------------------------------------------------------------------
@@ -417,9 +421,8 @@ def _roll_back_after_failure(ctx: Ctx, journal: Journal, what: str) -> VmResult:
         raise ToolError(f"{vm.name}: {what}; the undo failed too ({'; '.join(undo_failures)}); {where}; "
                         f"the journal is kept: fix the cause, then `fab rollback --vm {vm.name}`") from None
     _close(journal, "rolled-back")
-    again = f" ({ctx.restarted})" if ctx.restarted else ""
     return VmResult(vm.name, False, runs_on,
-                    f"{vm.name}: {what}; undone: {', '.join(undone) or 'nothing'}; {where}{again}")
+                    f"{vm.name}: {what}; undone: {', '.join(undone) or 'nothing'}; {where}{ctx.restart_note}")
 
 
 def _where_now(ctx: Ctx) -> list[str]:
@@ -460,9 +463,9 @@ def rollback_vm(ctx: Ctx, journals: Path, locks: Path) -> VmResult:
                             f"kept: fix the cause, then run `fab rollback --vm {vm.name}` again")
         journal.finish("rolled-back")
         runs_on = _where_now(ctx)
-        again = f" ({ctx.restarted})" if ctx.restarted else ""
-        return VmResult(vm.name, ctx.restarted_up is not False, runs_on, f"{vm.name}: rolled back ({', '.join(undone) or 'nothing to undo'}); "
-                                                f"runs on {', '.join(runs_on) or 'no host'}{again}")
+        return VmResult(vm.name, ctx.restarted_up is not False, runs_on,
+                        f"{vm.name}: rolled back ({', '.join(undone) or 'nothing to undo'}); "
+                        f"runs on {', '.join(runs_on) or 'no host'}{ctx.restart_note}")
 
 
 # -- tasks -------------------------------------------------------------------------------------------
