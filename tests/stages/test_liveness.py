@@ -205,3 +205,12 @@ def test_a_guest_down_before_the_move_counts_its_downtime_from_the_shutdown(worl
     outcome = _move_on(world, site, "kvm", timeout=1, rollback_timeout=1, proving=BootProof(boot_timeout=1))
     assert outcome.ok and outcome.downtime is not None
     assert "logger gives no sshd's banner on 192.0.2.50:22 on xen1 before its shutdown" in capsys.readouterr().out
+
+
+def test_verify_port_knocks_without_expecting_a_banner(world, mocker):
+    knock = mocker.spy(world.shared, "knock")
+    site = world.site()
+    site._knock = world.shared.knock
+    outcome = _move_on(world, site, "kvm", timeout=1, rollback_timeout=1, proving=BootProof(verify="port"))
+    assert outcome.ok and world.where() == ON_KVM
+    assert [(call.args[0].port, call.args[1]) for call in knock.call_args_list] == [(22, b""), (22, b"")]
