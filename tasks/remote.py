@@ -395,7 +395,8 @@ def unified_diff(old: str, new: str, label: str) -> str:
 class Site:
     """The run's connections: one per host (and per guest), opened on first use, then reused.
 
-    `connect(label, target)` opens one (ssh.open_connection; tests pass a double). All the
+    `connect(label, target)` opens one (ssh.open_connection; tests pass a double), and
+    `knock(target, expect)` looks at a guest's port (ssh.knock; a double in tests too). All the
     run's hosts share one Interruption: a stop request reaches every move.
     """
 
