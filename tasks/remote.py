@@ -184,8 +184,9 @@ class Remote:
         from invoke.exceptions import CommandTimedOut
 
         command = self.command(argv, env)
+        shown = join(argv)   # error lines name the command without its sudo and locale prefix
         if self.silent:
-            raise ToolError(f"{self.name}: `{command}` not sent: {self.silent}")
+            raise ToolError(f"{self.name}: `{shown}` not sent: {self.silent}")
         limit = timeout or self.command_timeout
         started = time.monotonic()
         try:
@@ -193,14 +194,14 @@ class Remote:
                                    in_stream=io.StringIO(stdin) if stdin is not None else False)
         except CommandTimedOut:
             self._record(command, None, started, kind)
-            raise ToolError(f"{self.name}: `{command}` gave no answer within {limit:.0f}s "
+            raise ToolError(f"{self.name}: `{shown}` gave no answer within {limit:.0f}s "
                             f"(it may still be running there)") from None
         except Exception as exc:  # connection loss: report it as this host's failure
             self._record(command, None, started, kind)
             reason = ssh.describe_ssh_error(exc)
             if ssh.host_stopped_answering(self.conn, exc):
                 self.silent = f"it stopped answering earlier in this run ({reason})"
-            raise ToolError(f"{self.name}: `{command}` did not complete: {reason}") from None
+            raise ToolError(f"{self.name}: `{shown}` did not complete: {reason}") from None
         outcome = CommandResult(result.exited, result.stdout, result.stderr)
         self._record(command, outcome.exit_code, started, kind)
         return outcome
@@ -273,7 +274,8 @@ class Remote:
     def change(self, argv: Sequence[str], *, env: dict[str, str] | None = None, stdin: str | None = None,
                ok_codes: tuple[int, ...] = (0,), timeout: float | None = None,
                quiet: bool = False) -> CommandResult | None:
-        """Mutates the host: printed, skipped in a dry run, raises RemoteError on failure."""
+        """Mutates the host: printed, skipped in a dry run (which prints the exact command line),
+        raises RemoteError on failure."""
         command = self.command(argv, env)
         if self.dry_run:
             log.info(f"  would run on {self.name}: {command}")
@@ -281,12 +283,13 @@ class Remote:
         started = time.monotonic()
         outcome = self._run(argv, kind="change", env=env, stdin=stdin, timeout=timeout)
         took = time.monotonic() - started
+        shown = join(argv)   # progress and errors: the command without its sudo and locale prefix
         if outcome.exit_code not in ok_codes:
             if not quiet:
-                log.info(f"* {self.name}: {command} ... FAILED {took:.1f}s")
-            raise RemoteError(self.name, command, outcome.exit_code, outcome.stderr or outcome.stdout)
+                log.info(f"* {self.name}: {shown} ... FAILED {took:.1f}s")
+            raise RemoteError(self.name, shown, outcome.exit_code, outcome.stderr or outcome.stdout)
         if not quiet:
-            log.info(f"* {self.name}: {command} ... ok {took:.1f}s")
+            log.info(f"* {self.name}: {shown} ... ok {took:.1f}s")
         return outcome
 
     def read_file(self, path: str) -> str | None:

@@ -92,7 +92,7 @@ def test_every_vm_lands_over_one_site(fleet, capsys):
     assert shared.violations == []
     assert len(opened) == 1, "one Site, so one connection per host for the whole fleet"
     out = capsys.readouterr().out
-    assert "[web] * kvm1: env LC_ALL=C virsh -c qemu:///system start web ... ok" in out
+    assert "[web] * kvm1: virsh -c qemu:///system start web ... ok" in out
 
 
 def test_one_failure_rolls_back_that_vm_only(fleet):
