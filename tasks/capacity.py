@@ -27,6 +27,7 @@ from .formats import FormatError
 from .hypervisors import Hypervisor, KvmHost, XenHost
 from .inventory import VM
 from .output import log
+from .remote import join
 
 if TYPE_CHECKING:
     from .flows import Ctx
@@ -123,7 +124,7 @@ def room_on(target: Hypervisor, ceiling: int | None) -> Room:
 def _read(remote, argv: list[str]) -> str:
     outcome = remote.probe(argv)
     if not outcome.ok:
-        raise ToolError(f"{remote.name}: `{' '.join(argv)}` failed (exit {outcome.exit_code}): "
+        raise ToolError(f"{remote.name}: `{join(argv)}` failed (exit {outcome.exit_code}): "
                         f"{(outcome.stderr or outcome.stdout).strip()[:200]}")
     return outcome.stdout
 
@@ -132,7 +133,7 @@ def _read(remote, argv: list[str]) -> str:
 
 class HostRoom:
     """What one run's VMs leave and take on each host: which moves under way may free room there,
-    and what the VMs that passed their check hold until their moves end."""
+    and what the VMs that passed their check hold until their domains start."""
 
     def __init__(self) -> None:
         self._leaving: dict[str, set[str]] = {}             # a move under way -> the hosts it may leave
