@@ -31,7 +31,8 @@ RUNS = 5
 def _audit(state: Path) -> list[dict]:
     import json
 
-    return [json.loads(line) for line in (state / "audit.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (state / "audit.jsonl").read_text().splitlines()]
+    return [record for record in records if "command" in record]   # not the moves' downtime records
 
 
 def _ssh_argv(host: dict, control_path: Path) -> list[str]:

@@ -20,6 +20,7 @@ from . import output
 from .errors import InputError, ToolError
 from .interrupt import Interruption
 from .inventory import VM, Inventory
+from .liveness import Downtime
 from .output import RESULT, log, set_vm
 from .remote import Site
 
@@ -33,6 +34,7 @@ class VmResult:
     runs_on: list[str]
     message: str
     code: int = 1      # the exit code a failure gives when it is the run's only VM (3: a guard refused)
+    downtime: Downtime | None = None   # a move that got as far as the guest's first answer on the target
 
 
 @dataclass
@@ -123,7 +125,7 @@ def run_fleet(site: Site, vms: list[VM], job: Callable[[VM, Slot], VmResult], *,
             set_vm("")
         if not result.ok and fail_fast:
             failed_once.set()
-        view.finish(vm.name, result.ok, ", ".join(result.runs_on) or "?")
+        view.finish(vm.name, result.ok, ", ".join(result.runs_on) or "?", result.downtime)
         return result
 
     with interruption.on_signals(), view, ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
@@ -144,6 +146,8 @@ def report(results: list[VmResult], interruption: Interruption) -> None:
     log.log(RESULT, f"== {len(results) - len(failed)} of {len(results)} VMs done")
     for result in results:
         log.log(RESULT, f"  {'ok    ' if result.ok else 'FAILED'} {result.message}")
+        if result.downtime is not None:
+            log.log(RESULT, f"         {result.downtime.line(result.vm)}")
     if failed or interruption.requested:
         stopped = f"{interruption.reason}: " if interruption.requested else ""
         raise ToolError(f"{stopped}{len(failed)} of {len(results)} VMs failed: "
@@ -158,6 +162,7 @@ class _Row:
     started: float | None = None
     ended: float | None = None
     result: str = ""
+    down: str = ""      # the guest's downtime, once its move is done
 
     def elapsed(self) -> str:
         if self.started is None:
@@ -201,10 +206,11 @@ class FleetView:
             row.started = row.started or time.monotonic()
         self._refresh()
 
-    def finish(self, vm: str, ok: bool, where: str) -> None:
+    def finish(self, vm: str, ok: bool, where: str, downtime: Downtime | None = None) -> None:
         with self._lock:
             row = self.rows[vm]
             row.step, row.result, row.ended = where, "ok" if ok else "FAILED", time.monotonic()
+            row.down = f"{downtime.down:.1f}s" if downtime else ""
         self._refresh()
 
     def _refresh(self) -> None:
@@ -213,5 +219,6 @@ class FleetView:
 
     def _table(self):
         with self._lock:
-            return output.table(("VM", "step", "elapsed", "result"),
-                                [(name, row.step, row.elapsed(), row.result) for name, row in self.rows.items()])
+            return output.table(("VM", "step", "elapsed", "down", "result"),
+                                [(name, row.step, row.elapsed(), row.down, row.result)
+                                 for name, row in self.rows.items()])

@@ -12,22 +12,42 @@ from __future__ import annotations
 import functools
 import time
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import drbd, fleet, hypervisors, inventory, kvmhost, localdisk, output, vmplan
+from . import capacity, drbd, fleet, hypervisors, inventory, kvmhost, liveness, localdisk, output, vmplan
 from .cli import task
-from .errors import GuardError, InputError, ToolError
+from .errors import GuardError, InputError, ToolError, quoted
 from .fleet import VmResult
 from .hypervisors import DEFAULT_SHUTDOWN_TIMEOUT
 from .interrupt import Interrupted, Interruption
-from .inventory import SIDES, VM, Inventory, other
-from .journal import Journal, JournalError, VmLock, journal_dir, lock_dir, undo_steps
+from .inventory import SIDES, VERIFY_METHODS, VM, Inventory, other
+from .journal import Journal, JournalError, VmLock, consoles_dir, journal_dir, lock_dir, undo_steps
+from .liveness import NotUp, Proof, Timeline
 from .output import RESULT, log
 from .remote import RemoteError, Site, concurrently, site_from_context
 
 ROLLBACK_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class BootProof:
+    """How a run proves its starts up: --verify and --boot-timeout (None: each VM's inventory),
+    and whether a guest not up on the target is moved back (--no-fallback: left there)."""
+
+    verify: str | None = None
+    boot_timeout: float | None = None
+    fallback: bool = True
+
+
+def boot_proof(verify: str | None, boot_timeout, fallback: bool = True) -> BootProof:
+    """The run's options, checked before anything is contacted."""
+    if verify is not None and verify not in VERIFY_METHODS:
+        raise InputError(f"--verify must be one of {', '.join(VERIFY_METHODS)}, got {quoted(verify)}")
+    if boot_timeout is not None and (not str(boot_timeout).isdigit() or int(boot_timeout) < 1):
+        raise InputError(f"--boot-timeout must be a whole number of seconds, at least 1, got {quoted(boot_timeout)}")
+    return BootProof(verify, float(boot_timeout) if boot_timeout is not None else None, fallback)
 
 
 def running_on(site: Site, vm: VM, side: str, max_age: float = 0.0) -> bool:
@@ -56,8 +76,15 @@ class Ctx:
     on_step: Callable[[str], None] = lambda name: None    # live progress of a fleet run
     start_gate: Callable[[str], AbstractContextManager] = lambda host: nullcontext()   # HostSlots.starting
     rollback_timeout: float = ROLLBACK_TIMEOUT
+    proving: BootProof = BootProof()
+    consoles: Path | None = None        # where a guest's console is kept when it does not come up
+    # The run's ledger of room on each host; by default a run of this VM alone.
+    room: capacity.HostRoom = field(default_factory=capacity.HostRoom)
     journal: Journal | None = None      # the running move's, while a step runs
     entry: dict | None = None           # the running step's journal entry
+    timeline: Timeline = field(default_factory=Timeline)   # the move's moments, for its downtime
+    restarted: str = ""                 # how the undo's restart went, for the run's last line
+    restarted_up: bool | None = None    # whether the guest the undo started again proved itself up
 
     @property
     def interruption(self) -> Interruption:
@@ -72,7 +99,17 @@ class Ctx:
     def launch(self, side: str) -> None:
         """Start the domain, within its host's `max_starts` (a fleet run's other VMs share it)."""
         with self.start_gate(self.vm.host_for(side)):
-            self.hypervisor(side).start(self.vm)
+            self.timeline.start_sent = time.monotonic()
+            try:
+                self.hypervisor(side).start(self.vm)
+            finally:
+                self.room.release(self.vm.name)
+
+    def proof(self, side: str) -> Proof:
+        """How a start on that side is proven up: the inventory's verify and boot_timeout, or
+        the run's --verify and --boot-timeout."""
+        return Proof(self.site, self.vm, side, self.proving.verify or self.vm.verify, self.vm.verify_port,
+                     self.proving.boot_timeout or self.vm.boot_timeout)
 
     def stop(self, side: str, timeout: float, force: bool) -> None:
         self.hypervisor(side).shutdown(self.vm.name, timeout=timeout, force=force,
@@ -81,6 +118,23 @@ class Ctx:
     def promote(self, side: str) -> None:
         host = self.vm.host_for(side)
         drbd.promote(self.site.host(host), self.vm, host)
+
+    def prove_restart(self, proof: Proof) -> None:
+        """After an undo's restart where the guest ran: up there again, or said so in the run's
+        last line (the undo itself succeeded: the guest runs where it ran, its disks Primary)."""
+        up = proof.wait(self.interruption)
+        if up is None:
+            self.restarted, self.restarted_up = f"{proof.failure()} either", False
+            log.warning(f"! {self.vm.name}: {self.restarted}")
+            return
+        since = self.timeline.last_answer or self.timeline.start_sent or up
+        self.restarted, self.restarted_up = f"up again after {up - since:.1f}s", True
+        log.info(f"* {proof.host}: {self.vm.name} is {self.restarted} ({proof.what()}) ... ok")
+
+    @property
+    def restart_note(self) -> str:
+        """How the undo's restart went, for the end of the run's last line ("" without one)."""
+        return f" ({self.restarted})" if self.restarted else ""
 
     def note_undo(self, **facts) -> None:
         """What the running step has done so far, for its undo (a shutdown already requested)."""
@@ -146,9 +200,14 @@ def plan_move(ctx: Ctx, target_side: str, xml: str | None, kvm_state: str) -> li
                           [target.command(localdisk.mkswap_argv(swap))],
                           functools.partial(localdisk.format_swap, target.remote, swap)))
     established = Established()
+    on_source, on_target = ctx.proof(source_side), ctx.proof(target_side)
+    if on_target.method == "console":
+        on_target.mark_console()   # before the guest stops: its console does not grow meanwhile
 
     def stop_source() -> None:
+        ctx.timeline.last_answer = on_source.last_answer()
         ctx.stop(source_side, ctx.timeout, ctx.force)
+        ctx.timeline.gone = time.monotonic()
         established.gone_from_source = True
 
     def promote_target() -> None:
@@ -168,8 +227,8 @@ def plan_move(ctx: Ctx, target_side: str, xml: str | None, kvm_state: str) -> li
         Step(f"start {vm.name} on {dst}", dst, [target.command(target.start_argv(vm))],
              lambda: established.start(ctx, target_side), undo={"op": "stop", "side": target_side},
              undo_if_refused=False),
-        Step(f"verify {vm.name} runs on {dst}", dst, [], lambda: _verify(ctx, target_side),
-             then="check that the domain runs there"),
+        Step(f"prove {vm.name} up on {dst}", dst, [], lambda: _prove_up(ctx, on_target),
+             then=f"wait up to {on_target.timeout:.0f}s for {on_target.what()}"),
     ]
     return steps
 
@@ -184,9 +243,15 @@ def print_plan(steps: list[Step]) -> None:
             log.info(f"       then {step.then}")
 
 
-def _verify(ctx: Ctx, side: str) -> None:
-    if not ctx.running(side):
-        raise ToolError(f"{ctx.vm.host_for(side)}: {ctx.vm.name} is not running after start")
+def _prove_up(ctx: Ctx, proof: Proof) -> None:
+    """The move's last step: the guest answers on the target, or the move is undone (NotUp)."""
+    up = proof.wait(ctx.interruption)
+    if up is None:
+        saved = proof.save_console(ctx.consoles)
+        raise NotUp(proof.failure() + (f"; its console: {saved}" if saved else ""))
+    ctx.timeline.up = up
+    started = ctx.timeline.start_sent or up
+    log.info(f"* {proof.host}: {ctx.vm.name} is up ({proof.what()}) {up - started:.1f}s after its start ... ok")
 
 
 # -- checks ----------------------------------------------------------------------------------------
@@ -221,16 +286,24 @@ def check_move(ctx: Ctx, target_side: str, runs_on: list[str], drbd_states: dict
                                  f"not UpToDate/UpToDate")
     log.info(f"  ok: DRBD {', '.join(d.resource for d in vm.resources)} Connected, UpToDate/UpToDate, "
         f"Primary on {src}")
+    if ctx.proof("xen").method == "console" and (target_side == "xen" or ctx.proving.fallback):
+        liveness.require_console_log(site.host(vm.xen_host), vm)   # the start there, or the fall-back's
+        log.info(f"  ok: {vm.xen_host} keeps guest consoles in {liveness.XEN_CONSOLE_DIR}")
     if target_side == "kvm":
-        xml = kvmhost.render_checked(vmplan.of_vm(site, vm, kvm_devices=True).domain_spec())
+        spec = vmplan.of_vm(site, vm, kvm_devices=True).domain_spec()
+        xml = kvmhost.render_checked(spec)
         log.info(f"  ok: domain XML for {vm.name} renders and is valid")
         if vm.boot == "direct-kernel":
             version = kvmhost.require_fetched_kernel(site.host(dst), vm)
             log.info(f"  ok: {dst} has kernel {version} and its initrd for {vm.name}'s direct boot")
+        capacity.make_room(ctx, target_side, capacity.Need(spec.memory_mib, spec.vcpus))
         return xml
-    if site.host(dst).read_file(vm.cfg) is None:
+    text = site.host(dst).read_file(vm.cfg)
+    if text is None:
         raise GuardError(f"{dst}: {vm.cfg} does not exist: run `fab xenhost.prepare-cfg --vm {vm.name}`")
     log.info(f"  ok: {dst}:{vm.cfg} present")
+    cfg = vmplan.plan(text, f"{dst}:{vm.cfg}", vm).cfg   # what xl gives the guest: the cfg's, not the inventory's
+    capacity.make_room(ctx, target_side, capacity.Need(cfg.memory or cfg.maxmem, cfg.vcpus or 1))
     return None
 
 
@@ -249,6 +322,7 @@ def move(ctx: Ctx, to: str | None, journals: Path, locks: Path, dry_run: bool = 
         if target_side is None:
             return VmResult(vm.name, True, runs_on, f"{vm.name}: already on {', '.join(runs_on)}")
         src, dst = vm.host_for(other(target_side)), vm.host_for(target_side)
+        ctx.room.leaving(vm.name, src)
         log.info(f"== {vm.name}: {src} -> {dst}{' (dry run)' if dry_run else ''}")
         log.info("checks:")
         ctx.on_step("checks")
@@ -305,7 +379,12 @@ def _execute(ctx: Ctx, steps: list[Step], journal: Journal, dst: str) -> VmResul
     journal.finish("done")
     message = f"{vm.name} now runs on {dst} ({time.monotonic() - started:.1f}s)"
     log.log(RESULT, f"== {message}")
-    return VmResult(vm.name, True, [dst], message)
+    downtime = ctx.timeline.downtime()
+    if downtime is not None:
+        log.log(RESULT, downtime.line(vm.name))
+        ctx.site.audit.write({"kind": "downtime", "vm": vm.name, "from": journal.data["source"], "to": dst,
+                              **downtime.record()})
+    return VmResult(vm.name, True, [dst], message, downtime=downtime)
 
 
 def _fail(ctx: Ctx, journal: Journal, step: Step, exc: BaseException) -> VmResult:
@@ -323,8 +402,12 @@ def _fail(ctx: Ctx, journal: Journal, step: Step, exc: BaseException) -> VmResul
             entry["undo"] = None
         if entry["status"] == "started":
             journal.mark_in_undo(entry, "failed")
-        what = f"step '{step.name}' failed: {reason}"
+        what = reason if isinstance(exc, NotUp) else f"step '{step.name}' failed: {reason}"
     log.warning(f"! {what}")
+    if isinstance(exc, NotUp) and not ctx.proving.fallback:
+        _close(journal, "left-not-up", keep=True)
+        return VmResult(ctx.vm.name, False, [step.host], f"{ctx.vm.name}: {what}; left there (--no-fallback): "
+                                                          f"`fab rollback --vm {ctx.vm.name}` moves it back")
     return _roll_back_after_failure(ctx, journal, what)
 
 
@@ -339,7 +422,8 @@ def _roll_back_after_failure(ctx: Ctx, journal: Journal, what: str) -> VmResult:
         raise ToolError(f"{vm.name}: {what}; the undo failed too ({'; '.join(undo_failures)}); {where}; "
                         f"the journal is kept: fix the cause, then `fab rollback --vm {vm.name}`") from None
     _close(journal, "rolled-back")
-    return VmResult(vm.name, False, runs_on, f"{vm.name}: {what}; undone: {', '.join(undone) or 'nothing'}; {where}")
+    return VmResult(vm.name, False, runs_on,
+                    f"{vm.name}: {what}; undone: {', '.join(undone) or 'nothing'}; {where}{ctx.restart_note}")
 
 
 def _where_now(ctx: Ctx) -> list[str]:
@@ -380,13 +464,15 @@ def rollback_vm(ctx: Ctx, journals: Path, locks: Path) -> VmResult:
                             f"kept: fix the cause, then run `fab rollback --vm {vm.name}` again")
         journal.finish("rolled-back")
         runs_on = _where_now(ctx)
-        return VmResult(vm.name, True, runs_on, f"{vm.name}: rolled back ({', '.join(undone) or 'nothing to undo'}); "
-                                                f"runs on {', '.join(runs_on) or 'no host'}")
+        return VmResult(vm.name, ctx.restarted_up is not False, runs_on,
+                        f"{vm.name}: rolled back ({', '.join(undone) or 'nothing to undo'}); "
+                        f"runs on {', '.join(runs_on) or 'no host'}{ctx.restart_note}")
 
 
 # -- tasks -------------------------------------------------------------------------------------------
 
-def _migrate(c, vm, to, all_vms, from_host, timeout, force, dry_run, parallel, fail_fast) -> None:
+def _migrate(c, vm, to, all_vms, from_host, timeout, force, dry_run, parallel, fail_fast,
+             proving: BootProof) -> None:
     if to not in (None, "kvm", "xen"):
         raise InputError(f"--to must be kvm or xen, got {to!r}")
     if not str(parallel).isdigit() or int(parallel) < 1:
@@ -397,20 +483,27 @@ def _migrate(c, vm, to, all_vms, from_host, timeout, force, dry_run, parallel, f
     interruption = Interruption()
     results = migrate_vms(c, inv, vms, to=other(inv.host(from_host).role) if from_host else to,
                           timeout=float(timeout), force=force, dry_run=dry_run, parallel=int(parallel),
-                          fail_fast=fail_fast, interruption=interruption)
+                          fail_fast=fail_fast, interruption=interruption, proving=proving)
     fleet.report(results, interruption)
 
 
 def migrate_vms(c, inv: Inventory, vms: list[VM], *, to: str | None, timeout: float, force: bool, dry_run: bool,
-                parallel: int, fail_fast: bool, interruption: Interruption | None = None) -> list[VmResult]:
+                parallel: int, fail_fast: bool, interruption: Interruption | None = None,
+                proving: BootProof = BootProof()) -> list[VmResult]:
     """Move every VM (each to `to`, or to where it does not run) as a fleet run, over one
     connection per host; each VM alone is locked, journaled and rolled back."""
     interruption = interruption or Interruption()
     site = site_from_context(c, inv, dry_run, interruption)
+    room = capacity.HostRoom()
 
     def one(model: VM, slot: fleet.Slot) -> VmResult:
-        ctx = Ctx(site, inv, model, timeout, force, on_step=slot.on_step, start_gate=slot.start_gate)
-        return move(ctx, to, journal_dir(c), lock_dir(c), dry_run)
+        ctx = Ctx(site, inv, model, timeout, force, on_step=slot.on_step, start_gate=slot.start_gate,
+                  proving=proving, consoles=consoles_dir(c), room=room)
+        room.begin(model)
+        try:
+            return move(ctx, to, journal_dir(c), lock_dir(c), dry_run)
+        finally:
+            room.done(model.name)
 
     def not_started(model: VM, why: str) -> VmResult:
         with interruption.shield():
@@ -434,42 +527,59 @@ _MOVE_HELP = {
     "force": "destroy a guest that has not shut down after --timeout",
     "dry_run": "run every check and print the plan (its exact commands) and diffs; change nothing",
 }
+_PROOF_HELP = {
+    "verify": "how a started guest proves itself up: console (a login prompt), ssh (sshd's banner), "
+              "port (the VM's verify_port answers) or none (its domain runs); default: each VM's verify",
+    "boot_timeout": "seconds a started guest has to prove itself up (default: each VM's boot_timeout, 300)",
+}
+_MOVE_HELP.update(_PROOF_HELP, fallback="move a guest that is not up in time back where it ran "
+                                        "(default; --no-fallback leaves it on the target to debug)")
 
 
 @task(help={**_MOVE_HELP, "to": "kvm or xen; default: the side where each VM does not run"})
 def migrate(c, vm=None, to=None, all=False, from_host=None, parallel=4, fail_fast=False,
-            timeout=DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False):
-    """Move VMs to the other hypervisor: shutdown, DRBD switch, start there."""
-    _migrate(c, vm, to, all, from_host, timeout, force, dry_run, parallel, fail_fast)
+            timeout=DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False, verify=None, boot_timeout=None,
+            fallback=True):
+    """Move VMs to the other hypervisor: shutdown, DRBD switch, start there, prove it up."""
+    _migrate(c, vm, to, all, from_host, timeout, force, dry_run, parallel, fail_fast,
+             boot_proof(verify, boot_timeout, fallback))
 
 
 @task(help=_MOVE_HELP)
 def migrate_to_kvm(c, vm=None, all=False, from_host=None, parallel=4, fail_fast=False,
-                   timeout=DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False):
+                   timeout=DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False, verify=None, boot_timeout=None,
+                   fallback=True):
     """Move VMs from their Xen host to their KVM host."""
-    _migrate(c, vm, "kvm", all, from_host, timeout, force, dry_run, parallel, fail_fast)
+    _migrate(c, vm, "kvm", all, from_host, timeout, force, dry_run, parallel, fail_fast,
+             boot_proof(verify, boot_timeout, fallback))
 
 
 @task(help=_MOVE_HELP)
 def migrate_to_xen(c, vm=None, all=False, from_host=None, parallel=4, fail_fast=False,
-                   timeout=DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False):
+                   timeout=DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False, verify=None, boot_timeout=None,
+                   fallback=True):
     """Move VMs from their KVM host back to their Xen host."""
-    _migrate(c, vm, "xen", all, from_host, timeout, force, dry_run, parallel, fail_fast)
+    _migrate(c, vm, "xen", all, from_host, timeout, force, dry_run, parallel, fail_fast,
+             boot_proof(verify, boot_timeout, fallback))
 
 
-@task(help={"vm": "VM name from the inventory"})
-def rollback(c, vm):
-    """Undo an interrupted or failed run of a VM, from its journal and the live state.
+@task(help={"vm": "VM name from the inventory", **_PROOF_HELP})
+def rollback(c, vm, verify=None, boot_timeout=None):
+    """Undo an interrupted or failed run of a VM, from its journal and the live state; a guest
+    it starts again must prove itself up there.
 
     It is all undo: Ctrl-C or SIGTERM is answered with a line and does not stop it."""
+    proving = boot_proof(verify, boot_timeout)
     inv = inventory.from_context(c)
     model = inv.vm(vm)
     site = site_from_context(c, inv)
     try:
         with site.interruption.on_signals():
-            result = rollback_vm(Ctx(site, inv, model), journal_dir(c), lock_dir(c))
+            result = rollback_vm(Ctx(site, inv, model, proving=proving), journal_dir(c), lock_dir(c))
     finally:
         site.close()
+    if not result.ok:
+        raise ToolError(result.message)
     log.log(RESULT, f"== {result.message}")
 
 

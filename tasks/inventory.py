@@ -27,6 +27,11 @@ BUSES = ("ide", "sata", "scsi", "virtio")
 DOMAIN_TYPES = ("kvm", "qemu")
 BOOT_MODES = ("grub", "direct-kernel")
 SNAPSHOT_METHODS = ("lvm", "qcow2")
+# How a move proves the guest up after a start: a login prompt on its console, sshd's banner or
+# a TCP port on its address, or only the domain running (none).
+VERIFY_METHODS = ("console", "ssh", "port", "none")
+DEFAULT_BOOT_TIMEOUT = 300
+MAX_BOOT_TIMEOUT = 24 * 3600
 
 # Every pattern is matched with fullmatch: `$` also matches before a final newline, and a
 # YAML block scalar (`|`, `>`) ends in one.
@@ -83,6 +88,7 @@ class Host:
     drbd_address: str = ""
     max_parallel: int = 4
     max_starts: int | None = None    # domains it starts at once in a fleet run (None: no limit)
+    max_vcpus: int | None = None     # vCPUs its running guests may have in all (None: no ceiling)
     command_timeout: float = 60.0    # seconds one probe or short change may take there
 
 
@@ -131,6 +137,9 @@ class VM:
     machine: str = "pc"
     boot: str = "grub"
     snapshot: str = "lvm"
+    verify: str = "console"          # VERIFY_METHODS; the parser's default is ssh with a guest_address
+    verify_port: int = 22            # the port `ssh` and `port` knock on
+    boot_timeout: float = DEFAULT_BOOT_TIMEOUT   # seconds a started guest has to prove itself up
 
     @property
     def resources(self) -> list[ReplicatedDisk]:
@@ -249,11 +258,11 @@ class _Checker:
 
 _HOST_KEYS = {"address", "role", "user", "port", "toolstack", "libvirt_uri", "known_hosts",
               "accept_new_host_key", "proxy_command", "identity_file", "hostname", "drbd_address", "max_parallel",
-              "max_starts", "command_timeout"}
+              "max_starts", "max_vcpus", "command_timeout"}
 _VM_KEYS = {"xen_host", "kvm_host", "cfg", "guest_address", "guest_user", "guest_port",
             "guest_proxy_command", "guest_identity_file", "guest_known_hosts", "mac", "macs",
             "memory", "vcpus", "bridge", "bus", "domain_type", "machine", "boot", "snapshot",
-            "disks"}
+            "verify", "verify_port", "boot_timeout", "disks"}
 _REPLICATED_KEYS = {"resource", "device", "backing", "meta_disk", "port", "vdev", "shared"}
 _LOCAL_KEYS = {"local", "vdev"}
 
@@ -291,6 +300,7 @@ def _parse_host(check: _Checker, name: str, raw: Any) -> Host | None:
         drbd_address=drbd_address or address or "",
         max_parallel=check.get(data, "max_parallel", where, int, default=4),
         max_starts=check.get(data, "max_starts", where, int),
+        max_vcpus=check.get(data, "max_vcpus", where, int),
         command_timeout=float(check.get(data, "command_timeout", where, int, default=60)),
     )
     return host if role and address else None
@@ -393,6 +403,17 @@ def _parse_vm(check: _Checker, name: str, raw: Any, hosts: dict[str, Host]) -> V
     if not isinstance(raw_disks, list) or not raw_disks:
         check.error(f"{where}.disks", "expected a non-empty list of disks")
         raw_disks = []
+    guest_address = check.get(data, "guest_address", where, str)
+    guest_port = check.get(data, "guest_port", where, int, at_most=MAX_PORT)
+    verify = check.get(data, "verify", where, str, default="ssh" if guest_address else "console",
+                       choices=VERIFY_METHODS)
+    if verify in ("ssh", "port") and not guest_address:
+        check.error(f"{where}.verify", f"{verify} knocks on the guest's address: set guest_address")
+    if verify == "port" and "verify_port" not in data:
+        check.error(f"{where}.verify_port", "is required with verify: port")
+    verify_port = check.get(data, "verify_port", where, int, default=guest_port or 22, at_most=MAX_PORT)
+    boot_timeout = check.get(data, "boot_timeout", where, int, default=DEFAULT_BOOT_TIMEOUT,
+                             at_most=MAX_BOOT_TIMEOUT)
     if len(sides) < 2:
         return None
     pair = (sides["xen"], sides["kvm"])
@@ -405,9 +426,9 @@ def _parse_vm(check: _Checker, name: str, raw: Any, hosts: dict[str, Host]) -> V
         kvm_host=pair[1],
         cfg=cfg,
         disks=tuple(disks),
-        guest_address=check.get(data, "guest_address", where, str),
+        guest_address=guest_address,
         guest_user=check.get(data, "guest_user", where, str),
-        guest_port=check.get(data, "guest_port", where, int, at_most=MAX_PORT),
+        guest_port=guest_port,
         guest_proxy_command=check.get(data, "guest_proxy_command", where, str),
         guest_identity_file=check.get(data, "guest_identity_file", where, str),
         guest_known_hosts=check.get(data, "guest_known_hosts", where, str),
@@ -421,6 +442,9 @@ def _parse_vm(check: _Checker, name: str, raw: Any, hosts: dict[str, Host]) -> V
         machine=check.get(data, "machine", where, str, default="pc"),
         boot=check.get(data, "boot", where, str, default="grub", choices=BOOT_MODES),
         snapshot=check.get(data, "snapshot", where, str, default="lvm", choices=SNAPSHOT_METHODS),
+        verify=verify or "console",
+        verify_port=verify_port,
+        boot_timeout=float(boot_timeout),
     )
 
 

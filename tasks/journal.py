@@ -220,13 +220,18 @@ def lock_dir(c) -> Path:
     return state_dir(c) / "locks"
 
 
+def consoles_dir(c) -> Path:
+    """Where the last console lines of a guest that did not come up are kept."""
+    return state_dir(c) / "consoles"
+
+
 # -- the undo table: what undoes each kind of step ------------------------------------------------
 
 def _start(ctx: Ctx, undo: dict) -> None:
     """The restart where the guest ran. If its shutdown had been requested, it may still be going
     down: wait for that first (up to rollback_timeout), or the restart would find it running and
     the guest would then stop for good. The start guard's facts are probed, as nothing before
-    established them."""
+    established them. A guest it starts must prove itself up there too (flows.Ctx.prove_restart)."""
     side = undo["side"]
     host = ctx.vm.host_for(side)
     if undo.get("shutdown_requested") and ctx.running(side):
@@ -237,7 +242,15 @@ def _start(ctx: Ctx, undo: dict) -> None:
             log.info(f"* {host}: {ctx.vm.name} still runs {ctx.rollback_timeout:.0f}s after its shutdown was "
                 f"requested: it ignored the request ... ok")
             return
-    drbd.start_guarded(ctx.site, ctx.vm, host, lambda: ctx.launch(side))
+    proof = ctx.proof(side)
+    if proof.method == "console":
+        proof.mark_console()
+
+    def start_and_prove() -> None:
+        ctx.launch(side)
+        ctx.prove_restart(proof)
+
+    drbd.start_guarded(ctx.site, ctx.vm, host, start_and_prove)
 
 
 def _demote(ctx: Ctx, undo: dict) -> None:

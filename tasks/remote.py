@@ -118,16 +118,14 @@ class AuditLog:
         self._lock = threading.Lock()
 
     def record(self, host: str, command: str, exit_code: int | None, duration: float, kind: str) -> None:
+        self.write({"host": host, "kind": kind, "command": command, "exit": exit_code,
+                    "duration": round(duration, 3)})
+
+    def write(self, fields: dict) -> None:
+        """One record: the time, then `fields` (a command's, or a move's downtime)."""
         if self.path is None:
             return
-        line = json.dumps({
-            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-            "host": host,
-            "kind": kind,
-            "command": command,
-            "exit": exit_code,
-            "duration": round(duration, 3),
-        }) + "\n"
+        line = json.dumps({"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **fields}) + "\n"
         with self._lock:
             try:
                 make_private_dir(self.path.parent)
@@ -401,17 +399,20 @@ def unified_diff(old: str, new: str, label: str) -> str:
 class Site:
     """The run's connections: one per host (and per guest), opened on first use, then reused.
 
-    `connect(label, target)` opens one (ssh.open_connection; tests pass a double). All the
+    `connect(label, target)` opens one (ssh.open_connection; tests pass a double), and
+    `knock(target, expect)` looks at a guest's port (ssh.knock; a double in tests too). All the
     run's hosts share one Interruption: a stop request reaches every move.
     """
 
     def __init__(self, inventory: Inventory, *, dry_run: bool = False, audit: AuditLog | None = None,
-                 connect: Callable[..., object] | None = None, interruption: Interruption | None = None):
+                 connect: Callable[..., object] | None = None, interruption: Interruption | None = None,
+                 knock: Callable[[ssh.SshTarget, bytes], bool] | None = None):
         self.inventory = inventory
         self.dry_run = dry_run
         self.audit = audit or AuditLog(None)
         self.interruption = interruption or Interruption()
         self._connect = connect or (lambda _label, target: ssh.open_connection(target))
+        self._knock = knock or (lambda target, expect: ssh.knock(target, expect=expect))
         self._remotes: dict[str, Remote] = {}
         self._lock = threading.Lock()
         self._host_locks: dict[str, threading.Lock] = {}
@@ -441,6 +442,18 @@ class Site:
             f"{vm.name} (guest)", vm.guest_address, user=vm.guest_user, port=vm.guest_port,
             proxy_command=vm.guest_proxy_command, identity_file=vm.guest_identity_file,
             known_hosts=vm.guest_known_hosts))
+
+    def guest_answers(self, vm: VM, port: int, expect: bytes = b"") -> bool:
+        """Whether the guest's address answers on `port` (ssh.knock), reached the way its SSH
+        connection is (guest_proxy_command, ~/.ssh/config): a probe, in a dry run too."""
+        if not vm.guest_address:
+            raise ToolError(f"vms.{vm.name}.guest_address is not set: nothing to knock on")
+        target = ssh.resolve(f"{vm.name} (guest)", vm.guest_address, user=vm.guest_user, port=port,
+                             proxy_command=vm.guest_proxy_command, identity_file=vm.guest_identity_file,
+                             known_hosts=vm.guest_known_hosts)
+        answered = self._knock(target, expect)
+        log.debug(f"  {vm.name}: knock on {target.hostname}:{port} ... {'answered' if answered else 'no answer'}")
+        return answered
 
     @contextmanager
     def vm_lock(self, vm: VM):

@@ -263,3 +263,55 @@ def _open(target: SshTarget, gateway):
         proxy.connected = True   # closing the connection ends the proxy: no "proxy exited" then
     conn.transport.set_keepalive(KEEPALIVE_INTERVAL)
     return conn
+
+
+# -- a guest's port, as the proof that it is up ----------------------------------------------------
+
+def knock(target: SshTarget, *, expect: bytes = b"", timeout: float = 5.0) -> bool:
+    """Whether the target's address answers on its port: a TCP connection opens, and with
+    `expect` the service's first bytes begin with it (b"SSH-": sshd's banner, so a guest whose
+    network is up but whose sshd is not does not count).
+
+    It goes the way the target's SSH connection would: directly, through its ProxyJump hops (the
+    last hop connects, so a refused port is seen there) or through its ProxyCommand. A proxy
+    command hides whether its connection opened (nc waits the same for a slow or a dead address),
+    so through one a port counts only once its service has said something: a service that waits
+    for the client first (HTTP) can be checked directly or through ProxyJump only.
+    """
+    import socket
+
+    want = len(expect) or 1
+    try:
+        if target.proxy_command:
+            proxy = _proxy(target.proxy_command)
+            try:
+                proxy.settimeout(timeout)
+                return proxy.recv(want).startswith(expect)
+            finally:
+                proxy.close()
+        if target.jumps:
+            hops: list = []
+            try:
+                for hop in target.jumps:
+                    hops.append(_open(hop, hops[-1] if hops else None))
+                channel = hops[-1].transport.open_channel("direct-tcpip", (target.hostname, target.port),
+                                                          ("127.0.0.1", 0), timeout=timeout)
+                channel.settimeout(timeout)
+                return not expect or _first_bytes(channel.recv, want).startswith(expect)
+            finally:
+                for opened in reversed(hops):
+                    opened.close()
+        with socket.create_connection((target.hostname, target.port), timeout=timeout) as sock:
+            return not expect or _first_bytes(sock.recv, want).startswith(expect)
+    except Exception:   # refused, unreachable, timed out, a proxy or a hop gone: no answer
+        return False
+
+
+def _first_bytes(recv, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data

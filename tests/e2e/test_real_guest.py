@@ -3,12 +3,17 @@ libvirt/qemu (TCG) from its own disk, through its own boot loader or kernel, and
 
 Nothing is done by hand between the tool's commands: the guest installs what it needs from
 the Debian mirror through the lab's restricted apt proxy.  Each guest goes to KVM and back
-twice.  `make e2e` prints one line per guest from REPORT at its end; each KVM boot's serial
-console is kept beside it (e2e-GUEST-console-ROUND.log).
+twice, each move proven up by the guest's own sshd and its downtime measured; then the
+direct-kernel guest's initramfs on the KVM host loses every driver, and the move falls back to
+Xen.  `make e2e` prints the lines of REPORT at its end; each KVM boot's serial console is kept
+beside it (e2e-GUEST-console-ROUND.log), and every move's downtime record in DOWNTIMES (the
+benchmark's switch-share reads them).
 """
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import time
 
@@ -21,6 +26,7 @@ from tests.lab.config import proxy_command
 pytestmark = [pytest.mark.lab, pytest.mark.e2e]
 
 REPORT = WORK / "e2e-report.txt"
+DOWNTIMES = WORK / "e2e-downtime.jsonl"
 CONSOLE = f"/var/log/libvirt/qemu/{GUEST['name']}-console.log"
 BOOT_LIMIT = 600          # seconds: a TCG boot on a busy 2-core machine, with room to spare
 DISKS = ("/dev/drbd5", "/dev/drbd6")
@@ -48,6 +54,21 @@ def wait_for_login(lab, since: int, started: float) -> None:
         time.sleep(2)
     tail = lab.exec("kvm1", ["tail", "-c", "3000", CONSOLE]).stdout
     raise AssertionError(f"no login on KVM in {BOOT_LIMIT}s; console ends:\n{tail}")
+
+
+def empty_initramfs() -> bytes:
+    """A newc cpio archive that holds nothing: an initramfs without its disk driver (or any other)."""
+    name = b"TRAILER!!!\0"
+    entry = b"070701" + b"".join(b"%08x" % value for value in (0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, len(name), 0)) + name
+    entry += b"\0" * (-len(entry) % 4)
+    return entry + b"\0" * (-len(entry) % 512)
+
+
+def downtime(out: str) -> tuple[float, ...]:
+    """down, shutdown, switch, boot from the move's `logger: down N s = shutdown A + ...` line."""
+    found = re.search(r"^logger: down (\S+) s = shutdown (\S+) \+ switch (\S+) \+ boot (\S+)$", out, re.M)
+    assert found, out
+    return tuple(map(float, found.groups()))
 
 
 def disk_sums(lab) -> list[str]:
@@ -85,10 +106,11 @@ def test_xen_tools_guest_boots_on_kvm_and_returns(lab, fab, image, boot):
             lab.exec("logger", ["fsfreeze", "-u", mount])
 
     ok(lab.exec("logger", ["sh", "-c", "echo written-on-xen > /root/e2e-xen; sync"]))
-    to_kvm, to_xen = [], []
+    to_kvm, to_xen, downs = [], [], []
     for round_ in (1, 2):
         since, started = console_size(lab), time.monotonic()
-        ok(fab("migrate", "--vm", "logger", timeout=300))
+        there = ok(fab("migrate", "--vm", "logger", timeout=BOOT_LIMIT + 300))
+        assert "* kvm1: logger is up (sshd's banner on 10.77.0.50:22)" in there.stdout
         wait_for_login(lab, since, started)
         to_kvm.append(time.monotonic() - started)
         (WORK / f"e2e-{name}-console-{round_}.log").write_text(
@@ -99,13 +121,48 @@ def test_xen_tools_guest_boots_on_kvm_and_returns(lab, fab, image, boot):
         assert on_kvm.stdout.split()[:3] == [GUEST["mac"], "written-on-xen", "qemu"], on_kvm
 
         started = time.monotonic()
-        ok(fab("migrate", "--vm", "logger", timeout=400))
+        back = ok(fab("migrate", "--vm", "logger", timeout=400))
+        downs.append((downtime(there.stdout), downtime(back.stdout)))
         assert where(lab) == ON_XEN
         back = lab.exec("logger", ["cat", "/root/e2e-kvm", "/root/e2e-xen"])
         assert back.stdout.split() == [f"round-{round_}", "written-on-xen"], back
         to_xen.append(time.monotonic() - started)
 
-    line = (f"e2e: {name} booted on KVM to login in {max(to_kvm):.0f} s, back on Xen in {max(to_xen):.0f} s"
-            f" ({boot} boot; slowest of 2 rounds)")
+    with DOWNTIMES.open("a") as records:
+        for record in fab.records():
+            if record["kind"] == "downtime":
+                records.write(json.dumps({**record, "guest": name}) + "\n")
+    (down, shutdown, switch, boot_s), (back_down, *_) = max(downs)
+    lines = [f"e2e: {name} booted on KVM to login in {max(to_kvm):.0f} s, back on Xen in {max(to_xen):.0f} s"
+             f" ({boot} boot; slowest of 2 rounds)",
+             f"e2e: {name} down {down:.1f} s moving to KVM (shutdown {shutdown:.1f} + switch {switch:.1f} + boot "
+             f"{boot_s:.1f}), {back_down:.1f} s moving back (the round down longest on KVM of 2)"]
+    if boot == "direct-kernel":
+        lines.append(unbootable_on_kvm_falls_back(lab, fab, name))
     with REPORT.open("a") as report:
-        report.write(line + "\n")
+        report.write("".join(line + "\n" for line in lines))
+
+
+FALLBACK_TIMEOUT = 90   # seconds: this kernel panics within seconds on KVM without its initramfs
+
+
+def unbootable_on_kvm_falls_back(lab, fab, name: str) -> str:
+    """The KVM host's copy of the guest's initramfs loses every driver: the kernel cannot mount
+    its root there. `migrate` sees no sshd within its boot timeout, moves the guest back, and it
+    answers on Xen again; the run fails, with the KVM console's last lines kept."""
+    initrd = "/var/lib/xenkvm/boot/logger/initrd.img"
+    ok(lab.exec("kvm1", ["sh", "-c", f"cat > {initrd}"], input=empty_initramfs().decode("ascii")))
+    started = time.monotonic()
+    failed = fab("migrate", "--vm", "logger", "--boot-timeout", str(FALLBACK_TIMEOUT),
+                 timeout=FALLBACK_TIMEOUT + 600)
+    error = failed.stderr.strip().splitlines()[-1]
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert f"logger: not up on kvm1 within {FALLBACK_TIMEOUT}s (no sshd banner on 10.77.0.50:22)" in error
+    again = re.search(r"logger now runs on xen1 \(up again after (\d+\.\d)s\)", error)
+    assert again, error
+    assert where(lab) == ON_XEN and ssh("cat /root/e2e-xen").stdout.strip() == "written-on-xen"
+    saved = re.search(r"its console: (\S+\.log)", error)
+    assert saved and "Unable to mount root fs" in open(saved.group(1)).read(), error
+    (WORK / f"e2e-{name}-console-unbootable.log").write_text(open(saved.group(1)).read())
+    return (f"e2e: {name} unbootable on KVM: fell back to Xen, up again after {float(again.group(1)):.0f} s "
+            f"(boot timeout {FALLBACK_TIMEOUT} s; whole run {time.monotonic() - started:.0f} s)")

@@ -30,11 +30,14 @@ class Runner:
         return subprocess.Popen([str(FAB), *args], cwd=REPO, env=self.env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
 
-    def audit(self) -> list[dict]:
-        """The audit log's entries, each command as the tests write it (tests.wire.bare)."""
+    def records(self) -> list[dict]:
+        """Every record of the audit log: commands, and each move's downtime."""
         path = self.state_dir / "audit.jsonl"
-        entries = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-        return [{**entry, "command": bare(entry["command"])} for entry in entries]
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def audit(self) -> list[dict]:
+        """The audit log's commands, each as the tests write it (tests.wire.bare)."""
+        return [{**entry, "command": bare(entry["command"])} for entry in self.records() if "command" in entry]
 
 
 def where(lab) -> tuple:

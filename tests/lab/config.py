@@ -225,6 +225,15 @@ def etc_hosts() -> str:
 KVM_MAX_STARTS = os.cpu_count() or 1
 
 
+# A Xen host's /etc/default/xencommons as Debian's xen-utils-common ships it, with xenconsoled's
+# guest logs on: what a proof of life by console needs there (the lab's xl writes the log).
+XENCOMMONS = """\
+# Log xenconsoled messages (cf xl dmesg)
+#XENCONSOLED_TRACE=[none|guest|hv|all]
+XENCONSOLED_TRACE=guest
+"""
+
+
 def inventory(settings: Settings) -> str:
     """tests/lab/hosts.yml: the tool's inventory for this lab (absolute paths of this checkout)."""
     keys = {"known_hosts": str(KNOWN_HOSTS), "identity_file": str(CLIENT_KEY)}
@@ -249,6 +258,8 @@ def inventory(settings: Settings) -> str:
         # The sysvinit guest proves the other boot mode: its kernel copied to the KVM host.
         "boot": "direct-kernel" if settings.image == "sysvinit" else "grub",
         "snapshot": "qcow2",   # no device-mapper here, so no LVM snapshots
+        "verify": "ssh",       # sshd answers in the guest on both sides; boots in seconds, TCG ones in minutes
+        "boot_timeout": 600 if settings.real_guest else 60,
         "disks": disks,
     }
     vms = {GUEST["name"]: vm}
@@ -256,7 +267,7 @@ def inventory(settings: Settings) -> str:
         vms[f["name"]] = {
             "xen_host": xen, "kvm_host": kvm, "cfg": f"/etc/xen/auto/{f['name']}.cfg", "mac": f["mac"],
             "memory": FLEET_MEMORY, "bridge": GUEST["bridge"], "bus": "ide", "domain_type": "qemu",
-            "machine": "pc", "snapshot": "qcow2",
+            "machine": "pc", "snapshot": "qcow2", "verify": "none",   # no guest OS: only the domain runs
             "disks": [{"resource": f["resource"], "device": f"/dev/drbd{f['minor']}",
                        "backing": f"/dev/vg_main/{f['resource']}", "meta_disk": "internal", "port": f["port"],
                        "vdev": f["vdev"]}],

@@ -97,6 +97,8 @@ def prepare(host: str, settings: config.Settings) -> None:
         (home / "xen/auto" / Path(config.XEN_CFG).name).write_text(cfg)
         for vm in fleet_vms(settings.fleet):
             (home / "xen/auto" / f"{vm['name']}.cfg").write_text(config.fleet_cfg(vm))
+        (etc / "default").mkdir(exist_ok=True)
+        (etc / "default/xencommons").write_text(config.XENCOMMONS)
     else:
         (etc / "libvirt/qemu.conf").write_text(config.QEMU_CONF)
         if not settings.real_guest:   # a real guest boots in qemu itself

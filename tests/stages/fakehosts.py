@@ -49,6 +49,7 @@ class Shared:
     disks_of: dict[str, list[str]] = field(default_factory=dict)  # domain -> its resources (default: all)
     snapshots: list[list[str]] = field(default_factory=list)   # lvcreate / qemu-img / removal argv
     console: dict[str, str] = field(default_factory=dict)   # domain -> what its serial console prints once started
+    xen_console: dict[str, str] = field(default_factory=dict)   # domain -> what its console prints under Xen
     signatures: dict[tuple[str, str], dict] = field(default_factory=dict)   # (host, path) -> blkid's TYPE, UUID, PTTYPE
     garbage: set = field(default_factory=set)   # (host, path): no signature, but not zeros in its first MiB
     mapper_lvs: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # (host, /dev/mapper/..) -> VG, LV
@@ -58,6 +59,18 @@ class Shared:
     standalone_hides_peer: bool = False   # DRBD 8.4's status: no peer line at all when StandAlone
     cib: str | None = None       # Pacemaker's CIB (`cibadmin --query`), None: no Pacemaker installed
     auto_promote: bool = False   # DRBD 9's default: a domain opening a Secondary for writing promotes it
+    free_memory: dict[str, int] = field(default_factory=lambda: {"xen1": 65536, "kvm1": 65536})  # MiB, no guest
+    guest_memory: int = 2048     # MiB each running domain takes, as `xl list` shows
+    unbootable: set = field(default_factory=set)   # hosts where the guest's domain runs but it never answers
+    knocks: list[str] = field(default_factory=list)   # every knock on the guest: "HOST:PORT answered|silent"
+
+    def knock(self, target, expect: bytes) -> bool:
+        """The guest's address (Site's knock): it answers, with sshd's banner, while its domain
+        runs on a host where it boots."""
+        where = {"xen1"} if "logger" in self.xen_running else {"kvm1"} if "logger" in self.kvm_running else set()
+        answered = bool(where - self.unbootable) and expect in (b"", b"SSH-")
+        self.knocks.append(f"{target.hostname}:{target.port} {'answered' if answered else 'silent'}")
+        return answered
 
     def resources_of(self, domain: str) -> list[str]:
         return self.disks_of.get(domain, list(self.roles))
@@ -186,6 +199,13 @@ class FakeHost:
         if argv[:3] == ["grep", "-q", "-E"]:
             text = self.shared.files.get((self.name, argv[4]))
             return Result(exited=0 if text is not None and re.search(argv[3], text, re.M) else 1)
+        if argv == ["cat", "/proc/meminfo"]:
+            free = self.shared.free_memory[self.name] - self.shared.guest_memory * len(self.shared.kvm_running)
+            return Result(stdout=f"MemTotal:       98304000 kB\nMemFree:         1024000 kB\n"
+                                 f"MemAvailable:   {free * 1024:>9} kB\nBuffers:          204800 kB\n")
+        if argv[:4] == ["stat", "-c", "%s", "--"]:
+            content = self.shared.files.get((self.name, argv[4]))
+            return Result(stdout=f"{len(as_bytes(content))}\n") if content is not None else Result(exited=1)
         if argv[:4] == ["blkid", "-p", "-o", "export"]:
             found = self.shared.signatures.get((self.name, argv[4]))
             return Result(stdout="".join(f"{k}={v}\n" for k, v in found.items())) if found else Result(exited=2)
@@ -224,6 +244,13 @@ class FakeHost:
         if "cat --" in script and "exit 66" in script:
             text = files.get((self.name, args[0]))
             return Result(stdout=text) if text is not None else Result(exited=66)
+        if "tail -c +" in script:   # liveness: the console's size, then what it printed since $2
+            content = files.get((self.name, args[0]))
+            if content is None:
+                return Result(exited=66)
+            data, start = as_bytes(content), int(args[1])
+            start = 0 if len(data) < start else start
+            return Result(stdout=f"{len(data)}\n{data[start:].decode()}")
         if "wipefs -n -p" in script:
             return self.survey(args[0])
         if "mktemp" in script:
@@ -236,6 +263,9 @@ class FakeHost:
                 files[(self.name, f"{directory}/{name}")] = files.pop((self.name, staged))
             return Result()
         raise AssertionError(f"unexpected script {script!r}")
+
+    def append(self, path, text):
+        self.shared.files[(self.name, path)] = self.shared.files.get((self.name, path), "") + text
 
     def lvs(self, path):
         """/dev/VG/LV names its VG and LV; a /dev/mapper name only through `mapper_lvs`."""
@@ -258,8 +288,14 @@ class FakeHost:
         verb = args[0]
         running = self.shared.xen_running
         if verb == "list":
-            body = "".join(f"{n:<40}{i:>5}  2048     1     -b----      1.0\n" for i, n in enumerate(sorted(running), 1))
+            body = "".join(f"{n:<40}{i:>5}  {self.shared.guest_memory}     1     -b----      1.0\n"
+                           for i, n in enumerate(sorted(running), 1))
             return Result(stdout=XL_HEADER + DOM0 + body)
+        if verb == "info":   # xl's layout: the key padded to 23 columns
+            free = self.shared.free_memory[self.name] - self.shared.guest_memory * len(running)
+            return Result(stdout="".join(f"{key:<23}: {value}\n" for key, value in (
+                ("host", self.name), ("nr_cpus", 8), ("total_memory", 98304), ("free_memory", free),
+                ("xen_version", "4.17.3"))))
         name = args[-1]
         if verb == "create":
             cfg = self.shared.files.get((self.name, name))
@@ -269,6 +305,9 @@ class FakeHost:
             if not self.shared.open_for_writing(self.name, self.peer, domain.group(1)):
                 return Result(stderr="libxl: error: hotplug: /etc/xen/scripts/block-drbd failed\n", exited=3)
             running.add(domain.group(1))
+            if "XENCONSOLED_TRACE=guest" in self.shared.files.get((self.name, "/etc/default/xencommons"), ""):
+                self.append(f"/var/log/xen/console/guest-{domain.group(1)}.log",
+                            self.shared.xen_console.get(domain.group(1), ""))
             return Result(stdout=f'Parsing config from {name}\n')
         if name not in running:
             return Result(stderr=f"Domain '{name}' does not exist.\n", exited=1)
@@ -343,8 +382,8 @@ class FakeHost:
             if not s.open_for_writing(self.name, self.peer, name):
                 return Result(stderr="error: Failed to start domain: Read-only file system\n", exited=1)
             s.kvm_running.add(name)
-            if name in s.console:
-                s.files[(self.name, f"/var/log/libvirt/qemu/{name}-console.log")] = s.console[name]
+            if name in s.console:   # libvirt's <log append='on'>
+                self.append(f"/var/log/libvirt/qemu/{name}-console.log", s.console[name])
             return Result(stdout=f"Domain '{name}' started\n")
         if verb in ("shutdown", "destroy"):
             if name not in s.kvm_running:

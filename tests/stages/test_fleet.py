@@ -69,7 +69,7 @@ def fleet(tmp_path, mocker, request):
     def site_for(c, inventory, dry_run=False, interruption=None):
         opened.append(1)
         return Site(inventory, dry_run=dry_run, audit=AuditLog(tmp_path / "audit.jsonl"),
-                    connect=lambda label, *a, **k: hosts[label], interruption=interruption)
+                    connect=lambda label, *a, **k: hosts[label], interruption=interruption, knock=shared.knock)
 
     mocker.patch.object(flows, "site_from_context", site_for)
     c = Context(Config(overrides={"state_dir": str(tmp_path / "state")}))

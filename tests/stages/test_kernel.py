@@ -70,7 +70,7 @@ def world(tmp_path):
 
         def site(self, dry_run=False):
             return Site(inv, dry_run=dry_run, audit=AuditLog(self.audit),
-                        connect=lambda label, *a, **k: hosts[label])
+                        connect=lambda label, *a, **k: hosts[label], knock=shared.knock)
 
         def fetch(self, dry_run=False):
             return kvmhost.fetch_guest_kernel(self.site(dry_run), inv.vm("logger"))

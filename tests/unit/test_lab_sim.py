@@ -1003,3 +1003,20 @@ def test_disk_specs_and_device_numbers():
         "kind": "phy", "target": "/dev/vg/x", "vdev": "xvdb", "cdrom": False}
     assert xl.parse_disk("/var/lib/xen/images/disk.img,raw,xvda,rw")["kind"] == "file"
     assert [xl.devno(v) for v in ("xvda", "xvda2", "xvdb", "sda", "hdc")] == [51712, 51714, 51728, 2048, 5632]
+
+
+@pytest.mark.parametrize("tool", ["xl", "xm"])
+def test_xl_and_xm_info_print_free_memory_as_xen_does(lab, tool):
+    """The layout of `xl info` / `xm info` (key padded to 23 columns, then `: `), free_memory in
+    MiB: what the tool's capacity check reads, taken by each running domain's memory."""
+    from tasks.capacity import parse_info, xen_free_mib
+
+    lab.seed(primary="xen1")
+    before = lab.run("xen1", tool, "info")
+    assert lab.run("xen1", tool, "create", lab.cfg(f"phy:{lab.dev['xen1']},xvda2,w")).returncode == 0
+    after = lab.run("xen1", tool, "info")
+    assert before.returncode == 0 and before.stdout.splitlines()[0] == "host                   : xen1"
+    info = parse_info(before.stdout)
+    assert list(info)[:2] == ["host", "release"] and "xen_version" in info
+    assert ("outstanding_claims" in info) is (tool == "xl")
+    assert xen_free_mib(before.stdout) - xen_free_mib(after.stdout) == 256   # the cfg's memory

@@ -44,3 +44,14 @@ def test_sync_bars_show_each_resources_resync_and_done_as_full():
                      "logger-var": SimpleNamespace(is_uptodate_pair=True, sync_percent=None)})
     last = out.getvalue().rsplit("logger-system", 1)[-1]
     assert "42.5%" in last and "100.0%" in last
+
+
+def test_a_finished_move_shows_its_downtime():
+    from tasks.liveness import Downtime
+
+    view = FleetView(["logger", "web"], live=False)
+    view.finish("logger", True, "kvm1", Downtime(down=14.24, shutdown=3.1, switch=0.2, boot=10.94))
+    view.finish("web", False, "xen1")
+    rows = [line.split() for line in render(view).splitlines()]
+    assert rows[0] == ["VM", "step", "elapsed", "down", "result"]
+    assert rows[1][-2:] == ["14.2s", "ok"] and rows[2] == ["web", "xen1", "FAILED"], "no downtime without a move"

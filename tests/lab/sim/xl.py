@@ -24,6 +24,9 @@ from .cli import err, out
 XEN_CONFIG_DIR = "/etc/xen"
 XL_HEADER = "Name                                        ID   Mem VCPUs\tState\tTime(s)"
 DOM0_MEMORY = 1024
+TOTAL_MEMORY = 16384  # MiB the lab's Xen hosts have; free_memory is what dom0 and the domains leave
+XENCOMMONS = "/etc/default/xencommons"
+XEN_CONSOLE_DIR = "/var/log/xen/console"
 CREATE_FAILED = 3  # xl exits with -ERROR_FAIL when libxl cannot create a domain
 DISK_KEYS = ("target", "vdev", "format", "access", "devtype", "script", "backendtype", "backend")
 RUNNING_FLAGS = "-b----"
@@ -272,8 +275,51 @@ class Toolstack:
                 err(f"lab: guest_start for {name} exited {started}; see "
                     f"{os.path.join(self.host.state_dir, store.HOOKS_LOG)}")
                 return 1 if self.xm else CREATE_FAILED
+            self._console_log(name)
         if self.xm:
             out(f"Started domain {name} (id={domid})")
+        return 0
+
+    def _console_log(self, name):
+        """xenconsoled with --log=guest (XENCONSOLED_TRACE in xencommons) appends what the guest's
+        console prints to guest-NAME.log; a lab guest has booted to its getty once its hook returns."""
+        try:
+            with open(XENCOMMONS, encoding="utf-8") as f:
+                trace = re.findall(r"^XENCONSOLED_TRACE=['\"]?(\w+)", f.read(), re.M)
+        except OSError:
+            return
+        if trace[-1:] not in (["guest"], ["all"]):
+            return
+        os.makedirs(XEN_CONSOLE_DIR, exist_ok=True)
+        with open(os.path.join(XEN_CONSOLE_DIR, f"guest-{name}.log"), "a", encoding="utf-8") as f:
+            f.write(f"[    0.000000] Linux version 6.1.0-28-amd64 (Debian 6.1.119-1)\n"
+                    f"[    1.204311] Run /init as init process\n\nDebian GNU/Linux 12 {name} hvc0\n\n{name} login: ")
+
+    # -- info
+
+    def info(self, _args):
+        """`xl info` / `xm info`: `key : value`, the key padded to 23 columns, as both print it."""
+        with model.transaction(self.host.state_dir, self.host.name) as st:
+            used = sum(d["memory"] for d in model.xen_domains(st, self.host.name).values())
+        cpus = os.cpu_count() or 1
+        rows = [("host", self.host.name), ("release", "6.1.0-28-amd64"),
+                ("version", "#1 SMP PREEMPT_DYNAMIC Debian 6.1.119-1 (2024-11-22)"), ("machine", "x86_64"),
+                ("nr_cpus", cpus), ("max_cpu_id", cpus - 1), ("nr_nodes", 1), ("cores_per_socket", cpus),
+                ("threads_per_core", 1), ("cpu_mhz", "2999.998"), ("virt_caps", "pv hvm"),
+                ("total_memory", TOTAL_MEMORY), ("free_memory", TOTAL_MEMORY - DOM0_MEMORY - used)]
+        if not self.xm:
+            rows += [("sharing_freed_memory", 0), ("sharing_used_memory", 0), ("outstanding_claims", 0),
+                     ("free_cpus", 0)]
+        rows += [("xen_major", 4), ("xen_minor", 17), ("xen_extra", ".5-pre"), ("xen_version", "4.17.5-pre"),
+                 ("xen_caps", "xen-3.0-x86_64 hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64"),
+                 ("xen_scheduler", "credit2"), ("xen_pagesize", 4096),
+                 ("platform_params", "virt_start=0xffff800000000000"), ("xen_changeset", ""),
+                 ("xen_commandline", "placeholder dom0_mem=1024M,max:1024M"),
+                 ("cc_compiler", "x86_64-linux-gnu-gcc (Debian 12.2.0-14) 12.2.0"),
+                 ("cc_compile_by", "pkg-xen-devel"), ("cc_compile_domain", "lists.alioth.debian.org"),
+                 ("cc_compile_date", "Tue Nov 12 09:05:52 UTC 2024"), ("xend_config_format", 4)]
+        for key, value in rows:
+            out(f"{key:<23}: {value}")
         return 0
 
     def _start(self, st, name, path, cfg, disks):
@@ -462,7 +508,8 @@ def _xl(host, argv):
         err(f"Usage {prog} [-v] <subcommand> [args]")
         return 1
     ts = Toolstack(host, prog)
-    handler = {"list": ts.list, "create": ts.create, "shutdown": ts.shutdown, "destroy": ts.destroy}.get(args[0])
+    handler = {"list": ts.list, "create": ts.create, "shutdown": ts.shutdown, "destroy": ts.destroy,
+               "info": ts.info}.get(args[0])
     if handler is None:
         if prog == "xm":
             err(f"Error: Subcommand {args[0]} not found!")
