@@ -169,6 +169,10 @@ class FakeHost:
         if argv == ["ls", "-1", "/boot"]:
             return Result(stdout="".join(f"{p[6:]}\n" for h, p in sorted(self.shared.files)
                                          if h == self.name and re.fullmatch(r"/boot/[^/]+", p)))
+        if argv[:5] == ["grep", "-m", "1", "-o", "-E"]:   # the first match alone, as GNU grep prints it
+            text = self.shared.files.get((self.name, argv[6]))
+            found = re.search(argv[5], text, re.M) if isinstance(text, str) else None
+            return Result(stdout=found.group(0) + "\n") if found else Result(exited=1 if text is not None else 2)
         if argv[:3] == ["grep", "-q", "-E"]:
             text = self.shared.files.get((self.name, argv[4]))
             return Result(exited=0 if text is not None and re.search(argv[3], text, re.M) else 1)
