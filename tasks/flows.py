@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import drbd, fleet, hypervisors, inventory, kvmhost, localdisk, output, vmplan
+from . import drbd, fleet, hypervisors, inventory, jsonout, kvmhost, localdisk, output, vmplan
 from .cli import task
 from .errors import GuardError, InputError, ToolError
 from .fleet import VmResult
@@ -385,18 +385,19 @@ def rollback_vm(ctx: Ctx, journals: Path, locks: Path) -> VmResult:
 
 # -- tasks -------------------------------------------------------------------------------------------
 
-def _migrate(c, vm, to, all_vms, from_host, timeout, force, dry_run, parallel, fail_fast) -> None:
+def _migrate(c, vm, to, all_vms, from_host, timeout, force, dry_run, parallel, fail_fast, json) -> None:
     if to not in (None, "kvm", "xen"):
         raise InputError(f"--to must be kvm or xen, got {to!r}")
-    if not str(parallel).isdigit() or int(parallel) < 1:
-        raise InputError(f"--parallel must be a whole number of at least 1, got {parallel!r}")
+    parallel = fleet.parallel_count(parallel)
     inv = inventory.from_context(c)
     vms = fleet.select_vms(inv, vm, all_vms, from_host)
     inventory.check_sharers_selected(inv, vms)
     interruption = Interruption()
     results = migrate_vms(c, inv, vms, to=other(inv.host(from_host).role) if from_host else to,
-                          timeout=float(timeout), force=force, dry_run=dry_run, parallel=int(parallel),
+                          timeout=float(timeout), force=force, dry_run=dry_run, parallel=parallel,
                           fail_fast=fail_fast, interruption=interruption)
+    if json:
+        jsonout.emit(jsonout.migrate_json(results, dry_run))
     fleet.report(results, interruption)
 
 
@@ -432,28 +433,29 @@ _MOVE_HELP = {
     "timeout": f"seconds to wait for a guest to shut down (default {DEFAULT_SHUTDOWN_TIMEOUT:.0f})",
     "force": "destroy a guest that has not shut down after --timeout",
     "dry_run": "run every check and print the plan (its exact commands) and diffs; change nothing",
+    "json": "print the summary as JSON on stdout (fields in the README), every other line on stderr",
 }
 
 
 @task(help={**_MOVE_HELP, "to": "kvm or xen; default: the side where each VM does not run"})
 def migrate(c, vm=None, to=None, all=False, from_host=None, parallel=4, fail_fast=False,
-            timeout=DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False):
+            timeout=DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False, json=False):
     """Move VMs to the other hypervisor: shutdown, DRBD switch, start there."""
-    _migrate(c, vm, to, all, from_host, timeout, force, dry_run, parallel, fail_fast)
+    _migrate(c, vm, to, all, from_host, timeout, force, dry_run, parallel, fail_fast, json)
 
 
 @task(help=_MOVE_HELP)
 def migrate_to_kvm(c, vm=None, all=False, from_host=None, parallel=4, fail_fast=False,
-                   timeout=DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False):
+                   timeout=DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False, json=False):
     """Move VMs from their Xen host to their KVM host."""
-    _migrate(c, vm, "kvm", all, from_host, timeout, force, dry_run, parallel, fail_fast)
+    _migrate(c, vm, "kvm", all, from_host, timeout, force, dry_run, parallel, fail_fast, json)
 
 
 @task(help=_MOVE_HELP)
 def migrate_to_xen(c, vm=None, all=False, from_host=None, parallel=4, fail_fast=False,
-                   timeout=DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False):
+                   timeout=DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False, json=False):
     """Move VMs from their KVM host back to their Xen host."""
-    _migrate(c, vm, "xen", all, from_host, timeout, force, dry_run, parallel, fail_fast)
+    _migrate(c, vm, "xen", all, from_host, timeout, force, dry_run, parallel, fail_fast, json)
 
 
 @task(help={"vm": "VM name from the inventory"})
@@ -484,9 +486,10 @@ def _connect_error(site: Site, host: str) -> str | None:
     return None
 
 
-def status_rows(site: Site, inv: Inventory, vm: VM, unreachable: set[str]) -> tuple[list[tuple], list[str]]:
-    """The VM's rows of `fab status` and what could not be read; a host in `unreachable`, or one
-    whose probe fails, shows as such (`HOST?` where it may run) instead of ending the report."""
+def vm_status(site: Site, vm: VM, unreachable: set[str]) -> tuple[dict, list[str]]:
+    """The VM's facts for `fab status` as a record (its --json as it is), and what could not be
+    read; a host in `unreachable`, or one whose probe fails, shows as such (`maybe_on` where it
+    may run; role `unreachable` or `unknown`) instead of ending the report."""
     problems = []
 
     def ask(host: str, probe: Callable[[], object]):
@@ -499,21 +502,32 @@ def status_rows(site: Site, inv: Inventory, vm: VM, unreachable: set[str]) -> tu
             return None
 
     running = {side: ask(vm.host_for(side), functools.partial(running_on, site, vm, side)) for side in SIDES}
-    runs_on = ", ".join([vm.host_for(side) for side in SIDES if running[side]]
-                        + [f"{vm.host_for(side)}?" for side in SIDES if running[side] is None]) or "-"
-    rows = []
+    resources = []
     for host in (vm.xen_host, vm.kvm_host):
         states = ask(host, functools.partial(_states_on, site, vm, host))
         for disk in vm.resources:
-            if states is None:
-                rows.append((vm.name, runs_on, disk.resource, host,
-                             "unreachable" if host in unreachable else "unknown", "", "", ""))
-                continue
-            st = states[disk.resource]
-            sync = f"{st.sync_percent:.1f}%" if st.sync_percent is not None else ""
-            rows.append((vm.name, runs_on, disk.resource, host, st.role, st.connection,
-                         f"{st.disk}/{'/'.join(st.peer_disks) or '?'}", sync))
-    return rows, problems
+            st = states[disk.resource] if states is not None else None
+            resources.append({
+                "resource": disk.resource, "host": host,
+                "role": st.role if st else "unreachable" if host in unreachable else "unknown",
+                "connection": st.connection if st else None, "disk": st.disk if st else None,
+                "peer_disks": list(st.peer_disks) if st else None, "sync_percent": st.sync_percent if st else None,
+            })
+    record = {"vm": vm.name, "runs_on": [vm.host_for(side) for side in SIDES if running[side]],
+              "maybe_on": [vm.host_for(side) for side in SIDES if running[side] is None],
+              "resources": resources, "unfinished_run": None}
+    return record, problems
+
+
+def status_rows(record: dict) -> list[tuple]:
+    """A VM's record (vm_status) as rows of STATUS_HEADER."""
+    runs_on = ", ".join(record["runs_on"] + [f"{host}?" for host in record["maybe_on"]]) or "-"
+    rows = []
+    for r in record["resources"]:
+        sync = f"{r['sync_percent']:.1f}%" if r["sync_percent"] is not None else ""
+        disks = f"{r['disk']}/{'/'.join(r['peer_disks']) or '?'}" if r["disk"] else ""
+        rows.append((record["vm"], runs_on, r["resource"], r["host"], r["role"], r["connection"] or "", disks, sync))
+    return rows
 
 
 def _states_on(site: Site, vm: VM, host: str) -> dict:
@@ -521,33 +535,39 @@ def _states_on(site: Site, vm: VM, host: str) -> dict:
     return drbd.resource_states(site.host(host), vm, host)
 
 
-@task(help={"vm": "VM name (default: every VM in the inventory)"})
-def status(c, vm=None):
+@task(help={"vm": "VM name (default: every VM in the inventory)",
+            "json": "print the report as JSON on stdout (fields in the README), every other line on stderr"})
+def status(c, vm=None, json=False):
     """Where each VM runs, its DRBD roles and states, and unfinished runs. A host that does not
     answer is shown so and the rest still reported; the exit code then says it was incomplete."""
     inv = inventory.from_context(c)
     models = inv.select(vm)
     site = site_from_context(c, inv)
-    rows: list[tuple] = []
-    notes, failed = [], []
+    records: list[dict] = []
+    notes, problems, failed = [], [], []
     try:
         hosts = sorted({host for model in models for host in (model.xen_host, model.kvm_host)})
         errors = concurrently(*(lambda host=host: _connect_error(site, host) for host in hosts)) if hosts else []
         unreachable = [host for host, error in zip(hosts, errors, strict=True) if error]
+        problems += [error for error in errors if error]
         notes += [f"! {error}" for error in errors if error]
         for model in models:
-            vm_rows, problems = status_rows(site, inv, model, set(unreachable))
-            rows += vm_rows
-            notes += [f"! {problem}" for problem in problems]
-            failed += problems
+            record, vm_problems = vm_status(site, model, set(unreachable))
+            records.append(record)
+            notes += [f"! {problem}" for problem in vm_problems]
+            failed += vm_problems
             pending = Journal.load(journal_dir(c), model.name)
             if pending is not None:
+                record["unfinished_run"] = pending.summary()
                 notes.append(f"! {model.name}: unfinished run ({pending.summary()}): `fab rollback --vm {model.name}`")
     finally:
         site.close()
-    print(output.table_text(STATUS_HEADER, rows))
-    for note in notes:
-        print(note)
+    if json:
+        jsonout.emit(jsonout.status_json(records, unreachable, problems + failed))
+    else:
+        print(output.table_text(STATUS_HEADER, [row for record in records for row in status_rows(record)]))
+        for note in notes:
+            print(note)
     if unreachable or failed:
         missing = [f"{host} unreachable" for host in unreachable] + ([f"{len(failed)} probe(s) failed"] if failed else [])
         raise ToolError(f"status incomplete: {', '.join(missing)}")

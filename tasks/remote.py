@@ -48,6 +48,27 @@ def concurrently(*calls: Callable[[], Any]) -> list[Any]:
         return [first, *(future.result() for future in others)]
 
 
+_changes_sent: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("changes_sent", default=None)
+
+
+@contextmanager
+def counting_changes():
+    """The changes this thread (and the probes it runs `concurrently`) sends, or would send in a
+    dry run, collected in the list it yields: a fleet run tells each VM's changed steps apart."""
+    sent: list[str] = []
+    token = _changes_sent.set(sent)
+    try:
+        yield sent
+    finally:
+        _changes_sent.reset(token)
+
+
+def _count_change(command: str) -> None:
+    sent = _changes_sent.get()
+    if sent is not None:
+        sent.append(command)
+
+
 def join(argv: Sequence[str]) -> str:
     """The shell command for an argument list, every argument quoted."""
     return shlex.join(str(a) for a in argv)
@@ -277,6 +298,7 @@ class Remote:
                quiet: bool = False) -> CommandResult | None:
         """Mutates the host: printed, skipped in a dry run, raises RemoteError on failure."""
         command = self.command(argv, env)
+        _count_change(command)
         if self.dry_run:
             log.info(f"  would run on {self.name}: {command}")
             return None
@@ -311,6 +333,7 @@ class Remote:
         stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
         backup = f"{path}{BACKUP_SUFFIX}{stamp}"
         if self.dry_run:
+            _count_change(f"write {path}")
             log.info(f"  would write {self.name}:{path} (backup {backup})")
             return
         started = time.monotonic()
