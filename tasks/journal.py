@@ -40,7 +40,7 @@ class Journal:
         data = {
             "vm": vm.name, "run": uuid.uuid4().hex[:12], "pid": os.getpid(),
             "who": operator(),
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "started": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "source": vm.host_for(other(target_side)), "target": vm.host_for(target_side),
             "to": target_side, "status": "running", "steps": [],
         }
@@ -99,7 +99,7 @@ class Journal:
     def finish(self, status: str) -> None:
         """Close the run and move the journal to the history folder."""
         self.data["status"] = status
-        self.data["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.data["finished"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         self.save()
         try:
             done = make_private_dir(self.path.parent / "done")
