@@ -5,18 +5,16 @@ a real headless chromium, whose layout of the chart is read back."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from lxml import html as lxml_html
 
 from tasks import flows, report
 from tasks.errors import InputError
 from tasks.formats import FormatError
 from tasks.formats.report import argv_of, parse_since, read_audit
+from tests.browser import boxes, laid_out
 from tests.stages.guestsite import World
 
 
@@ -113,32 +111,6 @@ def test_since_and_the_audit_log_read_as_written():
     assert bad == 2 and commands[0].end - commands[0].start == timedelta(seconds=0.5)
 
 
-CHROMIUM = shutil.which("chromium")
-
-# Appended to a copy of the page for the test only: chromium writes each bar's laid-out box
-# into the DOM it dumps.
-MEASURE = """<script>
-for (const el of document.querySelectorAll('svg rect.phase, svg line.downtime')) {
-  const box = el.getBBox();
-  el.setAttribute('data-box', [box.x, box.y, box.width, box.height].map(n => n.toFixed(1)).join(' '));
-}
-</script></body>"""
-
-
-def laid_out(page: str, tmp_path: Path):
-    """The page as headless chromium laid it out."""
-    probe = tmp_path / "measured.html"
-    probe.write_text(page.replace("</body>", MEASURE))
-    done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", probe.as_uri()],
-                          capture_output=True, text=True, timeout=120, check=True)
-    return lxml_html.fromstring(done.stdout)
-
-
-def boxes(elements) -> list[tuple[float, ...]]:
-    return [tuple(map(float, e.get("data-box").split())) for e in elements]
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make deps installs it)")
 def test_the_page_in_chromium_draws_each_phase_and_marks_measured_downtime(world, mocker, tmp_path):
     three_moves(world)
     journals, _ = report.read_journals(world.dirs.journals)
