@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import ToolError, quoted
-from .remote import make_private_dir, state_dir
+from .remote import make_private_dir, read_record, state_dir
 
 MAX_RECORD_BYTES = 1 << 16   # a record is a few hundred bytes; a bigger file is not ours
 
@@ -73,13 +73,9 @@ def load(directory: Path, vm_name: str) -> Rehearsal | None:
     """The VM's last rehearsal, None when it never had one; a record of a wrong shape is refused
     in one line naming it."""
     path = directory / f"{vm_name}.json"
-    try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_RECORD_BYTES + 1)
-    except FileNotFoundError:
+    raw = read_record(path, MAX_RECORD_BYTES, "rehearsal record")
+    if raw is None:
         return None
-    except OSError as exc:
-        raise ToolError(f"{path}: unreadable rehearsal record ({exc.strerror})") from None
     try:
         return parse_rehearsal(raw, vm_name)
     except ValueError as exc:

@@ -503,6 +503,18 @@ def make_private_dir(path: Path) -> Path:
     return path
 
 
+def read_record(path: Path, limit: int, what: str) -> bytes | None:
+    """A record file of the state dir (a journal, a rehearsal), at most `limit` + 1 bytes (its
+    parser refuses a longer one); None when there is none."""
+    try:
+        with path.open("rb") as file:
+            return file.read(limit + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ToolError(f"{path}: unreadable {what} ({exc.strerror}); inspect it, then move it away") from None
+
+
 def state_dir(c) -> Path:
     """Where journals, locks and the audit log live on the control machine."""
     default = Path(os.environ.get("XDG_STATE_HOME", "~/.local/state")) / "xenkvm"

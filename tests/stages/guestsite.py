@@ -14,7 +14,7 @@ from tasks.inventory import Inventory, parse_inventory
 from tasks.prepare import StateDirs
 from tasks.remote import AuditLog, Site
 from tests.conftest import REPO
-from tests.seed import SEED_CFG
+from tests.seed import seed_cfg_of
 from tests.stages.fakehosts import FakeGuest, FakeHost, GuestOs, Shared
 
 KERNEL = "6.1.0-13-amd64"
@@ -42,14 +42,6 @@ def inventory(names: tuple[str, ...], **changes) -> Inventory:
     return dataclasses.replace(inv, vms=vms)
 
 
-def cfg_of(name: str, n: int) -> str:
-    if n == 0:
-        return SEED_CFG
-    return (SEED_CFG.replace("name        = 'logger'", f"name        = '{name}'")
-            .replace("/dev/drbd5", f"/dev/drbd{10 * n}").replace("/dev/drbd6", f"/dev/drbd{10 * n + 1}")
-            .replace("logger-swap", f"{name}-swap").replace("D0:70", f"D0:7{n}"))
-
-
 class World:
     """The site, its guests' OS state, and the paths a run keeps its records in."""
 
@@ -65,7 +57,7 @@ class World:
                       "kvm1": FakeHost("kvm1", "kvm", "xen1", self.shared)}
         self.guests: dict[str, GuestOs] = {}
         for n, name in enumerate(names):
-            self.shared.files[("xen1", f"/etc/xen/auto/{name}.cfg")] = cfg_of(name, n)
+            self.shared.files[("xen1", f"/etc/xen/auto/{name}.cfg")] = seed_cfg_of(name, n)
             self.shared.signatures[("xen1", SWAP.format(name))] = {"TYPE": "swap", "UUID": SWAP_UUID.format(n)}
             self.add_guest(name, n)
         self.tmp = tmp_path
