@@ -183,3 +183,30 @@ def test_the_task_reports_each_vm_and_exits_non_zero_when_one_failed(tmp_path, m
     out = capsys.readouterr().out
     assert "== 2 of 3 VMs done" in out and "  FAILED mail: guest:mail: grub-pc is not installed" in out
     assert json.loads(world.audit.read_text().splitlines()[0])["kind"] in ("probe", "lock")
+
+
+HVM_CFG = """\
+builder = 'hvm'
+name = 'logger'
+memory = 2048
+disk = [ 'phy:/dev/drbd5,hda,w', 'phy:/dev/drbd6,hdb,w', 'phy:/dev/vg_main/logger-swap,hdc,w' ]
+vif = [ 'mac=00:16:3E:37:D0:70,bridge=br0' ]
+"""
+
+
+def test_an_hvm_guest_without_guest_address_gets_every_step_but_the_guests(tmp_path, capsys):
+    world = World(tmp_path, guest_address=None)
+    world.shared.files[("xen1", "/etc/xen/auto/logger.cfg")] = HVM_CFG
+    result = run(world)
+    assert result.ok and result.message.startswith("logger: prepared, changed define, swap (")
+    assert "* logger: guest steps ... skipped (HVM guest without guest_address)" in capsys.readouterr().out
+    assert world.shared.files[("xen1", "/etc/xen/auto/logger.cfg")] == HVM_CFG
+    assert "<target dev='hda' bus='ide'/>" in world.shared.definitions["logger"]
+    assert not any(host.startswith("guest:") for host, _ in world.shared.log)
+
+
+def test_a_pv_guest_without_guest_address_is_refused_before_any_change(tmp_path):
+    world = World(tmp_path, guest_address=None)
+    with pytest.raises(ToolError, match="^vms.logger.guest_address is not set: the guest stage needs SSH"):
+        run(world)
+    assert world.changes() == []
