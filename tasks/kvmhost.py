@@ -22,6 +22,7 @@ from . import drbd, hypervisors, inventory, rehearsals, vmplan
 from .cli import task
 from .errors import GuardError, InputError, ToolError, shown
 from .formats.domainxml import BOOT_DIR, console_log
+from .formats.readiness import parse_kernel_banner
 from .hypervisors import DEFAULT_SHUTDOWN_TIMEOUT, KvmHost
 from .inventory import VM, Inventory, ReplicatedDisk
 from .localdisk import plan_swap_matches
@@ -155,7 +156,6 @@ def rehearsal_sources(vm: VM, spec) -> list[str]:
 
 def booted_kernel(remote: Remote, name: str) -> str | None:
     """The kernel version the domain's serial console announced at boot (`Linux version ...`), if any."""
-    from .formats.readiness import parse_kernel_banner
     banner = remote.probe(["grep", "-m", "1", "-o", "-E", "Linux version [^ ]+", console_log(name)])
     return parse_kernel_banner(banner.stdout) if banner.ok else None
 

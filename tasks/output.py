@@ -2,7 +2,8 @@
 works on; one table renderer; the level that -q and -v choose.
 
 Lines go to stdout (a terminal, a pipe, a log file), or above the live table while a fleet
-run draws one (`live`), or to stderr while a task prints JSON on stdout (`json_on_stdout`).  Levels: DEBUG adds every probe (-v); INFO is each step and change
+run draws one (`live`), or to stderr while a task prints JSON on stdout (`json_on_stdout`).
+Levels: DEBUG adds every probe (-v); INFO is each step and change
 (the default); RESULT is what a run ended in, which --quiet still shows with the warnings.
 """
 

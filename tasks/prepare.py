@@ -11,7 +11,6 @@ that fails keeps the steps it finished (each stands alone), the others go on.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +20,11 @@ from . import fleet, flows, guest, hypervisors, inventory, kvmhost, localdisk, r
 from .cli import task
 from .errors import GuardError, InputError, ToolError
 from .fleet import VmResult
-from .formats.readiness import check_rehearsal
 from .interrupt import Interruption
 from .inventory import VM, Inventory
 from .journal import VmLock, journal_dir, lock_dir
 from .output import RESULT, log
+from .readiness import rehearsal_check
 from .remote import Site, counting_changes, site_from_context
 
 STEPS = ("guest", "cfg", "kernel", "define", "swap", "rehearsal")
@@ -81,23 +80,14 @@ def check_vm(site: Site, vm: VM, options: Options) -> Checked:
     return Checked(guest_plan, xml, swaps)
 
 
-def booted_kernel_now(site: Site, vm: VM) -> str | None:
-    """The kernel the VM boots on KVM now: its direct-kernel copy, or grub's newest in the guest."""
-    if vm.boot == "direct-kernel":
-        return kvmhost.fetched_kernel(site.host(vm.kvm_host), vm.name)
-    return guest.newest_bootable_kernel(site.guest(vm), vm.name)
-
-
 def rehearsal_is_current(site: Site, vm: VM, xml: str, records: Path) -> str | None:
     """Why the last rehearsal still proves this VM (the kernel it boots and its domain `xml` are
     the ones it booted), or None when a new one is needed, or when that cannot be told."""
     try:
-        kernel = booted_kernel_now(site, vm)
-        last = rehearsals.load(records, vm.name)
+        verdict = rehearsal_check(site, vm, xml, records)
     except ToolError as exc:
         log.info(f"  {vm.name}: the last rehearsal cannot be judged ({exc}): rehearsing")
         return None
-    verdict = check_rehearsal(vm.name, last, kernel, hashlib.sha256(xml.encode()).hexdigest())
     return verdict.reason if verdict.ready else None
 
 

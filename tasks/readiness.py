@@ -25,6 +25,7 @@ from .formats.getty import plan_getty_units
 from .formats.inittab import convert_inittab, convert_securetty
 from .formats.readiness import Check
 from .inventory import VM, LocalDisk, other
+from .localdisk import plan_swap_matches
 from .output import set_vm
 from .remote import SLOW_TIMEOUT, Remote, Site, concurrently, site_from_context
 from .vmplan import HVM_CFG_NOTE, VmPlan
@@ -44,13 +45,25 @@ class VmReadiness:
 
 
 def attempt(name: str, judge: Callable[[], Check]) -> Check:
-    """A check whose facts could not be read is unknown, with the reason in one line."""
+    """A check whose facts could not be read (or not understood) is unknown, in one line."""
     try:
         return judge()
-    except ToolError as exc:
+    except (ToolError, FormatError) as exc:
         return verdicts.unknown(name, str(exc))
-    except FormatError as exc:
-        return verdicts.not_ready(name, str(exc), "fix the file named, then check again")
+
+
+def kernel_booted_now(site: Site, vm: VM) -> str | None:
+    """The kernel the VM boots on KVM now: its direct-kernel copy (None: none), or grub's pick,
+    the guest's newest that boots under KVM."""
+    if vm.boot == "direct-kernel":
+        return kvmhost.fetched_kernel(site.host(vm.kvm_host), vm.name)
+    return guest.newest_bootable_kernel(site.guest(vm), vm.name)
+
+
+def rehearsal_check(site: Site, vm: VM, xml: str, records: Path) -> Check:
+    """The last rehearsal against the kernel the VM boots now and its domain `xml` as rendered now."""
+    return verdicts.check_rehearsal(vm.name, rehearsals.load(records, vm.name), kernel_booted_now(site, vm),
+                                    hashlib.sha256(xml.encode()).hexdigest())
 
 
 def target_capacity(site: Site, target: str, needed_mib: int) -> Check:
@@ -73,13 +86,16 @@ class Judge:
 
     def __init__(self, site: Site, vm: VM, records: Path):
         self.site, self.vm, self.records = site, vm, records
-        self.kvm = site.host(vm.kvm_host)
         self._facts: guest.GuestFacts | None = None
 
-    # -- facts read on demand ----------------------------------------------------------------
+    # -- facts read on demand (a host or guest that cannot be reached fails only its checks) -----
     @property
     def in_guest(self) -> Remote:
         return self.site.guest(self.vm)
+
+    @property
+    def kvm(self) -> Remote:
+        return self.site.host(self.vm.kvm_host)
 
     @property
     def facts(self) -> guest.GuestFacts:
@@ -118,7 +134,10 @@ class Judge:
         facts = self.facts
         if facts.fstab is None:
             return verdicts.not_ready("fstab", f"the guest has no {guest.FSTAB}", "restore it in the guest")
-        renames, _ = guest.plan_renames(facts.fstab, plan.disk_map)
+        try:
+            renames, _ = guest.plan_renames(facts.fstab, plan.disk_map)
+        except FormatError as exc:   # a disk the map does not know, a / off the root disk
+            return verdicts.not_ready("fstab", f"{guest.FSTAB}: {exc}", "fix that line of the guest's fstab, or the cfg")
         return verdicts.check_fstab_names(self.vm.name, renames, facts.fstab_devices,
                                           [d.target for d in plan.disk_map])
 
@@ -172,19 +191,12 @@ class Judge:
                                      self.kvm.read_file(path) == xml, differences)
 
     def swap(self, source: str, target: str) -> Check:
-        from .localdisk import plan_swap_matches
         locals_ = [d for d in self.vm.disks if isinstance(d, LocalDisk)]
         try:
             needing = [m.path for m in plan_swap_matches(self.site, self.vm, source, target)]
         except ToolError as exc:   # a volume that is no swap: matching would refuse it
             return verdicts.not_ready("swap", str(exc), "fix the inventory's local: disk, or wipe the volume")
         return verdicts.check_swap(self.vm.name, target, needing, len(locals_))
-
-    def rehearsal(self, xml: str) -> Check:
-        kernel = (kvmhost.fetched_kernel(self.kvm, self.vm.name) if self.vm.boot == "direct-kernel"
-                  else self.newest_kernel())
-        return verdicts.check_rehearsal(self.vm.name, rehearsals.load(self.records, self.vm.name), kernel,
-                                        hashlib.sha256(xml.encode()).hexdigest())
 
     def all(self) -> VmReadiness:
         """Every check in CHECKS' order; where the guest runs decides the DRBD roles and the target."""
@@ -206,7 +218,7 @@ class Judge:
             checks |= {"consoles": lambda: self.consoles(plan), "fstab": lambda: self.fstab(plan),
                        "boot": lambda: self.boot(plan), "initramfs": lambda: self.initramfs(plan),
                        "cfg": lambda: self.cfg(plan), "domain": lambda: self.domain(xml, state),
-                       "rehearsal": lambda: self.rehearsal(xml),
+                       "rehearsal": lambda: rehearsal_check(self.site, vm, xml, self.records),
                        "capacity": lambda: target_capacity(self.site, target, plan.domain_spec().memory_mib)}
         results = [attempt(name, checks[name]) if name in checks else verdicts.unknown(name, why)
                    for name in verdicts.CHECKS]
