@@ -223,7 +223,7 @@ def rehearse_vm(site, inv: Inventory, vm: VM, *, seconds: float = 20.0, method: 
                 log.info(f"  {host.name}: {name} {'booting' if login else 'running'} ... "
                     f"{time.monotonic() - started:.0f}s of {seconds:.0f}s")
                 next_report += 30
-            time.sleep(1.0)
+            remote.interruption.sleep(1.0)   # a stop request (a fleet's Ctrl-C) ends the trial, cleaned up
         if login:
             raise ToolError(f"{host.name}: no login prompt on {name}'s console in {seconds:.0f}s; "
                             f"read {console_log(name)} on {host.name}")

@@ -20,7 +20,7 @@ from . import fleet, flows, guest, hypervisors, inventory, kvmhost, localdisk, r
 from .cli import task
 from .errors import GuardError, InputError, ToolError
 from .fleet import VmResult
-from .interrupt import Interruption
+from .interrupt import Interrupted, Interruption
 from .inventory import VM, Inventory
 from .journal import VmLock, journal_dir, lock_dir
 from .output import RESULT, log
@@ -134,15 +134,15 @@ def prepare_vm(site: Site, inv: Inventory, vm: VM, options: Options, dirs: State
         on_step("checks")
         checked = check_vm(site, vm, options)
         for step in steps:
-            site.interruption.check()
-            on_step(step)
             try:
+                site.interruption.check()
+                on_step(step)
                 with counting_changes() as sent:
                     apply_step(site, inv, vm, step, checked, options, dirs.rehearsals)
             except ToolError as exc:
                 done = f"; done before it: {', '.join(changed)}" if changed else ""
-                return VmResult(vm.name, False, [vm.xen_host], f"{vm.name}: step {step} failed: {exc}{done}",
-                                exc.code)
+                what = f"stopped at step {step} ({exc})" if isinstance(exc, Interrupted) else f"step {step} failed: {exc}"
+                return VmResult(vm.name, False, [vm.xen_host], f"{vm.name}: {what}{done}", exc.code)
             if sent:
                 changed.append(step)
     verb = "would change" if site.dry_run else "changed"

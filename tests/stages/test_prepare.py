@@ -210,3 +210,28 @@ def test_a_pv_guest_without_guest_address_is_refused_before_any_change(tmp_path)
     with pytest.raises(ToolError, match="^vms.logger.guest_address is not set: the guest stage needs SSH"):
         run(world)
     assert world.changes() == []
+
+
+def test_a_stop_request_ends_a_rehearsal_wait_and_the_trial_is_cleaned_up(world, mocker):
+    """A fleet run turns Ctrl-C into a stop request: the trial's wait for its prompt must heed it."""
+    world.shared.disks_of["logger-rehearsal"] = []
+    site = world.site()
+
+    def no_prompt_yet(remote, name):
+        site.interruption.request("interrupted (SIGINT)", 130)
+        return False
+
+    mocker.patch.object(prepare.kvmhost, "console_shows_login", side_effect=no_prompt_yet)
+    try:
+        result = prepare.prepare_vm(site, world.inv, world.inv.vm("logger"),
+                                    prepare.Options(rehearse=True, rehearse_timeout=5), world.dirs)
+    finally:
+        site.close()
+    assert not result.ok and result.code == 130
+    assert result.message == ("logger: stopped at step rehearsal (interrupted (SIGINT)); "
+                              "done before it: guest, cfg, define, swap")
+    assert "logger-rehearsal" not in world.shared.kvm_defined
+    assert [a for a in world.shared.snapshots if a[0] == "rm" and a[-1].endswith(".qcow2")] == [], \
+        "seed inventory: LVM snapshots"
+    assert [a[-1] for a in world.shared.snapshots if a[0] == "lvremove"] == [
+        f"/dev/vg_main/logger-{d}-rehearsal" for d in ("sdc", "sdb", "sda")]
