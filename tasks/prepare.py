@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from . import fleet, flows, guest, hypervisors, inventory, kvmhost, localdisk, rehearsals, vmplan, xenhost
 from .cli import task
-from .errors import GuardError, InputError, ToolError
+from .errors import GuardError, InputError, ToolError, quoted
 from .fleet import VmResult
 from .interrupt import Interrupted, Interruption
 from .inventory import VM, Inventory
@@ -176,7 +176,7 @@ def _seconds(value, option: str) -> float:
     except ValueError:
         seconds = 0.0
     if not seconds > 0:
-        raise InputError(f"{option} must be a number of seconds above 0, got {value!r}")
+        raise InputError(f"{option} must be a number of seconds above 0, got {quoted(value)}")
     return seconds
 
 

@@ -18,7 +18,7 @@ from typing import Callable
 
 from . import drbd, fleet, flows, guest, hypervisors, inventory, jsonout, kvmhost, output, rehearsals, vmplan
 from .cli import task
-from .errors import ToolError
+from .errors import ToolError, one_line
 from .formats import FormatError
 from .formats import readiness as verdicts
 from .formats.getty import plan_getty_units
@@ -236,7 +236,10 @@ def readiness_of(site: Site, vms: list[VM], records: Path, parallel: int) -> lis
 
 
 def readiness_rows(results: list[VmReadiness]) -> list[tuple]:
-    return [(r.vm, check.name, check.mark, check.reason, check.fix) for r in results for check in r.checks]
+    """The table's rows; a reason quotes what a guest holds (a device name, a kernel version), so
+    each cell is made one printable line."""
+    return [(r.vm, check.name, check.mark, one_line(check.reason), one_line(check.fix))
+            for r in results for check in r.checks]
 
 
 @task(help={"vm": "VM name from the inventory, or several: a,b,c (default: every VM)",

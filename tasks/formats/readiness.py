@@ -94,7 +94,7 @@ def check_fstab_names(vm: str, renames: Mapping[str, str], devices: Sequence[str
 def parse_debconf_show(text: str) -> dict[str, str]:
     """`debconf-show PACKAGE` -> question -> value ("* " marks a question already asked)."""
     found = {}
-    for line in text.splitlines():
+    for line in text.split("\n"):   # only at newlines: a value may hold \r or \f
         m = re.fullmatch(r"[* ] (\S+):(?: (.*))?", line)
         if m:
             found[m.group(1)] = (m.group(2) or "").strip()

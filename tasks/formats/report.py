@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Iterable, Mapping
 
+from ..errors import quoted
 from . import FormatError
 from .templating import template
 
@@ -79,7 +80,7 @@ def parse_since(text: str, now: datetime) -> datetime:
     try:
         return parse_time(text.strip())
     except ValueError:
-        raise FormatError(f"--since {text!r} is neither an ISO-8601 date or time nor an age such as 12h or 7d") from None
+        raise FormatError(f"--since {quoted(text)} is neither an ISO-8601 date or time nor an age such as 12h or 7d") from None
 
 
 def argv_of(command: str) -> tuple[str, ...]:

@@ -130,6 +130,17 @@ def test_a_grub_install_device_that_no_longer_exists_is_named(world):
     assert "debconf-set-selections" in boot.fix
 
 
+def test_what_a_guest_holds_cannot_split_a_line_of_the_table(world):
+    world = prepared(world)
+    world.guests["logger"].debconf["grub-pc/install_devices"] = "/dev/sdb\x1b[2J\rforged"
+    site = world.site(dry_run=True)
+    rows = readiness.readiness_rows(readiness.readiness_of(site, [world.inv.vm("logger")], world.dirs.rehearsals, 1))
+    site.close()
+    (boot,) = [row for row in rows if row[1] == "boot"]
+    assert boot[3].startswith("debconf grub-pc/install_devices names /dev/sdb\\x1b[2J\\rforged, which")
+    assert all(cell.isprintable() for row in rows for cell in row)
+
+
 @pytest.mark.parametrize("spoil, check, reason", [
     (lambda w: w.shared.mem_available.__setitem__("kvm1", 100 * 1024), "capacity",
      "kvm1 has 100 MiB free, the guest needs 2048 MiB"),
