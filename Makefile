@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := openssh-server openssh-client netcat-openbsd iproute2 kmod e2fsprogs \
 	libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils \
-	libxml2-utils drbd-utils xen-tools debootstrap fdisk lvm2
+	libxml2-utils drbd-utils xen-tools debootstrap fdisk lvm2 chromium
 
 .PHONY: deps apt venv lint test e2e conformance lab-up lab-down demo bench clean
 

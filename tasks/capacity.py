@@ -31,6 +31,7 @@ from .remote import join
 
 if TYPE_CHECKING:
     from .flows import Ctx
+    from .vmplan import VmPlan
 
 ROOM_POLL = 2.0   # seconds between two looks while a VM waits for room
 
@@ -81,6 +82,15 @@ def domstats_vcpus(text: str) -> int:
 class Need:
     memory_mib: int | None    # None: the cfg gives none (the memory check is skipped, and said so)
     vcpus: int
+
+
+def need_on(side: str, plan: VmPlan) -> Need:
+    """What the guest takes on that side: its domain's on KVM (the inventory may set memory and
+    vCPUs), its cfg's on Xen (what xl gives it)."""
+    if side == "kvm":
+        spec = plan.domain_spec()
+        return Need(spec.memory_mib, spec.vcpus)
+    return Need(plan.cfg.memory or plan.cfg.maxmem, plan.cfg.vcpus or 1)
 
 
 @dataclass(frozen=True)

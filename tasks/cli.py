@@ -1,6 +1,7 @@
 """Every task's command line: invoke's @task, plus -q/--quiet and -v/--verbose on each task.
 
-The two flags set the output level (output.level) around the task; a Ctrl-C that reaches a
+The two flags set the output level (output.level) around the task, and a task's own --json
+sends every line but its JSON document to stderr (output.json_on_stdout); a Ctrl-C that reaches a
 task outside a move (whose signals fleet.run_fleet handles) ends it in one line, exit 130,
 instead of invoke's silent exit 1.
 """
@@ -28,7 +29,7 @@ class OperatorTask(Task):
 
     def __call__(self, *args, **kwargs):
         quiet, verbose = kwargs.pop("quiet", False), kwargs.pop("verbose", False)
-        with output.level(quiet, verbose):
+        with output.level(quiet, verbose), output.json_on_stdout(bool(kwargs.get("json"))):
             try:
                 return super().__call__(*args, **kwargs)
             except KeyboardInterrupt:

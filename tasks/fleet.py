@@ -8,12 +8,11 @@ starts no further VM and ends every wait for a slot; each running job undoes its
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import output
@@ -23,6 +22,15 @@ from .inventory import VM, Inventory
 from .liveness import Downtime
 from .output import RESULT, log, set_vm
 from .remote import Site
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """A step a job began (the live view's step column): when (time.time()) and for how long."""
+
+    name: str
+    started: float
+    seconds: float
 
 
 @dataclass
@@ -35,6 +43,7 @@ class VmResult:
     message: str
     code: int = 1      # the exit code a failure gives when it is the run's only VM (3: a guard refused)
     downtime: Downtime | None = None   # a move that got as far as the guest's first answer on the target
+    steps: list[StepTime] = field(default_factory=list)   # filled by run_fleet
 
 
 @dataclass
@@ -43,6 +52,13 @@ class Slot:
 
     on_step: Callable[[str], None]                        # the live view's step column
     start_gate: Callable[[str], AbstractContextManager]   # HostSlots.starting
+
+
+def parallel_count(parallel) -> int:
+    """--parallel as given on the command line: a whole number of at least 1."""
+    if not str(parallel).isdigit() or int(parallel) < 1:
+        raise InputError(f"--parallel must be a whole number of at least 1, got {parallel!r}")
+    return int(parallel)
 
 
 def select_vms(inv: Inventory, vm: str | None, all_vms: bool, from_host: str | None) -> list[VM]:
@@ -126,6 +142,7 @@ def run_fleet(site: Site, vms: list[VM], job: Callable[[VM, Slot], VmResult], *,
         if not result.ok and fail_fast:
             failed_once.set()
         view.finish(vm.name, result.ok, ", ".join(result.runs_on) or "?", result.downtime)
+        result.steps = view.timeline(vm.name)
         return result
 
     with interruption.on_signals(), view, ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
@@ -163,6 +180,8 @@ class _Row:
     ended: float | None = None
     result: str = ""
     down: str = ""      # the guest's downtime, once its move is done
+    began: list[tuple[str, float]] = field(default_factory=list)   # each step and its time.time()
+    ended_at: float | None = None
 
     def elapsed(self) -> str:
         if self.started is None:
@@ -179,16 +198,18 @@ class FleetView:
 
     def __init__(self, names: list[str], live: bool | None = None):
         self.rows = {name: _Row() for name in names}
-        self.live = sys.stdout.isatty() if live is None else live
+        self.live = output.lines_stream().isatty() if live is None else live
         self._lock = threading.Lock()
         self._display: Any = None           # rich's Live, on a terminal
         self._lines = ExitStack()
 
     def __enter__(self) -> "FleetView":
         if self.live:
+            from rich.console import Console
             from rich.live import Live
 
-            self._display = Live(self._table(), refresh_per_second=4, transient=False)
+            self._display = Live(self._table(), refresh_per_second=4, transient=False,
+                                 console=Console(file=output.lines_stream()))
             self._display.__enter__()
             self._lines.enter_context(output.live(self._display.console.print))
         return self
@@ -204,6 +225,7 @@ class FleetView:
             row = self.rows[vm]
             row.step = name
             row.started = row.started or time.monotonic()
+            row.began.append((name, time.time()))
         self._refresh()
 
     def finish(self, vm: str, ok: bool, where: str, downtime: Downtime | None = None) -> None:
@@ -211,7 +233,17 @@ class FleetView:
             row = self.rows[vm]
             row.step, row.result, row.ended = where, "ok" if ok else "FAILED", time.monotonic()
             row.down = f"{downtime.down:.1f}s" if downtime else ""
+            row.ended_at = time.time()
         self._refresh()
+
+    def timeline(self, vm: str) -> list[StepTime]:
+        """The steps the VM's job began, each lasting until the next began (the last: until the job
+        ended, its undo included)."""
+        with self._lock:
+            row = self.rows[vm]
+            ends = [started for _, started in row.began[1:]] + [row.ended_at or time.time()]
+            return [StepTime(name, started, round(end - started, 3))
+                    for (name, started), end in zip(row.began, ends, strict=False)]
 
     def _refresh(self) -> None:
         if self._display is not None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import capacity, drbd, fleet, hypervisors, inventory, kvmhost, liveness, localdisk, output, vmplan
+from . import capacity, drbd, fleet, hypervisors, inventory, jsonout, kvmhost, liveness, localdisk, output, vmplan
 from .cli import task
 from .errors import GuardError, InputError, ToolError, quoted
 from .fleet import VmResult
@@ -290,20 +290,19 @@ def check_move(ctx: Ctx, target_side: str, runs_on: list[str], drbd_states: dict
         liveness.require_console_log(site.host(vm.xen_host), vm)   # the start there, or the fall-back's
         log.info(f"  ok: {vm.xen_host} keeps guest consoles in {liveness.XEN_CONSOLE_DIR}")
     if target_side == "kvm":
-        spec = vmplan.of_vm(site, vm, kvm_devices=True).domain_spec()
-        xml = kvmhost.render_checked(spec)
+        plan = vmplan.of_vm(site, vm, kvm_devices=True)
+        xml = kvmhost.render_checked(plan.domain_spec())
         log.info(f"  ok: domain XML for {vm.name} renders and is valid")
         if vm.boot == "direct-kernel":
             version = kvmhost.require_fetched_kernel(site.host(dst), vm)
             log.info(f"  ok: {dst} has kernel {version} and its initrd for {vm.name}'s direct boot")
-        capacity.make_room(ctx, target_side, capacity.Need(spec.memory_mib, spec.vcpus))
+        capacity.make_room(ctx, target_side, capacity.need_on("kvm", plan))
         return xml
     text = site.host(dst).read_file(vm.cfg)
     if text is None:
         raise GuardError(f"{dst}: {vm.cfg} does not exist: run `fab xenhost.prepare-cfg --vm {vm.name}`")
     log.info(f"  ok: {dst}:{vm.cfg} present")
-    cfg = vmplan.plan(text, f"{dst}:{vm.cfg}", vm).cfg   # what xl gives the guest: the cfg's, not the inventory's
-    capacity.make_room(ctx, target_side, capacity.Need(cfg.memory or cfg.maxmem, cfg.vcpus or 1))
+    capacity.make_room(ctx, target_side, capacity.need_on("xen", vmplan.plan(text, f"{dst}:{vm.cfg}", vm)))
     return None
 
 
@@ -471,19 +470,20 @@ def rollback_vm(ctx: Ctx, journals: Path, locks: Path) -> VmResult:
 
 # -- tasks -------------------------------------------------------------------------------------------
 
-def _migrate(c, vm, to, all_vms, from_host, timeout, force, dry_run, parallel, fail_fast,
+def _migrate(c, vm, to, all_vms, from_host, timeout, force, dry_run, parallel, fail_fast, json,
              proving: BootProof) -> None:
     if to not in (None, "kvm", "xen"):
         raise InputError(f"--to must be kvm or xen, got {to!r}")
-    if not str(parallel).isdigit() or int(parallel) < 1:
-        raise InputError(f"--parallel must be a whole number of at least 1, got {parallel!r}")
+    parallel = fleet.parallel_count(parallel)
     inv = inventory.from_context(c)
     vms = fleet.select_vms(inv, vm, all_vms, from_host)
     inventory.check_sharers_selected(inv, vms)
     interruption = Interruption()
     results = migrate_vms(c, inv, vms, to=other(inv.host(from_host).role) if from_host else to,
-                          timeout=float(timeout), force=force, dry_run=dry_run, parallel=int(parallel),
+                          timeout=float(timeout), force=force, dry_run=dry_run, parallel=parallel,
                           fail_fast=fail_fast, interruption=interruption, proving=proving)
+    if json:
+        jsonout.emit(jsonout.migrate_json(results, dry_run))
     fleet.report(results, interruption)
 
 
@@ -526,6 +526,7 @@ _MOVE_HELP = {
     "timeout": f"seconds to wait for a guest to shut down (default {DEFAULT_SHUTDOWN_TIMEOUT:.0f})",
     "force": "destroy a guest that has not shut down after --timeout",
     "dry_run": "run every check and print the plan (its exact commands) and diffs; change nothing",
+    "json": "print the summary as JSON on stdout (fields in the README), every other line on stderr",
 }
 _PROOF_HELP = {
     "verify": "how a started guest proves itself up: console (a login prompt), ssh (sshd's banner), "
@@ -539,27 +540,27 @@ _MOVE_HELP.update(_PROOF_HELP, fallback="move a guest that is not up in time bac
 @task(help={**_MOVE_HELP, "to": "kvm or xen; default: the side where each VM does not run"})
 def migrate(c, vm=None, to=None, all=False, from_host=None, parallel=4, fail_fast=False,
             timeout=DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False, verify=None, boot_timeout=None,
-            fallback=True):
+            fallback=True, json=False):
     """Move VMs to the other hypervisor: shutdown, DRBD switch, start there, prove it up."""
-    _migrate(c, vm, to, all, from_host, timeout, force, dry_run, parallel, fail_fast,
+    _migrate(c, vm, to, all, from_host, timeout, force, dry_run, parallel, fail_fast, json,
              boot_proof(verify, boot_timeout, fallback))
 
 
 @task(help=_MOVE_HELP)
 def migrate_to_kvm(c, vm=None, all=False, from_host=None, parallel=4, fail_fast=False,
                    timeout=DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False, verify=None, boot_timeout=None,
-                   fallback=True):
+                   fallback=True, json=False):
     """Move VMs from their Xen host to their KVM host."""
-    _migrate(c, vm, "kvm", all, from_host, timeout, force, dry_run, parallel, fail_fast,
+    _migrate(c, vm, "kvm", all, from_host, timeout, force, dry_run, parallel, fail_fast, json,
              boot_proof(verify, boot_timeout, fallback))
 
 
 @task(help=_MOVE_HELP)
 def migrate_to_xen(c, vm=None, all=False, from_host=None, parallel=4, fail_fast=False,
                    timeout=DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False, verify=None, boot_timeout=None,
-                   fallback=True):
+                   fallback=True, json=False):
     """Move VMs from their KVM host back to their Xen host."""
-    _migrate(c, vm, "xen", all, from_host, timeout, force, dry_run, parallel, fail_fast,
+    _migrate(c, vm, "xen", all, from_host, timeout, force, dry_run, parallel, fail_fast, json,
              boot_proof(verify, boot_timeout, fallback))
 
 
@@ -595,9 +596,10 @@ def _connect_error(site: Site, host: str) -> str | None:
     return None
 
 
-def status_rows(site: Site, inv: Inventory, vm: VM, unreachable: set[str]) -> tuple[list[tuple], list[str]]:
-    """The VM's rows of `fab status` and what could not be read; a host in `unreachable`, or one
-    whose probe fails, shows as such (`HOST?` where it may run) instead of ending the report."""
+def vm_status(site: Site, vm: VM, unreachable: set[str]) -> tuple[dict, list[str]]:
+    """The VM's facts for `fab status` as a record (its --json as it is), and what could not be
+    read; a host in `unreachable`, or one whose probe fails, shows as such (`maybe_on` where it
+    may run; role `unreachable` or `unknown`) instead of ending the report."""
     problems = []
 
     def ask(host: str, probe: Callable[[], object]):
@@ -610,21 +612,32 @@ def status_rows(site: Site, inv: Inventory, vm: VM, unreachable: set[str]) -> tu
             return None
 
     running = {side: ask(vm.host_for(side), functools.partial(running_on, site, vm, side)) for side in SIDES}
-    runs_on = ", ".join([vm.host_for(side) for side in SIDES if running[side]]
-                        + [f"{vm.host_for(side)}?" for side in SIDES if running[side] is None]) or "-"
-    rows = []
+    resources = []
     for host in (vm.xen_host, vm.kvm_host):
         states = ask(host, functools.partial(_states_on, site, vm, host))
         for disk in vm.resources:
-            if states is None:
-                rows.append((vm.name, runs_on, disk.resource, host,
-                             "unreachable" if host in unreachable else "unknown", "", "", ""))
-                continue
-            st = states[disk.resource]
-            sync = f"{st.sync_percent:.1f}%" if st.sync_percent is not None else ""
-            rows.append((vm.name, runs_on, disk.resource, host, st.role, st.connection,
-                         f"{st.disk}/{'/'.join(st.peer_disks) or '?'}", sync))
-    return rows, problems
+            st = states[disk.resource] if states is not None else None
+            resources.append({
+                "resource": disk.resource, "host": host,
+                "role": st.role if st else "unreachable" if host in unreachable else "unknown",
+                "connection": st.connection if st else None, "disk": st.disk if st else None,
+                "peer_disks": list(st.peer_disks) if st else None, "sync_percent": st.sync_percent if st else None,
+            })
+    record = {"vm": vm.name, "runs_on": [vm.host_for(side) for side in SIDES if running[side]],
+              "maybe_on": [vm.host_for(side) for side in SIDES if running[side] is None],
+              "resources": resources, "unfinished_run": None}
+    return record, problems
+
+
+def status_rows(record: dict) -> list[tuple]:
+    """A VM's record (vm_status) as rows of STATUS_HEADER."""
+    runs_on = ", ".join(record["runs_on"] + [f"{host}?" for host in record["maybe_on"]]) or "-"
+    rows = []
+    for r in record["resources"]:
+        sync = f"{r['sync_percent']:.1f}%" if r["sync_percent"] is not None else ""
+        disks = f"{r['disk']}/{'/'.join(r['peer_disks']) or '?'}" if r["disk"] else ""
+        rows.append((record["vm"], runs_on, r["resource"], r["host"], r["role"], r["connection"] or "", disks, sync))
+    return rows
 
 
 def _states_on(site: Site, vm: VM, host: str) -> dict:
@@ -632,33 +645,39 @@ def _states_on(site: Site, vm: VM, host: str) -> dict:
     return drbd.resource_states(site.host(host), vm, host)
 
 
-@task(help={"vm": "VM name (default: every VM in the inventory)"})
-def status(c, vm=None):
+@task(help={"vm": "VM name (default: every VM in the inventory)",
+            "json": "print the report as JSON on stdout (fields in the README), every other line on stderr"})
+def status(c, vm=None, json=False):
     """Where each VM runs, its DRBD roles and states, and unfinished runs. A host that does not
     answer is shown so and the rest still reported; the exit code then says it was incomplete."""
     inv = inventory.from_context(c)
     models = inv.select(vm)
     site = site_from_context(c, inv)
-    rows: list[tuple] = []
-    notes, failed = [], []
+    records: list[dict] = []
+    notes, problems, failed = [], [], []
     try:
         hosts = sorted({host for model in models for host in (model.xen_host, model.kvm_host)})
         errors = concurrently(*(lambda host=host: _connect_error(site, host) for host in hosts)) if hosts else []
         unreachable = [host for host, error in zip(hosts, errors, strict=True) if error]
+        problems += [error for error in errors if error]
         notes += [f"! {error}" for error in errors if error]
         for model in models:
-            vm_rows, problems = status_rows(site, inv, model, set(unreachable))
-            rows += vm_rows
-            notes += [f"! {problem}" for problem in problems]
-            failed += problems
+            record, vm_problems = vm_status(site, model, set(unreachable))
+            records.append(record)
+            notes += [f"! {problem}" for problem in vm_problems]
+            failed += vm_problems
             pending = Journal.load(journal_dir(c), model.name)
             if pending is not None:
+                record["unfinished_run"] = pending.summary()
                 notes.append(f"! {model.name}: unfinished run ({pending.summary()}): `fab rollback --vm {model.name}`")
     finally:
         site.close()
-    print(output.table_text(STATUS_HEADER, rows))
-    for note in notes:
-        print(note)
+    if json:
+        jsonout.emit(jsonout.status_json(records, unreachable, problems + failed))
+    else:
+        print(output.table_text(STATUS_HEADER, [row for record in records for row in status_rows(record)]))
+        for note in notes:
+            print(note)
     if unreachable or failed:
         missing = [f"{host} unreachable" for host in unreachable] + ([f"{len(failed)} probe(s) failed"] if failed else [])
         raise ToolError(f"status incomplete: {', '.join(missing)}")

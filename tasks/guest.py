@@ -533,10 +533,23 @@ def apply_initramfs(guest: Remote, present: bool, force: bool = False) -> None:
         log.info(f"* {guest.name}: update-initramfs ... unchanged")
 
 
-def prepare_guest(guest: Remote, disk_map: list[MappedDisk], *, boot: str = "grub", uuid: bool = False,
-                  grub_install: bool = False, force: bool = False, hvm: bool = False) -> None:
-    """All steps: facts, then every check, then console, fstab, boot loader, power button, initramfs
-    (an HVM guest: the last two only)."""
+@dataclass(frozen=True)
+class GuestPlan:
+    """Everything guest.prepare will do, decided from the facts before anything changes; the
+    plans are None for an HVM guest, whose console, disk names, kernel and boot loader stay."""
+
+    facts: GuestFacts
+    disk_map: list[MappedDisk]
+    console: GettyPlan | None
+    fstab: FstabPlan | None
+    boot: BootPlan | None
+    initramfs_tools: bool
+    install_acpid: bool
+
+
+def check_guest(guest: Remote, disk_map: list[MappedDisk], *, boot: str = "grub", uuid: bool = False,
+                grub_install: bool = False, hvm: bool = False) -> GuestPlan:
+    """The facts, shown, then every refusal: `fab prepare` checks all its steps before changing any."""
     found = gather_facts(guest)
     for line in summary(guest.name, found, hvm):
         log.info(line)
@@ -547,16 +560,27 @@ def prepare_guest(guest: Remote, disk_map: list[MappedDisk], *, boot: str = "gru
         boot_plan = check_boot(guest, found, disk_map, boot=boot, grub_install=grub_install)
     kernel_coming = boot_plan is not None and boot_plan.kernel_package is not None
     initramfs_tools = check_initramfs(guest, kernel_coming=kernel_coming)
-    install_acpid = check_power_button(guest, found)
-    if hvm:
+    return GuestPlan(found, disk_map, console_plan, fstab_plan, boot_plan, initramfs_tools,
+                     check_power_button(guest, found))
+
+
+def apply_guest(guest: Remote, plan: GuestPlan, force: bool = False) -> None:
+    """Console, fstab, boot loader, power button, initramfs (an HVM guest: the last two only)."""
+    if plan.console is None or plan.fstab is None or plan.boot is None:
         skip_for_hvm(guest, HVM_SKIPS)
     else:
-        assert console_plan and fstab_plan and boot_plan   # checked above for every PV guest
-        apply_console(guest, found, console_plan)
-        apply_fstab(guest, fstab_plan)
-        apply_boot(guest, found, disk_map, fstab_plan, boot_plan)
-    apply_power_button(guest, found, install_acpid)
-    apply_initramfs(guest, initramfs_tools, force)
+        apply_console(guest, plan.facts, plan.console)
+        apply_fstab(guest, plan.fstab)
+        apply_boot(guest, plan.facts, plan.disk_map, plan.fstab, plan.boot)
+    apply_power_button(guest, plan.facts, plan.install_acpid)
+    apply_initramfs(guest, plan.initramfs_tools, force)
+
+
+def prepare_guest(guest: Remote, disk_map: list[MappedDisk], *, boot: str = "grub", uuid: bool = False,
+                  grub_install: bool = False, force: bool = False, hvm: bool = False) -> None:
+    """All steps: facts, then every check, then every change."""
+    plan = check_guest(guest, disk_map, boot=boot, uuid=uuid, grub_install=grub_install, hvm=hvm)
+    apply_guest(guest, plan, force)
 
 
 def skip_for_hvm(guest: Remote, steps: str) -> None:

@@ -21,7 +21,7 @@ from .hostlock import holder, operator
 from .hypervisors import SHUTDOWN_POLL, wait_until
 from .inventory import SIDES, VM, other
 from .output import log
-from .remote import make_private_dir, state_dir
+from .remote import make_private_dir, read_record, state_dir
 
 if TYPE_CHECKING:
     from .flows import Ctx, Step
@@ -39,7 +39,7 @@ class Journal:
         data = {
             "vm": vm.name, "run": os.urandom(6).hex(), "pid": os.getpid(),
             "who": operator(),
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "started": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "source": vm.host_for(other(target_side)), "target": vm.host_for(target_side),
             "to": target_side, "status": "running", "steps": [],
         }
@@ -50,14 +50,8 @@ class Journal:
     @classmethod
     def load(cls, directory: Path, vm_name: str) -> "Journal | None":
         path = directory / f"{vm_name}.json"
-        try:
-            with path.open("rb") as file:
-                raw = file.read(MAX_JOURNAL_BYTES + 1)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise ToolError(f"{path}: unreadable journal ({exc.strerror}); inspect it, then move it away") from None
-        return cls(path, parse_journal(raw, str(path), vm_name))
+        raw = read_record(path, MAX_JOURNAL_BYTES, "journal")
+        return None if raw is None else cls(path, parse_journal(raw, str(path), vm_name))
 
     def save(self) -> None:
         """A temp file, fsynced, renamed over the journal, the directory fsynced: what a step
@@ -98,7 +92,7 @@ class Journal:
     def finish(self, status: str) -> None:
         """Close the run and move the journal to the history folder."""
         self.data["status"] = status
-        self.data["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.data["finished"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         self.save()
         try:
             done = make_private_dir(self.path.parent / "done")

@@ -12,16 +12,21 @@ import re
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
 
 from invoke import Collection
 
-from . import drbd, hypervisors, inventory, vmplan
+from . import drbd, hypervisors, inventory, rehearsals, vmplan
 from .cli import task
 from .errors import GuardError, InputError, ToolError, shown
+from .formats.domainxml import BOOT_DIR, console_log
+from .formats.readiness import parse_kernel_banner
 from .hypervisors import DEFAULT_SHUTDOWN_TIMEOUT, KvmHost
 from .inventory import VM, Inventory, ReplicatedDisk
 from .localdisk import plan_swap_matches
 from .output import log
+from .rehearsals import Rehearsal
 from .remote import Remote, RemoteError, replaced_by, site_from_context
 from .ssh import describe_ssh_error
 
@@ -54,6 +59,11 @@ def render_checked(spec) -> str:
     except DomainXmlError as exc:
         raise ToolError(f"domain XML for {spec.name} is not valid: {exc}") from None
     return xml
+
+
+def rendered_domain(site, vm: VM) -> str:
+    """The VM's domain XML as its cfg and the inventory give it now, validated."""
+    return render_checked(vmplan.of_vm(site, vm, kvm_devices=True).domain_spec())
 
 
 def xml_path(name: str) -> str:
@@ -143,28 +153,34 @@ def rehearsal_sources(vm: VM, spec) -> list[str]:
     return [by_device.get(d.source, d.source) for d in spec.disks]
 
 
+def booted_kernel(remote: Remote, name: str) -> str | None:
+    """The kernel version the domain's serial console announced at boot (`Linux version ...`), if any."""
+    banner = remote.probe(["grep", "-m", "1", "-o", "-E", "Linux version [^ ]+", console_log(name)])
+    return parse_kernel_banner(banner.stdout) if banner.ok else None
+
+
 def console_shows_login(remote: Remote, name: str) -> bool:
     """Whether the domain's serial console has printed a login prompt (getty is up: it booted)."""
-    from .formats.domainxml import console_log
     return remote.probe(["grep", "-q", "-E", LOGIN_PROMPT, console_log(name)]).ok
 
 
 def rehearse_vm(site, inv: Inventory, vm: VM, *, seconds: float = 20.0, method: str | None = None,
-                snapshot_size: str = "1G", login: bool = False) -> None:
+                snapshot_size: str = "1G", login: bool = False) -> str | None:
     """Boot a throwaway copy of the VM on snapshots and discard it; cleanup always runs.
 
     It passes when the domain keeps running for `seconds`, or with `login` as soon as its
-    serial console shows a login prompt (within `seconds`).
+    serial console shows a login prompt (within `seconds`). Returns the kernel that booted, as
+    its console announced it, else the direct-kernel copy's version; None when unknown.
     """
-    from .formats.domainxml import console_log
     kvm = hypervisors.kvm(site, vm.kvm_host)
     host, remote = kvm.host, kvm.remote
     spec = vmplan.of_vm(site, vm, kvm_devices=True).domain_spec()
     sources = rehearsal_sources(vm, spec)
     snapper: LvmSnapshot | Qcow2Overlay = (LvmSnapshot(snapshot_size) if (method or vm.snapshot) == "lvm"
                                            else Qcow2Overlay())
-    if vm.boot == "direct-kernel":
-        log.info(f"* {host.name}: {vm.name} boots kernel {require_fetched_kernel(remote, vm)} ... ok")
+    fetched = require_fetched_kernel(remote, vm) if vm.boot == "direct-kernel" else None
+    if fetched:
+        log.info(f"* {host.name}: {vm.name} boots kernel {fetched} ... ok")
     try:
         for swap in plan_swap_matches(site, vm, vm.xen_host, host.name):
             log.info(f"  note: {host.name}:{swap.path} lacks the UUID of {vm.name}'s swap, so the trial may wait for "
@@ -190,7 +206,7 @@ def rehearse_vm(site, inv: Inventory, vm: VM, *, seconds: float = 20.0, method: 
         remote.change(["rm", "-f", "--", console_log(name)], quiet=True)   # an earlier trial's prompt
         kvm.start_named(name)
         if remote.dry_run:
-            return
+            return None
         started = time.monotonic()
         next_report = started + 30
         while time.monotonic() - started < seconds:
@@ -201,16 +217,17 @@ def rehearse_vm(site, inv: Inventory, vm: VM, *, seconds: float = 20.0, method: 
             if login and console_shows_login(remote, name):
                 log.info(f"* {host.name}: {name} booted to a login prompt on snapshots in "
                     f"{time.monotonic() - started:.0f}s ... ok")
-                return
+                return booted_kernel(remote, name) or fetched
             if time.monotonic() >= next_report:
                 log.info(f"  {host.name}: {name} {'booting' if login else 'running'} ... "
                     f"{time.monotonic() - started:.0f}s of {seconds:.0f}s")
                 next_report += 30
-            time.sleep(1.0)
+            remote.interruption.sleep(1.0)   # a stop request (a fleet's Ctrl-C) ends the trial, cleaned up
         if login:
             raise ToolError(f"{host.name}: no login prompt on {name}'s console in {seconds:.0f}s; "
                             f"read {console_log(name)} on {host.name}")
         log.info(f"* {host.name}: {name} ran for {seconds:.0f}s on snapshots ... ok")
+        return booted_kernel(remote, name) or fetched
     finally:
         cleanup_errors = []
         steps = [(lambda: kvm.destroy(name)), (lambda: kvm.undefine(name))] \
@@ -225,6 +242,29 @@ def rehearse_vm(site, inv: Inventory, vm: VM, *, seconds: float = 20.0, method: 
             log.warning("! rehearsal cleanup left something behind: " + "; ".join(cleanup_errors))
 
 
+def rehearse_and_record(site, inv: Inventory, vm: VM, records: Path, **trial) -> Rehearsal | None:
+    """rehearse_vm, its outcome recorded in `records` for `fab readiness` (a dry run records nothing).
+
+    A failure is recorded too (the last rehearsal failed), then raised; an interruption is not."""
+    xml_sha256 = hashlib.sha256(rendered_domain(site, vm).encode()).hexdigest()
+
+    def outcome(passed: bool, kernel: str | None, message: str) -> Rehearsal:
+        return Rehearsal(vm.name, datetime.now(timezone.utc).isoformat(timespec="seconds"), vm.kvm_host, passed,
+                         kernel, bool(trial.get("login")), xml_sha256, message)
+
+    try:
+        kernel = rehearse_vm(site, inv, vm, **trial)
+    except ToolError as exc:
+        if not site.dry_run:
+            rehearsals.save(records, outcome(False, None, str(exc)))
+        raise
+    if site.dry_run:
+        return None
+    passed = outcome(True, kernel, "")
+    rehearsals.save(records, passed)
+    return passed
+
+
 # -- the kernel a direct-kernel domain boots --------------------------------------------------
 
 @dataclass(frozen=True)
@@ -235,7 +275,6 @@ class BootFile:
 
 
 def boot_dir(vm_name: str) -> str:
-    from .formats.domainxml import BOOT_DIR
     return f"{BOOT_DIR}/{vm_name}"
 
 
@@ -392,7 +431,7 @@ def render_xml(c, cfg, vm=None, drbd_version=None):
 def define(c, vm, dry_run=False):
     """Render the VM's domain from its Xen cfg, upload it and define it with libvirt."""
     inv, model, site, host = _context(c, vm, dry_run)
-    define_domain(hypervisors.kvm(site, host.name), model.name, render_checked(vmplan.of_vm(site, model, kvm_devices=True).domain_spec()))
+    define_domain(hypervisors.kvm(site, host.name), model.name, rendered_domain(site, model))
 
 
 @task(help={"vm": "VM name from the inventory"})
@@ -444,11 +483,13 @@ def shutdown(c, vm, timeout=DEFAULT_SHUTDOWN_TIMEOUT, force=False, dry_run=False
             "login": "pass once the serial console shows a login prompt (within --seconds)",
             "dry_run": "show the commands, change nothing"})
 def rehearse(c, vm, seconds=20.0, method=None, size="1G", login=False, dry_run=False):
-    """Boot a throwaway copy of the VM on snapshots of its disks, then discard it."""
+    """Boot a throwaway copy of the VM on snapshots of its disks, then discard it; the outcome
+    (when, which kernel, passed) is kept in STATE_DIR/rehearsals for `fab readiness`."""
     if method is not None and method not in SNAPSHOT_METHODS:
         raise InputError(f"--method must be one of {', '.join(SNAPSHOT_METHODS)}, got {method!r}")
     inv, model, site, _ = _context(c, vm, dry_run)
-    rehearse_vm(site, inv, model, seconds=float(seconds), method=method, snapshot_size=size, login=login)
+    rehearse_and_record(site, inv, model, rehearsals.rehearsal_dir(c), seconds=float(seconds), method=method,
+                        snapshot_size=size, login=login)
 
 
 ns = Collection("kvmhost", render_xml, define, state, start, shutdown, rehearse, fetch_kernel)

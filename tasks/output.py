@@ -2,7 +2,8 @@
 works on; one table renderer; the level that -q and -v choose.
 
 Lines go to stdout (a terminal, a pipe, a log file), or above the live table while a fleet
-run draws one (`live`).  Levels: DEBUG adds every probe (-v); INFO is each step and change
+run draws one (`live`), or to stderr while a task prints JSON on stdout (`json_on_stdout`).
+Levels: DEBUG adds every probe (-v); INFO is each step and change
 (the default); RESULT is what a run ended in, which --quiet still shows with the warnings.
 """
 
@@ -19,6 +20,23 @@ logging.addLevelName(RESULT, "RESULT")
 
 log = logging.getLogger("xenkvm")
 _vm: contextvars.ContextVar[str] = contextvars.ContextVar("vm", default="")
+_json_on_stdout = False
+
+
+def lines_stream():
+    """Where progress lines (and a live table) go: stdout, or stderr while stdout carries JSON."""
+    return sys.stderr if _json_on_stdout else sys.stdout
+
+
+@contextmanager
+def json_on_stdout(enabled: bool = True):
+    """--json: stdout holds the JSON document alone (`| jq` reads it), every other line goes to stderr."""
+    global _json_on_stdout
+    previous, _json_on_stdout = _json_on_stdout, _json_on_stdout or enabled
+    try:
+        yield
+    finally:
+        _json_on_stdout = previous
 
 
 def set_vm(name: str) -> None:
@@ -27,7 +45,7 @@ def set_vm(name: str) -> None:
 
 
 class _Lines(logging.Handler):
-    """Whole lines to `sink` (stdout, looked up at each line, or the live table's console)."""
+    """Whole lines to `sink` (lines_stream(), looked up at each line, or the live table's console)."""
 
     def __init__(self, sink: Callable[[str], None] | None = None):
         super().__init__()
@@ -40,8 +58,9 @@ class _Lines(logging.Handler):
         if self.sink is not None:
             self.sink(line)
         else:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+            stream = lines_stream()
+            stream.write(line + "\n")
+            stream.flush()
 
 
 _plain = _Lines()

@@ -48,6 +48,27 @@ def concurrently(*calls: Callable[[], Any]) -> list[Any]:
         return [first, *(future.result() for future in others)]
 
 
+_changes_sent: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("changes_sent", default=None)
+
+
+@contextmanager
+def counting_changes():
+    """The changes this thread (and the probes it runs `concurrently`) sends, or would send in a
+    dry run, collected in the list it yields: a fleet run tells each VM's changed steps apart."""
+    sent: list[str] = []
+    token = _changes_sent.set(sent)
+    try:
+        yield sent
+    finally:
+        _changes_sent.reset(token)
+
+
+def _count_change(command: str) -> None:
+    sent = _changes_sent.get()
+    if sent is not None:
+        sent.append(command)
+
+
 def join(argv: Sequence[str]) -> str:
     """The shell command for an argument list, every argument quoted."""
     return shlex.join(str(a) for a in argv)
@@ -277,6 +298,7 @@ class Remote:
         """Mutates the host: printed, skipped in a dry run (which prints the exact command line),
         raises RemoteError on failure."""
         command = self.command(argv, env)
+        _count_change(command)
         if self.dry_run:
             log.info(f"  would run on {self.name}: {command}")
             return None
@@ -313,6 +335,7 @@ class Remote:
         stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
         backup = f"{path}{BACKUP_SUFFIX}{stamp}"
         if self.dry_run:
+            _count_change(f"write {path}")
             log.info(f"  would write {self.name}:{path} (backup {backup})")
             return
         started = time.monotonic()
@@ -495,6 +518,18 @@ def make_private_dir(path: Path) -> Path:
     for directory in reversed(missing):
         directory.mkdir(mode=0o700, exist_ok=True)
     return path
+
+
+def read_record(path: Path, limit: int, what: str) -> bytes | None:
+    """A record file of the state dir (a journal, a rehearsal), at most `limit` + 1 bytes (its
+    parser refuses a longer one); None when there is none."""
+    try:
+        with path.open("rb") as file:
+            return file.read(limit + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ToolError(f"{path}: unreadable {what} ({exc.strerror}); inspect it, then move it away") from None
 
 
 def state_dir(c) -> Path:

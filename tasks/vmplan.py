@@ -33,6 +33,7 @@ class VmPlan:
     cfg: XenConfig
     disk_map: list[MappedDisk]
     vm: VM | None               # None: an offline preview of a cfg alone
+    block_devices: frozenset[str] | None = None   # plan_disk_map's: the KVM host's block devices
 
     @property
     def renames(self) -> dict[str, str]:
@@ -53,6 +54,14 @@ class VmPlan:
         with reading(self.label):
             return rewrite_xen_cfg(self.text, self.renames, add_console=console)
 
+    def as_converted(self, console: bool = False) -> VmPlan:
+        """The plan of the cfg as xenhost.prepare-cfg leaves it: the domain rendered before the
+        rewrite would boot root=/dev/xvda2, a name the guest does not have under KVM."""
+        converted = self.converted_cfg(console)
+        if converted is None:
+            return self
+        return plan(converted, self.label, self.vm, block_devices=self.block_devices)
+
 
 def plan(text: str, label: str, vm: VM | None = None, *, block_devices: frozenset[str] | None = None,
          drbd_version: str | None = None) -> VmPlan:
@@ -62,7 +71,7 @@ def plan(text: str, label: str, vm: VM | None = None, *, block_devices: frozense
     with reading(label):
         cfg = parse_xen_cfg(text)
         disk_map = plan_disk_map(cfg, vm, block_devices=block_devices, drbd_version=drbd_version)
-    return VmPlan(label, text, cfg, disk_map, vm)
+    return VmPlan(label, text, cfg, disk_map, vm, block_devices)
 
 
 def of_vm(site: Site, vm: VM, *, kvm_devices: bool = False) -> VmPlan:

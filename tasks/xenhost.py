@@ -10,6 +10,7 @@ from invoke import Collection
 from . import drbd, hypervisors, inventory, vmplan
 from .cli import task
 from .hypervisors import DEFAULT_SHUTDOWN_TIMEOUT
+from .inventory import VM
 from .output import log
 from .remote import site_from_context
 from .vmplan import HVM_CFG_NOTE
@@ -35,22 +36,28 @@ def convert_cfg(c, cfg, console=False):
     sys.stdout.write(plan.text if converted is None else converted)
 
 
+def prepare_cfg_file(site, vm: VM, console: bool = False) -> bool:
+    """The VM's cfg on its Xen host rewritten for dual boot (backup kept, diff shown); whether it
+    changed. An HVM guest's cfg stays as it is."""
+    label = f"{vm.xen_host}:{vm.cfg}"
+
+    def transform(text: str) -> str:
+        converted = vmplan.plan(text, label, vm).converted_cfg(console)
+        if converted is None:
+            log.info(f"* {label}: {HVM_CFG_NOTE}")
+        return text if converted is None else converted
+
+    return site.host(vm.xen_host).edit_file(vm.cfg, transform)
+
+
 @task(help={"vm": "VM name from the inventory",
             "console": "also add `console=hvc0 xencons=tty` to extra=",
             "dry_run": "show the diff, change nothing"})
 def prepare_cfg(c, vm, console=False, dry_run=False):
     """Rewrite the VM's cfg on its Xen host for dual boot (backup kept, diff shown); an HVM
     guest's cfg stays as it is."""
-    _, model, site, host = _context(c, vm, dry_run)
-    label = f"{host.name}:{model.cfg}"
-
-    def transform(text: str) -> str:
-        converted = vmplan.plan(text, label, model).converted_cfg(console)
-        if converted is None:
-            log.info(f"* {label}: {HVM_CFG_NOTE}")
-        return text if converted is None else converted
-
-    site.host(host.name).edit_file(model.cfg, transform)
+    _, model, site, _ = _context(c, vm, dry_run)
+    prepare_cfg_file(site, model, console)
 
 
 @task(help={"vm": "VM name from the inventory"})

@@ -20,3 +20,13 @@ on_poweroff = 'destroy'
 on_reboot   = 'restart'
 on_crash    = 'restart'
 """
+
+
+def seed_cfg_of(name: str, n: int) -> str:
+    """The seed's cfg for its n-th copy `name` (n = 0: the seed itself): own DRBD devices
+    (drbd10*n, drbd10*n+1), swap LV and MAC."""
+    if n == 0:
+        return SEED_CFG
+    return (SEED_CFG.replace("name        = 'logger'", f"name        = '{name}'")
+            .replace("/dev/drbd5", f"/dev/drbd{10 * n}").replace("/dev/drbd6", f"/dev/drbd{10 * n + 1}")
+            .replace("logger-swap", f"{name}-swap").replace("D0:70", f"D0:7{n}"))

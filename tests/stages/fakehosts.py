@@ -63,11 +63,14 @@ class Shared:
     guest_memory: int = 2048     # MiB each running domain takes, as `xl list` shows
     unbootable: set = field(default_factory=set)   # hosts where the guest's domain runs but it never answers
     knocks: list[str] = field(default_factory=list)   # every knock on the guest: "HOST:PORT answered|silent"
+    addresses: dict[str, str] = field(default_factory=lambda: {"192.0.2.50": "logger"})   # guest_address -> VM
+    definitions: dict[str, str] = field(default_factory=dict)   # domain -> the XML libvirt was given
 
     def knock(self, target, expect: bytes) -> bool:
         """The guest's address (Site's knock): it answers, with sshd's banner, while its domain
         runs on a host where it boots."""
-        where = {"xen1"} if "logger" in self.xen_running else {"kvm1"} if "logger" in self.kvm_running else set()
+        vm = self.addresses[target.hostname]
+        where = {"xen1"} if vm in self.xen_running else {"kvm1"} if vm in self.kvm_running else set()
         answered = bool(where - self.unbootable) and expect in (b"", b"SSH-")
         self.knocks.append(f"{target.hostname}:{target.port} {'answered' if answered else 'silent'}")
         return answered
@@ -196,6 +199,10 @@ class FakeHost:
         if argv == ["ls", "-1", "/boot"]:
             return Result(stdout="".join(f"{p[6:]}\n" for h, p in sorted(self.shared.files)
                                          if h == self.name and re.fullmatch(r"/boot/[^/]+", p)))
+        if argv[:5] == ["grep", "-m", "1", "-o", "-E"]:   # the first match alone, as GNU grep prints it
+            text = self.shared.files.get((self.name, argv[6]))
+            found = re.search(argv[5], text, re.M) if isinstance(text, str) else None
+            return Result(stdout=found.group(0) + "\n") if found else Result(exited=1 if text is not None else 2)
         if argv[:3] == ["grep", "-q", "-E"]:
             text = self.shared.files.get((self.name, argv[4]))
             return Result(exited=0 if text is not None and re.search(argv[3], text, re.M) else 1)
@@ -373,9 +380,12 @@ class FakeHost:
             text = s.files.get((self.name, name))
             domain = re.search(r"<name>([^<]+)</name>", text or "")
             s.kvm_defined.add(domain.group(1))
+            s.definitions[domain.group(1)] = text
             return Result(stdout=f"Domain '{domain.group(1)}' defined from {name}\n")
         if name not in s.kvm_defined:
             return Result(stderr=f"error: failed to get domain '{name}'\n", exited=1)
+        if verb == "dumpxml":
+            return Result(stdout=s.definitions[name])
         if verb == "start":
             if name in s.kvm_running:
                 return Result(stderr="error: Domain is already active\n", exited=1)
@@ -395,6 +405,105 @@ class FakeHost:
             s.kvm_defined.discard(name)
             return Result()
         raise AssertionError(f"virsh {args}")
+
+
+@dataclass
+class GuestOs:
+    """What a Debian 12 systemd guest's own tools know: packages, enabled units, block devices
+    and their file system UUIDs, debconf answers, the modules each initrd was built with."""
+
+    packages: set = field(default_factory=lambda: {"systemd", "initramfs-tools"})
+    enabled: set = field(default_factory=lambda: {"getty@tty1.service"})
+    devices: dict = field(default_factory=dict)       # /dev/NAME -> UUID (or "" for none)
+    debconf: dict = field(default_factory=dict)       # question -> value
+    initrd_modules: dict = field(default_factory=dict)   # kernel version -> modules in its initrd
+    candidates: set = field(default_factory=lambda: {"acpid", "acpi-support-base", "grub-pc"})
+    default_grub: str = 'GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX=""\n'
+    builds: int = 0
+
+
+class FakeGuest(FakeHost):
+    """The guest over SSH: its probes and package tools answer from GuestOs and its files (in the
+    shared files under its own name), and change them as the real ones would."""
+
+    XEN_MODULES = ("xen_blkfront", "xen_netfront")
+
+    def __init__(self, name: str, shared: Shared, os_: GuestOs):
+        super().__init__(name, "guest", None, shared)
+        self.os = os_
+
+    def file(self, path: str):
+        return self.shared.files.get((self.name, path))
+
+    def kernels(self) -> list[str]:
+        return sorted(p[len("/boot/vmlinuz-"):] for h, p in self.shared.files
+                      if h == self.name and p.startswith("/boot/vmlinuz-"))
+
+    def build_initrds(self) -> None:
+        """update-initramfs -u -k all: every initrd again, with the listed modules and Xen's."""
+        listed = [line.split()[0] for line in (self.file("/etc/initramfs-tools/modules") or "").splitlines()
+                  if line.strip() and not line.startswith("#")]
+        for version in self.kernels():
+            self.os.builds += 1
+            self.os.initrd_modules[version] = [*self.XEN_MODULES, *listed]
+            self.shared.files[(self.name, f"/boot/initrd.img-{version}")] = f"initrd {version} #{self.os.builds}".encode()
+
+    def dispatch(self, argv, stdin):
+        os_, verb = self.os, argv[:2]
+        if argv in (["test", "-d", "/run/systemd/system"], ["test", "-d", "/etc/initramfs-tools"]):
+            return Result(exited=0 if argv[2] == "/run/systemd/system" or "initramfs-tools" in os_.packages else 1)
+        if argv[:2] == ["test", "-e"]:
+            return Result(exited=0 if self.file(argv[2]) is not None else 1)
+        if argv[:2] == ["test", "-b"]:
+            return Result(exited=0 if argv[2] in os_.devices else 1)
+        if argv == ["readlink", "-f", "/sbin/init"]:
+            return Result(stdout="/usr/lib/systemd/systemd\n")
+        if argv == ["cat", "/proc/cmdline"]:
+            return Result(stdout="root=/dev/xvda2 ro quiet\n")
+        if argv == ["dpkg", "--print-architecture"]:
+            return Result(stdout="amd64\n")
+        if argv[:4] == ["dpkg-query", "-W", "-f", "${Status}"]:
+            installed = argv[4] in os_.packages
+            return Result(stdout="install ok installed") if installed else Result(exited=1)
+        if argv[:2] == ["apt-cache", "policy"]:
+            candidate = "  Candidate: 1.0\n" if argv[2] in os_.candidates else "  Candidate: (none)\n"
+            return Result(stdout=f"{argv[2]}:\n  Installed: (none)\n{candidate}")
+        if verb == ["systemctl", "is-enabled"]:
+            state = "enabled" if argv[2] in os_.enabled else "disabled"
+            return Result(stdout=state + "\n", exited=0 if state == "enabled" else 1)
+        if verb == ["systemctl", "enable"]:
+            os_.enabled.add(argv[2])
+            return Result()
+        if argv[:4] == ["blkid", "-o", "value", "-s"]:
+            uuid = os_.devices.get(argv[5])
+            return Result(stdout=f"{uuid}\n") if uuid else Result(exited=2)
+        if argv[:3] == ["apt-get", "install", "-y"]:
+            os_.packages.update(argv[3:])
+            if "grub-pc" in argv[3:] and self.file("/etc/default/grub") is None:
+                self.shared.files[(self.name, "/etc/default/grub")] = os_.default_grub
+            return Result()
+        if argv == ["debconf-set-selections"]:
+            for line in (stdin or "").splitlines():
+                fields = line.split(None, 3)
+                os_.debconf[fields[1]] = fields[3] if len(fields) > 3 else ""
+            return Result()
+        if argv == ["debconf-show", "grub-pc"]:
+            return Result(stdout="".join(f"* {q}: {v}\n" for q, v in sorted(os_.debconf.items())))
+        if argv == ["update-grub"]:
+            entries = "".join(f"menuentry 'Debian, with Linux {v}' {{\n\tlinux /boot/vmlinuz-{v} root=UUID=x\n}}\n"
+                              for v in self.kernels())
+            self.shared.files[(self.name, "/boot/grub/grub.cfg")] = entries
+            return Result()
+        if argv == ["update-initramfs", "-u", "-k", "all"]:
+            self.build_initrds()
+            return Result()
+        if argv[:1] == ["lsinitramfs"]:
+            version = argv[1].split("initrd.img-", 1)[-1]
+            if self.file(argv[1]) is None or version not in os_.initrd_modules:
+                return Result(stderr=f"{argv[1]}: No such file or directory\n", exited=1)
+            return Result(stdout="".join(f"usr/lib/modules/{version}/kernel/drivers/{m}.ko\n"
+                                         for m in os_.initrd_modules[version]))
+        return super().dispatch(argv, stdin)
 
 
 class LocalSession:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -132,6 +134,12 @@ def test_shortfall_names_every_missing_resource():
         "needs 4096 MiB of memory, 3192 MiB free (5000 MiB held for other moves' starts); "
         "needs 4 vCPUs, 6 of max_vcpus 8 in use")
     assert capacity.shortfall(capacity.Need(None, 1), capacity.Room(0, None), ceiling=None) is None
+
+
+def test_memavailable_of_this_machine_agrees_with_free():
+    available = int(subprocess.run(["free", "-k"], capture_output=True, text=True, check=True)
+                    .stdout.splitlines()[1].split()[6])
+    assert abs(capacity.meminfo_available_mib(Path("/proc/meminfo").read_text()) - available // 1024) <= 64
 
 
 def test_memavailable_and_domstats_are_read_as_the_kernel_and_libvirt_print_them():

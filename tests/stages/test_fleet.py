@@ -18,7 +18,7 @@ from tasks.inventory import parse_inventory
 from tasks.remote import AuditLog, Site
 from tasks.ssh import ConnectError
 from tests.conftest import REPO
-from tests.seed import SEED_CFG
+from tests.seed import seed_cfg_of
 from tests.stages.fakehosts import FakeHost, Shared
 
 NAMES = ("logger", "web", "mail")
@@ -45,14 +45,6 @@ def fleet_inventory(max_parallel: int = 4, max_starts: int | None = None):
     return parse_inventory(yaml.safe_dump(data))
 
 
-def cfg_of(name: str, n: int) -> str:
-    if n == 0:
-        return SEED_CFG
-    return (SEED_CFG.replace("name        = 'logger'", f"name        = '{name}'")
-            .replace("/dev/drbd5", f"/dev/drbd{10 * n}").replace("/dev/drbd6", f"/dev/drbd{10 * n + 1}")
-            .replace("logger-swap", f"{name}-swap").replace("D0:70", f"D0:7{n}"))
-
-
 @pytest.fixture
 def fleet(tmp_path, mocker, request):
     inv = fleet_inventory(max_starts=getattr(request, "param", None))
@@ -62,7 +54,7 @@ def fleet(tmp_path, mocker, request):
                     disk={r: {"xen1": "UpToDate", "kvm1": "UpToDate"} for r in every},
                     xen_running=set(NAMES), disks_of=resources)
     for n, name in enumerate(NAMES):
-        shared.files[("xen1", f"/etc/xen/auto/{name}.cfg")] = cfg_of(name, n)
+        shared.files[("xen1", f"/etc/xen/auto/{name}.cfg")] = seed_cfg_of(name, n)
     hosts = {"xen1": FakeHost("xen1", "xen", "kvm1", shared), "kvm1": FakeHost("kvm1", "kvm", "xen1", shared)}
     opened = []
 
