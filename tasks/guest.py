@@ -520,13 +520,16 @@ def apply_power_button(guest: Remote, facts: GuestFacts, install: bool) -> None:
         log.info(f"* {guest.name}: power button handled by {POWER_BUTTON_SUMMARY[facts.power_button]} ... unchanged")
 
 
-def apply_initramfs(guest: Remote, present: bool, force: bool = False) -> None:
-    """KVM's disk and network drivers in every initramfs; rebuilt only when the list changed."""
-    from .formats.initramfs import plan_initramfs_modules
+def apply_initramfs(guest: Remote, present: bool, drivers: tuple[str, ...], force: bool = False) -> None:
+    """KVM's disk and network drivers, and `drivers` (those of the buses its domain gives its disks:
+    VmPlan.disk_drivers), in every initramfs; rebuilt only when the list changed."""
+    from .formats.initramfs import KVM_MODULES, plan_initramfs_modules
+    required = KVM_MODULES + tuple(d for d in drivers if d not in KVM_MODULES)
     if not present and guest.dry_run:
         log.info(f"  would edit {guest.name}:{INITRAMFS_MODULES} once the kernel has installed initramfs-tools")
         return
-    changed = guest.edit_file(INITRAMFS_MODULES, lambda text: plan_initramfs_modules(text) or text, create=True)
+    changed = guest.edit_file(INITRAMFS_MODULES, lambda text: plan_initramfs_modules(text, required) or text,
+                              create=True)
     if changed or force:
         guest.change(["update-initramfs", "-u", "-k", "all"], timeout=SLOW_TIMEOUT)
     else:
@@ -544,11 +547,12 @@ class GuestPlan:
     fstab: FstabPlan | None
     boot: BootPlan | None
     initramfs_tools: bool
+    drivers: tuple[str, ...]    # the disk drivers its domain's buses need, listed in its initramfs
     install_acpid: bool
 
 
-def check_guest(guest: Remote, disk_map: list[MappedDisk], *, boot: str = "grub", uuid: bool = False,
-                grub_install: bool = False, hvm: bool = False) -> GuestPlan:
+def check_guest(guest: Remote, disk_map: list[MappedDisk], drivers: tuple[str, ...], *, boot: str = "grub",
+                uuid: bool = False, grub_install: bool = False, hvm: bool = False) -> GuestPlan:
     """The facts, shown, then every refusal: `fab prepare` checks all its steps before changing any."""
     found = gather_facts(guest)
     for line in summary(guest.name, found, hvm):
@@ -560,7 +564,7 @@ def check_guest(guest: Remote, disk_map: list[MappedDisk], *, boot: str = "grub"
         boot_plan = check_boot(guest, found, disk_map, boot=boot, grub_install=grub_install)
     kernel_coming = boot_plan is not None and boot_plan.kernel_package is not None
     initramfs_tools = check_initramfs(guest, kernel_coming=kernel_coming)
-    return GuestPlan(found, disk_map, console_plan, fstab_plan, boot_plan, initramfs_tools,
+    return GuestPlan(found, disk_map, console_plan, fstab_plan, boot_plan, initramfs_tools, drivers,
                      check_power_button(guest, found))
 
 
@@ -573,13 +577,13 @@ def apply_guest(guest: Remote, plan: GuestPlan, force: bool = False) -> None:
         apply_fstab(guest, plan.fstab)
         apply_boot(guest, plan.facts, plan.disk_map, plan.fstab, plan.boot)
     apply_power_button(guest, plan.facts, plan.install_acpid)
-    apply_initramfs(guest, plan.initramfs_tools, force)
+    apply_initramfs(guest, plan.initramfs_tools, plan.drivers, force)
 
 
-def prepare_guest(guest: Remote, disk_map: list[MappedDisk], *, boot: str = "grub", uuid: bool = False,
-                  grub_install: bool = False, force: bool = False, hvm: bool = False) -> None:
+def prepare_guest(guest: Remote, disk_map: list[MappedDisk], drivers: tuple[str, ...], *, boot: str = "grub",
+                  uuid: bool = False, grub_install: bool = False, force: bool = False, hvm: bool = False) -> None:
     """All steps: facts, then every check, then every change."""
-    plan = check_guest(guest, disk_map, boot=boot, uuid=uuid, grub_install=grub_install, hvm=hvm)
+    plan = check_guest(guest, disk_map, drivers, boot=boot, uuid=uuid, grub_install=grub_install, hvm=hvm)
     apply_guest(guest, plan, force)
 
 
@@ -673,8 +677,8 @@ def bootloader(c, vm, uuid=True, grub_install=False, dry_run=False):
 @task(help={"vm": VM_HELP, "force": FORCE_HELP, "dry_run": DRY_HELP})
 def initramfs(c, vm, force=False, dry_run=False):
     """List KVM's disk and network drivers in the initramfs and rebuild it when that changed."""
-    model, _, guest = _connect(c, vm, dry_run)
-    apply_initramfs(guest, check_initramfs(guest), force)
+    model, site, guest = _connect(c, vm, dry_run)
+    apply_initramfs(guest, check_initramfs(guest), vmplan.of_vm(site, model).disk_drivers(), force)
     fetch_hint(model)
 
 
@@ -684,7 +688,7 @@ def prepare(c, vm, uuid=True, grub_install=False, force=False, dry_run=False):
     """Every guest step in order; checks all first, and a second run changes nothing."""
     model, site, guest = _connect(c, vm, dry_run)
     plan = vmplan.of_vm(site, model)
-    prepare_guest(guest, plan.disk_map, boot=model.boot, uuid=uuid, grub_install=grub_install, force=force,
+    prepare_guest(guest, plan.disk_map, plan.disk_drivers(), boot=model.boot, uuid=uuid, grub_install=grub_install, force=force,
                   hvm=plan.cfg.hvm)
     fetch_hint(model)
 

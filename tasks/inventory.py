@@ -405,15 +405,7 @@ def _parse_vm(check: _Checker, name: str, raw: Any, hosts: dict[str, Host]) -> V
         raw_disks = []
     guest_address = check.get(data, "guest_address", where, str)
     guest_port = check.get(data, "guest_port", where, int, at_most=MAX_PORT)
-    verify = check.get(data, "verify", where, str, default="ssh" if guest_address else "console",
-                       choices=VERIFY_METHODS)
-    if verify in ("ssh", "port") and not guest_address:
-        check.error(f"{where}.verify", f"{verify} knocks on the guest's address: set guest_address")
-    if verify == "port" and "verify_port" not in data:
-        check.error(f"{where}.verify_port", "is required with verify: port")
-    verify_port = check.get(data, "verify_port", where, int, default=guest_port or 22, at_most=MAX_PORT)
-    boot_timeout = check.get(data, "boot_timeout", where, int, default=DEFAULT_BOOT_TIMEOUT,
-                             at_most=MAX_BOOT_TIMEOUT)
+    proof = _parse_proof(check, data, where, guest_address, guest_port)
     if len(sides) < 2:
         return None
     pair = (sides["xen"], sides["kvm"])
@@ -442,10 +434,23 @@ def _parse_vm(check: _Checker, name: str, raw: Any, hosts: dict[str, Host]) -> V
         machine=check.get(data, "machine", where, str, default="pc"),
         boot=check.get(data, "boot", where, str, default="grub", choices=BOOT_MODES),
         snapshot=check.get(data, "snapshot", where, str, default="lvm", choices=SNAPSHOT_METHODS),
-        verify=verify or "console",
-        verify_port=verify_port,
-        boot_timeout=float(boot_timeout),
+        **proof,
     )
+
+
+def _parse_proof(check: _Checker, data: dict, where: str, guest_address: str | None,
+                 guest_port: int | None) -> dict[str, Any]:
+    """How a start of the VM is proven up: `verify`, `verify_port`, `boot_timeout`."""
+    verify = check.get(data, "verify", where, str, default="ssh" if guest_address else "console",
+                       choices=VERIFY_METHODS)
+    if verify in ("ssh", "port") and not guest_address:
+        check.error(f"{where}.verify", f"{verify} knocks on the guest's address: set guest_address")
+    if verify == "port" and "verify_port" not in data:
+        check.error(f"{where}.verify_port", "is required with verify: port")
+    verify_port = check.get(data, "verify_port", where, int, default=guest_port or 22, at_most=MAX_PORT)
+    boot_timeout = check.get(data, "boot_timeout", where, int, default=DEFAULT_BOOT_TIMEOUT,
+                             at_most=MAX_BOOT_TIMEOUT)
+    return {"verify": verify or "console", "verify_port": verify_port, "boot_timeout": float(boot_timeout)}
 
 
 def _check_unique(check: _Checker, vms: dict[str, VM]) -> None:

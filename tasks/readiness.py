@@ -163,7 +163,7 @@ class Judge:
             return verdicts.not_ready("initramfs", f"`lsinitramfs /boot/initrd.img-{kernel}` failed in the guest "
                                                    f"(exit {listing.exit_code}): no initramfs for {kernel}?",
                                       f"fab guest.initramfs --vm {self.vm.name} --force")
-        missing = verdicts.missing_drivers(listing.stdout, kernel, verdicts.disk_drivers(buses, spec.scsi_model),
+        missing = verdicts.missing_drivers(listing.stdout, kernel, plan.disk_drivers(),
                                            self.in_guest.read_file(f"/boot/config-{kernel}"))
         return verdicts.check_initramfs(self.vm.name, kernel, "/".join(sorted(set(buses))), missing, self.vm.boot)
 

@@ -45,6 +45,13 @@ class VmPlan:
         with reading(self.label):
             return plan_domain_spec(self.cfg, self.disk_map, self.vm)
 
+    def disk_drivers(self) -> tuple[str, ...]:
+        """The modules the guest's initramfs needs to find its disks on KVM, on the buses and SCSI
+        controller its domain gives them."""
+        from .formats.initramfs import disk_drivers
+        spec = self.domain_spec()
+        return disk_drivers([disk.bus or spec.bus for disk in spec.disks], spec.scsi_model)
+
     def converted_cfg(self, console: bool) -> str | None:
         """The dual-boot cfg: disks renamed sda.. (root first), root= follows, an optional Xen
         console; None for an HVM guest's cfg, which stays as it is (HVM_CFG_NOTE)."""

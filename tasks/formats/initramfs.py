@@ -6,13 +6,26 @@ here are always included, whatever MODULES says; update-initramfs must run after
 """
 
 import re
+from typing import Iterable
 
 from tasks.formats.fstab import split_lines
 
 from . import FormatError
 
 KVM_MODULES = ("ata_piix", "ahci", "virtio_blk", "virtio_pci", "virtio_net", "sd_mod")
+# What finds a disk on each bus KVM may give it (IDE and SATA disks are sd* too); SCSI by controller.
+_BUS_DRIVERS = {"ide": ("ata_piix", "sd_mod"), "sata": ("ahci", "sd_mod"), "virtio": ("virtio_blk", "virtio_pci")}
+_SCSI_DRIVERS = {"virtio-scsi": ("virtio_scsi", "virtio_pci", "sd_mod"), "lsilogic": ("sym53c8xx", "sd_mod")}
 _MODULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def disk_drivers(buses: Iterable[str], scsi_model: str) -> tuple[str, ...]:
+    """The modules a guest needs to find its disks on these buses."""
+    drivers: list[str] = []
+    for bus in buses:
+        needed = _SCSI_DRIVERS.get(scsi_model, ()) if bus == "scsi" else _BUS_DRIVERS.get(bus, ())
+        drivers += [d for d in needed if d not in drivers]
+    return tuple(drivers)
 
 
 def _canonical(name: str) -> str:

@@ -145,17 +145,6 @@ DRIVER_CONFIGS = {
     "virtio_blk": "CONFIG_VIRTIO_BLK", "virtio_scsi": "CONFIG_SCSI_VIRTIO", "virtio_pci": "CONFIG_VIRTIO_PCI",
     "sym53c8xx": "CONFIG_SCSI_SYM53C8XX_2",
 }
-_BUS_DRIVERS = {"ide": ("ata_piix", "sd_mod"), "sata": ("ahci", "sd_mod"), "virtio": ("virtio_blk", "virtio_pci")}
-_SCSI_DRIVERS = {"virtio-scsi": ("virtio_scsi", "virtio_pci", "sd_mod"), "lsilogic": ("sym53c8xx", "sd_mod")}
-
-
-def disk_drivers(buses: Iterable[str], scsi_model: str) -> tuple[str, ...]:
-    """The modules a guest needs to find its disks on these buses (IDE and SATA disks are sd* too)."""
-    drivers: list[str] = []
-    for bus in buses:
-        needed = _SCSI_DRIVERS.get(scsi_model, ()) if bus == "scsi" else _BUS_DRIVERS.get(bus, ())
-        drivers += [d for d in needed if d not in drivers]
-    return tuple(drivers)
 
 
 def built_in(config_text: str | None) -> set[str]:

@@ -592,6 +592,9 @@ def check_movable(cfg: XenConfig) -> None:
     for key, what in _NOT_FOR_KVM.items():
         if key in cfg.values:
             raise FormatError(f"{key}= ({what}): not a guest an x86_64 KVM host can run")
+    if cfg.values.get("pci"):
+        raise FormatError("pci= (host PCI devices passed through): the KVM domain would lack them; "
+                          "give it <hostdev> by hand and move it by hand")
     if cfg.kernel and _FOREIGN_KERNEL.search(cfg.kernel):
         raise FormatError(f"kernel {shown(cfg.kernel)} is an ARM or RISC-V image: "
                          f"not a guest an x86_64 KVM host can run")

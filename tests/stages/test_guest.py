@@ -550,8 +550,9 @@ def test_summary_is_readable(capsys):
 
 # -- prepare: lenny ----------------------------------------------------------------------------
 
-def run_prepare(ctx, cfg=LENNY_CFG, **flags):
-    stage.prepare_guest(remote(ctx, flags.pop("dry_run", False)), disk_map(cfg), **flags)
+def run_prepare(ctx, cfg=LENNY_CFG, vm: VM | None = None, **flags):
+    plan = vmplan.plan(cfg, "logger.cfg", vm)
+    stage.prepare_guest(remote(ctx, flags.pop("dry_run", False)), plan.disk_map, plan.disk_drivers(), **flags)
 
 
 def test_prepare_lenny_sends_exactly_these_changes():
@@ -588,6 +589,18 @@ def test_prepare_lenny_sends_exactly_these_changes():
     assert stdin_of(ctx, "debconf-set-selections") == (
         "grub-pc grub-pc/install_devices multiselect \n"
         "grub-pc grub-pc/install_devices_empty boolean true\n")
+
+
+def test_prepare_lists_the_drivers_of_the_scsi_controller_the_domain_gives_its_disks():
+    """An inventory `bus: scsi` puts the disks behind virtio-scsi: without virtio_scsi in the
+    initramfs the guest would not find its root disk on KVM."""
+    vm = VM("logger", "xen1", "kvm1", "/etc/xen/logger.cfg", (
+        ReplicatedDisk("r0", {"xen1": "/dev/drbd5", "kvm1": "/dev/drbd5"}),
+        LocalDisk({"xen1": "/dev/vg_main/logger-swap", "kvm1": "/dev/vg_main/logger-swap"})), bus="scsi")
+    ctx = lenny()
+    run_prepare(ctx, vm=vm)
+    assert written(ctx)["/etc/initramfs-tools/modules"].endswith(
+        "ata_piix\nahci\nvirtio_blk\nvirtio_pci\nvirtio_net\nsd_mod\nvirtio_scsi\n")
 
 
 def test_prepare_lenny_second_run_changes_nothing(capsys):

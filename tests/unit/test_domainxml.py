@@ -213,6 +213,10 @@ def test_libvirt_itself_defines_every_variant(tmp_path):
 
 # --- 3. corpus: libvirt's own XML for real Xen configs is the oracle ------------------------
 
+PCI_HOSTDEV = "devices/hostdev[@type='pci']"   # libvirt's reading of a cfg's pci= list
+PCI_REFUSED = r"^pci= \(host PCI devices passed through\): the KVM domain would lack them"
+
+
 def corpus_cases(kind: str) -> list[str]:
     """Case names at collection time, when fixtures are not there yet (the `corpus` one's path)."""
     folder = REPO.parent / "shared" / "corpus" / f"libvirt-{kind}config"
@@ -229,6 +233,10 @@ def test_corpus_config_plans_like_libvirt(kind, case, corpus, schema_dirs):
     if not oracle.xpath("devices/disk[@device='disk']") or not macs:
         pytest.skip("no disk or no vif with a MAC")
     cfg = parse_xen_cfg((folder / f"{case}.cfg").read_text())
+    if oracle.xpath(PCI_HOSTDEV):
+        with pytest.raises(ValueError, match=PCI_REFUSED):
+            plan_disk_map(cfg)
+        return
     if oracle.xpath("devices/disk[@device='disk'][@type='network']"):
         with pytest.raises(ValueError, match=r"^disk hdb: 'rbd:.* is not an absolute path"):
             plan_disk_map(cfg)
@@ -567,6 +575,10 @@ def test_corpus_hvm_guest_keeps_its_disk_buses_and_nic_models_as_libvirt_reads_t
     cfg = parse_xen_cfg((folder / f"{case}.cfg").read_text())
     models = [m if m != "netfront" else "rtl8139" for m in
               (n.xpath("string(model/@type)") or "rtl8139" for n in oracle.iterfind("devices/interface"))]
+    if oracle.xpath(PCI_HOSTDEV):
+        with pytest.raises(ValueError, match=PCI_REFUSED):
+            plan_disk_map(cfg)
+        return
     if "fakemodel" in models:
         with pytest.raises(ValueError, match=r"^vif 0: model=fakemodel is not a NIC qemu emulates"):
             plan_domain_spec(cfg, plan_disk_map(cfg))

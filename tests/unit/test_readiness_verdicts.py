@@ -14,6 +14,7 @@ from tasks.errors import ToolError
 from tasks.formats import FormatError
 from tasks.formats import readiness as v
 from tasks.formats.domainxml import render_domain_xml
+from tasks.formats.initramfs import disk_drivers
 from tasks.inventory import load_inventory
 from tests.seed import SEED_CFG
 
@@ -84,7 +85,7 @@ usr/lib/modules/6.1.0-13-amd64/kernel/drivers/block/xen-blkfront.ko
     (["ide"], "virtio-scsi", "6.1.0-14-amd64", None, ["ata_piix", "sd_mod"]),   # an initrd of the old kernel
 ])
 def test_missing_drivers(buses, scsi_model, version, config, missing):
-    assert v.missing_drivers(INITRAMFS, version, v.disk_drivers(buses, scsi_model), config) == missing
+    assert v.missing_drivers(INITRAMFS, version, disk_drivers(buses, scsi_model), config) == missing
 
 
 def test_capacity_verdict_carries_the_shortfall():

@@ -165,6 +165,9 @@ TABLE: list[Row] = [
     *both("own/riscv-xl.cfg", refused(f"kernel /srv/riscv64/vmlinux-6.6 is an ARM or RISC-V image: {NOT_X86}")),
     *both("own/hvm-xm-iomem.cfg", refused(f"iomem= (host I/O memory passed through): {NOT_X86}")),
     *both("own/pv-xl-irqs.cfg", refused(f"irqs= (host interrupts passed through): {NOT_X86}")),
+    *both("own/hvm-xl-pci.cfg", refused("pci= (host PCI devices passed through): the KVM domain would lack them; "
+                                        "give it <hostdev> by hand and move it by hand")),
+    Row("own/pv-xm-pci-empty.cfg", "convert", converted({"xvda2": "sda", "xvda1": "sdb"})),
 
     # --- 4. what the path is decides the disk type, not the prefix -----------------------------
     Row("own/pv-xm-phy-file.cfg", "convert", converted({"xvda2": "sda", "xvda1": "sdb"})),
@@ -318,6 +321,7 @@ def table_row(cfg: str, task: str) -> Row:
     ("wild/22-rumprun-domain-config.cfg", "render"),
     ("own/pv-xm-2vifs-nomac.cfg", "render"),
     ("own/hvm-xl-nic-unknown.cfg", "render"),
+    ("own/hvm-xl-pci.cfg", "render"),
 ])
 def test_fab_refuses_in_one_line_with_exit_2(cfg, task):
     if cfg.startswith("wild/"):
