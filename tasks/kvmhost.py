@@ -20,7 +20,6 @@ from invoke import Collection
 from . import drbd, hypervisors, inventory, rehearsals, vmplan
 from .cli import task
 from .errors import GuardError, InputError, ToolError, shown
-from .formats.domainxml import BOOT_DIR, console_log
 from .formats.readiness import parse_kernel_banner
 from .hypervisors import DEFAULT_SHUTDOWN_TIMEOUT, KvmHost
 from .inventory import VM, Inventory, ReplicatedDisk
@@ -155,12 +154,14 @@ def rehearsal_sources(vm: VM, spec) -> list[str]:
 
 def booted_kernel(remote: Remote, name: str) -> str | None:
     """The kernel version the domain's serial console announced at boot (`Linux version ...`), if any."""
+    from .formats.domainxml import console_log
     banner = remote.probe(["grep", "-m", "1", "-o", "-E", "Linux version [^ ]+", console_log(name)])
     return parse_kernel_banner(banner.stdout) if banner.ok else None
 
 
 def console_shows_login(remote: Remote, name: str) -> bool:
     """Whether the domain's serial console has printed a login prompt (getty is up: it booted)."""
+    from .formats.domainxml import console_log
     return remote.probe(["grep", "-q", "-E", LOGIN_PROMPT, console_log(name)]).ok
 
 
@@ -172,6 +173,7 @@ def rehearse_vm(site, inv: Inventory, vm: VM, *, seconds: float = 20.0, method: 
     serial console shows a login prompt (within `seconds`). Returns the kernel that booted, as
     its console announced it, else the direct-kernel copy's version; None when unknown.
     """
+    from .formats.domainxml import console_log
     kvm = hypervisors.kvm(site, vm.kvm_host)
     host, remote = kvm.host, kvm.remote
     spec = vmplan.of_vm(site, vm, kvm_devices=True).domain_spec()
@@ -275,6 +277,7 @@ class BootFile:
 
 
 def boot_dir(vm_name: str) -> str:
+    from .formats.domainxml import BOOT_DIR
     return f"{BOOT_DIR}/{vm_name}"
 
 

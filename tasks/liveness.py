@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 
 from . import hypervisors
 from .errors import GuardError, ToolError
-from .formats.domainxml import console_log
 from .hypervisors import wait_until
 from .inventory import VM
 from .output import log
@@ -53,6 +52,7 @@ _CONSOLE_SINCE = ('size=$(stat -c %s -- "$1" 2>/dev/null) || exit 66; from=$2; '
 
 def console_path(side: str, name: str) -> str:
     """The guest's console as its host keeps it: libvirt's serial log, or xenconsoled's guest log."""
+    from .formats.domainxml import console_log  # loaded when needed: `fab --list` stays quick
     return console_log(name) if side == "kvm" else f"{XEN_CONSOLE_DIR}/guest-{name}.log"
 
 
