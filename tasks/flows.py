@@ -85,6 +85,7 @@ class Ctx:
     timeline: Timeline = field(default_factory=Timeline)   # the move's moments, for its downtime
     restarted: str = ""                 # how the undo's restart went, for the run's last line
     restarted_up: bool | None = None    # whether the guest the undo started again proved itself up
+    panicked_on: str | None = None      # the side whose console showed the guest's kernel panic
 
     @property
     def interruption(self) -> Interruption:
@@ -110,6 +111,16 @@ class Ctx:
         the run's --verify and --boot-timeout."""
         return Proof(self.site, self.vm, side, self.proving.verify or self.vm.verify, self.vm.verify_port,
                      self.proving.boot_timeout or self.vm.boot_timeout)
+
+    def stop_in_undo(self, side: str) -> None:
+        """The undo's stop: a graceful shutdown within rollback_timeout, then destroy; where the
+        guest's kernel panicked, destroy at once (it ignores the request and has nothing left to
+        write: waiting would only add the grace to its downtime)."""
+        if self.panicked_on == side:
+            log.info(f"* {self.vm.host_for(side)}: {self.vm.name}'s kernel panicked there: destroying it at once")
+            self.hypervisor(side).destroy(self.vm.name)
+            return
+        self.stop(side, self.rollback_timeout, force=True)
 
     def stop(self, side: str, timeout: float, force: bool) -> None:
         self.hypervisor(side).shutdown(self.vm.name, timeout=timeout, force=force,
@@ -248,6 +259,8 @@ def _prove_up(ctx: Ctx, proof: Proof) -> None:
     up = proof.wait(ctx.interruption)
     if up is None:
         saved = proof.save_console(ctx.consoles)
+        if proof.panicked:
+            ctx.panicked_on = proof.side
         raise NotUp(proof.failure() + (f"; its console: {saved}" if saved else ""))
     ctx.timeline.up = up
     started = ctx.timeline.start_sent or up

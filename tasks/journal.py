@@ -260,7 +260,7 @@ def _undefine(ctx: Ctx, undo: dict) -> None:
 
 UNDO_OPS: dict[str, Callable[[Ctx, dict], None]] = {
     "start": _start,
-    "stop": lambda ctx, undo: ctx.stop(undo["side"], ctx.rollback_timeout, force=True),
+    "stop": lambda ctx, undo: ctx.stop_in_undo(undo["side"]),
     "primary": lambda ctx, undo: ctx.promote(undo["side"]),
     "secondary": _demote,
     "undefine": _undefine,

@@ -37,6 +37,7 @@ XEN_CONSOLE_DIR = "/var/log/xen/console"
 XENCOMMONS = ("/etc/default/xencommons", "/etc/sysconfig/xencommons")
 TRACE_SETTING = f"XENCONSOLED_TRACE=guest in {XENCOMMONS[0]} (then restart xenconsoled)"
 LOGIN_PROMPT = re.compile(r"login: *\r?$", re.M)   # getty's prompt: the guest booted to user space
+KERNEL_PANIC = re.compile(r"Kernel panic - not syncing")   # the kernel stopped: nothing left to flush
 SSH_BANNER = b"SSH-"
 BOOT_POLL = 1.0            # seconds between two looks at a booting guest
 CONSOLE_KEPT = 64 * 1024   # characters of new console output kept for the search and the saved tail
@@ -233,6 +234,11 @@ class Proof:
             if self.side == "xen":
                 missing += f" (xenconsoled writes it only with {TRACE_SETTING})"
         return f"not up on {self.host} within {self.timeout:.0f}s ({missing})"
+
+    @property
+    def panicked(self) -> bool:
+        """Whether the console read since this start shows the kernel's panic."""
+        return KERNEL_PANIC.search(self.console_text) is not None
 
     def save_console(self, directory: Path | None) -> Path | None:
         """The console's last lines since this start, kept on the control machine (the undo may

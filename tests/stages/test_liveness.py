@@ -88,6 +88,22 @@ def test_not_up_on_kvm_falls_back_and_the_guest_answers_on_xen_again(world):
     assert not any(e["kind"] == "downtime" for e in audit(world)), "a fall-back is no move"
 
 
+def test_a_guest_whose_kernel_panicked_is_destroyed_at_once_in_the_fall_back(world):
+    """Proven by ssh, the console is still read when it does not answer: a panic there means no
+    graceful shutdown can work, so the fall-back does not wait out its grace."""
+    world.shared.unbootable = {"kvm1"}
+    world.shared.console["logger"] = "SeaBIOS\r\n" + PANIC
+    outcome = move(world, "kvm")
+    assert not outcome.ok and world.where() == ON_XEN and world.shared.violations == []
+    assert world.changes()[len(TO_KVM):] == [
+        "kvm1: virsh -c qemu:///system destroy logger",
+        "kvm1: drbdadm secondary logger-system logger-var",
+        "xen1: drbdadm primary logger-system logger-var",
+        "xen1: xl create /etc/xen/auto/logger.cfg",
+        "kvm1: virsh -c qemu:///system undefine logger",
+    ]
+
+
 def test_not_up_by_console_keeps_its_last_lines_on_the_control_machine(world):
     xenconsoled_logs_guests(world)
     world.shared.console["logger"] = "SeaBIOS\r\n" + PANIC
