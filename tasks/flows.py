@@ -212,8 +212,8 @@ def plan_move(ctx: Ctx, target_side: str, xml: str | None, kvm_state: str) -> li
                           functools.partial(localdisk.format_swap, target.remote, swap)))
     established = Established()
     on_source, on_target = ctx.proof(source_side), ctx.proof(target_side)
-    if on_target.method == "console":
-        on_target.mark_console()   # before the guest stops: its console does not grow meanwhile
+    on_target.mark_console()   # before the guest stops (its console does not grow meanwhile); any verify
+    # reads it: a panic after this start ends the wait, and the fall-back destroys at once
 
     def stop_source() -> None:
         ctx.timeline.last_answer = on_source.last_answer()

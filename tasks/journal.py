@@ -237,8 +237,7 @@ def _start(ctx: Ctx, undo: dict) -> None:
                 f"requested: it ignored the request ... ok")
             return
     proof = ctx.proof(side)
-    if proof.method == "console":
-        proof.mark_console()
+    proof.mark_console()
 
     def start_and_prove() -> None:
         ctx.launch(side)

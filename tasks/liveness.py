@@ -14,6 +14,7 @@ tool's own share: demote, promote, the start guard) and the boot.
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ LOGIN_PROMPT = re.compile(r"login: *\r?$", re.M)   # getty's prompt: the guest b
 KERNEL_PANIC = re.compile(r"Kernel panic - not syncing")   # the kernel stopped: nothing left to flush
 SSH_BANNER = b"SSH-"
 BOOT_POLL = 1.0            # seconds between two looks at a booting guest
+PANIC_LOOK_EVERY = 5       # looks between two reads of the console when the proof is no console
 CONSOLE_KEPT = 64 * 1024   # characters of new console output kept for the search and the saved tail
 SAVED_LINES = 60           # console lines kept on the control machine when a guest does not come up
 # `$1` the console log, `$2` the bytes already read: prints the log's size on a line, then what
@@ -201,6 +203,14 @@ class Proof:
             return self.site.guest_answers(self.vm, self.port, SSH_BANNER if self.method == "ssh" else b"")
         return hypervisors.on(self.site, self.host).running(self.vm.name)
 
+    def peek_console(self) -> None:
+        """A look at the console while another kind of proof is awaited (a panic there ends the
+        wait); a host that does not answer it leaves the wait to its own look."""
+        try:
+            self.read_console()
+        except ToolError as exc:
+            log.debug(f"  {self.host}: {self.vm.name}'s console not read: {exc}")
+
     def last_answer(self) -> float:
         """Right before the shutdown: when the guest last answered. By console (or none) that is
         now, as the shutdown's own listing sees the domain run; a knock that finds no answer
@@ -214,11 +224,14 @@ class Proof:
         """Look until the guest answers (the moment it first did) or boot_timeout passes (None);
         a progress line every 10 s; a stop request ends it, except inside an undo."""
         answered: list[float] = []
+        looks = itertools.count()
 
         def up(_max_age: float) -> bool:
             if self.answers():
                 answered.append(time.monotonic())
-            return bool(answered)
+            elif self.method != "console" and next(looks) % PANIC_LOOK_EVERY == 0:
+                self.peek_console()
+            return bool(answered) or self.panicked
 
         wait_until(up, self.timeout, BOOT_POLL, f"{self.host}: waiting for {self.vm.name} to show {self.what()}",
                    interruption)
@@ -226,6 +239,8 @@ class Proof:
 
     def failure(self) -> str:
         """Why the guest does not count as up, in a few words."""
+        if self.panicked:
+            return f"not up on {self.host}: its kernel panicked"
         address = f"{self.vm.guest_address}:{self.port}"
         missing = {"console": "no login prompt on its console", "ssh": f"no sshd banner on {address}",
                    "port": f"no answer on {address}", "none": "its domain does not run"}[self.method]

@@ -104,6 +104,25 @@ def test_a_guest_whose_kernel_panicked_is_destroyed_at_once_in_the_fall_back(wor
     ]
 
 
+def test_a_panic_on_the_console_ends_the_wait_for_sshd_at_the_first_look_there(world):
+    world.shared.unbootable = {"kvm1"}
+    world.shared.console["logger"] = "SeaBIOS\r\n" + PANIC
+    outcome = move(world, "kvm", boot_timeout=600)
+    assert "logger: not up on kvm1: its kernel panicked; its console: " in outcome.message
+    assert world.shared.knocks.count("192.0.2.50:22 silent") == 1, "one knock, one look at the console, done"
+    assert world.where() == ON_XEN
+
+
+def test_a_panic_the_console_showed_before_this_start_does_not_count(world):
+    world.shared.unbootable = {"kvm1"}
+    world.shared.files[("kvm1", KVM_CONSOLE)] = PANIC   # an earlier, failed boot: the log is appended to
+    world.shared.console["logger"] = "SeaBIOS\r\n"
+    outcome = move(world, "kvm")
+    assert "not up on kvm1 within 0s (no sshd banner on 192.0.2.50:22)" in outcome.message
+    assert "kvm1: virsh -c qemu:///system shutdown logger" in world.changes()
+    assert "kvm1: virsh -c qemu:///system destroy logger" not in world.changes()
+
+
 def test_not_up_by_console_keeps_its_last_lines_on_the_control_machine(world):
     xenconsoled_logs_guests(world)
     world.shared.console["logger"] = "SeaBIOS\r\n" + PANIC
@@ -187,7 +206,7 @@ def test_console_proof_on_xen_reads_xenconsoleds_guest_log_after_this_start(worl
     world.shared.xen_console["logger"] = PANIC
     outcome = move(world, "xen", verify="console")
     assert not outcome.ok and world.where() == ON_KVM
-    assert "not up on xen1 within 0s (no login prompt on its console)" in outcome.message
+    assert "not up on xen1: its kernel panicked; its console: " in outcome.message
     world.shared.xen_console["logger"] = XEN_BOOTED
     assert move(world, "xen", verify="console").ok and world.where() == ON_XEN
 
