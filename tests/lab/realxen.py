@@ -20,8 +20,10 @@ disk is ever open on both sides.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import socketserver
 import subprocess
 import sys
@@ -30,7 +32,7 @@ import time
 from pathlib import Path
 
 from . import HOSTS, REPO, RESOURCES, SWAP, SWITCH_BRIDGE, SWITCH_NS, VM_PREFIX, vms
-from .spaces import LabError, run
+from .spaces import LabError, kill, run
 
 IMAGE = vms.ImageSpec("xen", packages=("xen-hypervisor-4.17-amd64", "xen-utils-4.17", "bridge-utils", "lvm2"),
                       hypervisor=True)
@@ -136,6 +138,12 @@ def start(log=print) -> vms.Vm:
     return xen
 
 
+def stop() -> None:
+    """The VM, its relay and its switch gone (a lab reset leaves them; this does not)."""
+    kill(vms.vm_pids([NETNS]))
+    run(["ip", "netns", "delete", NETNS], check=False)
+
+
 def _network_up() -> None:
     """The VM's own switch, with the relay's address, and the relay on it."""
     if Path("/run/netns", NETNS).exists():
@@ -150,6 +158,31 @@ def _network_up() -> None:
                      cwd=REPO, stdout=log.open("a"), stderr=subprocess.STDOUT,
                      stdin=subprocess.DEVNULL, start_new_session=True,
                      env={**os.environ, vms.VM_MARKER: str(vms.WORK)})
+
+
+def boot_guest(image_name: str, log=print) -> None:
+    """`up`'s last step with a real Xen: the VM (booted once) on the lab's new switch, xen1's
+    disks attached, and the guest started as its operator would, from xen-tools' cfg."""
+    from . import config, image
+
+    xen = vm() if running() else start(log)
+    link_to_switch()
+    reconcile(switching=False)
+    cfg = config.real_xen_cfg(image.real_guest(image_name).cfg.read_text())
+    cfg = re.sub(r"^memory\s*=.*$", f"memory = '{DOMU_MEMORY}'", cfg, count=1, flags=re.M)
+    xen.ssh(["sh", "-c", 'cat >"$1"', "sh", config.XEN_CFG], input=cfg, check=True)
+    # dom0's drbdadm makes the device nodes of what is attached
+    xen.ssh(["sh", "-c", 'drbdadm status >/dev/null && xl create -q "$1"', "sh", config.XEN_CFG], check=True,
+            timeout=300)
+
+
+def release() -> None:
+    """Before a lab reset replaces the disk files: no domain, no lab disk in the VM, no cfg."""
+    xen = vm()
+    xen.ssh(["sh", "-c", "xl list | awk 'NR > 2 { print $1 }' | xargs -r -n 1 xl destroy; "
+                         "rm -f /etc/xen/auto/* /var/log/xen/console/guest-*.log " + " ".join(NODES)], timeout=120)
+    for lun in sorted(_attached(xen)):
+        detach(xen, lun)
 
 
 def link_to_switch() -> None:
@@ -210,16 +243,41 @@ def wanted_luns() -> set[int]:
                          == model.PRIMARY}
 
 
-def reconcile() -> set[int]:
-    """Attach and detach the VM's disks to match xen1's roles; the LUNs attached."""
+def reconcile(switching: bool = True) -> set[int]:
+    """Attach and detach the VM's disks to match xen1's roles; the LUNs attached.
+
+    When a drbdadm call moved a resource (`switching`), DRBD's other promise is checked, the
+    same bytes on both: the image file as the Xen VM leaves or finds it (qemu has closed it)
+    against what kvm1 reads from its device of the resource, recorded in SWITCHES."""
     xen = vm()
     files = _disk_files()
     want, have = wanted_luns(), _attached(xen)
     for lun in sorted(have - want):
         detach(xen, lun)
+        if switching and lun != SWAP_LUN:
+            _record_switch("to kvm", lun, files[lun])
     for lun in sorted(want - have):
+        if switching and lun != SWAP_LUN:
+            _record_switch("to xen", lun, files[lun])
         attach(xen, lun, files[lun])
     return want
+
+
+SWITCHES = vms.WORK / "realxen-switches.jsonl"
+
+
+def _record_switch(direction: str, lun: int, path: Path) -> None:
+    from . import control
+
+    digest = hashlib.sha256()
+    with path.open("rb") as image_file:
+        for block in iter(lambda: image_file.read(1 << 20), b""):
+            digest.update(block)
+    kvm = next(name for name, spec in HOSTS.items() if spec["role"] == "kvm")
+    seen = control.exec_(kvm, ["sha256sum", f"/dev/drbd{lun}"], capture_output=True, text=True, timeout=300)
+    with SWITCHES.open("a") as log:
+        log.write(json.dumps({"direction": direction, "device": f"/dev/drbd{lun}", "xen": digest.hexdigest(),
+                              kvm: seen.stdout.split()[0] if seen.returncode == 0 else seen.stderr.strip()}) + "\n")
 
 
 def drbdadm(argv: list[str], held: list[str]) -> dict:
@@ -227,7 +285,7 @@ def drbdadm(argv: list[str], held: list[str]) -> dict:
     held there too: the relay keeps xen1's node of it open meanwhile), then the disks follow."""
     from . import control
 
-    loops = control._load()["loops"][XEN_HOST]
+    loops = control.loops(XEN_HOST)
     minors = {f"/dev/drbd{r['minor']}": r["resource"] for r in RESOURCES}
     holders = [os.open(loops[minors[path]], os.O_RDONLY) for path in held if path in minors]
     try:

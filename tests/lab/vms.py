@@ -471,10 +471,11 @@ def stop(vm: Vm) -> None:
         kill({pid})
 
 
-def vm_pids() -> set[int]:
-    """Every qemu of the VMs: marked ones, and any inside a VM network namespace."""
+def vm_pids(namespaces: list[str] | None = None) -> set[int]:
+    """Every qemu of the VMs: marked ones, and any inside a VM network namespace (or only those
+    inside the given ones)."""
     inodes = set()
-    for name in vm_netns_names():
+    for name in vm_netns_names() if namespaces is None else namespaces:
         try:
             inodes.add(os.stat(f"/run/netns/{name}").st_ino)
         except OSError:
@@ -484,7 +485,7 @@ def vm_pids() -> set[int]:
         if not entry.isdigit():
             continue
         try:
-            if os.stat(f"/proc/{entry}/ns/net").st_ino in inodes or \
+            if os.stat(f"/proc/{entry}/ns/net").st_ino in inodes or namespaces is None and \
                     f"{VM_MARKER}={WORK}".encode() in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
                 found.add(int(entry))
         except OSError:
