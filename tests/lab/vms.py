@@ -165,17 +165,14 @@ def cached_image(spec: ImageSpec) -> Image | None:
     image = _image(spec, meta)
     if meta.get("digest") != _digest(spec.key(apt_mirror())):
         return None
-    return image if all(p.is_file() for p in (image.root, image.kernel, image.initrd, *_hypervisor(image))) \
-        else None
+    files = [image.root, image.kernel, image.initrd] + ([image.hypervisor] if image.hypervisor else [])
+    return image if all(p.is_file() for p in files) else None
 
 
 def _image(spec: ImageSpec, meta: dict) -> Image:
     return Image(spec.dir / "root.img", spec.dir / "vmlinuz", spec.dir / "initrd.img", meta,
                  spec.dir / "xen.elf" if spec.hypervisor else None)
 
-
-def _hypervisor(image: Image) -> list[Path]:
-    return [image.hypervisor] if image.hypervisor else []
 
 
 def ensure_image(spec: ImageSpec, log=print) -> Image:
@@ -308,7 +305,8 @@ class Vm:
     def ssh_argv(self, argv: list[str]) -> list[str]:
         """argv run in the VM over SSH, by the same way in as the tool's (its ProxyCommand)."""
         return ["ssh", "-q", "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={KNOWN_HOSTS}",
-                "-o", "StrictHostKeyChecking=yes", "-o", f"ProxyCommand={proxy_command(self.spec.address, self.spec.netns)}",
+                "-o", "StrictHostKeyChecking=yes",
+                "-o", f"ProxyCommand={proxy_command(self.spec.address, self.spec.netns)}",
                 "-o", "ConnectTimeout=10", "-i", str(CLIENT_KEY), f"root@{self.name}", "--", shlex.join(argv)]
 
     def ssh(self, argv: list[str], *, check: bool = False, timeout: float = 120,
