@@ -93,6 +93,10 @@ def test_xen_tools_guest_under_real_xen_to_kvm_and_back(real_xen, tmp_path, imag
     ok(dom0(["xl", "create", "-q", XEN_CFG], timeout=300))
     on_xen = wait_for_xen_login(since, started)
     ok(ssh("echo written-on-xen > /root/e2e-xen; sync"))
+    # DRBD's refusal under a running domain, as dom0's drbdadm meets it (blkback holds the device)
+    refused = dom0(["drbdadm", "secondary", "logger-system"])
+    assert refused.returncode == 11 and "(-12) Device is held open by someone" in refused.stderr, refused
+    assert roles(lab) == {r: ("Primary", "Secondary") for r in RESOURCES}
 
     switched = len(switches(0))
     since, started = console_size(lab), time.monotonic()

@@ -202,8 +202,8 @@ def _disk_files() -> dict[int, Path]:
 
 
 def _attached(xen: vms.Vm) -> set[int]:
-    blocks = xen.qmp("query-block")["return"]
-    return {int(b["qdev"].rsplit("lun", 1)[1]) for b in blocks if "/lab-lun" in b.get("qdev", "")}
+    found = (re.search(r"lab-lun(\d+)$", block.get("qdev", "")) for block in xen.qmp("query-block")["return"])
+    return {int(match[1]) for match in found if match}
 
 
 def attach(xen: vms.Vm, lun: int, path: Path) -> None:
