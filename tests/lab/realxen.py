@@ -31,6 +31,8 @@ import threading
 import time
 from pathlib import Path
 
+from tasks.formats.bootloader import NIC_NAMES
+
 from . import HOSTS, REPO, RESOURCES, SWAP, SWITCH_BRIDGE, SWITCH_NS, VM_PREFIX, vms
 from .spaces import LabError, kill, run
 
@@ -170,6 +172,9 @@ def boot_guest(image_name: str, log=print) -> None:
     reconcile(switching=False)
     cfg = config.real_xen_cfg(image.real_guest(image_name).cfg.read_text())
     cfg = re.sub(r"^memory\s*=.*$", f"memory = '{DOMU_MEMORY}'", cfg, count=1, flags=re.M)
+    # Without it the guest has no network under Xen: systemd 252 renames netfront's eth0 to enX0
+    # and xen-tools' interfaces file configures eth0 (an operator's fix, the one the tool makes)
+    cfg += f"extra = '{NIC_NAMES}'\n"
     xen.ssh(["sh", "-c", 'cat >"$1"', "sh", config.XEN_CFG], input=cfg, check=True)
     # dom0's drbdadm makes the device nodes of what is attached
     xen.ssh(["sh", "-c", 'drbdadm status >/dev/null && xl create -q "$1"', "sh", config.XEN_CFG], check=True,
