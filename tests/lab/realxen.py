@@ -148,13 +148,9 @@ def stop() -> None:
 
 def _network_up() -> None:
     """The VM's own switch, with the relay's address, and the relay on it."""
-    if Path("/run/netns", NETNS).exists():
+    if not vms.switch_up(NETNS, BRIDGE, RELAY_ADDRESS):
         return
-    run(["ip", "netns", "add", NETNS])
-    for argv in (["link", "set", "lo", "up"], ["link", "add", BRIDGE, "type", "bridge", "forward_delay", "0"],
-                 ["addr", "add", f"{RELAY_ADDRESS}/24", "dev", BRIDGE], ["link", "set", BRIDGE, "up"]):
-        run(["ip", "-n", NETNS, *argv])
-    log = (vms.VM_WORK / "relay.log")
+    log = vms.VM_WORK / "relay.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     subprocess.Popen(["ip", "netns", "exec", NETNS, sys.executable, "-m", "tests.lab.realxen", "relay"],
                      cwd=REPO, stdout=log.open("a"), stderr=subprocess.STDOUT,

@@ -343,13 +343,15 @@ class Vm:
         return pid if alive(pid) else None
 
 
-def _network_up() -> None:
-    if Path("/run/netns", NETNS).exists():
-        return
-    run(["ip", "netns", "add", NETNS])
-    for argv in (["link", "set", "lo", "up"], ["link", "add", BRIDGE, "type", "bridge", "forward_delay", "0"],
-                 ["addr", "add", f"{SWITCH_ADDRESS}/24", "dev", BRIDGE], ["link", "set", BRIDGE, "up"]):
-        run(["ip", "-n", NETNS, *argv])
+def switch_up(netns: str, bridge: str, address: str) -> bool:
+    """A namespace whose bridge has `address`/24: a switch for VMs' taps. False if it was there."""
+    if Path("/run/netns", netns).exists():
+        return False
+    run(["ip", "netns", "add", netns])
+    for argv in (["link", "set", "lo", "up"], ["link", "add", bridge, "type", "bridge", "forward_delay", "0"],
+                 ["addr", "add", f"{address}/24", "dev", bridge], ["link", "set", bridge, "up"]):
+        run(["ip", "-n", netns, *argv])
+    return True
 
 
 def _host_key(name: str) -> Path:
@@ -452,7 +454,7 @@ def start(specs: list[VmSpec], log=print, timeout: float = 180) -> dict[str, Vm]
     if os.geteuid() != 0:
         raise LabError("lab VMs need root (network namespaces, taps, debugfs on images)")
     images = {s.image: ensure_image(s.image, log) for s in specs}
-    _network_up()
+    switch_up(NETNS, BRIDGE, SWITCH_ADDRESS)
     _write_known_hosts(specs)
     started = time.monotonic()
     running = {s.name: _boot(s, images[s.image], i) for i, s in enumerate(specs)}

@@ -1,6 +1,7 @@
 """The real Xen host's lab plumbing that runs without the VM: its qemu command line and the
 inventory that names it (tests/lab/realxen.py; the VM itself: tests/e2e/test_real_xen.py)."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ def test_an_image_without_a_hypervisor_boots_its_kernel():
 def test_with_a_real_xen_the_inventory_names_the_vm_as_xen1():
     hosts = yaml.safe_load(config.inventory(config.Settings(image="systemd", xen="real")))["hosts"]
     assert (hosts["xen1"]["address"], hosts["xen1"]["known_hosts"]) == (realxen.ADDRESS, str(vms.KNOWN_HOSTS))
-    assert hosts["xen1"]["proxy_command"].endswith(f" netns exec {SWITCH_NS} {vms.shutil.which('nc')} "
+    assert hosts["xen1"]["proxy_command"].endswith(f" netns exec {SWITCH_NS} {shutil.which('nc')} "
                                                    f"{realxen.ADDRESS} 22")
     simulated = yaml.safe_load(config.inventory(config.Settings(image="systemd")))["hosts"]
     assert simulated["kvm1"] == hosts["kvm1"]
