@@ -50,9 +50,9 @@ class Lab:
         sim.clear_faults(str(STATE_DIR))
 
     def reset(self, drbd_style: str = "9", toolstack: str = "xl", shutdown_delay: float = 1.0, fleet: int = 0,
-              image: str = "minbase") -> None:
+              image: str = "minbase", xen: str = "sim") -> None:
         control.reset(Settings(drbd_style=drbd_style, toolstack=toolstack, shutdown_delay=shutdown_delay,
-                               fleet=fleet, image=image))
+                               fleet=fleet, image=image, xen=xen))
 
     def up(self, **settings) -> None:
         control.up(Settings(**settings))

@@ -29,6 +29,8 @@ def _settings_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", choices=IMAGES,
                         help="the guest: minbase (default), or a real xen-create-image guest (systemd, "
                              "sysvinit) that kvm1 boots under qemu")
+    parser.add_argument("--xen", choices=("sim", "real"),
+                        help="xen1: the xl simulator (default), or real Xen 4.17 in a qemu VM (a real guest)")
 
 
 def _settings(args, base):
@@ -36,7 +38,7 @@ def _settings(args, base):
 
     given = {k: v for k, v in (("drbd_style", args.drbd_style), ("toolstack", args.toolstack),
                                ("shutdown_delay", args.shutdown_delay), ("fleet", args.fleet),
-                               ("image", args.image)) if v is not None}
+                               ("image", args.image), ("xen", args.xen)) if v is not None}
     return Settings(**{**base.as_dict(), **given})
 
 

@@ -47,6 +47,7 @@ class Settings:
     shutdown_delay: float = 1.0
     fleet: int = 0             # light VMs beside the guest (fleet01...)
     image: str = "minbase"     # the guest: see IMAGES
+    xen: str = "sim"           # xen1: the xl simulator, or "real": Xen 4.17 in a TCG VM (realxen.py)
 
     @property
     def real_guest(self) -> bool:
@@ -62,6 +63,10 @@ class Settings:
             raise ValueError(f"shutdown delay must not be negative, got {self.shutdown_delay}")
         if self.image not in IMAGES:
             raise ValueError(f"image must be one of {', '.join(IMAGES)}, got {self.image!r}")
+        if self.xen not in ("sim", "real"):
+            raise ValueError(f"xen must be sim or real, got {self.xen!r}")
+        if self.xen == "real" and not self.real_guest:
+            raise ValueError("a real Xen boots a real guest: image systemd or sysvinit")
         if not 0 <= self.fleet <= FLEET_MAX:
             raise ValueError(f"fleet must be 0 to {FLEET_MAX} VMs, got {self.fleet}")
 
@@ -243,6 +248,11 @@ def inventory(settings: Settings) -> str:
         entry.update({"toolstack": settings.toolstack} if spec["role"] == "xen" else
                      {"libvirt_uri": "qemu:///system", "max_starts": KVM_MAX_STARTS})
         entry.update(keys, proxy_command=proxy_command(spec["address"]))
+        if spec["role"] == "xen" and settings.xen == "real":
+            from . import realxen, vms
+
+            entry.update(address=realxen.ADDRESS, known_hosts=str(vms.KNOWN_HOSTS),
+                         proxy_command=proxy_command(realxen.ADDRESS))
         hosts[name] = entry
     disks = [{"resource": r["resource"], "device": f"/dev/drbd{r['minor']}",
               "backing": f"/dev/vg_main/{r['resource']}", "meta_disk": "internal",
@@ -275,5 +285,5 @@ def inventory(settings: Settings) -> str:
     header = ("# The local lab's inventory, written by `python -m tests.lab up` and `reset`\n"
               "# (absolute paths of this checkout; do not edit). Settings: "
               f"drbd {settings.drbd_style}, toolstack {settings.toolstack}, fleet {settings.fleet}, "
-              f"image {settings.image}.\n")
+              f"image {settings.image}, xen {settings.xen}.\n")
     return header + yaml.safe_dump({"hosts": hosts, "vms": vms}, sort_keys=False)

@@ -8,6 +8,7 @@ simulator and compares, step by step, exit codes and output:
 
     python -m tests.lab.conformance record     # boots the pair (about a minute and a half)
     python -m tests.lab.conformance check      # conformance: drbd N/M sequences match the kernel (8.4.11)
+                                               # conformance: xl N/M commands match xl 4.17 (xlconformance.py)
 
 A transcript is plain text: `$ HOST: COMMAND`, then `> ` stdout lines, `! ` stderr lines and
 `= EXIT`. What differs between two honest runs is normalised in both: a resync's progress
@@ -321,14 +322,14 @@ def check(log=print) -> tuple[int, int, list[str]]:
             if real == simulated:
                 matching += 1
                 continue
-            differences.append(f"{sequence.name}: {_first_difference(real, simulated)}")
+            differences.append(f"{sequence.name}: {first_difference(real, simulated)}")
     return matching, len(SEQUENCES), differences
 
 
-def _first_difference(real: str, simulated: str) -> str:
+def first_difference(real: str, simulated: str, source: str = "kernel") -> str:
     for want, got in zip(real.splitlines(), simulated.splitlines(), strict=False):
         if want != got:
-            return f"kernel {want!r}, simulator {got!r}"
+            return f"{source} {want!r}, simulator {got!r}"
     return "the simulator's transcript is " + ("shorter" if len(simulated) < len(real) else "longer")
 
 
@@ -340,11 +341,17 @@ def main(argv=None) -> int:
     if args.verb == "record":
         record()
         return 0
+    from . import xlconformance
+
     matching, total, differences = check()
     for line in differences if args.verbose else ():
         print(f"  {line}")
     print(f"conformance: drbd {matching}/{total} sequences match the kernel ({KERNEL})")
-    return 0 if matching == total else 1
+    xl_matching, xl_total, xl_differences = xlconformance.check()
+    for line in xl_differences if args.verbose else ():
+        print(f"  {line}")
+    print(f"conformance: xl {xl_matching}/{xl_total} commands match xl {xlconformance.VERSION}")
+    return 0 if (matching, xl_matching) == (total, xl_total) else 1
 
 
 if __name__ == "__main__":

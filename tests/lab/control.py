@@ -42,6 +42,7 @@ from . import (
     mirror,
     netns,
     realguest,
+    realxen,
     spaces,
 )
 from .spaces import LabError, alive, enter, run
@@ -97,6 +98,11 @@ def host_pid(host: str) -> int:
     if host not in state["hosts"]:
         raise LabError(f"no lab host {host!r} (hosts: {', '.join(state['hosts'])})")
     return state["hosts"][host]["pid"]
+
+
+def loops(host: str) -> dict[str, str]:
+    """A running host's loop devices by resource name (and "swap")."""
+    return _load()["loops"][host]
 
 
 def settings() -> config.Settings:
@@ -236,7 +242,10 @@ def up(settings_: config.Settings | None = None) -> None:
     _save(state)
     try:
         _seed_simulators(settings_.fleet)
-        _boot_guests(settings_)
+        if settings_.xen == "real":
+            realxen.boot_guest(settings_.image, say)
+        else:
+            _boot_guests(settings_)
     except BaseException:
         down()   # a lab whose guests did not boot is not up
         raise
@@ -259,6 +268,8 @@ def reset(settings_: config.Settings | None = None) -> None:
 def down() -> None:
     """Stop everything the lab started; idempotent, and thorough even after a crash."""
     state = _load()
+    if realxen.running():
+        realxen.release()   # the real Xen VM outlives the lab: its domains and disks do not
     pids = spaces.lab_pids() | {h[k] for h in state.get("hosts", {}).values() for k in ("outer", "pid")}
     spaces.kill(pids)
     for name in spaces.netns_names():

@@ -26,6 +26,7 @@ them running; `python -m tests.lab down` takes them down too.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -56,7 +57,8 @@ VM_MARKER = "XENKVM_LAB_VM"        # in every qemu's environment, so `down` find
 BASE_PACKAGES = ("openssh-server", "iproute2", "kmod", "procps", "netcat-openbsd")
 
 # PID 1 of a VM. The kernel command line says what differs between VMs: lab.hostname=,
-# lab.address= (CIDR, on eth0), lab.modules= (comma separated, loaded before sshd starts).
+# lab.address= (CIDR, on eth0), lab.modules= (comma separated, loaded before sshd starts);
+# @VM_INIT@ becomes the VmSpec's own init lines (a Xen dom0's daemons), run before sshd.
 LAB_INIT = r"""#!/bin/bash
 # PID 1 of a lab VM (tests/lab/vms.py): mounts, network and sshd from the kernel command line.
 mount -t proc proc /proc 2>/dev/null
@@ -81,6 +83,7 @@ ip link set eth0 up
 [ -n "$address" ] && ip addr add "$address" dev eth0
 for module in ${modules//,/ }; do modprobe "$module" || echo "lab-init: modprobe $module failed" >/dev/console; done
 mkdir -p /run/sshd /run/lock /var/run/drbd
+@VM_INIT@
 /usr/sbin/sshd -E /var/log/sshd.log
 echo "lab-init: ready ($(hostname) $address)" >/dev/console
 # Reap every orphan, as a PID 1 must.
@@ -97,6 +100,7 @@ class ImageSpec:
     packages: tuple[str, ...] = ()
     modules: tuple[str, ...] = ("virtio_pci", "virtio_blk", "ext4")
     size: str = "2G"
+    hypervisor: bool = False   # Debian's Xen 4.17: its xen.gz, unpacked, is what qemu boots
 
     def key(self, mirror: str) -> dict:
         return {"version": IMAGE_VERSION, "suite": SUITE, "mirror": mirror, **asdict(self)}
@@ -112,6 +116,7 @@ class Image:
     kernel: Path
     initrd: Path
     meta: dict
+    hypervisor: Path | None = None   # xen.elf: a multiboot ELF that qemu's -kernel loads
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,14 @@ class VmSpec:
     cpu: str = "max"           # qemu64,+svm for a Xen hypervisor (see LAB-NOTES)
     modules: tuple[str, ...] = ()
     cmdline: str = ""
+    xen_cmdline: str = ""      # Xen's own command line (an image with a hypervisor)
+    init: str = ""             # shell lines lab-init runs before sshd
+    switch: tuple[str, str] | None = None   # (netns, bridge) of another lab switch; default the VM network
+    devices: tuple[str, ...] = ()   # more qemu -device arguments (a controller to hot-plug disks on)
+
+    @property
+    def netns(self) -> str:
+        return self.switch[0] if self.switch else NETNS
 
     def kernel_cmdline(self) -> str:
         words = ["console=ttyS0", "root=/dev/vda", "rw", "init=/usr/local/sbin/lab-init", "quiet",
@@ -149,10 +162,17 @@ def cached_image(spec: ImageSpec) -> Image | None:
         meta = json.loads((spec.dir / "meta.json").read_text())
     except (OSError, ValueError):
         return None
-    image = Image(spec.dir / "root.img", spec.dir / "vmlinuz", spec.dir / "initrd.img", meta)
+    image = _image(spec, meta)
     if meta.get("digest") != _digest(spec.key(apt_mirror())):
         return None
-    return image if all(p.is_file() for p in (image.root, image.kernel, image.initrd)) else None
+    files = [image.root, image.kernel, image.initrd] + ([image.hypervisor] if image.hypervisor else [])
+    return image if all(p.is_file() for p in files) else None
+
+
+def _image(spec: ImageSpec, meta: dict) -> Image:
+    return Image(spec.dir / "root.img", spec.dir / "vmlinuz", spec.dir / "initrd.img", meta,
+                 spec.dir / "xen.elf" if spec.hypervisor else None)
+
 
 
 def ensure_image(spec: ImageSpec, log=print) -> Image:
@@ -216,6 +236,9 @@ def build_image(spec: ImageSpec, log=print) -> Image:
     final.mkdir(parents=True)
     shutil.copy(kernel, final / "vmlinuz")
     shutil.copy(initrd, final / "initrd.img")
+    if spec.hypervisor:
+        with gzip.open(_newest(rootfs / "boot", "xen-*.gz")) as packed, (final / "xen.elf").open("wb") as elf:
+            shutil.copyfileobj(packed, elf)
     os.replace(image, final / "root.img")
     os.replace(logfile, final / "build.log")
     seconds = round(time.monotonic() - started, 1)
@@ -224,7 +247,7 @@ def build_image(spec: ImageSpec, log=print) -> Image:
     (final / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     shutil.rmtree(work)
     log(f"built VM image {spec.name} in {seconds:.0f} s ({kernel.name})")
-    return Image(final / "root.img", final / "vmlinuz", final / "initrd.img", meta)
+    return _image(spec, meta)
 
 
 def _build_netns_up() -> None:
@@ -254,9 +277,9 @@ def _newest(directory: Path, pattern: str) -> Path:
 
 # --- running VMs --------------------------------------------------------------------------
 
-def proxy_command(address: str) -> str:
-    """How the control side reaches a VM: only from inside the VM network's namespace."""
-    return f"{shutil.which('ip') or 'ip'} netns exec {NETNS} {shutil.which('nc') or 'nc'} {address} 22"
+def proxy_command(address: str, netns: str = NETNS) -> str:
+    """How the control side reaches a VM: only from inside the namespace of its switch."""
+    return f"{shutil.which('ip') or 'ip'} netns exec {netns} {shutil.which('nc') or 'nc'} {address} 22"
 
 
 
@@ -282,7 +305,8 @@ class Vm:
     def ssh_argv(self, argv: list[str]) -> list[str]:
         """argv run in the VM over SSH, by the same way in as the tool's (its ProxyCommand)."""
         return ["ssh", "-q", "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={KNOWN_HOSTS}",
-                "-o", "StrictHostKeyChecking=yes", "-o", f"ProxyCommand={proxy_command(self.spec.address)}",
+                "-o", "StrictHostKeyChecking=yes",
+                "-o", f"ProxyCommand={proxy_command(self.spec.address, self.spec.netns)}",
                 "-o", "ConnectTimeout=10", "-i", str(CLIENT_KEY), f"root@{self.name}", "--", shlex.join(argv)]
 
     def ssh(self, argv: list[str], *, check: bool = False, timeout: float = 120,
@@ -294,16 +318,16 @@ class Vm:
                            f"{(done.stderr or done.stdout).strip()}")
         return done
 
-    def qmp(self, command: str) -> dict:
-        """One QMP command (`stop`, `cont`, `quit`, `query-status`); its answer."""
+    def qmp(self, command: str, **arguments) -> dict:
+        """One QMP command (`stop`, `cont`, `quit`, `query-status`, `device_del` id=...); its answer."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(10)
             sock.connect(str(self.qmp_socket))
             reader = sock.makefile("r")
             json.loads(reader.readline())            # the greeting
             answers = []
-            for execute in ("qmp_capabilities", command):
-                sock.sendall(json.dumps({"execute": execute}).encode() + b"\n")
+            for execute, args in (("qmp_capabilities", {}), (command, arguments)):
+                sock.sendall(json.dumps({"execute": execute, "arguments": args}).encode() + b"\n")
                 while True:
                     reply = json.loads(reader.readline())
                     if "return" in reply or "error" in reply:
@@ -319,13 +343,15 @@ class Vm:
         return pid if alive(pid) else None
 
 
-def _network_up() -> None:
-    if Path("/run/netns", NETNS).exists():
-        return
-    run(["ip", "netns", "add", NETNS])
-    for argv in (["link", "set", "lo", "up"], ["link", "add", BRIDGE, "type", "bridge", "forward_delay", "0"],
-                 ["addr", "add", f"{SWITCH_ADDRESS}/24", "dev", BRIDGE], ["link", "set", BRIDGE, "up"]):
-        run(["ip", "-n", NETNS, *argv])
+def switch_up(netns: str, bridge: str, address: str) -> bool:
+    """A namespace whose bridge has `address`/24: a switch for VMs' taps. False if it was there."""
+    if Path("/run/netns", netns).exists():
+        return False
+    run(["ip", "netns", "add", netns])
+    for argv in (["link", "set", "lo", "up"], ["link", "add", bridge, "type", "bridge", "forward_delay", "0"],
+                 ["addr", "add", f"{address}/24", "dev", bridge], ["link", "set", bridge, "up"]):
+        run(["ip", "-n", netns, *argv])
+    return True
 
 
 def _host_key(name: str) -> Path:
@@ -353,7 +379,7 @@ def _prepare_disks(spec: VmSpec, image: Image, directory: Path) -> list[Path]:
     run(["cp", "--sparse=always", image.root, root], timeout=300)
     key = _host_key(spec.name)
     init = directory / "lab-init"
-    init.write_text(LAB_INIT)
+    init.write_text(LAB_INIT.replace("@VM_INIT@", spec.init))
     _debugfs(root, "\n".join([
         "cd /usr/local/sbin", "rm lab-init", f"write {init} lab-init", "sif lab-init mode 0100755",
         "cd /etc/ssh",
@@ -371,9 +397,16 @@ def _prepare_disks(spec: VmSpec, image: Image, directory: Path) -> list[Path]:
 
 def _qemu_argv(spec: VmSpec, image: Image, disks: list[Path], directory: Path, tap: str) -> list[str]:
     mac = "52:54:00:77:01:%02x" % int(spec.address.rsplit(".", 1)[1])
+    if image.hypervisor:
+        # Xen is the multiboot kernel; dom0's kernel (with its command line) and initrd its modules
+        # (qemu splits -initrd at commas: a comma inside is written twice).
+        modules = f"{image.kernel} {spec.kernel_cmdline()}".replace(",", ",,") + f",{image.initrd}"
+        boot = ["-kernel", image.hypervisor, "-initrd", modules, "-append", spec.xen_cmdline]
+    else:
+        boot = ["-kernel", image.kernel, "-initrd", image.initrd, "-append", spec.kernel_cmdline()]
     argv = ["qemu-system-x86_64", "-name", spec.name, "-machine", "pc", "-accel", "tcg", "-cpu", spec.cpu,
             "-m", str(spec.memory), "-smp", str(spec.cpus), "-nodefaults", "-display", "none", "-no-user-config",
-            "-kernel", image.kernel, "-initrd", image.initrd, "-append", spec.kernel_cmdline(),
+            *boot,
             "-serial", f"file:{directory / 'console.log'}",
             "-qmp", f"unix:{directory / 'qmp.sock'},server=on,wait=off",
             "-netdev", f"tap,id=net0,ifname={tap},script=no,downscript=no",
@@ -381,6 +414,8 @@ def _qemu_argv(spec: VmSpec, image: Image, disks: list[Path], directory: Path, t
             "-pidfile", directory / "qemu.pid", "-daemonize"]
     for disk in disks:
         argv += ["-drive", f"file={disk},format=raw,if=virtio,cache=unsafe"]
+    for device in spec.devices:
+        argv += ["-device", device]
     return [str(a) for a in argv]
 
 
@@ -389,12 +424,13 @@ def _boot(spec: VmSpec, image: Image, index: int) -> Vm:
     stop(Vm(spec, directory))     # one of that name left running: its disks are about to be replaced
     disks = _prepare_disks(spec, image, directory)
     tap = f"xkvmtap{index}"
-    run(["ip", "-n", NETNS, "link", "del", tap], check=False)
-    for argv in (["tuntap", "add", tap, "mode", "tap"], ["link", "set", tap, "master", BRIDGE],
+    netns, bridge = spec.switch or (NETNS, BRIDGE)
+    run(["ip", "-n", netns, "link", "del", tap], check=False)
+    for argv in (["tuntap", "add", tap, "mode", "tap"], ["link", "set", tap, "master", bridge],
                  ["link", "set", tap, "up"]):
-        run(["ip", "-n", NETNS, *argv])
+        run(["ip", "-n", netns, *argv])
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), VM_MARKER: str(WORK)}
-    done = subprocess.run(["ip", "netns", "exec", NETNS, *_qemu_argv(spec, image, disks, directory, tap)],
+    done = subprocess.run(["ip", "netns", "exec", netns, *_qemu_argv(spec, image, disks, directory, tap)],
                           capture_output=True, text=True, env=env, timeout=60)
     if done.returncode:
         raise LabError(f"qemu for VM {spec.name} did not start: {(done.stderr or done.stdout).strip()}")
@@ -418,7 +454,7 @@ def start(specs: list[VmSpec], log=print, timeout: float = 180) -> dict[str, Vm]
     if os.geteuid() != 0:
         raise LabError("lab VMs need root (network namespaces, taps, debugfs on images)")
     images = {s.image: ensure_image(s.image, log) for s in specs}
-    _network_up()
+    switch_up(NETNS, BRIDGE, SWITCH_ADDRESS)
     _write_known_hosts(specs)
     started = time.monotonic()
     running = {s.name: _boot(s, images[s.image], i) for i, s in enumerate(specs)}
@@ -435,10 +471,11 @@ def stop(vm: Vm) -> None:
         kill({pid})
 
 
-def vm_pids() -> set[int]:
-    """Every qemu of the VMs: marked ones, and any inside a VM network namespace."""
+def vm_pids(namespaces: list[str] | None = None) -> set[int]:
+    """Every qemu of the VMs: marked ones, and any inside a VM network namespace (or only those
+    inside the given ones)."""
     inodes = set()
-    for name in vm_netns_names():
+    for name in vm_netns_names() if namespaces is None else namespaces:
         try:
             inodes.add(os.stat(f"/run/netns/{name}").st_ino)
         except OSError:
@@ -448,7 +485,7 @@ def vm_pids() -> set[int]:
         if not entry.isdigit():
             continue
         try:
-            if os.stat(f"/proc/{entry}/ns/net").st_ino in inodes or \
+            if os.stat(f"/proc/{entry}/ns/net").st_ino in inodes or namespaces is None and \
                     f"{VM_MARKER}={WORK}".encode() in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
                 found.add(int(entry))
         except OSError:

@@ -7,8 +7,10 @@ and exit codes, records running domains in the shared state, holds their DRBD de
 open, and starts/stops the lab's guest through the host.json hooks. Shutdown completes
 xen_shutdown_delay seconds later, lazily (model.settle).
 
-Messages come from the xl/libxl and xm/xend sources; libxl's file:line prefixes are
-plausible values, not taken from one exact release.
+Messages come from the xl/libxl and xm/xend sources; the file:line prefixes of a create
+refused for its name or a missing disk are xl 4.17's own (tests/data/conformance/xl-4.17,
+recorded by tests/lab/xlconformance.py), the others plausible values, not taken from one
+exact release.
 """
 
 import ast
@@ -157,6 +159,13 @@ def devno(vdev):
 
 def _libxl(where, domid, message):
     return f"libxl: error: {where}: Domain {domid}:{message}"
+
+
+def _destroy_failed(domid):
+    """libxl cleans up a create that failed before the domain existed, and says it could not."""
+    err(_libxl("libxl_domain.c:1183:libxl__destroy_domid", domid, "Non-existant domain"))
+    err(_libxl("libxl_domain.c:1137:domain_destroy_callback", domid, "Unable to destroy guest"))
+    err(_libxl("libxl_domain.c:1064:domain_destroy_cb", domid, "Destruction of domain failed"))
 
 
 class Toolstack:
@@ -332,8 +341,9 @@ class Toolstack:
             if self.xm:
                 err(f"Error: VM name '{name}' already exists as domain {hx['domains'][name]['id']}")
                 return 1, None
-            err(_libxl("libxl_domain.c:308:libxl__domain_rename", domid, f'Domain with name "{name}" already exists.'))
-            err(_libxl("libxl_create.c:1293:initiate_domain_create", domid, "cannot make domain: -6"))
+            err(_libxl("libxl_domain.c:81:libxl__domain_rename", domid, f'Domain with name "{name}" already exists.'))
+            err(_libxl("libxl_create.c:1296:initiate_domain_create", domid, "cannot make domain: -6"))
+            _destroy_failed(domid)
             return CREATE_FAILED, None
         for i, disk in enumerate(disks):
             if disk["kind"] in ("phy", "file") and disk["target"] and not os.path.exists(disk["target"]):
@@ -390,10 +400,11 @@ class Toolstack:
         if self.xm:
             err(f"Error: Device {devno(disk['vdev'])} (vbd) could not be connected. {disk['target']} does not exist.")
             return 1
-        err(f"libxl: error: libxl_device.c:404:libxl__device_disk_set_backend: Disk vdev={disk['vdev']} "
+        err(f"libxl: error: libxl_device.c:455:libxl__device_disk_set_backend: Disk vdev={disk['vdev']} "
             f"failed to stat: {disk['target']}: No such file or directory")
-        err(_libxl("libxl_create.c:1313:initiate_domain_create", domid,
+        err(_libxl("libxl_create.c:1318:initiate_domain_create", domid,
                    f"Unable to set disk defaults for disk {index}"))
+        _destroy_failed(domid)
         return CREATE_FAILED
 
     def _kernel_missing(self, domid, kernel):
