@@ -27,7 +27,7 @@ from .formats import FormatError
 from .hypervisors import Hypervisor, KvmHost, XenHost
 from .inventory import VM
 from .output import log
-from .remote import join
+from .remote import RemoteError, join
 
 if TYPE_CHECKING:
     from .flows import Ctx
@@ -134,8 +134,7 @@ def room_on(target: Hypervisor, ceiling: int | None) -> Room:
 def _read(remote, argv: list[str]) -> str:
     outcome = remote.probe(argv)
     if not outcome.ok:
-        raise ToolError(f"{remote.name}: `{join(argv)}` failed (exit {outcome.exit_code}): "
-                        f"{(outcome.stderr or outcome.stdout).strip()[:200]}")
+        raise RemoteError(remote.name, join(argv), outcome.exit_code, outcome.stderr or outcome.stdout)
     return outcome.stdout
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tasks import capacity, flows
-from tasks.errors import GuardError
+from tasks.errors import GuardError, ToolError
 from tasks.fleet import FleetView
 from tasks.interrupt import Interruption
 from tests.stages import test_fleet, test_flows
@@ -41,6 +41,13 @@ def test_a_xen_host_without_the_cfgs_memory_refuses_before_any_change(world):
     assert world.changes() == []
     world.shared.free_memory["xen1"] = 768
     assert world.move("xen").ok
+
+
+def test_a_target_whose_free_memory_cannot_be_read_fails_the_move_before_any_change(world):
+    world.shared.faults["kvm1:cat /proc/meminfo"] = 1
+    with pytest.raises(ToolError, match=r"^kvm1: `cat /proc/meminfo` failed \(exit 1\): injected fault on cat /proc/meminfo$"):
+        world.move("kvm")
+    assert world.changes() == [] and world.where() == ON_XEN
 
 
 def test_a_dry_run_refuses_as_the_move_would(world):
