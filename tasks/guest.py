@@ -688,8 +688,8 @@ def prepare(c, vm, uuid=True, grub_install=False, force=False, dry_run=False):
     """Every guest step in order; checks all first, and a second run changes nothing."""
     model, site, guest = _connect(c, vm, dry_run)
     plan = vmplan.of_vm(site, model)
-    prepare_guest(guest, plan.disk_map, plan.disk_drivers(), boot=model.boot, uuid=uuid, grub_install=grub_install, force=force,
-                  hvm=plan.cfg.hvm)
+    prepare_guest(guest, plan.disk_map, plan.disk_drivers(), boot=model.boot, uuid=uuid, grub_install=grub_install,
+                  force=force, hvm=plan.cfg.hvm)
     fetch_hint(model)
 
 

@@ -221,8 +221,9 @@ class Proof:
         return time.monotonic()
 
     def wait(self, interruption: Interruption) -> float | None:
-        """Look until the guest answers (the moment it first did) or boot_timeout passes (None);
-        a progress line every 10 s; a stop request ends it, except inside an undo."""
+        """Look until the guest answers (the moment it first did), or its console shows a kernel
+        panic or boot_timeout passes (None); a progress line every 10 s; a stop request ends it,
+        except inside an undo."""
         answered: list[float] = []
         looks = itertools.count()
 

@@ -72,8 +72,8 @@ def check_vm(site: Site, vm: VM, options: Options) -> Checked:
     log.info(f"  ok: {vm.xen_host}:{vm.cfg} converts, and its domain XML renders valid")
     guest_plan = None
     if vm.guest_address or not plan.cfg.hvm:
-        guest_plan = guest.check_guest(site.guest(vm), plan.disk_map, plan.disk_drivers(), boot=vm.boot, uuid=True,
-                                       grub_install=options.grub_install, hvm=plan.cfg.hvm)
+        guest_plan = guest.check_guest(site.guest(vm), plan.disk_map, plan.disk_drivers(), boot=vm.boot,
+                                       uuid=True, grub_install=options.grub_install, hvm=plan.cfg.hvm)
     else:
         log.info(f"  note: {vm.name} is an HVM guest without guest_address: its guest steps are left out")
     swaps = localdisk.plan_swap_matches(site, vm, vm.xen_host, vm.kvm_host)

@@ -155,8 +155,7 @@ class Judge:
                                           kvmhost.fetched_kernel(self.kvm, self.vm.name))
 
     def initramfs(self, plan: VmPlan) -> Check:
-        spec = plan.domain_spec()
-        buses = [disk.bus or spec.bus for disk in spec.disks]
+        buses = plan.disk_buses()
         kernel = self.newest_kernel()
         listing = self.in_guest.probe(["lsinitramfs", f"/boot/initrd.img-{kernel}"], timeout=SLOW_TIMEOUT)
         if not listing.ok:

@@ -45,12 +45,16 @@ class VmPlan:
         with reading(self.label):
             return plan_domain_spec(self.cfg, self.disk_map, self.vm)
 
+    def disk_buses(self) -> list[str]:
+        """The bus of each disk of its domain, in order."""
+        spec = self.domain_spec()
+        return [disk.bus or spec.bus for disk in spec.disks]
+
     def disk_drivers(self) -> tuple[str, ...]:
         """The modules the guest's initramfs needs to find its disks on KVM, on the buses and SCSI
         controller its domain gives them."""
         from .formats.initramfs import disk_drivers
-        spec = self.domain_spec()
-        return disk_drivers([disk.bus or spec.bus for disk in spec.disks], spec.scsi_model)
+        return disk_drivers(self.disk_buses(), self.domain_spec().scsi_model)
 
     def converted_cfg(self, console: bool) -> str | None:
         """The dual-boot cfg: disks renamed sda.. (root first), root= follows, an optional Xen
