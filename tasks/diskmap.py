@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .errors import shown
 from .formats import FormatError
-from .formats.xencfg import HVM_DISK, check_movable
+from .formats.xencfg import HVM_DISK, XenDisk, check_movable
 from .inventory import VM, ReplicatedDisk
 
 
@@ -62,17 +62,30 @@ def _hvm_target(vdev: str) -> str:
     return match.group(1) + match.group(2)
 
 
+def root_disk(cfg) -> tuple[XenDisk, int | None] | None:
+    """The disk root= names, with the partition's number for root=/dev/xvda1 on a disk exported
+    whole as xvda; None when root= names no disk of the cfg (root=UUID=, or no root=)."""
+    root = root_vdev(cfg)
+    if root is None:
+        return None
+    disks = _disks(cfg)
+    found = next((d for d in disks if d.vdev == root), None)
+    if found is not None:
+        return found, None
+    whole = re.fullmatch(r"(.*[^0-9])([0-9]+)", root)
+    found = next((d for d in disks if whole and d.vdev == whole.group(1)), None)
+    return (found, int(whole.group(2))) if found and whole else None
+
+
 def plan_target_names(cfg) -> dict[str, str]:
     """Old vdev -> new whole-disk name: the root disk is sda, the rest follow in cfg order
-    (an HVM guest's disks keep their names)."""
+    (an HVM guest's disks keep their names). With root=UUID= (as xenhost.prepare-cfg writes it)
+    the disk already named sda stays first, so a second run renames nothing."""
     disks = _disks(cfg)
     if cfg.hvm:
         return {d.vdev: _hvm_target(d.vdev) for d in disks}
-    root = root_vdev(cfg)
-    first = next((d for d in disks if d.vdev == root), None)
-    if first is None and root:
-        # root=/dev/xvda1 on a disk exported whole as xvda
-        first = next((d for d in disks if d.vdev == root.rstrip("0123456789")), None)
+    root = root_disk(cfg)
+    first = root[0] if root else next((d for d in disks if d.vdev == "sda"), None)
     ordered = ([first] if first else []) + [d for d in disks if d is not first]
     return {d.vdev: disk_name(i) for i, d in enumerate(ordered)}
 

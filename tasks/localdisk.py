@@ -46,10 +46,10 @@ class Signature:
     type: str     # swap, ext4, dos, gpt, LVM2_member, linux_raid_member, drbd, ...
 
 
-def signature(remote: Remote, path: str) -> dict[str, str]:
-    """TYPE, UUID, ... of what `path` holds, read from the device itself (not blkid's cache);
-    {} for a blank device."""
-    found = remote.probe(["blkid", "-p", "-o", "export", path])
+def signature(remote: Remote, path: str, offset: int | None = None) -> dict[str, str]:
+    """TYPE, UUID, ... of what `path` holds (from byte `offset`: a partition), read from the
+    device itself (not blkid's cache); {} for a blank device."""
+    found = remote.probe(["blkid", "-p", "-o", "export", *(["-O", str(offset)] if offset is not None else []), path])
     if found.exit_code == NOTHING_FOUND:
         return {}
     if not found.ok:

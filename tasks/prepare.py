@@ -68,7 +68,7 @@ def check_vm(site: Site, vm: VM, options: Options) -> Checked:
                          f"{vm.xen_host} (its guest, cfg and the KVM host's swap are prepared from there)")
     log.info(f"  ok: {vm.name} runs on {vm.xen_host}")
     plan = vmplan.of_vm(site, vm, kvm_devices=True)
-    xml = kvmhost.render_checked(plan.as_converted().domain_spec())
+    xml = kvmhost.render_checked(plan.as_converted(root_uuid=vmplan.root_uuid(site, plan)).domain_spec())
     log.info(f"  ok: {vm.xen_host}:{vm.cfg} converts, and its domain XML renders valid")
     guest_plan = None
     if vm.guest_address or not plan.cfg.hvm:

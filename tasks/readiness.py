@@ -167,7 +167,7 @@ class Judge:
         return verdicts.check_initramfs(self.vm.name, kernel, "/".join(sorted(set(buses))), missing, self.vm.boot)
 
     def cfg(self, plan: VmPlan) -> Check:
-        converted = plan.text in (plan.converted_cfg(False), plan.converted_cfg(True))
+        converted = not plan.needs_root_uuid() and plan.text in (plan.converted_cfg(False), plan.converted_cfg(True))
         return verdicts.check_cfg(self.vm.name, plan.label, converted, HVM_CFG_NOTE if plan.cfg.hvm else None)
 
     def domain(self, xml: str, state: str) -> Check:

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import InputError, reading
-from .inventory import VM, LocalDisk
+from .inventory import VM, LocalDisk, ReplicatedDisk
+from .output import log
 
 if TYPE_CHECKING:   # the formats load when a plan is made, not at import: `fab --list` stays fast
     from .diskmap import MappedDisk
@@ -56,19 +57,42 @@ class VmPlan:
         from .formats.initramfs import disk_drivers
         return disk_drivers(self.disk_buses(), self.domain_spec().scsi_model)
 
-    def converted_cfg(self, console: bool) -> str | None:
-        """The dual-boot cfg: disks renamed sda.. (root first), root= follows, an optional Xen
-        console; None for an HVM guest's cfg, which stays as it is (HVM_CFG_NOTE)."""
+    def converted_cfg(self, console: bool, root_uuid: str | None = None) -> str | None:
+        """The dual-boot cfg: disks renamed sda.. (root first), root= names the root file
+        system's UUID when given (else its disk's new name), an optional Xen console; None for an
+        HVM guest's cfg, which stays as it is (HVM_CFG_NOTE)."""
         from .formats.xencfg import rewrite_xen_cfg
         if self.cfg.hvm:
             return None
         with reading(self.label):
-            return rewrite_xen_cfg(self.text, self.renames, add_console=console)
+            return rewrite_xen_cfg(self.text, self.renames, add_console=console, root_uuid=root_uuid)
 
-    def as_converted(self, console: bool = False) -> VmPlan:
+    def root_source(self) -> tuple[str, int | None] | None:
+        """Where the Xen host reads the root file system: the root disk's path there, and the
+        partition's number inside it (root=/dev/xvda1 on a disk exported whole); None when root=
+        names no disk. A drbd:RES disk is the inventory's device for RES, or udev's name."""
+        from .diskmap import drbd_by_res, root_disk
+        found = root_disk(self.cfg)
+        if found is None:
+            return None
+        disk, partition = found
+        if disk.backend != "drbd":
+            return disk.path, partition
+        devices = [d.device[self.vm.xen_host] for d in self.vm.disks
+                   if isinstance(d, ReplicatedDisk) and d.resource == disk.path] if self.vm else []
+        return (devices[0] if devices else drbd_by_res(disk.path)), partition
+
+    def needs_root_uuid(self) -> bool:
+        """Whether the dual-boot cfg's root= names the root file system's UUID: root= names a disk
+        and the kernel boots with an initramfs (only an initramfs finds a file system by UUID;
+        a cfg whose kernel= has no ramdisk= keeps a device name)."""
+        return (not self.cfg.hvm and self.root_source() is not None
+                and not (self.cfg.kernel and not self.cfg.values.get("ramdisk")))
+
+    def as_converted(self, console: bool = False, root_uuid: str | None = None) -> VmPlan:
         """The plan of the cfg as xenhost.prepare-cfg leaves it: the domain rendered before the
         rewrite would boot root=/dev/xvda2, a name the guest does not have under KVM."""
-        converted = self.converted_cfg(console)
+        converted = self.converted_cfg(console, root_uuid)
         if converted is None:
             return self
         return plan(converted, self.label, self.vm, block_devices=self.block_devices)
@@ -106,6 +130,32 @@ def block_devices_of(remote: Remote, paths) -> frozenset[str]:
     """Which of the paths are block devices on the host (`test -b`, a probe): the domain XML
     needs a file as a file, whatever the Xen cfg's prefix said."""
     return frozenset(path for path in paths if remote.probe(["test", "-b", path]).ok)
+
+
+def root_uuid(site: Site, plan: VmPlan) -> str | None:
+    """The UUID of the guest's root file system for the dual-boot cfg, read by blkid from its
+    disk on the Xen host (a probe); None when the cfg needs none (VmPlan.needs_root_uuid)."""
+    from .localdisk import signature
+    source = plan.root_source()
+    if source is None or plan.cfg.hvm or plan.vm is None:
+        return None
+    if not plan.needs_root_uuid():
+        log.info(f"  note: {plan.label} boots a kernel without ramdisk=: root= keeps a device name")
+        return None
+    host = site.host(plan.vm.xen_host)
+    path, partition = source
+    offset = None
+    if partition is not None:
+        start = host.probe(["partx", "-g", "-o", "START", "-n", str(partition), path])
+        if not start.ok or not start.stdout.strip().isdigit():
+            raise InputError(f"{host.name}: {path} has no partition {partition}, which root= names "
+                             f"({plan.label}): `partx` said {start.stderr.strip() or start.exit_code}")
+        offset = int(start.stdout) * 512   # partx counts 512-byte sectors
+    uuid = signature(host, path, offset).get("UUID")
+    if not uuid:
+        where = f"{path} at byte {offset}" if offset is not None else path
+        raise InputError(f"{host.name}: blkid finds no file system UUID on {where}, the root disk of {plan.label}")
+    return uuid
 
 
 def read_local(path: str, what: str) -> str:

@@ -25,24 +25,30 @@ def _context(c, vm_name: str, dry_run: bool = False):
 
 
 @task(help={"cfg": "path of a Xen guest cfg (xm or xl syntax) on this machine",
-            "console": "also add `console=hvc0 xencons=tty` to extra="})
-def convert_cfg(c, cfg, console=False):
+            "console": "also add `console=hvc0 xencons=tty` to extra=",
+            "root_uuid": "the root file system's UUID, for root= (prepare-cfg reads it with blkid on the Xen host)"})
+def convert_cfg(c, cfg, console=False, root_uuid=None):
     """Print the dual-boot version of a Xen cfg (offline preview; changes nothing); an HVM
     guest's cfg unchanged, and why on stderr."""
     plan = vmplan.of_file(cfg)
-    converted = plan.converted_cfg(console)
+    converted = plan.converted_cfg(console, root_uuid)
     if converted is None:
         print(f"note: {cfg}: {HVM_CFG_NOTE}", file=sys.stderr)
+    elif root_uuid is None and plan.needs_root_uuid():
+        print(f"note: {cfg}: prepare-cfg writes root=UUID= of the root file system instead of a disk name "
+              f"(a pvops kernel under Xen names every disk xvd*); give --root-uuid to see it", file=sys.stderr)
     sys.stdout.write(plan.text if converted is None else converted)
 
 
 def prepare_cfg_file(site, vm: VM, console: bool = False) -> bool:
     """The VM's cfg on its Xen host rewritten for dual boot (backup kept, diff shown); whether it
-    changed. An HVM guest's cfg stays as it is."""
+    changed. root= names the root file system's UUID, read from its disk there. An HVM guest's cfg
+    stays as it is."""
     label = f"{vm.xen_host}:{vm.cfg}"
 
     def transform(text: str) -> str:
-        converted = vmplan.plan(text, label, vm).converted_cfg(console)
+        plan = vmplan.plan(text, label, vm)
+        converted = plan.converted_cfg(console, None if plan.cfg.hvm else vmplan.root_uuid(site, plan))
         if converted is None:
             log.info(f"* {label}: {HVM_CFG_NOTE}")
         return text if converted is None else converted

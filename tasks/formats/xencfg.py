@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 from ..errors import quoted, shown
 from . import FormatError
+from .fstab import UUID
 
 # Lists inside lists: xl's deepest setting (vnuma) nests two; deeper is refused before Python's
 # recursion limit turns a hostile cfg into a traceback.
@@ -665,15 +666,21 @@ def _console_edits(cfg: _Cfg) -> list[tuple[int, int, str]]:
     return [(pos, pos, line)]
 
 
-def rewrite_xen_cfg(text: str, renames: dict[str, str], add_console: bool = False) -> str:
+def rewrite_xen_cfg(text: str, renames: dict[str, str], add_console: bool = False,
+                    root_uuid: str | None = None) -> str:
     """The same cfg with disks renamed, root= following them, and optionally a console for KVM too.
 
-    Only the bytes of each renamed vdev, of each renamed /dev name in root=, and of root=/dev/...
+    With `root_uuid` (the root file system's), root= names it (root = 'UUID=... ro'): a pvops
+    kernel under Xen names every disk xvd* whatever the cfg calls it, so only the UUID holds
+    under both hypervisors. Without it, root= takes the disk's new name.
+    Only the bytes of each renamed vdev, of the root device in root=, and of root=/dev/...
     in extra= and cmdline= change; everything else is kept byte for byte.  Renames apply all at
     once (a permutation such as sda <-> sdb is fine), so a second run with the same renames changes
     nothing as long as no new name is also an old one.  Raises FormatError if two disks would end up
     with the same name.
     """
+    if root_uuid is not None and not UUID.fullmatch(root_uuid):
+        raise FormatError(f"root file system UUID {quoted(root_uuid)} is not a UUID")
     cfg = _Cfg(text)
     vdevs = [d.vdev for d in cfg.config().disks]  # refuses what parse_xen_cfg refuses
     active = {old: new for old, new in renames.items() if old in vdevs and old != new}
@@ -683,10 +690,17 @@ def rewrite_xen_cfg(text: str, renames: dict[str, str], add_console: bool = Fals
         raise FormatError(f"the renames would give two disks the name {clashes[0]}")
 
     edits = [node.replace(p.vdev_span, active[p.disk.vdev]) for node, p in cfg.disks if p.disk.vdev in active]
-    for node in cfg.string_nodes("root"):
-        edits += _device_edits(node, _ROOT_DEV, active, vdevs)
-    for node in cfg.string_nodes("extra") + cfg.string_nodes("cmdline"):
-        edits += _device_edits(node, _ROOT_ARG, active, vdevs)
+    arguments = cfg.string_nodes("extra") + cfg.string_nodes("cmdline")
+    if root_uuid is None:
+        for node in cfg.string_nodes("root"):
+            edits += _device_edits(node, _ROOT_DEV, active, vdevs)
+        for node in arguments:
+            edits += _device_edits(node, _ROOT_ARG, active, vdevs)
+    else:
+        for node in cfg.string_nodes("root"):
+            edits += [node.replace(m.span(), f"UUID={root_uuid}") for m in _ROOT_DEV.finditer(node.value)]
+        for node in arguments:
+            edits += [node.replace(m.span(), f"root=UUID={root_uuid}") for m in _ROOT_ARG.finditer(node.value)]
     if add_console:
         edits += _console_edits(cfg)
 

@@ -21,7 +21,9 @@ def test_prepare_cfg_edits_the_file_a_symlinked_cfg_points_at(lab, fab, tmp_path
     original = lab.exec("xen1", ["cat", CFG], check=True).stdout
     lab.exec("xen1", ["sh", "-c", f"mv {CFG} {REAL_CFG} && ln -s ../logger.cfg {CFG}"], check=True)
     (tmp_path / "logger.cfg").write_text(original)
-    expected = ok(fab("xenhost.convert-cfg", "--cfg", str(tmp_path / "logger.cfg"))).stdout
+    root_fs = lab.exec("xen1", ["blkid", "-p", "-o", "value", "-s", "UUID", "/dev/drbd5"], check=True).stdout.strip()
+    expected = ok(fab("xenhost.convert-cfg", "--cfg", str(tmp_path / "logger.cfg"), "--root-uuid", root_fs)).stdout
+    assert f"UUID={root_fs}" in expected
     assert expected != original
 
     out = ok(fab("xenhost.prepare-cfg", "--vm", "logger")).stdout

@@ -51,6 +51,7 @@ class Shared:
     console: dict[str, str] = field(default_factory=dict)   # domain -> what its serial console prints once started
     xen_console: dict[str, str] = field(default_factory=dict)   # domain -> what its console prints under Xen
     signatures: dict[tuple[str, str], dict] = field(default_factory=dict)   # (host, path) -> blkid's TYPE, UUID, PTTYPE
+    partitions: dict[tuple[str, str], list[int]] = field(default_factory=dict)   # (host, disk) -> start sectors
     garbage: set = field(default_factory=set)   # (host, path): no signature, but not zeros in its first MiB
     mapper_lvs: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # (host, /dev/mapper/..) -> VG, LV
     fail_halfway: tuple | None = None    # (host, verb, resource): drbdadm fails there, once, after the ones before
@@ -213,9 +214,15 @@ class FakeHost:
         if argv[:4] == ["stat", "-c", "%s", "--"]:
             content = self.shared.files.get((self.name, argv[4]))
             return Result(stdout=f"{len(as_bytes(content))}\n") if content is not None else Result(exited=1)
-        if argv[:4] == ["blkid", "-p", "-o", "export"]:
-            found = self.shared.signatures.get((self.name, argv[4]))
+        if argv[:4] == ["blkid", "-p", "-o", "export"]:   # -O OFFSET: a partition, keyed PATH@OFFSET
+            path = argv[-1] + (f"@{argv[5]}" if argv[4] == "-O" else "")
+            found = self.shared.signatures.get((self.name, path))
             return Result(stdout="".join(f"{k}={v}\n" for k, v in found.items())) if found else Result(exited=2)
+        if argv[:5] == ["partx", "-g", "-o", "START", "-n"]:
+            starts = self.shared.partitions.get((self.name, argv[6]), [])
+            number = int(argv[5])
+            # util-linux 2.38 prints nothing, and exits 0, for a partition the table lacks
+            return Result(stdout=f"{starts[number - 1]:>5}\n" if 0 < number <= len(starts) else "")
         if argv[:2] == ["test", "-b"]:   # the hosts' devices live under /dev; a file there is a file
             block = argv[2].startswith("/dev/") and (self.name, argv[2]) not in self.shared.files
             return Result(exited=0 if block else 1)

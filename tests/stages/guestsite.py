@@ -70,6 +70,8 @@ class World:
         label = f"guest:{name}"
         os_ = GuestOs(devices={f"/dev/xvda{i}": f"0000000{n}-0000-4000-8000-00000000000{i}" for i in (1, 2, 3)})
         self.guests[name] = os_
+        root = next(d for d in self.inv.vm(name).resources if d.resource.endswith("-system"))   # xvda2
+        self.shared.signatures[("xen1", root.device["xen1"])] = {"TYPE": "ext4", "UUID": os_.devices["/dev/xvda2"]}
         self.hosts[f"{name} (guest)"] = FakeGuest(label, self.shared, os_)
         self.guest_file("/etc/fstab", FSTAB, name)
         self.guest_file("/etc/initramfs-tools/modules", MODULES, name)

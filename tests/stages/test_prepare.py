@@ -35,7 +35,8 @@ def test_every_step_runs_once_then_a_second_run_changes_nothing(world):
     assert result.ok, result.message
     assert result.message.startswith("logger: prepared, changed guest, cfg, define, swap (")
     cfg = world.shared.files[("xen1", "/etc/xen/auto/logger.cfg")]
-    assert "'phy:/dev/drbd5,sda,w'" in cfg and "root        = '/dev/sda ro'" in cfg
+    root_uuid = world.guests["logger"].devices["/dev/xvda2"]   # as blkid reads it from /dev/drbd5 on xen1
+    assert "'phy:/dev/drbd5,sda,w'" in cfg and f"root        = 'UUID={root_uuid} ro'" in cfg
     xml = world.shared.definitions["logger"]
     assert "<target dev='sda' bus='ide'/>" in xml
     assert world.shared.signatures[("kvm1", SWAP.format("logger"))] == {"TYPE": "swap", "UUID": SWAP_UUID.format(0)}
@@ -59,7 +60,7 @@ def test_the_domain_is_defined_from_the_converted_cfg_even_before_it_is_written(
     world = World(world.tmp, boot="direct-kernel")
     assert run(world).ok
     xml = world.shared.definitions["logger"]
-    assert "<cmdline>root=/dev/sda ro " in xml
+    assert f"<cmdline>root=UUID={world.guests['logger'].devices['/dev/xvda2']} ro " in xml
     assert world.shared.files[("kvm1", "/var/lib/xenkvm/boot/logger/version")] == f"{KERNEL}\n"
     assert world.shared.files[("kvm1", "/var/lib/xenkvm/boot/logger/initrd.img")] == \
         world.read_guest(f"/boot/initrd.img-{KERNEL}"), "the initrd copied is the one rebuilt with KVM's drivers"

@@ -404,6 +404,31 @@ def test_an_exported_partition_keeps_its_own_name():
     assert rewrite_xen_cfg(text, {"xvda": "sdb"}) == text.replace(",xvda,", ",sdb,")
 
 
+ROOT_FS = "5e1f6a2b-8c3d-4e5f-9a0b-1c2d3e4f5a6b"
+
+
+def test_root_by_uuid_replaces_the_device_in_root_and_in_extra_and_keeps_every_other_byte():
+    text = ("root = \"/dev/xvda2 ro\"  # the system\nextra = 'root=/dev/xvda2 console=hvc0 noroot=/dev/xvda2'\n"
+            "disk = ['phy:/dev/vg/a,xvda2,w', 'phy:/dev/vg/b,xvda1,w']\n")
+    out = rewrite_xen_cfg(text, {"xvda2": "sda", "xvda1": "sdb"}, root_uuid=ROOT_FS)
+    assert out == (f"root = \"UUID={ROOT_FS} ro\"  # the system\n"
+                   f"extra = 'root=UUID={ROOT_FS} console=hvc0 noroot=/dev/xvda2'\n"
+                   "disk = ['phy:/dev/vg/a,sda,w', 'phy:/dev/vg/b,sdb,w']\n")
+    assert rewrite_xen_cfg(out, {"sda": "sda", "sdb": "sdb"}, root_uuid=ROOT_FS) == out
+
+
+def test_root_by_uuid_in_xls_cmdline():
+    text = "cmdline = 'root=/dev/xvda1 ro'\ndisk = ['/dev/vg/a,raw,xvda,rw']\n"
+    assert rewrite_xen_cfg(text, {"xvda": "sda"}, root_uuid=ROOT_FS) == \
+        f"cmdline = 'root=UUID={ROOT_FS} ro'\ndisk = ['/dev/vg/a,raw,sda,rw']\n"
+
+
+@pytest.mark.parametrize("uuid", ["", "5e1f' ro", "../x", "abc def", "UUID=5e1f"])
+def test_a_root_uuid_that_is_not_one_is_refused(uuid):
+    with pytest.raises(ValueError, match="is not a UUID"):
+        rewrite_xen_cfg("root = '/dev/xvda2'\ndisk = ['phy:/a,xvda2,w']\n", {}, root_uuid=uuid)
+
+
 def test_renames_apply_at_once():
     """A permutation (root disk first) swaps names; it is not applied one rename after the other."""
     text = "root = '/dev/sdb'\ndisk = ['phy:/dev/vg/data,sda,w', 'phy:/dev/vg/root,sdb,w']\n"
