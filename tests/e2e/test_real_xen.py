@@ -8,8 +8,8 @@ SSH. Each switch of the disks is checked for the same bytes on both sides (realx
 Each guest adds its line to REPORT (`e2e: NAME under real Xen 4.17 ...`).
 
 Marker `realxen`, left out of `make test` and `make e2e`: a guest's run takes over 45 minutes
-here, and it fails today where the guest restarts from the cfg xenhost.prepare-cfg rewrote (its
-`root = '/dev/sda ro'` overrides the guest's root=UUID=; under Xen the disk is xvda). The Xen VM
+here. It found that the cfg's `root = '/dev/sda ro'` (the rewrite's old root=) does not boot a
+pvops guest under Xen, which names the disk xvda: prepare-cfg now writes root=UUID=. The Xen VM
 boots once per module (half a minute to a minute) and stays up between the two guests.
 """
 

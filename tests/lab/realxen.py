@@ -283,17 +283,25 @@ def _record_switch(direction: str, lun: int, path: Path) -> None:
 
 def drbdadm(argv: list[str], held: list[str]) -> dict:
     """One dom0 drbdadm call: the simulator answers as xen1 (a device dom0 holds open counts as
-    held there too: the relay keeps xen1's node of it open meanwhile), then the disks follow."""
+    held there too: a process in xen1's namespaces, where the simulator looks, keeps xen1's node
+    of it open meanwhile), then the disks follow."""
     from . import control
 
-    loops = control.loops(XEN_HOST)
-    minors = {f"/dev/drbd{r['minor']}": r["resource"] for r in RESOURCES}
-    holders = [os.open(loops[minors[path]], os.O_RDONLY) for path in held if path in minors]
+    devices = {f"/dev/drbd{r['minor']}" for r in RESOURCES}
+    holders = [subprocess.Popen(control.exec_argv(XEN_HOST, ["sh", "-c", 'exec 3<"$1" && echo held && read -r _',
+                                                              "sh", path]),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+               for path in held if path in devices]
     try:
+        for holder in holders:
+            if holder.stdout is None or holder.stdout.readline() != "held\n":
+                raise LabError(f"could not hold {XEN_HOST}'s device open: {holder.args[-1]}")
         done = control.exec_(XEN_HOST, ["drbdadm", *argv], capture_output=True, text=True, timeout=300)
     finally:
-        for fd in holders:
-            os.close(fd)
+        for holder in holders:
+            if holder.stdin is not None:
+                holder.stdin.close()
+            holder.wait(timeout=30)
     attached = reconcile()
     nodes = {path: lun for path, lun in NODES.items() if lun in attached}
     return {"exit": done.returncode, "stdout": done.stdout, "stderr": done.stderr, "nodes": nodes,
