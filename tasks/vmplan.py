@@ -147,9 +147,10 @@ def root_uuid(site: Site, plan: VmPlan) -> str | None:
     offset = None
     if partition is not None:
         start = host.probe(["partx", "-g", "-o", "START", "-n", str(partition), path])
-        if not start.ok or not start.stdout.strip().isdigit():
+        if not start.ok or not start.stdout.strip().isdigit():   # partx prints nothing for one a table lacks
+            said = start.stderr.strip() or (f"exit {start.exit_code}" if not start.ok else "")
             raise InputError(f"{host.name}: {path} has no partition {partition}, which root= names "
-                             f"({plan.label}): `partx` said {start.stderr.strip() or start.exit_code}")
+                             f"({plan.label})" + (f": partx: {said}" if said else ""))
         offset = int(start.stdout) * 512   # partx counts 512-byte sectors
     uuid = signature(host, path, offset).get("UUID")
     if not uuid:

@@ -48,7 +48,7 @@ def prepare_cfg_file(site, vm: VM, console: bool = False) -> bool:
 
     def transform(text: str) -> str:
         plan = vmplan.plan(text, label, vm)
-        converted = plan.converted_cfg(console, None if plan.cfg.hvm else vmplan.root_uuid(site, plan))
+        converted = plan.converted_cfg(console, vmplan.root_uuid(site, plan))
         if converted is None:
             log.info(f"* {label}: {HVM_CFG_NOTE}")
         return text if converted is None else converted

@@ -64,7 +64,7 @@ def roles(lab) -> dict[str, tuple[str, str]]:
 
 
 def xen_domains() -> list[str]:
-    return [line.split()[0] for line in ok(dom0(["xl", "list"])).stdout.splitlines()[2:]]
+    return [line.split()[0] for line in ok(dom0(["xl", "list"])).stdout.splitlines()[1:]]   # under its header
 
 
 def switches(since: int) -> list[dict]:
