@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import shown
-from .formats import FormatError
+from .formats import PARTITION, FormatError
 from .formats.xencfg import HVM_DISK, XenDisk, check_movable
 from .inventory import VM, ReplicatedDisk
 
@@ -72,9 +72,11 @@ def root_disk(cfg) -> tuple[XenDisk, int | None] | None:
     found = next((d for d in disks if d.vdev == root), None)
     if found is not None:
         return found, None
-    whole = re.fullmatch(r"(.*[^0-9])([0-9]+)", root)
-    found = next((d for d in disks if whole and d.vdev == whole.group(1)), None)
-    return (found, int(whole.group(2))) if found and whole else None
+    partition = PARTITION.fullmatch(root)
+    if partition is None:
+        return None
+    found = next((d for d in disks if d.vdev == partition.group(1)), None)
+    return (found, int(partition.group(2))) if found else None
 
 
 def plan_target_names(cfg) -> dict[str, str]:

@@ -17,7 +17,7 @@ from invoke import Collection
 from . import inventory, vmplan
 from .cli import task
 from .errors import GuardError, ToolError, reading
-from .formats import FormatError
+from .formats import PARTITION, FormatError
 from .inventory import VM
 from .output import log
 from .remote import SLOW_TIMEOUT, Remote, site_from_context
@@ -61,7 +61,6 @@ HVM_SKIPS = "console, disk names, kernel and boot loader"
 HVM_REASON = "HVM guest: it boots from emulated disks with its own boot loader under Xen and KVM alike"
 
 _DISK_LIKE = re.compile(r"(?:xvd|hd|sd|vd)[a-z]+[0-9]*")
-_PARTITION = re.compile(r"(.*[^0-9])([0-9]+)")
 _TTY = re.compile(r"(?:/dev/)?(?:tty[A-Za-z]*|hvc|xvc)[0-9]+")
 
 
@@ -273,7 +272,7 @@ def _renamed(name: str, renames: dict[str, str]) -> str | None:
     """xvda2 -> sda; a partition follows its whole disk (xvda1 -> sda1), as in the cfg rewrite."""
     if name in renames:
         return renames[name]
-    m = _PARTITION.fullmatch(name)
+    m = PARTITION.fullmatch(name)
     return renames[m.group(1)] + m.group(2) if m and m.group(1) in renames else None
 
 

@@ -82,12 +82,15 @@ class VmPlan:
                    if isinstance(d, ReplicatedDisk) and d.resource == disk.path] if self.vm else []
         return (devices[0] if devices else drbd_by_res(disk.path)), partition
 
+    @property
+    def boots_without_initramfs(self) -> bool:
+        """kernel= without ramdisk=: nothing finds a file system by UUID, so root= keeps a device name."""
+        return bool(self.cfg.kernel) and not self.cfg.values.get("ramdisk")
+
     def needs_root_uuid(self) -> bool:
         """Whether the dual-boot cfg's root= names the root file system's UUID: root= names a disk
-        and the kernel boots with an initramfs (only an initramfs finds a file system by UUID;
-        a cfg whose kernel= has no ramdisk= keeps a device name)."""
-        return (not self.cfg.hvm and self.root_source() is not None
-                and not (self.cfg.kernel and not self.cfg.values.get("ramdisk")))
+        and the kernel boots with an initramfs."""
+        return not self.cfg.hvm and not self.boots_without_initramfs and self.root_source() is not None
 
     def as_converted(self, console: bool = False, root_uuid: str | None = None) -> VmPlan:
         """The plan of the cfg as xenhost.prepare-cfg leaves it: the domain rendered before the
@@ -139,7 +142,7 @@ def root_uuid(site: Site, plan: VmPlan) -> str | None:
     source = plan.root_source()
     if source is None or plan.cfg.hvm or plan.vm is None:
         return None
-    if not plan.needs_root_uuid():
+    if plan.boots_without_initramfs:
         log.info(f"  note: {plan.label} boots a kernel without ramdisk=: root= keeps a device name")
         return None
     host = site.host(plan.vm.xen_host)

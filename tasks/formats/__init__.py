@@ -4,6 +4,12 @@ Everything here raises FormatError for what it cannot read or map; the task boun
 (errors.reading) names the file and chooses the exit code.
 """
 
+import re
+
+# A partition named after its whole disk: xvda1 -> (xvda, 1); the cfg rewrite, the disk map and
+# the guest's fstab and grub let a partition follow its disk's new name.
+PARTITION = re.compile(r"(.*[^0-9])([0-9]+)")
+
 
 class FormatError(ValueError):
     """Text that cannot be read, or a plan that cannot be made from it: what is wrong, and the

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..errors import quoted, shown
-from . import FormatError
+from . import PARTITION, FormatError
 from .fstab import UUID
 
 # Lists inside lists: xl's deepest setting (vnuma) nests two; deeper is refused before Python's
@@ -615,7 +615,7 @@ def _renamed(dev: str, renames: dict[str, str], vdevs: list[str]) -> str | None:
     """The new name of a device: xvda2 -> sda; a partition of a whole disk follows it (xvda1 -> sda1)."""
     if dev in renames or dev in vdevs:
         return renames.get(dev)
-    m = re.fullmatch(r"(.*[^0-9])([0-9]+)", dev)
+    m = PARTITION.fullmatch(dev)
     return renames[m.group(1)] + m.group(2) if m and m.group(1) in renames else None
 
 
